@@ -1,0 +1,1 @@
+//! The Rust client of the trial protocol. (To be written.)

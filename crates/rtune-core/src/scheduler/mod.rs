@@ -1,0 +1,160 @@
+//! Schedulers decide what happens to running trials; they never touch processes.
+//!
+//! A scheduler answers every result with a [`Decision`] for the reporting trial and may add
+//! decisions about other trials to the context's outbox (a synchronous scheduler that releases a
+//! barrier, say). The [`crate::Tuner`] applies them and logs each one with its reason.
+
+mod fifo;
+
+pub use fifo::FifoScheduler;
+
+use serde::{Deserialize, Serialize};
+
+use crate::trial::{CheckpointId, TrialId, TrialStatus};
+use crate::tuner::Trial;
+use crate::{Config, CoreRng, TrialResult};
+
+/// What should happen to a trial.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Keep running.
+    Continue,
+    /// End the trial for good (status TERMINATED).
+    Stop,
+    /// End the process after its latest checkpoint; the trial stays PAUSED until
+    /// [`Scheduler::choose_trial_to_run`] picks it again. A trial without a checkpoint is not
+    /// paused: the tuner lets it keep running and logs why.
+    Pause,
+    /// Restart the trial from another trial's checkpoint with a new configuration (PBT).
+    Exploit {
+        donor: CheckpointId,
+        config: Config,
+        /// Human-readable description of the change, e.g. `lr=2.4e-05`.
+        description: String,
+    },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Continue => "continue",
+            Action::Stop => "stop",
+            Action::Pause => "pause",
+            Action::Exploit { .. } => "exploit",
+        }
+    }
+}
+
+/// A decision about one trial, with the reason a user will read in the decisions log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub trial: TrialId,
+    #[serde(flatten)]
+    pub action: Action,
+    /// One sentence: why. E.g. `eval_loss 1.8 is worse than the rung-1 cutoff 1.75`.
+    pub reason: String,
+    /// Machine-readable details (rung, cutoff, value, ...), `null` when there are none.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+impl Decision {
+    pub fn new(trial: TrialId, action: Action, reason: impl Into<String>) -> Self {
+        Decision {
+            trial,
+            action,
+            reason: reason.into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    pub fn continue_(trial: TrialId, reason: impl Into<String>) -> Self {
+        Decision::new(trial, Action::Continue, reason)
+    }
+
+    pub fn stop(trial: TrialId, reason: impl Into<String>) -> Self {
+        Decision::new(trial, Action::Stop, reason)
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// What a scheduler sees of the experiment, and where it leaves decisions about other trials.
+pub struct SchedulerContext<'a> {
+    /// The experiment's one seeded RNG.
+    pub rng: &'a mut CoreRng,
+    /// Every trial of the experiment, indexed by `TrialId.0`.
+    pub trials: &'a [Trial],
+    /// Decisions about trials other than the reporting one.
+    pub outbox: Vec<Decision>,
+}
+
+impl<'a> SchedulerContext<'a> {
+    pub fn new(rng: &'a mut CoreRng, trials: &'a [Trial]) -> Self {
+        SchedulerContext {
+            rng,
+            trials,
+            outbox: Vec::new(),
+        }
+    }
+
+    pub fn trial(&self, id: TrialId) -> Option<&Trial> {
+        self.trials.get(id.0 as usize)
+    }
+
+    pub fn status(&self, id: TrialId) -> Option<TrialStatus> {
+        self.trial(id).map(|t| t.status)
+    }
+}
+
+/// The scheduler interface, after Ray Tune's `TrialScheduler`: hooks that return decisions.
+///
+/// Implementations must be deterministic given the context's RNG: no clock, no I/O.
+pub trait Scheduler: Send {
+    /// Short name for logs (`asha`, `fifo`, ...).
+    fn name(&self) -> &'static str;
+
+    /// A trial was created with its configuration.
+    fn on_trial_add(&mut self, _ctx: &mut SchedulerContext<'_>, _trial: TrialId) {}
+
+    /// A trial reported a result. Return the decision for that trial.
+    fn on_trial_result(&mut self, ctx: &mut SchedulerContext<'_>, result: &TrialResult)
+    -> Decision;
+
+    /// A trial finished on its own (its process exited successfully) or was stopped.
+    fn on_trial_complete(
+        &mut self,
+        _ctx: &mut SchedulerContext<'_>,
+        _trial: TrialId,
+        _last: Option<&TrialResult>,
+    ) {
+    }
+
+    /// A trial failed for good.
+    fn on_trial_error(&mut self, _ctx: &mut SchedulerContext<'_>, _trial: TrialId) {}
+
+    /// Which existing PENDING or PAUSED trial to run next, if any. `None` lets the tuner ask the
+    /// searcher for a new trial. Must not change state when called twice in a row.
+    ///
+    /// The default runs PENDING trials first, oldest first, then PAUSED trials that are ready.
+    fn choose_trial_to_run(&mut self, ctx: &mut SchedulerContext<'_>) -> Option<TrialId> {
+        default_choose_trial_to_run(ctx.trials)
+    }
+}
+
+/// PENDING trials oldest first, then PAUSED trials that are ready to resume.
+pub fn default_choose_trial_to_run(trials: &[Trial]) -> Option<TrialId> {
+    trials
+        .iter()
+        .find(|t| t.status == TrialStatus::Pending)
+        .or_else(|| {
+            trials
+                .iter()
+                .find(|t| t.status == TrialStatus::Paused && t.resumable)
+        })
+        .map(|t| t.id)
+}

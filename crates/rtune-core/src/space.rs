@@ -1,0 +1,1 @@
+//! Search spaces. (To be written: see the core helper's task.)

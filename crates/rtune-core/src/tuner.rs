@@ -1,0 +1,758 @@
+//! The tuner: one owner of the experiment's state, driven by events.
+//!
+//! The runner asks [`Tuner::next_to_run`] whenever it has room for another trial, feeds every
+//! report to [`Tuner::on_result`] and every process exit to [`Tuner::on_exit`], and after each call
+//! carries out the [`Effect`]s it drains with [`Tuner::drain_effects`]. Time enters only as the
+//! `now` argument (seconds since the Unix epoch), randomness only from the seeded RNG, so the
+//! same events give the same decisions.
+
+use std::collections::BTreeMap;
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::scheduler::{Action, Decision, Scheduler, SchedulerContext};
+use crate::searcher::{Searcher, Suggestion};
+use crate::trial::{CheckpointId, TrialId, TrialStatus};
+use crate::{Config, CoreRng, Mode, TrialResult};
+
+/// Errors from feeding the tuner events that do not fit its state. These come from the runner
+/// (a report for an unknown trial), never from a user's input.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TunerError {
+    #[error("no trial {0}")]
+    UnknownTrial(TrialId),
+    #[error("trial {trial} is {status}, not RUNNING: {event} ignored")]
+    NotRunning {
+        trial: TrialId,
+        status: TrialStatus,
+        event: &'static str,
+    },
+}
+
+/// Settings of the tuner that are not the scheduler's or the searcher's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TunerSettings {
+    pub metric: String,
+    pub mode: Mode,
+    pub seed: u64,
+    /// How often a failed trial is restarted (from its latest checkpoint) before it is an ERROR.
+    pub max_failures: u32,
+    /// Stop a trial once a result reaches any of these values (`training_iteration = 5`, ...).
+    /// Reached means `>=`.
+    pub stop: BTreeMap<String, f64>,
+}
+
+/// Everything the tuner knows about one trial.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub id: TrialId,
+    pub config: Config,
+    pub status: TrialStatus,
+    /// Suffix shown after the trial's name, e.g. `@perturbed[lr=2.4e-05]`; empty if none.
+    pub tag: String,
+    /// The iteration of its latest result (0 before the first).
+    pub iteration: u64,
+    /// Seconds spent running, over all its runs, as reported with results.
+    pub time_total_s: f64,
+    pub last_result: Option<TrialResult>,
+    /// Best value of the experiment's metric so far, and the iteration it was reached at.
+    pub best: Option<(f64, u64)>,
+    /// Checkpoints this trial has, by iteration, with the total time at each.
+    pub checkpoints: BTreeMap<u64, f64>,
+    /// What the next run starts from: its own latest checkpoint after a pause or failure, a
+    /// donor's checkpoint after an exploit, nothing for a fresh start.
+    pub restore: Option<CheckpointId>,
+    /// How many runs (processes) this trial has had.
+    pub runs: u32,
+    pub failures: u32,
+    /// For a PAUSED trial: whether it may be resumed now. Synchronous schedulers keep paused
+    /// trials waiting until their barrier releases them.
+    pub resumable: bool,
+    /// The last error message, for ERROR trials and retried ones.
+    pub error: Option<String>,
+    /// Set while the tuner waits for a process it asked to end.
+    pub ending: Option<Ending>,
+    #[serde(skip)]
+    last_report_at: Option<f64>,
+}
+
+impl Trial {
+    /// The trial's name with its tag: `trial_00003@perturbed[lr=2.4e-05]`.
+    pub fn display_name(&self) -> String {
+        format!("{}{}", self.id.name(), self.tag)
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<CheckpointId> {
+        self.checkpoints
+            .keys()
+            .next_back()
+            .map(|&iteration| CheckpointId {
+                trial: self.id,
+                iteration,
+            })
+    }
+}
+
+/// Why the tuner asked a running trial's process to end, so its exit is read correctly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// It becomes TERMINATED, whatever its exit code.
+    Stop,
+    /// It becomes PAUSED.
+    Pause,
+}
+
+/// What the runner is asked to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Launch {
+    pub trial: TrialId,
+    pub config: Config,
+    /// Checkpoint to restore from; the runner makes its files available to the process.
+    pub restore: Option<CheckpointId>,
+    /// 0 for the first run, then 1, 2, ... for every restart.
+    pub run: u32,
+}
+
+/// How a trial's process ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Exit {
+    Success,
+    Failure(String),
+}
+
+/// What the runner answers a report with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    /// The result with its automatic keys, for storage.
+    pub result: TrialResult,
+    /// What the trial is told: Continue, Stop or Pause (an exploit is a pause whose restart
+    /// starts from another checkpoint).
+    pub action: Action,
+}
+
+/// Something the runner must do after a call into the tuner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Log this decision (the decisions log).
+    Decision(Decision),
+    /// A trial's status changed.
+    Status {
+        trial: TrialId,
+        status: TrialStatus,
+        reason: String,
+    },
+    /// End this trial's running process (the tuner has recorded why).
+    EndProcess { trial: TrialId },
+    /// Nobody needs this checkpoint any more.
+    DeleteCheckpoint(CheckpointId),
+    /// Something a user should read: a trial restarting from scratch, a pause skipped, ...
+    Warning { trial: TrialId, message: String },
+}
+
+pub struct Tuner {
+    settings: TunerSettings,
+    searcher: Box<dyn Searcher>,
+    scheduler: Box<dyn Scheduler>,
+    rng: CoreRng,
+    trials: Vec<Trial>,
+    searcher_finished: bool,
+    effects: Vec<Effect>,
+}
+
+impl Tuner {
+    pub fn new(
+        settings: TunerSettings,
+        searcher: Box<dyn Searcher>,
+        scheduler: Box<dyn Scheduler>,
+    ) -> Self {
+        let rng = CoreRng::seed_from_u64(settings.seed);
+        Tuner {
+            settings,
+            searcher,
+            scheduler,
+            rng,
+            trials: Vec::new(),
+            searcher_finished: false,
+            effects: Vec::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &TunerSettings {
+        &self.settings
+    }
+
+    pub fn trials(&self) -> &[Trial] {
+        &self.trials
+    }
+
+    pub fn trial(&self, id: TrialId) -> Option<&Trial> {
+        self.trials.get(id.0 as usize)
+    }
+
+    pub fn scheduler_name(&self) -> &'static str {
+        self.scheduler.name()
+    }
+
+    pub fn searcher_name(&self) -> &'static str {
+        self.searcher.name()
+    }
+
+    /// Total number of trials, when the searcher knows it.
+    pub fn total_trials(&self) -> Option<usize> {
+        self.searcher.total_trials()
+    }
+
+    /// Everything the runner must do since the last call.
+    pub fn drain_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// True once the searcher has nothing more and every trial is TERMINATED or ERROR.
+    pub fn is_finished(&self) -> bool {
+        self.searcher_finished && self.trials.iter().all(|t| t.status.is_finished())
+    }
+
+    /// The trial with the best value of the metric over all its results (Ray Tune's scope
+    /// "all"), ties going to the older trial.
+    pub fn best_trial(&self) -> Option<&Trial> {
+        let mode = self.settings.mode;
+        self.trials.iter().filter(|t| t.best.is_some()).fold(
+            None,
+            |best: Option<&Trial>, t| match (best, t.best) {
+                (Some(b), Some((value, _))) => match b.best {
+                    Some((bv, _)) if !mode.is_better(value, bv) => Some(b),
+                    _ => Some(t),
+                },
+                (None, _) => Some(t),
+                (b, None) => b,
+            },
+        )
+    }
+
+    /// The runner has room for one more trial: which one to start, if any. The trial is RUNNING
+    /// from now on; if its process cannot be started, report that through [`Tuner::on_exit`].
+    pub fn next_to_run(&mut self, now: f64) -> Option<Launch> {
+        let chosen = {
+            let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
+            let chosen = self.scheduler.choose_trial_to_run(&mut ctx);
+            let outbox = ctx.outbox;
+            self.apply_decisions(outbox);
+            chosen
+        };
+        let id = match chosen {
+            Some(id) => id,
+            None => self.create_trial()?,
+        };
+        let trial = self.trials.get_mut(id.0 as usize)?;
+        if !matches!(trial.status, TrialStatus::Pending | TrialStatus::Paused) {
+            return None;
+        }
+        trial.status = TrialStatus::Running;
+        trial.resumable = false;
+        trial.last_report_at = Some(now);
+        trial.runs += 1;
+        let launch = Launch {
+            trial: id,
+            config: trial.config.clone(),
+            restore: trial.restore,
+            run: trial.runs - 1,
+        };
+        let reason = match trial.restore {
+            Some(c) if c.trial == id => {
+                format!("resumed from its checkpoint at iteration {}", c.iteration)
+            }
+            Some(c) => format!(
+                "started from {}'s checkpoint at iteration {}",
+                c.trial.name(),
+                c.iteration
+            ),
+            None if trial.runs > 1 => "restarted from scratch".to_string(),
+            None => "started".to_string(),
+        };
+        self.effects.push(Effect::Status {
+            trial: id,
+            status: TrialStatus::Running,
+            reason,
+        });
+        Some(launch)
+    }
+
+    /// Ask the searcher for a new trial; `None` if it has nothing now or is finished.
+    fn create_trial(&mut self) -> Option<TrialId> {
+        if self.searcher_finished {
+            return None;
+        }
+        let id = TrialId(u32::try_from(self.trials.len()).ok()?);
+        match self.searcher.suggest(id, &mut self.rng) {
+            Suggestion::Config(config) => {
+                self.trials.push(Trial {
+                    id,
+                    config,
+                    status: TrialStatus::Pending,
+                    tag: String::new(),
+                    iteration: 0,
+                    time_total_s: 0.0,
+                    last_result: None,
+                    best: None,
+                    checkpoints: BTreeMap::new(),
+                    restore: None,
+                    runs: 0,
+                    failures: 0,
+                    resumable: true,
+                    error: None,
+                    ending: None,
+                    last_report_at: None,
+                });
+                let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
+                self.scheduler.on_trial_add(&mut ctx, id);
+                let outbox = ctx.outbox;
+                self.apply_decisions(outbox);
+                self.effects.push(Effect::Status {
+                    trial: id,
+                    status: TrialStatus::Pending,
+                    reason: format!("created by the {} searcher", self.searcher.name()),
+                });
+                Some(id)
+            }
+            Suggestion::NotNow => None,
+            Suggestion::Finished => {
+                self.searcher_finished = true;
+                None
+            }
+        }
+    }
+
+    /// A running trial reported `metrics` at time `now`, with a checkpoint if `checkpoint`.
+    pub fn on_result(
+        &mut self,
+        id: TrialId,
+        mut metrics: serde_json::Map<String, Value>,
+        checkpoint: bool,
+        now: f64,
+    ) -> Result<Reply, TunerError> {
+        let trial = self
+            .trials
+            .get_mut(id.0 as usize)
+            .ok_or(TunerError::UnknownTrial(id))?;
+        if trial.status != TrialStatus::Running {
+            return Err(TunerError::NotRunning {
+                trial: id,
+                status: trial.status,
+                event: "result",
+            });
+        }
+        // The automatic keys users know from Ray Tune. Time spent between reports counts; time
+        // between runs (queued, paused) does not.
+        let since = trial.last_report_at.unwrap_or(now);
+        let this_iter = (now - since).max(0.0);
+        trial.last_report_at = Some(now);
+        trial.iteration += 1;
+        trial.time_total_s += this_iter;
+        metrics.insert("training_iteration".into(), trial.iteration.into());
+        metrics.insert("time_total_s".into(), json_f64(trial.time_total_s));
+        metrics.insert("time_this_iter_s".into(), json_f64(this_iter));
+        metrics.insert("timestamp".into(), (now.max(0.0) as u64).into());
+        metrics.insert("trial_id".into(), id.to_string().into());
+        if checkpoint {
+            trial
+                .checkpoints
+                .insert(trial.iteration, trial.time_total_s);
+        }
+        let result = TrialResult {
+            trial: id,
+            metrics,
+            has_checkpoint: checkpoint,
+        };
+        if let Some(value) = result.get(&self.settings.metric) {
+            let mode = self.settings.mode;
+            let better = match trial.best {
+                Some((best, _)) => mode.is_better(value, best),
+                None => true,
+            };
+            if better {
+                trial.best = Some((value, trial.iteration));
+            }
+        }
+        trial.last_result = Some(result.clone());
+
+        // A trial already asked to end gets the same answer again.
+        if let Some(ending) = trial.ending {
+            let action = match ending {
+                Ending::Stop => Action::Stop,
+                Ending::Pause => Action::Pause,
+            };
+            return Ok(Reply { result, action });
+        }
+
+        let decision = match self.stop_criterion(&result) {
+            Some(decision) => decision,
+            None => {
+                let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
+                let decision = self.scheduler.on_trial_result(&mut ctx, &result);
+                let outbox = ctx.outbox;
+                self.apply_decisions(outbox);
+                decision
+            }
+        };
+        let action = self.apply_decision(decision, true);
+        Ok(Reply { result, action })
+    }
+
+    fn stop_criterion(&self, result: &TrialResult) -> Option<Decision> {
+        self.settings.stop.iter().find_map(|(key, &limit)| {
+            let value = result.get(key)?;
+            (value >= limit).then(|| {
+                Decision::stop(
+                    result.trial,
+                    format!("stop criterion reached: {key} = {value} >= {limit}"),
+                )
+            })
+        })
+    }
+
+    fn apply_decisions(&mut self, decisions: Vec<Decision>) {
+        for decision in decisions {
+            self.apply_decision(decision, false);
+        }
+    }
+
+    /// Record a decision and change the trial's state; returns the action the trial is told.
+    /// `reporting` is true for the trial whose report is being answered: its process learns the
+    /// action from the reply, other running trials' processes are ended with an effect.
+    fn apply_decision(&mut self, mut decision: Decision, reporting: bool) -> Action {
+        let id = decision.trial;
+        let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+            return Action::Continue;
+        };
+        if trial.status.is_finished() {
+            return Action::Continue;
+        }
+        // Pausing a trial without a checkpoint would throw its work away: never do it silently.
+        if matches!(decision.action, Action::Pause)
+            && trial.status == TrialStatus::Running
+            && trial.checkpoints.is_empty()
+        {
+            let message = format!(
+                "{} has no checkpoint, so it is not paused and keeps running ({})",
+                trial.id.name(),
+                decision.reason
+            );
+            self.effects.push(Effect::Warning {
+                trial: id,
+                message: message.clone(),
+            });
+            decision = Decision::continue_(id, message);
+        }
+        let action = decision.action.clone();
+        match &action {
+            Action::Continue => {}
+            Action::Stop => match trial.status {
+                TrialStatus::Running => {
+                    trial.ending = Some(Ending::Stop);
+                    if !reporting {
+                        self.effects.push(Effect::EndProcess { trial: id });
+                    }
+                }
+                _ => {
+                    trial.status = TrialStatus::Terminated;
+                    self.effects.push(Effect::Status {
+                        trial: id,
+                        status: TrialStatus::Terminated,
+                        reason: decision.reason.clone(),
+                    });
+                }
+            },
+            Action::Pause => {
+                if trial.status == TrialStatus::Running {
+                    trial.ending = Some(Ending::Pause);
+                    trial.restore = trial.latest_checkpoint();
+                    trial.resumable = false;
+                    if !reporting {
+                        self.effects.push(Effect::EndProcess { trial: id });
+                    }
+                }
+            }
+            Action::Exploit {
+                donor,
+                config,
+                description,
+            } => {
+                trial.config = config.clone();
+                trial.restore = Some(*donor);
+                trial.tag = format!("@perturbed[{description}]");
+                trial.resumable = true;
+                match trial.status {
+                    TrialStatus::Running => {
+                        trial.ending = Some(Ending::Pause);
+                        if !reporting {
+                            self.effects.push(Effect::EndProcess { trial: id });
+                        }
+                    }
+                    // A paused trial simply restarts from the donor's checkpoint when chosen.
+                    _ => {}
+                }
+            }
+        }
+        self.effects.push(Effect::Decision(decision));
+        match action {
+            // The process restarts from the donor; tell it to end now.
+            Action::Exploit { .. } => Action::Pause,
+            other => other,
+        }
+    }
+
+    /// A trial's process ended. Returns an error if the trial was not running.
+    pub fn on_exit(&mut self, id: TrialId, exit: Exit, _now: f64) -> Result<(), TunerError> {
+        let max_failures = self.settings.max_failures;
+        let trial = self
+            .trials
+            .get_mut(id.0 as usize)
+            .ok_or(TunerError::UnknownTrial(id))?;
+        if trial.status != TrialStatus::Running {
+            return Err(TunerError::NotRunning {
+                trial: id,
+                status: trial.status,
+                event: "exit",
+            });
+        }
+        trial.last_report_at = None;
+        let ending = trial.ending.take();
+        let (status, reason) = match (ending, &exit) {
+            (Some(Ending::Stop), _) => (
+                TrialStatus::Terminated,
+                "stopped by the scheduler".to_string(),
+            ),
+            (Some(Ending::Pause), _) => {
+                // The decision that paused it said whether it may resume right away.
+                (
+                    TrialStatus::Paused,
+                    "paused after its latest checkpoint".to_string(),
+                )
+            }
+            (None, Exit::Success) => (TrialStatus::Terminated, "completed".to_string()),
+            (None, Exit::Failure(message)) => {
+                trial.failures += 1;
+                trial.error = Some(message.clone());
+                if trial.failures <= max_failures {
+                    trial.restore = trial.latest_checkpoint();
+                    let from = match trial.restore {
+                        Some(c) => format!("from its checkpoint at iteration {}", c.iteration),
+                        None => {
+                            // No checkpoint: everything it did is lost. Say so loudly.
+                            trial.iteration = 0;
+                            trial.time_total_s = 0.0;
+                            self.effects.push(Effect::Warning {
+                                trial: id,
+                                message: format!(
+                                    "{} failed and has no checkpoint: it restarts from scratch",
+                                    trial.id.name()
+                                ),
+                            });
+                            "from scratch".to_string()
+                        }
+                    };
+                    (
+                        TrialStatus::Pending,
+                        format!(
+                            "failed ({message}); retry {} of {max_failures} {from}",
+                            trial.failures
+                        ),
+                    )
+                } else {
+                    (TrialStatus::Error, format!("failed: {message}"))
+                }
+            }
+        };
+        trial.status = status;
+        if status == TrialStatus::Paused || status == TrialStatus::Pending {
+            // Restarts continue from the checkpoint's iteration and time.
+            if let Some(c) = trial.restore {
+                let time = self
+                    .trials
+                    .get(c.trial.0 as usize)
+                    .and_then(|donor| donor.checkpoints.get(&c.iteration).copied());
+                let trial = &mut self.trials[id.0 as usize];
+                trial.iteration = c.iteration;
+                if let Some(time) = time {
+                    trial.time_total_s = time;
+                }
+            }
+        }
+        self.effects.push(Effect::Status {
+            trial: id,
+            status,
+            reason,
+        });
+        let last = self.trials[id.0 as usize].last_result.clone();
+        let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
+        match status {
+            TrialStatus::Terminated => {
+                self.scheduler
+                    .on_trial_complete(&mut ctx, id, last.as_ref());
+            }
+            TrialStatus::Error => self.scheduler.on_trial_error(&mut ctx, id),
+            _ => {}
+        }
+        let outbox = ctx.outbox;
+        self.apply_decisions(outbox);
+        if status.is_finished() {
+            self.searcher.on_trial_complete(id, last.as_ref());
+        }
+        Ok(())
+    }
+
+    /// End the experiment early (Ctrl-C, a fatal error): pending and paused trials are
+    /// terminated, running ones are asked to end. Nothing new starts afterwards.
+    pub fn stop_all(&mut self, reason: &str) {
+        self.searcher_finished = true;
+        let ids: Vec<TrialId> = self
+            .trials
+            .iter()
+            .filter(|t| !t.status.is_finished())
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            self.apply_decision(Decision::stop(id, reason), false);
+        }
+    }
+}
+
+fn json_f64(value: f64) -> Value {
+    serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::FifoScheduler;
+
+    /// A searcher that hands out `n` configs `{"x": i}`.
+    struct Counting(u32);
+
+    impl Searcher for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn suggest(&mut self, trial: TrialId, _rng: &mut CoreRng) -> Suggestion {
+            if trial.0 < self.0 {
+                let mut c = Config::new();
+                c.insert("x".into(), trial.0.into());
+                Suggestion::Config(c)
+            } else {
+                Suggestion::Finished
+            }
+        }
+    }
+
+    fn tuner(n: u32, max_failures: u32) -> Tuner {
+        let settings = TunerSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed: 1,
+            max_failures,
+            stop: BTreeMap::from([("training_iteration".to_string(), 3.0)]),
+        };
+        Tuner::new(settings, Box::new(Counting(n)), Box::new(FifoScheduler))
+    }
+
+    fn metrics(loss: f64) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("loss".into(), loss.into());
+        m
+    }
+
+    #[test]
+    fn runs_trials_to_the_stop_criterion_and_finds_the_best() {
+        let mut t = tuner(2, 0);
+        let a = t.next_to_run(0.0).unwrap();
+        let b = t.next_to_run(0.0).unwrap();
+        assert!(t.next_to_run(0.0).is_none());
+        for (i, now) in [1.0, 2.0, 3.0].into_iter().enumerate() {
+            let ra = t
+                .on_result(a.trial, metrics(5.0 - i as f64), false, now)
+                .unwrap();
+            let rb = t.on_result(b.trial, metrics(9.0), false, now).unwrap();
+            let expected = if i == 2 {
+                Action::Stop
+            } else {
+                Action::Continue
+            };
+            assert_eq!(ra.action, expected);
+            assert_eq!(rb.action, expected);
+            assert_eq!(ra.result.iteration(), i as u64 + 1);
+        }
+        t.on_exit(a.trial, Exit::Success, 4.0).unwrap();
+        assert!(!t.is_finished());
+        t.on_exit(b.trial, Exit::Failure("killed".into()), 4.0)
+            .unwrap();
+        assert_eq!(t.trial(b.trial).unwrap().status, TrialStatus::Terminated);
+        assert!(t.next_to_run(5.0).is_none());
+        assert!(t.is_finished());
+        let best = t.best_trial().unwrap();
+        assert_eq!(best.id, a.trial);
+        assert_eq!(best.best, Some((3.0, 3)));
+        assert_eq!(best.time_total_s, 3.0);
+    }
+
+    #[test]
+    fn a_failed_trial_retries_from_its_checkpoint_then_errors() {
+        let mut t = tuner(1, 1);
+        let a = t.next_to_run(0.0).unwrap();
+        t.on_result(a.trial, metrics(1.0), true, 1.0).unwrap();
+        t.on_result(a.trial, metrics(1.0), false, 2.0).unwrap();
+        t.on_exit(a.trial, Exit::Failure("exit code 1".into()), 3.0)
+            .unwrap();
+        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Pending);
+        let again = t.next_to_run(4.0).unwrap();
+        assert_eq!(again.run, 1);
+        assert_eq!(
+            again.restore,
+            Some(CheckpointId {
+                trial: a.trial,
+                iteration: 1
+            })
+        );
+        let r = t.on_result(a.trial, metrics(0.5), false, 5.0).unwrap();
+        assert_eq!(
+            r.result.iteration(),
+            2,
+            "continues after the checkpoint's iteration"
+        );
+        t.on_exit(a.trial, Exit::Failure("exit code 1".into()), 6.0)
+            .unwrap();
+        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Error);
+        assert!(t.next_to_run(7.0).is_none());
+        assert!(t.is_finished());
+    }
+
+    #[test]
+    fn a_retry_without_checkpoint_is_announced() {
+        let mut t = tuner(1, 1);
+        let a = t.next_to_run(0.0).unwrap();
+        t.drain_effects();
+        t.on_exit(a.trial, Exit::Failure("segfault".into()), 1.0)
+            .unwrap();
+        let effects = t.drain_effects();
+        assert!(effects.iter().any(
+            |e| matches!(e, Effect::Warning { message, .. } if message.contains("from scratch"))
+        ));
+    }
+
+    #[test]
+    fn stop_all_ends_everything() {
+        let mut t = tuner(3, 0);
+        let a = t.next_to_run(0.0).unwrap();
+        t.drain_effects();
+        t.stop_all("interrupted");
+        let effects = t.drain_effects();
+        assert!(effects.contains(&Effect::EndProcess { trial: a.trial }));
+        t.on_exit(a.trial, Exit::Failure("SIGTERM".into()), 1.0)
+            .unwrap();
+        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Terminated);
+        assert!(t.next_to_run(1.0).is_none());
+        assert!(t.is_finished());
+    }
+}

@@ -1,0 +1,1 @@
+//! The runner. (To be written.)
