@@ -158,3 +158,21 @@ pub fn default_choose_trial_to_run(trials: &[Trial]) -> Option<TrialId> {
         })
         .map(|t| t.id)
 }
+
+/// A scheduler setting that cannot work (`grace_period = 0`, `quantile_fraction = 0.7`, ...).
+/// `field` is the key under `[scheduler]`, so the message can name the place to fix.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("scheduler.{field}: {message}")]
+pub struct InvalidSetting {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidSetting {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidSetting {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
