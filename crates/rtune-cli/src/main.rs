@@ -1,1 +1,179 @@
-fn main() {}
+//! `rtune`: hyperparameter tuning as one program.
+//!
+//! This is the edge of the system: it parses the command line, turns library errors into
+//! messages and exit codes, and leaves everything else to the runner.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "rtune",
+    version,
+    about = "Hyperparameter tuning for your own machines and SLURM clusters",
+    long_about = "Hyperparameter tuning for your own machines and SLURM clusters.\n\n\
+        An experiment file (TOML) names the training command, the search space, the metric and \
+        the scheduler; `rtune run` runs the trials as processes and writes every result to disk.",
+    after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an experiment.
+    Run(RunArgs),
+    /// Show an experiment's trials table (also while it runs).
+    Status(StatusArgs),
+    /// Show an experiment's best trial.
+    Best(BestArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The experiment file (TOML).
+    experiment: PathBuf,
+    /// Override a value of the experiment file, e.g. `--set num_samples=20` or
+    /// `--set 'space.lr.loguniform=[1e-5,2e-4]'`. The value is read as TOML, else as a string.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// The experiment's name (its directory under the storage dir); default: `name` in the file.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where experiment directories are created; default: `[output] storage`, else ~/rtune_results.
+    #[arg(long)]
+    storage: Option<PathBuf>,
+    /// Where trials run; default: `[executor] type` in the file, else `local`.
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExecutorArg {
+    Local,
+    Slurm,
+    SlurmJobs,
+}
+
+impl ExecutorArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ExecutorArg::Local => "local",
+            ExecutorArg::Slurm => "slurm",
+            ExecutorArg::SlurmJobs => "slurm-jobs",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The experiment's directory.
+    dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = FormatArg::Table)]
+    format: FormatArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Table,
+    Csv,
+    Markdown,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct BestArgs {
+    /// The experiment's directory.
+    dir: PathBuf,
+    /// Print the best trial as JSON (name, metric, iteration, config).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RTUNE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status(args) => status(args),
+        Command::Best(args) => best(args),
+    }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let options = rtune_runner::setup::RunOptions {
+        experiment_path: args.experiment,
+        overrides: args.overrides,
+        name: args.name,
+        storage: args.storage,
+        executor: args.executor.map(|e| e.as_str().to_string()),
+        rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
+        terminal: std::io::stdout().is_terminal(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(rtune_runner::setup::run_experiment(options))?;
+    if outcome.interrupted {
+        eprintln!(
+            "interrupted; everything so far is in {}",
+            outcome.dir.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    use rtune_runner::report::TableFormat;
+    let state = rtune_runner::storage::ExperimentState::read(&args.dir)?;
+    let format = match args.format {
+        FormatArg::Table => TableFormat::Table,
+        FormatArg::Csv => TableFormat::Csv,
+        FormatArg::Markdown => TableFormat::Markdown,
+        FormatArg::Json => TableFormat::Json,
+    };
+    print!("{}", rtune_runner::report::trials_table(&state, format));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn best(args: BestArgs) -> Result<ExitCode> {
+    let state = rtune_runner::storage::ExperimentState::read(&args.dir)?;
+    if args.json {
+        let best = rtune_runner::report::best_trial_json(&state)
+            .context("no trial has reported the metric yet")?;
+        println!("{}", serde_json::to_string_pretty(&best)?);
+    } else {
+        let block = rtune_runner::report::best_trial_block(&state)
+            .context("no trial has reported the metric yet")?;
+        println!("{block}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

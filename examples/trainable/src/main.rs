@@ -13,7 +13,8 @@
 //!
 //! Config keys (all optional): `lr` (default 1e-4), `per_device_bs` (1), `wd` (0.0),
 //! `epochs` (5), `problem`, `seed` (0), `sleep_ms` (0: time per epoch), `fail_at_epoch`
-//! (exit with status 3 at that epoch, for tests), `fail_run` (only fail in this run number).
+//! (exit with status 3 at that epoch, for tests), `fail_run` (only fail in this run number),
+//! `checkpoint` (true: whether to save and report a checkpoint each epoch).
 //!
 //! Checkpoints: every epoch writes `state.json` (epoch, distance) into a fresh checkpoint dir
 //! and reports it; a restored run continues from the checkpoint's epoch and distance.
@@ -47,6 +48,7 @@ struct Params {
     sleep_ms: u64,
     fail_at_epoch: Option<u64>,
     fail_run: Option<u64>,
+    checkpoint: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -56,7 +58,10 @@ enum Problem {
 }
 
 impl Params {
-    fn from_config(config: &Map<String, Value>, problem_flag: Option<&str>) -> Result<Self, String> {
+    fn from_config(
+        config: &Map<String, Value>,
+        problem_flag: Option<&str>,
+    ) -> Result<Self, String> {
         let num = |key: &str, default: f64| -> Result<f64, String> {
             match config.get(key) {
                 None => Ok(default),
@@ -68,10 +73,9 @@ impl Params {
         let int = |key: &str| -> Result<Option<u64>, String> {
             match config.get(key) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .map(Some)
-                    .ok_or_else(|| format!("config key `{key}` must be a non-negative integer, got {v}")),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                    format!("config key `{key}` must be a non-negative integer, got {v}")
+                }),
             }
         };
         let problem = match config
@@ -98,6 +102,12 @@ impl Params {
             sleep_ms: int("sleep_ms")?.unwrap_or(0),
             fail_at_epoch: int("fail_at_epoch")?,
             fail_run: int("fail_run")?,
+            checkpoint: match config.get("checkpoint") {
+                None => true,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    format!("config key `checkpoint` must be true or false, got {v}")
+                })?,
+            },
         })
     }
 
@@ -120,7 +130,12 @@ impl Params {
     /// Seeded noise in [-0.005, 0.005), different per epoch and config.
     fn noise(&self, epoch: u64) -> f64 {
         let mut h = self.seed ^ 0x9E37_79B9_7F4A_7C15;
-        for bits in [self.lr.to_bits(), self.per_device_bs.to_bits(), self.wd.to_bits(), epoch] {
+        for bits in [
+            self.lr.to_bits(),
+            self.per_device_bs.to_bits(),
+            self.wd.to_bits(),
+            epoch,
+        ] {
             h = splitmix64(h ^ bits);
         }
         ((h >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.01
@@ -148,7 +163,10 @@ fn read_state(dir: &Path) -> Result<State, String> {
         .map_err(|e| format!("checkpoint {} is not valid JSON: {e}", path.display()))?;
     match (v["epoch"].as_u64(), v["distance"].as_f64()) {
         (Some(epoch), Some(distance)) => Ok(State { epoch, distance }),
-        _ => Err(format!("checkpoint {} lacks epoch or distance", path.display())),
+        _ => Err(format!(
+            "checkpoint {} lacks epoch or distance",
+            path.display()
+        )),
     }
 }
 
@@ -178,14 +196,17 @@ fn run() -> Result<ExitCode, String> {
     let mut session = rtune_client::Session::from_env().map_err(|e| e.to_string())?;
     let config = match (&session, &config_flag) {
         (Some(s), _) => s.config().clone(),
-        (None, Some(text)) => serde_json::from_str(text)
-            .map_err(|e| format!("--config is not a JSON object: {e}"))?,
+        (None, Some(text)) => {
+            serde_json::from_str(text).map_err(|e| format!("--config is not a JSON object: {e}"))?
+        }
         (None, None) => Map::new(),
     };
     let params = Params::from_config(&config, problem_flag.as_deref())?;
     let run_number = session.as_ref().map_or(0, |s| u64::from(s.run()));
 
-    let restore = session.as_ref().and_then(|s| s.restore_dir().map(Path::to_path_buf));
+    let restore = session
+        .as_ref()
+        .and_then(|s| s.restore_dir().map(Path::to_path_buf));
     let mut state = match restore {
         Some(dir) => read_state(&dir)?,
         None => State {
@@ -212,6 +233,7 @@ fn run() -> Result<ExitCode, String> {
         metrics.insert("lr".into(), json!(params.lr));
 
         let action = match session.as_mut() {
+            Some(s) if !params.checkpoint => s.report(&metrics).map_err(|e| e.to_string())?,
             Some(s) => {
                 let dir = s.new_checkpoint_dir().map_err(|e| e.to_string())?;
                 write_state(&dir, &state)?;

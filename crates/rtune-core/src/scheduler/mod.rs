@@ -5,8 +5,10 @@
 //! barrier, say). The [`crate::Tuner`] applies them and logs each one with its reason.
 
 mod fifo;
+mod replay;
 
 pub use fifo::FifoScheduler;
+pub use replay::{PolicyReplayScheduler, PolicyStep};
 
 use serde::{Deserialize, Serialize};
 

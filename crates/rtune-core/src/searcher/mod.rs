@@ -1,5 +1,9 @@
 //! Searchers propose configurations; they know nothing about running trials.
 
+mod fixed;
+
+pub use fixed::FixedSearcher;
+
 use crate::{Config, CoreRng, TrialId, TrialResult};
 
 /// What a searcher answers when asked for a configuration.

@@ -1,0 +1,1 @@
+//! Built-in BLOOM trainer (work in progress).
