@@ -79,6 +79,30 @@ pub struct Trial {
 }
 
 impl Trial {
+    /// A fresh PENDING trial, for scheduler tests that build contexts by hand.
+    #[cfg(test)]
+    #[allow(dead_code)] // used by the PBT scheduler's tests, which are not compiled in yet
+    pub(crate) fn for_test(id: TrialId, config: Config) -> Trial {
+        Trial {
+            id,
+            config,
+            status: TrialStatus::Pending,
+            tag: String::new(),
+            iteration: 0,
+            time_total_s: 0.0,
+            last_result: None,
+            best: None,
+            checkpoints: BTreeMap::new(),
+            restore: None,
+            runs: 0,
+            failures: 0,
+            resumable: true,
+            error: None,
+            ending: None,
+            last_report_at: None,
+        }
+    }
+
     /// The trial's name with its tag: `trial_00003@perturbed[lr=2.4e-05]`.
     pub fn display_name(&self) -> String {
         format!("{}{}", self.id.name(), self.tag)
@@ -235,6 +259,9 @@ impl Tuner {
     /// The runner has room for one more trial: which one to start, if any. The trial is RUNNING
     /// from now on; if its process cannot be started, report that through [`Tuner::on_exit`].
     pub fn next_to_run(&mut self, now: f64) -> Option<Launch> {
+        if self.scheduler.creates_population() {
+            while self.create_trial().is_some() {}
+        }
         let chosen = {
             let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
             let chosen = self.scheduler.choose_trial_to_run(&mut ctx);
@@ -480,19 +507,32 @@ impl Tuner {
                 config,
                 description,
             } => {
+                // A paused target restarts from the donor's checkpoint: its iteration and time
+                // are the donor's at that checkpoint from now on.
+                let donor_time = self
+                    .trials
+                    .get(donor.trial.0 as usize)
+                    .and_then(|d| d.checkpoints.get(&donor.iteration).copied());
+                let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+                    return Action::Continue;
+                };
+                if trial.status != TrialStatus::Running {
+                    trial.iteration = donor.iteration;
+                    if let Some(time) = donor_time {
+                        trial.time_total_s = time;
+                    }
+                }
                 trial.config = config.clone();
                 trial.restore = Some(*donor);
                 trial.tag = format!("@perturbed[{description}]");
                 trial.resumable = true;
-                match trial.status {
-                    TrialStatus::Running => {
-                        trial.ending = Some(Ending::Pause);
-                        if !reporting {
-                            self.effects.push(Effect::EndProcess { trial: id });
-                        }
+                // A paused trial simply restarts from the donor's checkpoint when chosen; a
+                // running one ends its process first.
+                if trial.status == TrialStatus::Running {
+                    trial.ending = Some(Ending::Pause);
+                    if !reporting {
+                        self.effects.push(Effect::EndProcess { trial: id });
                     }
-                    // A paused trial simply restarts from the donor's checkpoint when chosen.
-                    _ => {}
                 }
             }
         }

@@ -1,1 +1,13 @@
-//! The runner. (To be written.)
+//! The runner: everything around the pure core that touches the world.
+//!
+//! * [`executor`]: where trial processes run (local processes; SLURM later).
+//! * [`storage`]: the files an experiment leaves on disk.
+//! * [`report`]: tables, the best trial, and the live console.
+//!
+//! Work in progress, not yet compiled in (they wait for the search space, the ASHA/median
+//! scheduler specs and the protocol server): `experiment.rs` (the strict experiment file),
+//! `setup.rs` (options to a checked experiment) and `run_loop.rs` (the event loop).
+
+pub mod executor;
+pub mod report;
+pub mod storage;

@@ -503,7 +503,8 @@ impl Loop<'_> {
         for effect in effects {
             match effect {
                 Effect::Decision(decision) => {
-                    if let Err(e) = self.dir.append_decision(&decision, now) {
+                    let iteration = self.tuner.trial(decision.trial).map_or(0, |t| t.iteration);
+                    if let Err(e) = self.dir.append_decision(&decision, iteration, now) {
                         tracing::error!("cannot write the decisions log: {e}");
                     }
                     if let Action::Exploit {

@@ -1,1 +1,18 @@
-//! Built-in BLOOM trainer (work in progress).
+//! Built-in BLOOM causal-LM fine-tuning trainer for rtune.
+//!
+//! * [`config`] / [`model`] / [`weights`]: BLOOM exactly as Hugging Face's `BloomForCausalLM`,
+//!   loaded from and saved to HF safetensors.
+//! * [`data`]: SQuAD loading, a synthetic SQuAD generator, causal-LM preprocessing, tokenizers.
+//! * [`train`]: AdamW with HF Trainer's linear schedule, gradient accumulation, evaluation and
+//!   exact-resume checkpoints.
+//! * [`trial`]: the only module that talks to rtune.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod model;
+pub mod squad;
+pub mod train;
+pub mod trial;
+pub mod weights;

@@ -120,6 +120,13 @@ pub trait Scheduler: Send {
     /// Short name for logs (`asha`, `fifo`, ...).
     fn name(&self) -> &'static str;
 
+    /// Whether the tuner should create every trial the searcher offers up front (PBT's
+    /// population) rather than one whenever a slot is free. With more trials than slots, such a
+    /// scheduler time-multiplexes them by pausing and resuming.
+    fn creates_population(&self) -> bool {
+        false
+    }
+
     /// A trial was created with its configuration.
     fn on_trial_add(&mut self, _ctx: &mut SchedulerContext<'_>, _trial: TrialId) {}
 

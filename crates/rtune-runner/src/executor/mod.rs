@@ -1,0 +1,162 @@
+//! Executors start trial processes, report their exits and account for the resources they hold.
+//!
+//! The run loop asks an executor whether a trial fits (`has_room`), starts it, and later learns
+//! of its end through one [`ExecutorEvent::Exited`] per run on the channel given to the
+//! executor. Only then does it call [`Executor::release`], so the resources of a trial stay
+//! booked until the loop has seen it finish.
+
+pub mod local;
+pub mod resources;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rtune_core::TrialId;
+use serde::{Deserialize, Serialize};
+
+pub use local::{LocalExecutor, LocalExecutorConfig, plan_capacity};
+pub use resources::{NodeResources, detect, parse_visible_devices};
+
+/// What one worker process of a trial needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Resources {
+    /// CPUs per worker; fractions allowed.
+    pub cpu: f64,
+    /// Whole GPUs per worker.
+    pub gpu: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { cpu: 1.0, gpu: 0 }
+    }
+}
+
+/// Everything needed to start one run of a trial.
+#[derive(Clone, Debug)]
+pub struct TrialLaunch {
+    /// The trial being started.
+    pub trial: TrialId,
+    /// The run number (a trial restarted from a checkpoint gets a new run); echoed in its
+    /// [`ExecutorEvent::Exited`].
+    pub run: u32,
+    /// Program and arguments; the program is looked up on PATH.
+    pub command: Vec<String>,
+    /// Extra environment for every worker (on top of rtune's own environment).
+    pub env: Vec<(String, String)>,
+    /// Number of worker processes (e.g. one per GPU for data-parallel training).
+    pub workers: u32,
+    /// What each worker needs.
+    pub resources: Resources,
+    /// Working directory of every worker.
+    pub cwd: PathBuf,
+    /// Standard output of worker 0 (appended); rank k > 0 writes `<stdout>.rank<k>.log`.
+    pub stdout: PathBuf,
+    /// Standard error of worker 0 (appended); rank k > 0 writes `<stderr>.rank<k>.log`.
+    pub stderr: PathBuf,
+}
+
+/// Where a trial was placed, for the log and the trial table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Placement {
+    /// For example `local cpu=1 gpu=0,1`.
+    pub description: String,
+}
+
+/// What an executor tells the run loop.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecutorEvent {
+    /// Every worker of this run has exited (and leftover processes in their process groups
+    /// have been killed). Sent exactly once per started run.
+    Exited {
+        /// The trial.
+        trial: TrialId,
+        /// The run number given in its [`TrialLaunch`].
+        run: u32,
+        /// True iff every worker exited with status 0.
+        success: bool,
+        /// `exit code 0`, `exit code 3`, `killed by signal 15 (SIGTERM)`; prefixed with
+        /// `worker <rank>: ` when the trial has several workers.
+        message: String,
+    },
+}
+
+/// Why an executor could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// A single trial needs more than this node has; the message shows the arithmetic.
+    #[error("{0}")]
+    NeverFits(String),
+    /// `start` was called while the trial does not fit right now (check `has_room` first).
+    #[error("no room for trial {trial} right now: {reason}")]
+    NoRoom {
+        /// The trial.
+        trial: TrialId,
+        /// What is missing.
+        reason: String,
+    },
+    /// A setting or request makes no sense (negative CPUs, zero workers, empty command, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The program could not be started.
+    #[error("cannot start `{program}`: {}", describe_spawn_error(.source))]
+    Spawn {
+        /// The program as given in the command.
+        program: String,
+        /// The error from the operating system.
+        source: std::io::Error,
+    },
+    /// Another I/O error (opening log files, finding a free port).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, e.g. `cannot open /x/stdout.log`.
+        what: String,
+        /// The error from the operating system.
+        source: std::io::Error,
+    },
+}
+
+/// The error of a failed spawn, with a hint for the usual causes.
+fn describe_spawn_error(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!("not found: is it on PATH? (or the working directory is missing) ({error})")
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("permission denied: is it executable? ({error})")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// How many trials can run at once, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapacityPlan {
+    /// Trials that fit side by side (`u32::MAX` when nothing limits them).
+    pub concurrent_trials: u32,
+    /// For example `2 trials at once: 2 CPUs / (1 worker x 1 CPU)`.
+    pub explanation: String,
+}
+
+/// Runs trial processes somewhere. Methods are called from inside a tokio runtime.
+pub trait Executor: Send {
+    /// Short name for logs, e.g. "local".
+    fn name(&self) -> &'static str;
+    /// Before anything starts: can one trial ever fit? Err(NeverFits) shows the arithmetic.
+    fn check_capacity(
+        &self,
+        workers: u32,
+        per_worker: &Resources,
+    ) -> Result<CapacityPlan, ExecutorError>;
+    /// Whether a trial of this shape fits now, next to the trials that hold resources.
+    fn has_room(&self, workers: u32, per_worker: &Resources) -> bool;
+    /// Starts every worker of a trial; its end arrives later as [`ExecutorEvent::Exited`].
+    fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError>;
+    /// SIGTERM to the trial's process group(s) now, SIGKILL after `grace` if still alive. Idempotent.
+    fn stop(&mut self, trial: TrialId, grace: Duration);
+    /// The loop saw its Exited event: free its CPUs/GPUs.
+    fn release(&mut self, trial: TrialId);
+    /// End everything still running (SIGTERM, SIGKILL after grace), blocking until gone.
+    fn shutdown(&mut self, grace: Duration);
+}

@@ -1,0 +1,306 @@
+//! From the command line's options to a running experiment: load and check everything that can
+//! be checked before anything starts, then create the experiment directory and run the loop.
+//!
+//! The order matters for users: every mistake in the file, the space, the scheduler or the
+//! resources is reported before a directory is created or a process started.
+
+use std::io::Read as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rtune_core::searcher::RandomSearcher;
+use rtune_core::space::SearchSpace;
+use rtune_core::tuner::{Tuner, TunerSettings};
+use tokio::sync::mpsc;
+
+use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
+use crate::executor::{Executor, ExecutorError};
+use crate::experiment::{self, Experiment, ExperimentError};
+use crate::report::{Reporter, local_time};
+use crate::run_loop::{self, RunError, RunOutcome, RunParts, TrialTemplate, unix_now};
+use crate::storage::{ExperimentDir, ExperimentState, STATE_FORMAT, StorageError};
+
+/// What `rtune run` was asked.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub experiment_path: PathBuf,
+    /// `--set KEY=VALUE`, in order.
+    pub overrides: Vec<String>,
+    /// `--name`: overrides `name` in the file.
+    pub name: Option<String>,
+    /// `--storage`: overrides `[output] storage`.
+    pub storage: Option<PathBuf>,
+    /// `--executor`: overrides `[executor] type`.
+    pub executor: Option<String>,
+    /// The running rtune binary: trial programs are looked up next to it first.
+    pub rtune_exe: PathBuf,
+    /// Whether stdout is a terminal (live table) or a log file.
+    pub terminal: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Experiment(#[from] ExperimentError),
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Capacity {
+        path: PathBuf,
+        source: ExecutorError,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("cannot find the storage directory: set [output] storage or --storage (HOME is not set)")]
+    NoStorage,
+}
+
+/// Everything checked and built, not yet started: what `run_experiment` runs.
+pub struct Prepared {
+    pub experiment: Experiment,
+    pub parts: RunParts,
+    pub concurrency: String,
+}
+
+/// Load the experiment, check it, create its directory and run it to the end.
+pub async fn run_experiment(options: RunOptions) -> Result<RunOutcome, SetupError> {
+    let prepared = prepare(&options)?;
+    let outcome = run_loop::run(prepared.parts).await?;
+    Ok(outcome)
+}
+
+/// Everything up to (and including) creating the experiment directory.
+pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
+    let mut overrides = options.overrides.clone();
+    if let Some(name) = &options.name {
+        overrides.push(format!("name={}", toml_string(name)));
+    }
+    if let Some(kind) = &options.executor {
+        overrides.push(format!("executor.type={}", toml_string(kind)));
+    }
+    let experiment = experiment::load(&options.experiment_path, &overrides)?;
+    let file = &experiment.file;
+    let path = experiment.path.clone();
+    let invalid = |message: String| SetupError::Invalid {
+        path: path.clone(),
+        message,
+    };
+
+    let space = SearchSpace::from_json(&experiment.space_json()).map_err(|e| invalid(e.to_string()))?;
+    let scheduler = file
+        .scheduler
+        .build(&file.metric, file.mode)
+        .map_err(|e| invalid(e.to_string()))?;
+    let parameters = space.searched_names();
+    let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
+    let tuner = Tuner::new(
+        TunerSettings {
+            metric: file.metric.clone(),
+            mode: file.mode,
+            seed: file.seed,
+            max_failures: file.max_failures,
+            stop: file.stop.clone(),
+        },
+        Box::new(searcher),
+        scheduler,
+    );
+
+    let (events_tx, executor_events) = mpsc::unbounded_channel();
+    let executor = LocalExecutor::new(
+        LocalExecutorConfig {
+            cpus: file.executor.cpus,
+            gpus: file.executor.gpus.clone(),
+            reserve_cpus: file.executor.reserve_cpus,
+            max_concurrent_trials: file.executor.max_concurrent_trials,
+        },
+        events_tx,
+    )
+    .map_err(|source| SetupError::Capacity {
+        path: path.clone(),
+        source,
+    })?;
+    let plan = executor
+        .check_capacity(file.trial.workers, &file.trial.resources)
+        .map_err(|source| SetupError::Capacity {
+            path: path.clone(),
+            source,
+        })?;
+
+    let command = resolve_command(&file.trial.command, &options.rtune_exe);
+    let cwd = match &file.trial.cwd {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    let bind = bind_address(file.executor.bind.as_deref()).map_err(invalid)?;
+
+    let storage = match (&options.storage, &file.output.storage) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join("rtune_results"))
+            .ok_or(SetupError::NoStorage)?,
+    };
+    let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
+    let started_at = unix_now();
+    let state = ExperimentState {
+        format: STATE_FORMAT,
+        name: file.name.clone(),
+        status: "running".into(),
+        metric: file.metric.clone(),
+        mode: file.mode,
+        scheduler: tuner.scheduler_name().to_string(),
+        searcher: tuner.searcher_name().to_string(),
+        parameters,
+        total_trials: tuner.total_trials(),
+        started_at,
+        finished_at: None,
+        trials: Vec::new(),
+        placements: Default::default(),
+    };
+    let mut reporter = Reporter::new(options.terminal, file.output.report_interval_s);
+    let total = tuner
+        .total_trials()
+        .map_or("an open number of".to_string(), |n| n.to_string());
+    reporter.start(&format!(
+        "rtune {}: experiment {} started at {}\n  {total} trials, searcher {}, scheduler {}, metric {} ({})\n  {}\n  results: {}",
+        env!("CARGO_PKG_VERSION"),
+        file.name,
+        local_time(started_at),
+        tuner.searcher_name(),
+        tuner.scheduler_name(),
+        file.metric,
+        file.mode,
+        plan.explanation,
+        dir.path().display(),
+    ));
+    let concurrency = plan.explanation.clone();
+    let parts = RunParts {
+        tuner,
+        executor: Box::new(executor),
+        executor_events,
+        dir,
+        state,
+        template: TrialTemplate {
+            command,
+            env: file
+                .trial
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            workers: file.trial.workers,
+            resources: file.trial.resources.clone(),
+            cwd,
+            stop_grace: Duration::from_secs_f64(file.trial.stop_grace_s),
+        },
+        reporter,
+        bind,
+        advertise_host: file.executor.advertise_host.clone(),
+        secret: new_secret(),
+    };
+    Ok(Prepared {
+        experiment,
+        parts,
+        concurrency,
+    })
+}
+
+/// A TOML string literal for an override built from a command-line flag.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+/// `rtune` means this binary; a bare program name that exists next to this binary (the example
+/// trainable, the built-in trainer) is taken from there; anything else is left for PATH.
+pub fn resolve_command(command: &[String], rtune_exe: &Path) -> Vec<String> {
+    let mut resolved = command.to_vec();
+    let Some(program) = resolved.first_mut() else {
+        return resolved;
+    };
+    if program.contains('/') {
+        return resolved;
+    }
+    if program == "rtune" {
+        *program = rtune_exe.to_string_lossy().into_owned();
+        return resolved;
+    }
+    if let Some(dir) = rtune_exe.parent() {
+        let candidate = dir.join(program.as_str());
+        if candidate.is_file() {
+            *program = candidate.to_string_lossy().into_owned();
+        }
+    }
+    resolved
+}
+
+/// `[executor] bind`: an IP, `IP:PORT` or a host name; default loopback, any port.
+fn bind_address(bind: Option<&str>) -> Result<SocketAddr, String> {
+    let Some(text) = bind else {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+    };
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 0));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    (text, 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            format!("executor.bind: `{text}` is not an address or a host name this machine knows")
+        })
+}
+
+/// 128 random bits from the OS, as hex: the experiment's secret.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No /dev/urandom (not Linux): fall back to time and process id, still per-experiment.
+        let seed = unix_now().to_bits() ^ u64::from(std::process::id()).rotate_left(32);
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        bytes[8..].copy_from_slice(&seed.rotate_left(17).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_next_to_rtune_win_over_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("rtune");
+        std::fs::write(dir.path().join("rtune-example"), "").expect("write");
+        let cmd = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let resolved = resolve_command(&cmd(&["rtune-example", "--x"]), &exe);
+        assert_eq!(resolved[0], dir.path().join("rtune-example").to_string_lossy());
+        assert_eq!(resolved[1], "--x");
+        assert_eq!(resolve_command(&cmd(&["python", "t.py"]), &exe)[0], "python");
+        assert_eq!(resolve_command(&cmd(&["./t.sh"]), &exe)[0], "./t.sh");
+        assert_eq!(
+            resolve_command(&cmd(&["rtune", "train-lm"]), &exe)[0],
+            exe.to_string_lossy()
+        );
+    }
+
+    #[test]
+    fn secrets_differ_and_bind_addresses_parse() {
+        assert_ne!(new_secret(), new_secret());
+        assert_eq!(new_secret().len(), 32);
+        assert_eq!(
+            bind_address(None).expect("default"),
+            "127.0.0.1:0".parse().expect("addr")
+        );
+        assert_eq!(
+            bind_address(Some("0.0.0.0")).expect("ip"),
+            "0.0.0.0:0".parse().expect("addr")
+        );
+        assert!(bind_address(Some("no such host.invalid")).is_err());
+    }
+}

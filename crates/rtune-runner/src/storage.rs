@@ -1,0 +1,627 @@
+//! The files an experiment leaves on disk (docs/file-formats.md is the user-facing description).
+//!
+//! ```text
+//! <storage>/<name>/
+//!   experiment.toml          the experiment file as run (overrides applied)
+//!   experiment_state.json    the state snapshot: every trial, written atomically
+//!   decisions.jsonl          every scheduler decision with its reason
+//!   events.jsonl             status changes and warnings
+//!   lineage.jsonl            PBT exploits (only when there are any)
+//!   trial_00000/
+//!     params.json  result.json  progress.csv  stdout.log  stderr.log  error.txt  policy.json
+//!     checkpoints/checkpoint_000003/ ...
+//! ```
+//!
+//! Logs are appended line by line, so a crash loses at most the line being written; snapshots
+//! (`experiment_state.json`, `params.json`, `policy.json`) are written to a temporary file and
+//! renamed over the old one, so they are never half-written.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use rtune_core::scheduler::PolicyStep;
+use rtune_core::tuner::Trial;
+use rtune_core::{CheckpointId, Config, Decision, Mode, TrialId, TrialResult};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// File names inside an experiment directory.
+pub const EXPERIMENT_FILE: &str = "experiment.toml";
+pub const STATE_FILE: &str = "experiment_state.json";
+pub const DECISIONS_FILE: &str = "decisions.jsonl";
+pub const EVENTS_FILE: &str = "events.jsonl";
+pub const LINEAGE_FILE: &str = "lineage.jsonl";
+
+/// The version of `experiment_state.json`'s layout.
+pub const STATE_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "{path} is not an rtune experiment state ({message})\nhint: `rtune status` and `rtune best` take an experiment directory, e.g. ~/rtune_results/<name>"
+    )]
+    BadState { path: PathBuf, message: String },
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> StorageError + 'a {
+    move |source| StorageError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The snapshot of an experiment that `rtune status` and `rtune best` read, also while it runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExperimentState {
+    pub format: u32,
+    pub name: String,
+    /// `running`, `finished` or `interrupted`.
+    pub status: String,
+    pub metric: String,
+    pub mode: Mode,
+    pub scheduler: String,
+    pub searcher: String,
+    /// Dotted names of the searched parameters: the table's parameter columns.
+    pub parameters: Vec<String>,
+    /// How many trials the searcher will create, when known.
+    pub total_trials: Option<usize>,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    pub finished_at: Option<f64>,
+    pub trials: Vec<Trial>,
+    /// Where each trial's latest run was placed (`local cpu=1 gpu=0`, a SLURM step, ...).
+    #[serde(default)]
+    pub placements: BTreeMap<String, String>,
+}
+
+impl ExperimentState {
+    /// Read `experiment_state.json` from an experiment directory (or the file itself).
+    pub fn read(dir: &Path) -> Result<ExperimentState, StorageError> {
+        let path = if dir.is_dir() {
+            dir.join(STATE_FILE)
+        } else {
+            dir.to_path_buf()
+        };
+        let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
+        serde_json::from_str(&text).map_err(|e| StorageError::BadState {
+            path,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// An experiment's directory.
+#[derive(Clone, Debug)]
+pub struct ExperimentDir {
+    path: PathBuf,
+}
+
+impl ExperimentDir {
+    /// Create `<storage>/<name>`; when that exists already (an earlier run), `<name>-2`, `-3`, ...
+    /// so nothing earlier is overwritten. Writes the experiment file as run.
+    pub fn create(
+        storage: &Path,
+        name: &str,
+        experiment_text: &str,
+    ) -> Result<ExperimentDir, StorageError> {
+        fs::create_dir_all(storage).map_err(io_error("create", storage))?;
+        let mut attempt = 1u32;
+        let path = loop {
+            let candidate = if attempt == 1 {
+                storage.join(name)
+            } else {
+                storage.join(format!("{name}-{attempt}"))
+            };
+            match fs::create_dir(&candidate) {
+                Ok(()) => break candidate,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => attempt += 1,
+                Err(e) => return Err(io_error("create", &candidate)(e)),
+            }
+        };
+        let dir = ExperimentDir { path };
+        write_atomic(&dir.path.join(EXPERIMENT_FILE), experiment_text.as_bytes())?;
+        Ok(dir)
+    }
+
+    /// An existing experiment directory.
+    pub fn open(path: &Path) -> ExperimentDir {
+        ExperimentDir {
+            path: path.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A trial's files; creates its directory if needed.
+    pub fn trial(&self, id: TrialId) -> Result<TrialFiles, StorageError> {
+        let dir = self.path.join(id.name());
+        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        Ok(TrialFiles { dir })
+    }
+
+    /// Append a decision, with the iteration of the trial it was made at, to decisions.jsonl.
+    pub fn append_decision(
+        &self,
+        decision: &Decision,
+        iteration: u64,
+        now: f64,
+    ) -> Result<(), StorageError> {
+        let mut line = match serde_json::to_value(decision) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        line.insert("time".into(), json_f64(now));
+        line.insert("training_iteration".into(), iteration.into());
+        append_json_line(&self.path.join(DECISIONS_FILE), &Value::Object(line))
+    }
+
+    pub fn append_event(&self, event: &Value) -> Result<(), StorageError> {
+        append_json_line(&self.path.join(EVENTS_FILE), event)
+    }
+
+    pub fn append_lineage(&self, line: &Value) -> Result<(), StorageError> {
+        append_json_line(&self.path.join(LINEAGE_FILE), line)
+    }
+
+    /// Write the state snapshot atomically.
+    pub fn write_state(&self, state: &ExperimentState) -> Result<(), StorageError> {
+        let path = self.path.join(STATE_FILE);
+        let text = serde_json::to_vec(state).map_err(|e| StorageError::BadState {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, &text)
+    }
+}
+
+/// The files of one trial.
+#[derive(Clone, Debug)]
+pub struct TrialFiles {
+    dir: PathBuf,
+}
+
+impl TrialFiles {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn params_path(&self) -> PathBuf {
+        self.dir.join("params.json")
+    }
+
+    pub fn stdout_path(&self) -> PathBuf {
+        self.dir.join("stdout.log")
+    }
+
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.join("stderr.log")
+    }
+
+    pub fn result_path(&self) -> PathBuf {
+        self.dir.join("result.json")
+    }
+
+    pub fn progress_path(&self) -> PathBuf {
+        self.dir.join("progress.csv")
+    }
+
+    /// Where a trial may write a checkpoint before reporting it. On the same file system as
+    /// `checkpoints/`, so taking the checkpoint over is a rename.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.dir.join("scratch")
+    }
+
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
+    /// The trial's own checkpoint taken at `iteration`.
+    pub fn checkpoint_dir(&self, iteration: u64) -> PathBuf {
+        self.checkpoints_dir()
+            .join(format!("checkpoint_{iteration:06}"))
+    }
+
+    /// The copy of a donor's checkpoint this trial restarts from after an exploit.
+    pub fn exploit_dir(&self, donor: CheckpointId) -> PathBuf {
+        self.checkpoints_dir().join(format!(
+            "from_{}_{:06}",
+            donor.trial.name(),
+            donor.iteration
+        ))
+    }
+
+    pub fn write_params(&self, config: &Config) -> Result<(), StorageError> {
+        let text = serde_json::to_vec_pretty(config).unwrap_or_default();
+        write_atomic(&self.params_path(), &text)
+    }
+
+    pub fn write_policy(&self, policy: &[PolicyStep]) -> Result<(), StorageError> {
+        let text = serde_json::to_vec_pretty(policy).unwrap_or_default();
+        write_atomic(&self.dir.join("policy.json"), &text)
+    }
+
+    /// Append a failure to error.txt (a trial retried several times keeps every message).
+    pub fn write_error(&self, message: &str) -> Result<(), StorageError> {
+        let path = self.dir.join("error.txt");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        writeln!(file, "{message}").map_err(io_error("write", &path))
+    }
+
+    /// Move the directory a trial reported into `checkpoints/` under `iteration`. A rename when
+    /// possible; a copy (then removal) across file systems.
+    pub fn take_checkpoint(&self, src: &Path, iteration: u64) -> Result<PathBuf, StorageError> {
+        let meta = fs::metadata(src).map_err(|e| StorageError::Checkpoint {
+            path: src.to_path_buf(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        if !meta.is_dir() {
+            return Err(StorageError::Checkpoint {
+                path: src.to_path_buf(),
+                message: "is not a directory: report the directory that holds the checkpoint"
+                    .into(),
+            });
+        }
+        // Moving a directory that contains the trial's own files would move them away.
+        if let Ok(src_abs) = src.canonicalize()
+            && let Ok(dir_abs) = self.dir.canonicalize()
+            && dir_abs.starts_with(&src_abs)
+        {
+            return Err(StorageError::Checkpoint {
+                path: src.to_path_buf(),
+                message: "contains the trial's own directory; write checkpoints into \
+                          RTUNE_SCRATCH_DIR or a fresh directory"
+                    .into(),
+            });
+        }
+        let target = self.checkpoint_dir(iteration);
+        let parent = self.checkpoints_dir();
+        fs::create_dir_all(&parent).map_err(io_error("create", &parent))?;
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(io_error("replace", &target))?;
+        }
+        match fs::rename(src, &target) {
+            Ok(()) => Ok(target),
+            Err(_) => {
+                copy_dir_atomic(src, &target)?;
+                fs::remove_dir_all(src).map_err(io_error("remove", src))?;
+                Ok(target)
+            }
+        }
+    }
+
+    /// Copy a checkpoint directory (a donor's) to `target`, replacing what is there.
+    pub fn copy_checkpoint(&self, from: &Path, target: &Path) -> Result<(), StorageError> {
+        if target.exists() {
+            fs::remove_dir_all(target).map_err(io_error("replace", target))?;
+        }
+        copy_dir_atomic(from, target)
+    }
+
+    pub fn delete_checkpoint(&self, iteration: u64) -> Result<(), StorageError> {
+        let path = self.checkpoint_dir(iteration);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("delete", &path)(e)),
+        }
+    }
+
+    /// Append one result to result.json (JSON lines with `done` and `config`) and progress.csv.
+    pub fn append_result(
+        &self,
+        result: &TrialResult,
+        config: &Config,
+        done: bool,
+    ) -> Result<(), StorageError> {
+        let mut line = result.metrics.clone();
+        line.insert("done".into(), done.into());
+        line.insert("config".into(), Value::Object(config.clone()));
+        append_json_line(&self.result_path(), &Value::Object(line))?;
+        self.append_progress(result, done)
+    }
+
+    /// progress.csv: the columns are fixed by the first row (later new keys are left out, as a
+    /// CSV cannot grow columns); nested values are written as JSON.
+    fn append_progress(&self, result: &TrialResult, done: bool) -> Result<(), StorageError> {
+        let path = self.progress_path();
+        let existing_header = File::open(&path).ok().and_then(|f| {
+            let mut first = String::new();
+            io::BufReader::new(f).read_line(&mut first).ok()?;
+            let first = first.trim_end();
+            (!first.is_empty()).then(|| parse_csv_header(first))
+        });
+        let mut text = String::new();
+        let columns: Vec<String> = match existing_header {
+            Some(columns) => columns,
+            None => {
+                let mut columns: Vec<String> = result.metrics.keys().cloned().collect();
+                columns.push("done".into());
+                text.push_str(
+                    &columns
+                        .iter()
+                        .map(|c| csv_field(c))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                text.push('\n');
+                columns
+            }
+        };
+        let row: Vec<String> = columns
+            .iter()
+            .map(|c| match c.as_str() {
+                "done" => done.to_string(),
+                _ => result.metrics.get(c).map(csv_value).unwrap_or_default(),
+            })
+            .collect();
+        text.push_str(&row.join(","));
+        text.push('\n');
+        append_text(&path, &text)
+    }
+}
+
+fn json_f64(value: f64) -> Value {
+    serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
+}
+
+/// A CSV field, quoted when it needs to be.
+pub fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+fn csv_value(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => csv_field(s),
+        other => csv_field(&other.to_string()),
+    }
+}
+
+/// Column names of a header line written by [`csv_field`].
+fn parse_csv_header(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+fn append_text(path: &Path, text: &str) -> Result<(), StorageError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    // One write call per line, so concurrent readers never see a line's first half only.
+    file.write_all(text.as_bytes())
+        .map_err(io_error("write", path))
+}
+
+fn append_json_line(path: &Path, value: &Value) -> Result<(), StorageError> {
+    let mut text = value.to_string();
+    text.push('\n');
+    append_text(path, &text)
+}
+
+/// Write a file so that readers see either the old or the new content, never a part: write a
+/// temporary file next to it, flush it to disk, rename it over the target.
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    {
+        let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
+        file.write_all(content).map_err(io_error("write", &tmp))?;
+        file.sync_data().map_err(io_error("flush", &tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_error("replace", path))
+}
+
+/// Copy a directory tree to `target` via a temporary sibling, so `target` appears complete or
+/// not at all.
+fn copy_dir_atomic(from: &Path, target: &Path) -> Result<(), StorageError> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.partial"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_error("remove", &tmp))?;
+    }
+    copy_tree(from, &tmp)?;
+    fs::rename(&tmp, target).map_err(io_error("rename", target))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StorageError> {
+    fs::create_dir_all(to).map_err(io_error("create", to))?;
+    for entry in fs::read_dir(from).map_err(io_error("read", from))? {
+        let entry = entry.map_err(io_error("read", from))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(io_error("read", &src))?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else {
+            fs::copy(&src, &dst).map_err(io_error("copy", &src))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn result(trial: u32, pairs: &[(&str, Value)]) -> TrialResult {
+        TrialResult {
+            trial: TrialId(trial),
+            metrics: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), v.clone()))
+                .collect(),
+            has_checkpoint: false,
+        }
+    }
+
+    #[test]
+    fn a_second_run_of_the_same_name_gets_its_own_directory() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let a = ExperimentDir::create(storage.path(), "exp", "name = 1").expect("first");
+        let b = ExperimentDir::create(storage.path(), "exp", "name = 2").expect("second");
+        assert_eq!(a.path(), storage.path().join("exp"));
+        assert_eq!(b.path(), storage.path().join("exp-2"));
+        let text = fs::read_to_string(b.path().join(EXPERIMENT_FILE)).expect("read");
+        assert_eq!(text, "name = 2");
+    }
+
+    #[test]
+    fn results_go_to_json_lines_and_a_csv_with_stable_columns() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = dir.trial(TrialId(3)).expect("trial dir");
+        let mut config = Config::new();
+        config.insert("lr".into(), json!(0.1));
+        let r1 = result(
+            3,
+            &[
+                ("loss", json!(1.5)),
+                ("note", json!("a,b")),
+                ("training_iteration", json!(1)),
+            ],
+        );
+        let r2 = result(
+            3,
+            &[
+                ("loss", json!(1.0)),
+                ("extra", json!(7)),
+                ("training_iteration", json!(2)),
+            ],
+        );
+        files.append_result(&r1, &config, false).expect("r1");
+        files.append_result(&r2, &config, true).expect("r2");
+        let lines: Vec<Value> = fs::read_to_string(files.result_path())
+            .expect("result.json")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["done"], true);
+        assert_eq!(lines[1]["config"]["lr"], 0.1);
+        let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
+        assert_eq!(
+            csv,
+            "loss,note,training_iteration,done\n1.5,\"a,b\",1,false\n1.0,,2,true\n"
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_taken_over_copied_and_deleted() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = dir.trial(TrialId(0)).expect("trial dir");
+        let scratch = files.scratch_dir().join("ckpt");
+        fs::create_dir_all(scratch.join("sub")).expect("mkdir");
+        fs::write(scratch.join("sub/w.bin"), b"weights").expect("write");
+        let kept = files.take_checkpoint(&scratch, 2).expect("take");
+        assert!(!scratch.exists());
+        assert_eq!(fs::read(kept.join("sub/w.bin")).expect("read"), b"weights");
+
+        let other = dir.trial(TrialId(1)).expect("trial dir");
+        let donor = CheckpointId {
+            trial: TrialId(0),
+            iteration: 2,
+        };
+        let target = other.exploit_dir(donor);
+        other.copy_checkpoint(&kept, &target).expect("copy");
+        assert_eq!(
+            fs::read(target.join("sub/w.bin")).expect("read"),
+            b"weights"
+        );
+
+        files.delete_checkpoint(2).expect("delete");
+        assert!(!kept.exists());
+        files.delete_checkpoint(2).expect("deleting twice is fine");
+    }
+
+    #[test]
+    fn a_checkpoint_that_is_not_a_directory_or_holds_the_trial_is_refused() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = dir.trial(TrialId(0)).expect("trial dir");
+        let file = files.dir().join("ckpt.bin");
+        fs::write(&file, b"x").expect("write");
+        assert!(files.take_checkpoint(&file, 1).is_err());
+        assert!(files.take_checkpoint(dir.path(), 1).is_err());
+        assert!(dir.path().join("trial_00000").is_dir());
+        assert!(
+            files
+                .take_checkpoint(&files.dir().join("missing"), 1)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn state_round_trips_and_a_foreign_file_is_a_clear_error() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let state = ExperimentState {
+            format: STATE_FORMAT,
+            name: "exp".into(),
+            status: "running".into(),
+            metric: "loss".into(),
+            mode: Mode::Min,
+            scheduler: "fifo".into(),
+            searcher: "random".into(),
+            parameters: vec!["lr".into()],
+            total_trials: Some(3),
+            started_at: 1.0,
+            finished_at: None,
+            trials: Vec::new(),
+            placements: BTreeMap::new(),
+        };
+        dir.write_state(&state).expect("write");
+        assert_eq!(ExperimentState::read(dir.path()).expect("read"), state);
+        fs::write(dir.path().join(STATE_FILE), "{}").expect("write");
+        let err = ExperimentState::read(dir.path()).expect_err("bad state");
+        assert!(err.to_string().contains("not an rtune experiment state"));
+    }
+}

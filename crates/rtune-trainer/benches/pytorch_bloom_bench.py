@@ -1,0 +1,33 @@
+"""PyTorch + transformers counterpart of `rtune-train-lm bench`, for comparison figures.
+
+Same shape and loop: BloomForCausalLM (2 layers, hidden 128, 4 heads, vocab 512), random
+token batches of 8 x 128 with every position labelled, AdamW (lr 1e-3, wd 0.01), f32,
+2 threads. Usage: python3 pytorch_bloom_bench.py [--steps 100] [--threads 2]
+"""
+import argparse, resource, time
+import torch
+from transformers import BloomConfig, BloomForCausalLM
+
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=100)
+p.add_argument("--warmup", type=int, default=5)
+p.add_argument("--threads", type=int, default=2)
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+cfg = BloomConfig(vocab_size=512, hidden_size=128, n_layer=2, n_head=4)
+model = BloomForCausalLM(cfg).train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+B, S = 8, 128
+for step in range(a.warmup + a.steps):
+    if step == a.warmup:
+        t0 = time.perf_counter()
+    ids = torch.randint(0, 512, (B, S))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+dt = time.perf_counter() - t0
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"RESULT pytorch {torch.__version__} steps={a.steps} steps_per_s={a.steps/dt:.2f} "
+      f"tokens_per_s={a.steps*B*S/dt:.0f} peak_rss_mib={rss:.1f}")
