@@ -79,10 +79,8 @@ pub struct Trial {
 }
 
 impl Trial {
-    /// A fresh PENDING trial, for scheduler tests that build contexts by hand.
-    #[cfg(test)]
-    #[allow(dead_code)] // used by the PBT scheduler's tests, which are not compiled in yet
-    pub(crate) fn for_test(id: TrialId, config: Config) -> Trial {
+    /// A fresh PENDING trial (also for scheduler tests that build contexts by hand).
+    pub(crate) fn new_pending(id: TrialId, config: Config) -> Trial {
         Trial {
             id,
             config,
@@ -315,24 +313,7 @@ impl Tuner {
         let id = TrialId(u32::try_from(self.trials.len()).ok()?);
         match self.searcher.suggest(id, &mut self.rng) {
             Suggestion::Config(config) => {
-                self.trials.push(Trial {
-                    id,
-                    config,
-                    status: TrialStatus::Pending,
-                    tag: String::new(),
-                    iteration: 0,
-                    time_total_s: 0.0,
-                    last_result: None,
-                    best: None,
-                    checkpoints: BTreeMap::new(),
-                    restore: None,
-                    runs: 0,
-                    failures: 0,
-                    resumable: true,
-                    error: None,
-                    ending: None,
-                    last_report_at: None,
-                });
+                self.trials.push(Trial::new_pending(id, config));
                 let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
                 self.scheduler.on_trial_add(&mut ctx, id);
                 let outbox = ctx.outbox;

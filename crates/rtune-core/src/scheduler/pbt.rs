@@ -726,8 +726,8 @@ mod tests {
         let mut scheduler = pbt(config, Mode::Max, json!({}));
         let mut rng = CoreRng::seed_from_u64(0);
         let mut trials = vec![
-            crate::tuner::Trial::for_test(TrialId(0), object(json!({"a": 1}))),
-            crate::tuner::Trial::for_test(TrialId(1), object(json!({"a": 2}))),
+            crate::tuner::Trial::new_pending(TrialId(0), object(json!({"a": 1}))),
+            crate::tuner::Trial::new_pending(TrialId(1), object(json!({"a": 2}))),
         ];
         for t in &mut trials {
             t.status = TrialStatus::Running;
@@ -800,7 +800,7 @@ mod tests {
         let mut rng = CoreRng::seed_from_u64(0);
         let trials: Vec<_> = (0..5)
             .map(|i| {
-                let mut t = crate::tuner::Trial::for_test(TrialId(i), Map::new());
+                let mut t = crate::tuner::Trial::new_pending(TrialId(i), Map::new());
                 t.status = TrialStatus::Running;
                 t
             })
@@ -880,7 +880,7 @@ mod tests {
         let trials: Vec<_> = (0..2)
             .map(|i| {
                 let mut t =
-                    crate::tuner::Trial::for_test(TrialId(i), object(json!({"x": 0.5})));
+                    crate::tuner::Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
                 t.status = TrialStatus::Running;
                 t
             })
@@ -902,7 +902,7 @@ mod tests {
         let mut rng = CoreRng::seed_from_u64(0);
         let mut trials: Vec<_> = (0..2)
             .map(|i| {
-                let mut t = crate::tuner::Trial::for_test(TrialId(i), object(json!({"x": 0.5})));
+                let mut t = crate::tuner::Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
                 t.status = TrialStatus::Running;
                 t.checkpoints.insert(1, 1.0);
                 t
