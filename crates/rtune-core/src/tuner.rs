@@ -50,6 +50,7 @@ pub struct TunerSettings {
 /// any checkpoint that a waiting trial will restart from (a paused trial, or an exploit whose
 /// target has not copied the donor's checkpoint yet), whatever these settings say.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CheckpointRetention {
     /// Keep at most this many checkpoints per trial; `None` keeps all.
     pub num_to_keep: Option<usize>,
@@ -568,16 +569,22 @@ impl Tuner {
                 }
                 trial.config = config.clone();
                 trial.restore = Some(*donor);
-                // Its own checkpoints belong to the lineage it leaves: a later restart must never
-                // pick one of them as "its latest".
-                let stale: Vec<CheckpointId> = std::mem::take(&mut trial.checkpoints)
-                    .into_keys()
-                    .map(|iteration| CheckpointId {
+                // Its own checkpoints belong to the lineage it leaves (all of them, or those after
+                // the restart point when it restarts from its own checkpoint, as a policy replay
+                // does): a later restart must never pick one of them as "its latest".
+                let stale: Vec<CheckpointId> = trial
+                    .checkpoints
+                    .keys()
+                    .filter(|&&iteration| donor.trial != id || iteration > donor.iteration)
+                    .map(|&iteration| CheckpointId {
                         trial: id,
                         iteration,
                     })
                     .collect();
-                trial.checkpoint_scores.clear();
+                for c in &stale {
+                    trial.checkpoints.remove(&c.iteration);
+                    trial.checkpoint_scores.remove(&c.iteration);
+                }
                 trial.tag = format!("@perturbed[{description}]");
                 trial.resumable = true;
                 for c in stale {

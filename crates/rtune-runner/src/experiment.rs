@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::SchedulerSpec;
+use rtune_core::tuner::CheckpointRetention;
 use rtune_core::{Config, Mode};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct ExperimentFile {
     pub space: toml::Table,
     #[serde(default)]
     pub scheduler: SchedulerSpec,
+    /// `[checkpoint]`: which checkpoints of each trial are kept.
+    #[serde(default)]
+    pub checkpoint: CheckpointRetention,
     #[serde(default)]
     pub executor: ExecutorSection,
     #[serde(default)]
@@ -291,6 +295,12 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         return Err(invalid(
             "output.report_interval_s",
             "must be a positive number of seconds".into(),
+        ));
+    }
+    if file.checkpoint.num_to_keep == Some(0) {
+        return Err(invalid(
+            "checkpoint.num_to_keep",
+            "must be at least 1 (leave it out to keep every checkpoint)".into(),
         ));
     }
     for (key, value) in &file.stop {
