@@ -121,7 +121,10 @@ impl PbtScheduler {
         if !(0.0..=1.0).contains(&config.resample_probability) {
             return Err(InvalidSetting::new(
                 "resample_probability",
-                format!("must be between 0 and 1, got {}", config.resample_probability),
+                format!(
+                    "must be between 0 and 1, got {}",
+                    config.resample_probability
+                ),
             ));
         }
         if config.perturbation_factors.is_empty()
@@ -141,7 +144,11 @@ impl PbtScheduler {
                 mutations.push((parameter.path.clone(), mutation_of(&parameter.domain)));
             }
         } else {
-            parse_mutations(&config.hyperparam_mutations, &mut Vec::new(), &mut mutations)?;
+            parse_mutations(
+                &config.hyperparam_mutations,
+                &mut Vec::new(),
+                &mut mutations,
+            )?;
         }
         if mutations.is_empty() {
             return Err(InvalidSetting::new(
@@ -209,7 +216,10 @@ impl PbtScheduler {
             .with_details(json!({ "skipped_exploit": true, "donor": donor.0 }));
         };
         let donor_config = donor_trial.config.clone();
-        let old_config = ctx.trial(target).map(|t| t.config.clone()).unwrap_or_default();
+        let old_config = ctx
+            .trial(target)
+            .map(|t| t.config.clone())
+            .unwrap_or_default();
         let (new_config, description) = self.explore(&donor_config, ctx.rng);
         let donor_state = self.members.get(&donor).cloned().unwrap_or_default();
         let target_score = self.members.get(&target).and_then(|m| m.last_score);
@@ -220,10 +230,13 @@ impl PbtScheduler {
         let metric = &self.metric;
         let shown = |score: Option<f64>| {
             score.map_or("n/a".to_string(), |s| {
-                format!("{}", match self.mode {
-                    Mode::Max => s,
-                    Mode::Min => -s,
-                })
+                format!(
+                    "{}",
+                    match self.mode {
+                        Mode::Max => s,
+                        Mode::Min => -s,
+                    }
+                )
             })
         };
         Decision::new(
@@ -283,7 +296,9 @@ impl PbtScheduler {
                                 .choose(rng)
                                 .copied()
                                 .unwrap_or(1.0);
-                            domain.clamp(x * factor).unwrap_or_else(|| domain.sample(rng))
+                            domain
+                                .clamp(x * factor)
+                                .unwrap_or_else(|| domain.sample(rng))
                         }
                         _ => domain.sample(rng),
                     }
@@ -352,10 +367,15 @@ impl Scheduler for PbtScheduler {
         self.members.insert(trial, MemberState::default());
     }
 
-    fn on_trial_result(&mut self, ctx: &mut SchedulerContext<'_>, result: &TrialResult) -> Decision {
+    fn on_trial_result(
+        &mut self,
+        ctx: &mut SchedulerContext<'_>,
+        result: &TrialResult,
+    ) -> Decision {
         let id = result.trial;
         self.released.remove(&id);
-        let (Some(value), Some(time)) = (result.get(&self.metric), result.get(&self.config.time_attr))
+        let (Some(value), Some(time)) =
+            (result.get(&self.metric), result.get(&self.config.time_attr))
         else {
             let missing = if result.get(&self.metric).is_none() {
                 &self.metric
@@ -367,7 +387,11 @@ impl Scheduler for PbtScheduler {
                 id,
                 format!(
                     "pbt: the result lacks {missing}{}",
-                    if first { " (PBT ignores such results)" } else { "" }
+                    if first {
+                        " (PBT ignores such results)"
+                    } else {
+                        ""
+                    }
                 ),
             );
         };
@@ -380,7 +404,10 @@ impl Scheduler for PbtScheduler {
             if time < self.next_sync {
                 return Decision::continue_(
                     id,
-                    format!("pbt: the next synchronous perturbation is at {} = {}", self.config.time_attr, self.next_sync),
+                    format!(
+                        "pbt: the next synchronous perturbation is at {} = {}",
+                        self.config.time_attr, self.next_sync
+                    ),
                 );
             }
             member.last_score = Some(score);
@@ -390,7 +417,11 @@ impl Scheduler for PbtScheduler {
                     .trials
                     .iter()
                     .filter(|t| !t.status.is_finished() && t.id != id)
-                    .filter(|t| self.members.get(&t.id).is_none_or(|m| m.last_train_time < self.next_sync))
+                    .filter(|t| {
+                        self.members
+                            .get(&t.id)
+                            .is_none_or(|m| m.last_train_time < self.next_sync)
+                    })
                     .count();
                 return Decision::new(
                     id,
@@ -405,7 +436,10 @@ impl Scheduler for PbtScheduler {
             return self.perturb_all(ctx, Some(id)).unwrap_or_else(|| {
                 Decision::continue_(
                     id,
-                    format!("pbt (synch): the population reached {} = {at}; not in the lower quantile", self.config.time_attr),
+                    format!(
+                        "pbt (synch): the population reached {} = {at}; not in the lower quantile",
+                        self.config.time_attr
+                    ),
                 )
             });
         }
@@ -423,7 +457,10 @@ impl Scheduler for PbtScheduler {
         if time < self.config.burn_in_period {
             return Decision::continue_(
                 id,
-                format!("pbt: in the burn-in period (until {} = {})", self.config.time_attr, self.config.burn_in_period),
+                format!(
+                    "pbt: in the burn-in period (until {} = {})",
+                    self.config.time_attr, self.config.burn_in_period
+                ),
             );
         }
         member.last_score = Some(score);
@@ -432,9 +469,15 @@ impl Scheduler for PbtScheduler {
         let decision = if lower.contains(&id) {
             self.exploit(ctx, id, &upper)
         } else if upper.contains(&id) {
-            Decision::continue_(id, format!("pbt: {} {value} is in the upper quantile", self.metric))
+            Decision::continue_(
+                id,
+                format!("pbt: {} {value} is in the upper quantile", self.metric),
+            )
         } else {
-            Decision::continue_(id, format!("pbt: {} {value} is between the quantiles", self.metric))
+            Decision::continue_(
+                id,
+                format!("pbt: {} {value} is between the quantiles", self.metric),
+            )
         };
         if decision.action != Action::Continue {
             return decision;
@@ -453,7 +496,10 @@ impl Scheduler for PbtScheduler {
             return Decision::new(
                 id,
                 Action::Pause,
-                format!("pbt: {}; pausing to give the slot to {waiting} waiting trial(s)", decision.reason),
+                format!(
+                    "pbt: {}; pausing to give the slot to {waiting} waiting trial(s)",
+                    decision.reason
+                ),
             );
         }
         decision
@@ -496,9 +542,10 @@ impl PbtScheduler {
         if !self.config.synch {
             return;
         }
-        let someone_waits = ctx.trials.iter().any(|t| {
-            t.status == TrialStatus::Paused && !self.released.contains(&t.id)
-        });
+        let someone_waits = ctx
+            .trials
+            .iter()
+            .any(|t| t.status == TrialStatus::Paused && !self.released.contains(&t.id));
         if someone_waits && self.barrier_complete(ctx) {
             self.perturb_all(ctx, None);
         }
@@ -522,7 +569,10 @@ fn parse_mutations(
         let dotted = format!("hyperparam_mutations.{}", prefix.join("."));
         match value {
             Value::Array(values) if values.is_empty() => {
-                return Err(InvalidSetting::new(dotted, "an empty list cannot be explored"));
+                return Err(InvalidSetting::new(
+                    dotted,
+                    "an empty list cannot be explored",
+                ));
             }
             Value::Array(values) => out.push((prefix.clone(), Mutation::List(values.clone()))),
             Value::Object(map) => match Domain::parse(&dotted, value) {
@@ -652,7 +702,10 @@ mod tests {
                 }
             }
             if running.is_empty() {
-                assert!(tuner.is_finished(), "nothing runs but trials are left: a hang");
+                assert!(
+                    tuner.is_finished(),
+                    "nothing runs but trials are left: a hang"
+                );
                 return tuner;
             }
             running.sort();
@@ -779,11 +832,21 @@ mod tests {
         let tuner = simulate(scheduler, configs, 2, 4, |c, t| {
             1.0 / (1.0 + c["lr"].as_f64().unwrap_or(0.0) * 100.0 * t as f64)
         });
-        assert!(tuner.trials().iter().all(|t| t.status == TrialStatus::Terminated));
+        assert!(
+            tuner
+                .trials()
+                .iter()
+                .all(|t| t.status == TrialStatus::Terminated)
+        );
         assert!(tuner.trials().iter().all(|t| t.iteration == 4));
         assert!(tuner.trials().iter().any(|t| t.tag.contains("@perturbed")));
         // Every run after the first restored a checkpoint: nobody restarted from scratch.
-        assert!(tuner.trials().iter().all(|t| t.runs == 1 || t.restore.is_some()));
+        assert!(
+            tuner
+                .trials()
+                .iter()
+                .all(|t| t.runs == 1 || t.restore.is_some())
+        );
         for t in tuner.trials() {
             let lr = t.config["lr"].as_f64().expect("lr");
             assert!((1e-4..=1e-1).contains(&lr), "{lr} is out of bounds");
@@ -850,7 +913,10 @@ mod tests {
             let layers = new["layers"].as_i64().expect("an integer stays an integer");
             assert!((1..=8).contains(&layers), "layers {layers}");
             let bs = new["bs"].as_i64().expect("bs");
-            assert!([1, 4].contains(&bs), "a neighbour of 2, never 2 * factor: {bs}");
+            assert!(
+                [1, 4].contains(&bs),
+                "a neighbour of 2, never 2 * factor: {bs}"
+            );
             saw_neighbour = true;
         }
         assert!(saw_neighbour);
@@ -879,8 +945,7 @@ mod tests {
         let mut rng = CoreRng::seed_from_u64(0);
         let trials: Vec<_> = (0..2)
             .map(|i| {
-                let mut t =
-                    crate::tuner::Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
+                let mut t = crate::tuner::Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
                 t.status = TrialStatus::Running;
                 t
             })
@@ -932,18 +997,33 @@ mod tests {
     #[test]
     fn invalid_settings_name_the_field() {
         let bad = |config: PbtConfig| {
-            PbtScheduler::new(config, "m", Mode::Min, &space(json!({"x": {"uniform": [0, 1]}})))
-                .err()
-                .map(|e| e.field)
+            PbtScheduler::new(
+                config,
+                "m",
+                Mode::Min,
+                &space(json!({"x": {"uniform": [0, 1]}})),
+            )
+            .err()
+            .map(|e| e.field)
         };
         assert_eq!(
-            bad(PbtConfig { quantile_fraction: 0.7, ..PbtConfig::default() }).as_deref(),
+            bad(PbtConfig {
+                quantile_fraction: 0.7,
+                ..PbtConfig::default()
+            })
+            .as_deref(),
             Some("quantile_fraction")
         );
         assert_eq!(
-            bad(PbtConfig { perturbation_factors: vec![], ..PbtConfig::default() }).as_deref(),
+            bad(PbtConfig {
+                perturbation_factors: vec![],
+                ..PbtConfig::default()
+            })
+            .as_deref(),
             Some("perturbation_factors")
         );
-        assert!(PbtScheduler::new(PbtConfig::default(), "m", Mode::Min, &space(json!({}))).is_err());
+        assert!(
+            PbtScheduler::new(PbtConfig::default(), "m", Mode::Min, &space(json!({}))).is_err()
+        );
     }
 }
