@@ -89,16 +89,16 @@ impl Domain {
             if let Some(kind) = DOMAIN_NAMES.iter().find(|name| **name == key.as_str()) {
                 return parse_domain(path, kind, args).map(Some);
             }
-            if args.is_array() {
-                if let Some(nearest) = typo_of_domain_name(key) {
-                    return Err(SpaceError::new(
-                        path,
-                        format!(
-                            "unknown distribution `{key}`; did you mean `{nearest}`? (the distributions are {})",
-                            DOMAIN_NAMES.join(", ")
-                        ),
-                    ));
-                }
+            if args.is_array()
+                && let Some(nearest) = typo_of_domain_name(key)
+            {
+                return Err(SpaceError::new(
+                    path,
+                    format!(
+                        "unknown distribution `{key}`; did you mean `{nearest}`? (the distributions are {})",
+                        DOMAIN_NAMES.join(", ")
+                    ),
+                ));
             }
             return Ok(None);
         }
@@ -582,8 +582,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
