@@ -651,7 +651,15 @@ fn short(value: &Value) -> String {
         Value::Number(n) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(0.0);
             if x != 0.0 && !(1e-3..1e5).contains(&x.abs()) {
-                format!("{x:.3e}")
+                // 2.4e-5, not 2.400e-5.
+                let text = format!("{x:.3e}");
+                match text.split_once('e') {
+                    Some((mantissa, exponent)) => format!(
+                        "{}e{exponent}",
+                        mantissa.trim_end_matches('0').trim_end_matches('.')
+                    ),
+                    None => text,
+                }
             } else {
                 let text = format!("{x:.4}");
                 text.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -1212,20 +1220,22 @@ mod tests {
     fn a_list_value_not_in_the_list_is_resampled() {
         let config = PbtConfig {
             resample_probability: 0.0,
-            hyperparam_mutations: object(json!({ "bs": [8, 16] })),
+            hyperparam_mutations: object(json!({ "bs": [8, 16, 32] })),
             ..PbtConfig::default()
         };
         let scheduler = pbt(config, Mode::Min, json!({}));
         let mut rng = CoreRng::seed_from_u64(1);
-        let mut seen = BTreeSet::new();
-        for _ in 0..100 {
-            let (new, _) = scheduler.explore(&object(json!({"bs": 3})), &mut rng);
-            seen.insert(new["bs"].as_i64().expect("bs"));
-        }
-        assert_eq!(seen, BTreeSet::from([8, 16]));
-        // 16.0 is the list's 16: a neighbour move, not a resample.
-        let (new, _) = scheduler.explore(&object(json!({"bs": 16.0})), &mut rng);
-        assert!([8, 16].contains(&new["bs"].as_i64().expect("bs")));
+        let mut explore_many = |current: Value| {
+            (0..100)
+                .map(|_| {
+                    let (new, _) = scheduler.explore(&object(json!({ "bs": current })), &mut rng);
+                    new["bs"].as_i64().expect("bs")
+                })
+                .collect::<BTreeSet<i64>>()
+        };
+        assert_eq!(explore_many(json!(3)), BTreeSet::from([8, 16, 32]));
+        // 32.0 is the list's 32: only neighbour moves (8 would be a resample).
+        assert_eq!(explore_many(json!(32.0)), BTreeSet::from([16, 32]));
     }
 
     #[test]
@@ -1264,6 +1274,11 @@ mod tests {
             "keys that are not mutated are the donor's"
         );
         assert_eq!(description, "x=60,n=8,q=50,nested.lr=0.0012");
+        assert_eq!(short(&json!(2.4e-5)), "2.4e-5");
+        assert_eq!(short(&json!(1e-4)), "1e-4");
+        assert_eq!(short(&json!(0.25)), "0.25");
+        assert_eq!(short(&json!(7)), "7");
+        assert_eq!(short(&json!("adamw")), "adamw");
 
         let resampling = pbt(
             PbtConfig {
