@@ -5,9 +5,11 @@
 //! barrier, say). The [`crate::Tuner`] applies them and logs each one with its reason.
 
 mod fifo;
+mod pbt;
 mod replay;
 
 pub use fifo::FifoScheduler;
+pub use pbt::{PbtConfig, PbtScheduler};
 pub use replay::{PolicyReplayScheduler, PolicyStep};
 
 use serde::{Deserialize, Serialize};
