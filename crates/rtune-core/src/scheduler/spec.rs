@@ -7,9 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AshaConfig, AshaScheduler, FifoScheduler, HyperBandConfig, HyperBandScheduler,
-    InvalidSetting, MedianStoppingConfig, MedianStoppingScheduler, PbtConfig, PbtScheduler,
-    Scheduler,
+    AshaConfig, AshaScheduler, FifoScheduler, HyperBandConfig, HyperBandScheduler, InvalidSetting,
+    MedianStoppingConfig, MedianStoppingScheduler, PbtConfig, PbtScheduler, Scheduler,
 };
 use crate::Mode;
 use crate::space::SearchSpace;
@@ -91,8 +90,10 @@ mod tests {
 
     #[test]
     fn each_type_reads_with_its_settings() {
-        let spec = parse(serde_json::json!({"type": "asha", "grace_period": 1, "max_t": 5,
-            "reduction_factor": 2}))
+        let spec = parse(
+            serde_json::json!({"type": "asha", "grace_period": 1, "max_t": 5,
+            "reduction_factor": 2}),
+        )
         .expect("asha");
         let SchedulerSpec::Asha(config) = &spec else {
             panic!("not asha: {spec:?}");
@@ -118,8 +119,8 @@ mod tests {
         let message = parse(serde_json::json!({"type": "fifo", "grace_period": 1}))
             .expect_err("fifo has no settings");
         assert!(message.contains("grace_period"), "{message}");
-        let message = parse(serde_json::json!({"type": "asha", "grace_perod": 1}))
-            .expect_err("typo");
+        let message =
+            parse(serde_json::json!({"type": "asha", "grace_perod": 1})).expect_err("typo");
         assert!(message.contains("unknown field `grace_perod`"), "{message}");
         let message = parse(serde_json::json!({"type": "ashaa"})).expect_err("unknown type");
         assert!(message.contains("unknown variant `ashaa`"), "{message}");
