@@ -140,7 +140,9 @@ impl Session {
 
     /// Like [`Session::from_env`], reading the variables through `vars` instead of the process
     /// environment (for tests and for launchers that pass the variables another way).
-    pub fn from_vars(vars: impl Fn(&str) -> Option<String>) -> Result<Option<Session>, ClientError> {
+    pub fn from_vars(
+        vars: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Session>, ClientError> {
         Self::from_lookup(|name| Ok(vars(name)))
     }
 
@@ -445,9 +447,8 @@ impl Session {
         let Some(conn) = self.connection.as_mut() else {
             return Err(Attempt::Broken(ErrorKind::NotConnected.into()));
         };
-        let timed_out = |e: &std::io::Error| {
-            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-        };
+        let timed_out =
+            |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
         // One write for the whole line, so the request leaves in one segment.
         if let Err(e) = conn.get_mut().write_all(line) {
             return Err(if timed_out(&e) {
@@ -567,9 +568,8 @@ fn read_config(
         Some(text) => (env::CONFIG, text),
         None => match lookup(env::CONFIG_FILE)?.filter(|c| !c.is_empty()) {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    env_error(env::CONFIG_FILE, format!("cannot read {path}: {e}"))
-                })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| env_error(env::CONFIG_FILE, format!("cannot read {path}: {e}")))?;
                 (env::CONFIG_FILE, text)
             }
             None => {
@@ -634,7 +634,10 @@ mod tests {
             (env::RUN, "2".to_string()),
             (env::TRIAL_DIR, "/tmp/exp/trial_00004".to_string()),
             (env::SCRATCH_DIR, "/tmp/exp/trial_00004/scratch".to_string()),
-            (env::CONFIG, r#"{"lr":0.01,"model":{"layers":2}}"#.to_string()),
+            (
+                env::CONFIG,
+                r#"{"lr":0.01,"model":{"layers":2}}"#.to_string(),
+            ),
         ])
     }
 
@@ -652,7 +655,10 @@ mod tests {
     #[test]
     fn a_complete_environment_gives_a_session() {
         let mut vars = base();
-        vars.insert(env::RESTORE_DIR, "/tmp/exp/trial_00004/checkpoints/c".into());
+        vars.insert(
+            env::RESTORE_DIR,
+            "/tmp/exp/trial_00004/checkpoints/c".into(),
+        );
         vars.insert(env::RESTORE_ITERATION, "6".into());
         let s = session(&vars).unwrap().unwrap();
         assert_eq!(s.trial_id(), "00004");
@@ -666,7 +672,10 @@ mod tests {
             Some(Path::new("/tmp/exp/trial_00004/checkpoints/c"))
         );
         assert_eq!(s.restore_iteration(), Some(6));
-        assert!(!format!("{s:?}").contains("s3cret"), "Debug shows the secret");
+        assert!(
+            !format!("{s:?}").contains("s3cret"),
+            "Debug shows the secret"
+        );
     }
 
     #[test]
@@ -682,17 +691,41 @@ mod tests {
         let cases: Vec<(&str, Option<&str>, &str)> = vec![
             (env::SECRET, None, "RTUNE_SECRET: is not set"),
             (env::TRIAL_ID, None, "RTUNE_TRIAL_ID: is not set"),
-            (env::TRIAL_ID, Some("trial_3"), "RTUNE_TRIAL_ID: \"trial_3\""),
+            (
+                env::TRIAL_ID,
+                Some("trial_3"),
+                "RTUNE_TRIAL_ID: \"trial_3\"",
+            ),
             (env::RUN, None, "RTUNE_RUN: is not set"),
-            (env::RUN, Some("-1"), "RTUNE_RUN: \"-1\" is not a run number"),
+            (
+                env::RUN,
+                Some("-1"),
+                "RTUNE_RUN: \"-1\" is not a run number",
+            ),
             (env::TRIAL_DIR, Some(""), "RTUNE_TRIAL_DIR: is empty"),
             (env::SCRATCH_DIR, None, "RTUNE_SCRATCH_DIR: is not set"),
-            (env::ADDR, Some("localhost"), "RTUNE_ADDR: \"localhost\" is not host:port"),
+            (
+                env::ADDR,
+                Some("localhost"),
+                "RTUNE_ADDR: \"localhost\" is not host:port",
+            ),
             (env::ADDR, Some(":80"), "RTUNE_ADDR"),
-            (env::PROTOCOL, Some("2"), "RTUNE_PROTOCOL: protocol version \"2\""),
-            (env::CONFIG, Some("[1]"), "RTUNE_CONFIG: is not a JSON object"),
+            (
+                env::PROTOCOL,
+                Some("2"),
+                "RTUNE_PROTOCOL: protocol version \"2\"",
+            ),
+            (
+                env::CONFIG,
+                Some("[1]"),
+                "RTUNE_CONFIG: is not a JSON object",
+            ),
             (env::CONFIG, Some("{"), "RTUNE_CONFIG: is not valid JSON"),
-            (env::CONFIG, None, "RTUNE_CONFIG: neither RTUNE_CONFIG nor RTUNE_CONFIG_FILE"),
+            (
+                env::CONFIG,
+                None,
+                "RTUNE_CONFIG: neither RTUNE_CONFIG nor RTUNE_CONFIG_FILE",
+            ),
             (RANK_VAR, Some("one"), "RANK: \"one\" is not a process rank"),
             (
                 env::RESTORE_ITERATION,
@@ -730,9 +763,15 @@ mod tests {
         vars.insert(env::CONFIG_FILE, file.to_string_lossy().into_owned());
         let s = session(&vars).unwrap().unwrap();
         assert_eq!(s.config()["lr"], 0.5);
-        vars.insert(env::CONFIG_FILE, dir.join("missing.json").to_string_lossy().into());
+        vars.insert(
+            env::CONFIG_FILE,
+            dir.join("missing.json").to_string_lossy().into(),
+        );
         let message = error(&vars);
-        assert!(message.starts_with("RTUNE_CONFIG_FILE: cannot read"), "{message}");
+        assert!(
+            message.starts_with("RTUNE_CONFIG_FILE: cannot read"),
+            "{message}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -750,7 +789,11 @@ mod tests {
         assert_ne!(a, b);
         for d in [&a, &b] {
             assert!(d.starts_with(&scratch) && d.is_dir());
-            assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "{d:?} is not empty");
+            assert_eq!(
+                std::fs::read_dir(d).unwrap().count(),
+                0,
+                "{d:?} is not empty"
+            );
         }
         assert_ne!(a, scratch.join("checkpoint_run2_rank0_00000"));
         std::fs::remove_dir_all(&dir).unwrap();

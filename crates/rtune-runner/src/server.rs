@@ -450,7 +450,10 @@ mod tests {
             br#"{"v":1,"secret":"s","trial":"3","run":0,"type":"hello"}"#,
             "s",
         ));
-        assert!(text.contains("bad request") && text.contains("hello"), "{text}");
+        assert!(
+            text.contains("bad request") && text.contains("hello"),
+            "{text}"
+        );
         let (text, _) = message(check_request(
             br#"{"v":1,"secret":"s","trial":"3","type":"report","metrics":{}}"#,
             "s",
