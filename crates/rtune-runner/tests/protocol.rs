@@ -611,3 +611,80 @@ fn the_python_client_reports_and_its_trainer_callback_stops_training() {
     let second = server.next();
     assert_eq!(second.metrics["global_step"], 20);
 }
+
+/// The Python block of docs/protocol.md that follows the marker naming this test.
+fn documented_example() -> String {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md"),
+    )
+    .expect("docs/protocol.md");
+    let after_marker = doc
+        .split_once("the_documented_python_example_runs")
+        .expect("the example's marker is in docs/protocol.md")
+        .1;
+    let block = after_marker
+        .split_once("```python\n")
+        .expect("a python block follows the marker")
+        .1;
+    block
+        .split_once("```")
+        .expect("the block ends")
+        .0
+        .to_string()
+}
+
+#[test]
+fn the_documented_python_example_runs() {
+    let Some(mut python) = python3() else {
+        return;
+    };
+    let server = Server::start(Box::new(|event, n| match (event.run, n) {
+        (0, 0 | 1) => Response::action(TrialAction::Continue, ""),
+        (0, _) => Response::action(TrialAction::Pause, "pbt: exploit"),
+        _ => Response::action(TrialAction::Stop, "reached max_t = 4"),
+    }));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = json!({"x0": 3.0, "lr": 0.1});
+    let example = documented_example();
+    let mut vars = trial_env(&server.addr.to_string(), "00007", 0, dir.path(), &config);
+    let out = run_python(&mut python, &example, &vars);
+    assert!(
+        out.status.success(),
+        "the documented example failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Vec<Received> = (0..3).map(|_| server.next()).collect();
+    let losses: Vec<f64> = reports
+        .iter()
+        .map(|r| r.metrics["loss"].as_f64().expect("loss is a number"))
+        .collect();
+    // x <- x - 0.1 * 2x = 0.8x from 3.0: 2.4, 1.92, 1.536.
+    for (loss, x) in losses.iter().zip([2.4_f64, 1.92, 1.536]) {
+        assert!((loss - x * x).abs() < 1e-9, "{losses:?}");
+    }
+    let last = reports[2].checkpoint.as_ref().expect("checkpoint");
+    assert!(last.ends_with("run0_step3"), "{last:?}");
+    assert_eq!(reports[2].checkpoint_files["x.json"].trim(), "1.536");
+
+    // Run 1 restores from the paused checkpoint and continues at iteration 4.
+    let mut python = python3().expect("python3 was there a moment ago");
+    vars.insert(rtune_protocol::env::RUN, "1".to_string());
+    vars.insert(
+        rtune_protocol::env::RESTORE_DIR,
+        last.to_string_lossy().into_owned(),
+    );
+    vars.insert(rtune_protocol::env::RESTORE_ITERATION, "3".to_string());
+    let out = run_python(&mut python, &example, &vars);
+    assert!(
+        out.status.success(),
+        "the restored run failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = server.next();
+    assert_eq!(resumed.run, 1);
+    let expected = 1.536_f64 * 0.8;
+    let loss = resumed.metrics["loss"].as_f64().expect("number");
+    assert!((loss - expected * expected).abs() < 1e-9, "{loss}");
+    let ckpt = resumed.checkpoint.as_ref().expect("checkpoint");
+    assert!(ckpt.ends_with("run1_step4"), "{ckpt:?}");
+}
