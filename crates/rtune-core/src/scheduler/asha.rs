@@ -195,7 +195,7 @@ impl AshaScheduler {
         }
     }
 
-    /// The `[min|max]` rungs of every bracket, highest first (for tests and diagnostics).
+    /// The milestones of every bracket, highest first (for tests).
     #[cfg(test)]
     fn milestones(&self) -> Vec<Vec<f64>> {
         self.brackets
