@@ -14,7 +14,7 @@
 //! * the number of rungs is computed with a tolerance of 1e-9, so `max_t / grace_period` that is
 //!   an exact power of the reduction factor does not lose its top rung to rounding.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -76,8 +76,6 @@ pub struct AshaScheduler {
     /// Relative probability of each bracket for a new trial.
     bracket_weights: Vec<f64>,
     trial_bracket: BTreeMap<TrialId, usize>,
-    /// Trials whose results lacked the metric or time_attr, so the reason says it once in full.
-    warned_missing: BTreeSet<TrialId>,
 }
 
 /// How many rungs bracket `s` has: `floor(log_rf(max_t / grace_period) - s + 1)`, at least 0.
@@ -161,7 +159,6 @@ impl AshaScheduler {
             brackets,
             bracket_weights,
             trial_bracket: BTreeMap::new(),
-            warned_missing: BTreeSet::new(),
         })
     }
 
@@ -198,7 +195,7 @@ impl AshaScheduler {
         }
     }
 
-    /// The `[min|max]` rungs of every bracket, highest first (for tests and diagnostics).
+    /// The milestones of every bracket, highest first (for tests).
     #[cfg(test)]
     fn milestones(&self) -> Vec<Vec<f64>> {
         self.brackets
@@ -284,6 +281,21 @@ pub(crate) fn score_of(mode: Mode, value: f64) -> f64 {
     }
 }
 
+/// A result's metric value and time, or the reason to let it continue, naming the missing key
+/// (`result lacks eval_loss`; the runner logs every reason, so a trial that never reports the
+/// metric is visible).
+pub(crate) fn value_and_time(
+    result: &TrialResult,
+    metric: &str,
+    time_attr: &str,
+) -> Result<(f64, f64), String> {
+    match (metric_value(result, metric), result.get(time_attr)) {
+        (Some(value), Some(time)) => Ok((value, time)),
+        (None, _) => Err(format!("result lacks {metric}")),
+        (Some(_), None) => Err(format!("result lacks {time_attr}")),
+    }
+}
+
 /// A float as JSON; non-finite values (which JSON cannot hold) become `null`.
 pub(crate) fn json_f64(value: f64) -> Value {
     serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
@@ -304,27 +316,9 @@ impl Scheduler for AshaScheduler {
         result: &TrialResult,
     ) -> Decision {
         let id = result.trial;
-        let (Some(value), Some(time)) = (
-            metric_value(result, &self.metric),
-            result.get(&self.config.time_attr),
-        ) else {
-            let missing = if metric_value(result, &self.metric).is_none() {
-                &self.metric
-            } else {
-                &self.config.time_attr
-            };
-            let first = self.warned_missing.insert(id);
-            return Decision::continue_(
-                id,
-                format!(
-                    "result lacks {missing}{}",
-                    if first {
-                        " (ASHA cannot judge such a result, so the trial continues)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        let (value, time) = match value_and_time(result, &self.metric, &self.config.time_attr) {
+            Ok(found) => found,
+            Err(reason) => return Decision::continue_(result.trial, reason),
         };
         if self.config.stop_last_trials && time >= self.config.max_t {
             return Decision::stop(id, format!("reached max_t = {}", show(self.config.max_t)))
@@ -416,6 +410,7 @@ mod tests {
     use crate::scheduler::Action;
     use crate::tuner::Trial;
     use rand::SeedableRng;
+    use std::collections::BTreeSet;
 
     /// Drives an ASHA scheduler directly, with `n` trials in the context.
     struct Harness {

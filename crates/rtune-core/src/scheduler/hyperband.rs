@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::asha::{json_f64, metric_value, score_of, show};
+use super::asha::{json_f64, score_of, show, value_and_time};
 use super::{Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::scheduler::Action;
 use crate::trial::{TrialId, TrialStatus};
@@ -120,7 +120,6 @@ pub struct HyperBandScheduler {
     trial_bracket: BTreeMap<TrialId, usize>,
     /// Paused trials promoted to the next rung, waiting for a slot.
     released: BTreeSet<TrialId>,
-    warned_missing: BTreeSet<TrialId>,
 }
 
 impl HyperBandScheduler {
@@ -166,7 +165,6 @@ impl HyperBandScheduler {
             brackets: Vec::new(),
             trial_bracket: BTreeMap::new(),
             released: BTreeSet::new(),
-            warned_missing: BTreeSet::new(),
         })
     }
 
@@ -355,25 +353,9 @@ impl Scheduler for HyperBandScheduler {
         let id = result.trial;
         self.released.remove(&id);
         let attr = self.config.time_attr.clone();
-        let (Some(value), Some(time)) = (metric_value(result, &self.metric), result.get(&attr))
-        else {
-            let missing = if metric_value(result, &self.metric).is_none() {
-                &self.metric
-            } else {
-                &attr
-            };
-            let first = self.warned_missing.insert(id);
-            return Decision::continue_(
-                id,
-                format!(
-                    "result lacks {missing}{}",
-                    if first {
-                        " (HyperBand cannot judge such a result, so the trial continues)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        let (value, time) = match value_and_time(result, &self.metric, &attr) {
+            Ok(found) => found,
+            Err(reason) => return Decision::continue_(result.trial, reason),
         };
         let b = self.join_bracket(id);
         let score = score_of(self.mode, value);

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::asha::{json_f64, metric_value, percentile, score_of, show};
+use super::asha::{json_f64, percentile, score_of, show, value_and_time};
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::trial::{TrialId, TrialStatus};
 use crate::{Mode, TrialResult};
@@ -62,7 +62,9 @@ pub struct MedianStoppingScheduler {
     results: BTreeMap<TrialId, Vec<(f64, f64)>>,
     /// Trials this scheduler paused (soft stop): they may resume once no new trial waits.
     paused: BTreeSet<TrialId>,
-    warned_missing: BTreeSet<TrialId>,
+    /// Trials told to pause without a checkpoint once (the tuner warned and kept them running):
+    /// later soft stops say so in the reason instead of repeating the warning at every result.
+    pause_refused: BTreeSet<TrialId>,
 }
 
 impl MedianStoppingScheduler {
@@ -95,7 +97,7 @@ impl MedianStoppingScheduler {
             mode,
             results: BTreeMap::new(),
             paused: BTreeSet::new(),
-            warned_missing: BTreeSet::new(),
+            pause_refused: BTreeSet::new(),
         })
     }
 
@@ -133,33 +135,14 @@ impl Scheduler for MedianStoppingScheduler {
 
     fn on_trial_result(
         &mut self,
-        _ctx: &mut SchedulerContext<'_>,
+        ctx: &mut SchedulerContext<'_>,
         result: &TrialResult,
     ) -> Decision {
         let id = result.trial;
         self.paused.remove(&id);
-        let (Some(value), Some(time)) = (
-            metric_value(result, &self.metric),
-            result.get(&self.config.time_attr),
-        ) else {
-            let missing = if metric_value(result, &self.metric).is_none() {
-                &self.metric
-            } else {
-                &self.config.time_attr
-            };
-            let first = self.warned_missing.insert(id);
-            return Decision::continue_(
-                id,
-                format!(
-                    "result lacks {missing}{}",
-                    if first {
-                        " (the median stopping rule cannot judge such a result, so the trial \
-                         continues)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        let (value, time) = match value_and_time(result, &self.metric, &self.config.time_attr) {
+            Ok(found) => found,
+            Err(reason) => return Decision::continue_(result.trial, reason),
         };
         let attr = &self.config.time_attr;
         self.results
@@ -229,6 +212,14 @@ impl Scheduler for MedianStoppingScheduler {
         if self.config.hard_stop {
             Decision::stop(id, comparison).with_details(details)
         } else {
+            let has_checkpoint = ctx.trial(id).is_some_and(|t| !t.checkpoints.is_empty());
+            if !has_checkpoint && !self.pause_refused.insert(id) {
+                return Decision::continue_(
+                    id,
+                    format!("{comparison}; it has no checkpoint to pause at, so it keeps running"),
+                )
+                .with_details(details);
+            }
             self.paused.insert(id);
             Decision::new(
                 id,
@@ -483,6 +474,89 @@ mod tests {
             Some(TrialId(1)),
             "asking twice changes nothing"
         );
+    }
+
+    #[test]
+    fn soft_stopped_trials_are_resumed_so_the_experiment_ends() {
+        use crate::searcher::FixedSearcher;
+        use crate::tuner::{Exit, Tuner, TunerSettings};
+        let c = MedianStoppingConfig {
+            hard_stop: false,
+            ..config(1.0, 1)
+        };
+        let scheduler = MedianStoppingScheduler::new(c, "loss", Mode::Min).expect("valid");
+        let settings = TunerSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed: 1,
+            max_failures: 0,
+            stop: BTreeMap::from([("training_iteration".to_string(), 4.0)]),
+        };
+        let configs = (0..3)
+            .map(|i: u32| {
+                let mut c = crate::Config::new();
+                c.insert("x".into(), i.into());
+                c
+            })
+            .collect();
+        let mut tuner = Tuner::new(
+            settings,
+            Box::new(FixedSearcher::new(configs)),
+            Box::new(scheduler),
+        );
+        let mut pauses = 0;
+        let mut now = 0.0;
+        // One slot; trial x reports loss x (trial 0 is best), always with a checkpoint.
+        while let Some(launch) = tuner.next_to_run(now) {
+            loop {
+                now += 1.0;
+                let loss = launch.config["x"].as_f64().expect("x");
+                let mut metrics = serde_json::Map::new();
+                metrics.insert("loss".into(), json!(loss));
+                let reply = tuner
+                    .on_result(launch.trial, metrics, true, now)
+                    .expect("running");
+                if reply.action != Action::Continue {
+                    pauses += usize::from(reply.action == Action::Pause);
+                    tuner
+                        .on_exit(launch.trial, Exit::Success, now)
+                        .expect("exit");
+                    break;
+                }
+            }
+            assert!(now < 1000.0, "the experiment does not end");
+        }
+        assert!(tuner.is_finished());
+        assert!(pauses > 0, "worse trials were paused");
+        for trial in tuner.trials() {
+            assert_eq!(trial.status, TrialStatus::Terminated);
+            assert_eq!(trial.iteration, 4, "{}", trial.display_name());
+        }
+    }
+
+    #[test]
+    fn soft_stop_without_checkpoint_asks_once_then_explains() {
+        let c = MedianStoppingConfig {
+            hard_stop: false,
+            ..config(1.0, 1)
+        };
+        let mut h = Harness::new(c, Mode::Min, 2);
+        for t in 1..=3 {
+            h.report(0, f64::from(t), 5.0);
+        }
+        // First time: Pause (the tuner warns and keeps it running).
+        assert_eq!(h.report(1, 1.0, 1.0).action, Action::Pause);
+        let d = h.report(1, 2.0, 1.0);
+        assert_eq!(d.action, Action::Continue);
+        assert!(
+            d.reason
+                .ends_with("no checkpoint to pause at, so it keeps running"),
+            "{}",
+            d.reason
+        );
+        // With a checkpoint it is paused.
+        h.trials[1].checkpoints.insert(2, 2.0);
+        assert_eq!(h.report(1, 3.0, 1.0).action, Action::Pause);
     }
 
     #[test]
