@@ -167,7 +167,11 @@ class Session:
                 raise RtuneError(f"checkpoint directory {path}: is not a directory "
                                  "(report the directory that holds the checkpoint)")
             request["checkpoint"] = path
-        line = (json.dumps(request, allow_nan=False) + "\n").encode("utf-8")
+        try:
+            line = (json.dumps(request, allow_nan=False) + "\n").encode("utf-8")
+        except (TypeError, ValueError) as e:
+            raise RtuneError(f"metrics cannot be sent as JSON: {e} (report plain numbers, "
+                             "strings, lists and dicts)") from e
         response = self._exchange(line)
         if not response.get("ok"):
             raise RtuneError(f"rtune at {self.addr} refused the report: "
@@ -300,7 +304,9 @@ def _make_callback_class():
             self.action = CONTINUE
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if self.session is None:
+            # Outside rtune, or after rtune ended the trial (a later trainer.evaluate() call must
+            # not report into a trial that was told to stop).
+            if self.session is None or self.action != CONTINUE:
                 return control
             decision = CONTINUE
             if self.session.rank == 0:

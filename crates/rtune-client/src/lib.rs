@@ -300,6 +300,12 @@ impl Session {
     /// How long a report waits for rtune's answer (default [`DEFAULT_REPLY_TIMEOUT`]).
     pub fn set_reply_timeout(&mut self, timeout: Duration) {
         self.reply_timeout = timeout;
+        if let Some(conn) = &self.connection
+            && conn.get_ref().set_read_timeout(Some(timeout)).is_err()
+        {
+            // A connection that cannot take the new timeout is replaced at the next report.
+            self.connection = None;
+        }
     }
 
     /// A fresh empty directory under `RTUNE_SCRATCH_DIR` to write a checkpoint into before
@@ -830,5 +836,84 @@ mod tests {
             )),
             "{message}"
         );
+    }
+
+    /// A stand-in for rtune that answers `per_connection[i]` requests on its i-th connection and
+    /// then closes it. Returns the request lines per connection.
+    /// Send on the returned channel once the client is done: the stand-in then checks that no
+    /// further connection was made.
+    fn fake_rtune(
+        per_connection: Vec<usize>,
+    ) -> (
+        String,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<Vec<Vec<String>>>,
+    ) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answers in per_connection {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut lines = Vec::new();
+                for _ in 0..answers {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    lines.push(line);
+                    (&stream)
+                        .write_all(b"{\"ok\":true,\"action\":\"continue\",\"reason\":\"\"}\n")
+                        .unwrap();
+                }
+                seen.push(lines);
+            }
+            // Whoever has connected by now is a connection too many.
+            done_rx.recv().unwrap();
+            listener.set_nonblocking(true).unwrap();
+            assert!(listener.accept().is_err(), "one connection too many");
+            seen
+        });
+        (addr, done_tx, thread)
+    }
+
+    #[test]
+    fn one_connection_is_kept_and_a_closed_one_is_replaced_once() {
+        let (addr, done, fake) = fake_rtune(vec![2, 1]);
+        let mut vars = base();
+        vars.insert(env::ADDR, addr);
+        let mut s = session(&vars).unwrap().unwrap();
+        for loss in [3, 2, 1] {
+            let mut metrics = Map::new();
+            metrics.insert("loss".into(), loss.into());
+            assert_eq!(s.report(&metrics).unwrap(), TrialAction::Continue);
+        }
+        done.send(()).unwrap();
+        let seen = fake.join().unwrap();
+        assert_eq!(seen.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+        let last: Value = serde_json::from_str(&seen[1][0]).unwrap();
+        assert_eq!(last["metrics"]["loss"], 1);
+        assert_eq!(last["trial"], "00004");
+        assert_eq!(last["secret"], "s3cret");
+    }
+
+    #[test]
+    fn a_connection_that_breaks_twice_is_an_error_naming_the_address() {
+        // Both connections are closed without an answer.
+        let (addr, done, fake) = fake_rtune(vec![0, 0]);
+        let mut vars = base();
+        vars.insert(env::ADDR, addr.clone());
+        let mut s = session(&vars).unwrap().unwrap();
+        // Safety net: a third attempt would wait for an answer that never comes.
+        s.set_reply_timeout(Duration::from_secs(10));
+        let message = s.report(&Map::new()).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "lost the connection to rtune at {addr} (RTUNE_ADDR), also after reconnecting once"
+            )),
+            "{message}"
+        );
+        done.send(()).unwrap();
+        fake.join().unwrap();
     }
 }

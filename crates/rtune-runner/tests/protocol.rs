@@ -485,6 +485,19 @@ try:
     raise SystemExit("a list was accepted as metrics")
 except rc.RtuneError as e:
     assert "metrics must be a dict" in str(e)
+try:
+    s.report({"bad": object()})
+    raise SystemExit("an object was sent as a metric")
+except rc.RtuneError as e:
+    assert "cannot be sent as JSON" in str(e), e
+assert rc.session({}) is None
+env = dict(os.environ)
+del env["RTUNE_SECRET"]
+try:
+    rc.session(env)
+    raise SystemExit("a missing secret was accepted")
+except rc.RtuneError as e:
+    assert str(e).startswith("RTUNE_SECRET: is not set"), e
 print("reports ok")
 "#;
 
@@ -527,6 +540,8 @@ state.global_step = 20
 callback.on_evaluate(None, state, control, metrics={"eval_loss": 1.0, "epoch": 2.0})
 assert control.should_training_stop and not control.should_save
 assert callback.action == "pause", callback.action
+# A later evaluation (trainer.evaluate() after train()) reports nothing more.
+callback.on_evaluate(None, state, control, metrics={"eval_loss": 0.5})
 print("callback ok")
 "#;
 
@@ -610,6 +625,9 @@ fn the_python_client_reports_and_its_trainer_callback_stops_training() {
     );
     let second = server.next();
     assert_eq!(second.metrics["global_step"], 20);
+    // Reports are recorded before they are answered and the script has exited: a third report
+    // would be here.
+    assert!(server.received.try_recv().is_err(), "reported after pause");
 }
 
 /// The Python block of docs/protocol.md that follows the marker naming this test.
