@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rtune_core::tuner::{Effect, Exit, Launch, Tuner};
 use rtune_core::scheduler::PolicyStep;
+use rtune_core::tuner::{Effect, Exit, Launch, Tuner};
 use rtune_core::{Action, CheckpointId, TrialId, TrialStatus};
 use rtune_protocol::{Response, TrialAction};
 use serde_json::json;
@@ -36,10 +36,7 @@ pub enum RunError {
     #[error(
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
-    Stuck {
-        pending: usize,
-        dir: PathBuf,
-    },
+    Stuck { pending: usize, dir: PathBuf },
 }
 
 /// How the trial processes are started, as the run loop needs to know it.
@@ -183,7 +180,11 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         }
     }
     lp.executor.shutdown(lp.template.stop_grace);
-    let status = if interrupted { "interrupted" } else { "finished" };
+    let status = if interrupted {
+        "interrupted"
+    } else {
+        "finished"
+    };
     lp.state.finished_at = Some(unix_now());
     lp.write_state(status)?;
     reporter.finish(&state);
@@ -292,8 +293,14 @@ impl Loop<'_> {
             (e::TRIAL_DIR.to_string(), path_string(files.dir())),
             (e::EXPERIMENT_DIR.to_string(), path_string(self.dir.path())),
             (e::CONFIG.to_string(), config_json),
-            (e::CONFIG_FILE.to_string(), path_string(&files.params_path())),
-            (e::SCRATCH_DIR.to_string(), path_string(&files.scratch_dir())),
+            (
+                e::CONFIG_FILE.to_string(),
+                path_string(&files.params_path()),
+            ),
+            (
+                e::SCRATCH_DIR.to_string(),
+                path_string(&files.scratch_dir()),
+            ),
         ];
         if let (Some(dir), Some(c)) = (&restore_dir, launch.restore) {
             env.push((e::RESTORE_DIR.to_string(), path_string(dir)));
@@ -369,6 +376,7 @@ impl Loop<'_> {
             return Response::error(format!("no trial {}", trial.name()));
         };
         let iteration = current.iteration + 1;
+        let restored_from = current.restore;
         let files = match self.dir.trial(trial) {
             Ok(files) => files,
             Err(e) => return Response::error(format!("rtune cannot write the trial's files: {e}")),
@@ -388,7 +396,6 @@ impl Loop<'_> {
                 ),
             }
         }
-        let restored_from = current.restore;
         let reply =
             match self
                 .tuner
@@ -404,7 +411,10 @@ impl Loop<'_> {
             && self.tuner.trial(trial).is_some_and(|t| t.restore.is_none())
             && let Err(e) = std::fs::remove_dir_all(files.exploit_dir(c))
         {
-            tracing::warn!("{}: cannot remove the donor checkpoint copy: {e}", trial.name());
+            tracing::warn!(
+                "{}: cannot remove the donor checkpoint copy: {e}",
+                trial.name()
+            );
         }
         let done = !matches!(reply.action, Action::Continue);
         let config = self
