@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::space::{Domain, SearchSpace};
 use crate::trial::{TrialId, TrialStatus};
-use crate::tuner::Trial;
+use crate::tuner::{Ending, Trial};
 use crate::{Config, CoreRng, Mode, TrialResult};
 
 /// `[scheduler]` with `type = "pbt"`.
@@ -340,8 +340,11 @@ impl PbtScheduler {
             .map(|m| m.last_train_time)
             .fold(f64::NEG_INFINITY, f64::max);
         self.next_sync = (self.next_sync + self.config.perturbation_interval).max(latest);
+        // Everyone waiting at the barrier goes on: the paused, and those told to pause whose
+        // process has not exited yet (still RUNNING until it has; they become PAUSED later and
+        // must find themselves released then).
         for trial in ctx.trials {
-            if trial.status == TrialStatus::Paused {
+            if trial.status == TrialStatus::Paused || waits_to_pause(trial) {
                 self.released.insert(trial.id);
             }
         }
@@ -552,14 +555,18 @@ impl PbtScheduler {
         if !self.config.synch {
             return;
         }
-        let someone_waits = ctx
-            .trials
-            .iter()
-            .any(|t| t.status == TrialStatus::Paused && !self.released.contains(&t.id));
+        let someone_waits = ctx.trials.iter().any(|t| {
+            (t.status == TrialStatus::Paused || waits_to_pause(t)) && !self.released.contains(&t.id)
+        });
         if someone_waits && self.barrier_complete(ctx) {
             self.perturb_all(ctx, None);
         }
     }
+}
+
+/// A running trial that was told to pause and whose process has not exited yet.
+fn waits_to_pause(trial: &Trial) -> bool {
+    trial.status == TrialStatus::Running && trial.ending == Some(Ending::Pause)
 }
 
 fn mutation_of(domain: &Domain) -> Mutation {
@@ -893,6 +900,46 @@ mod tests {
             }
             assert_readable(&decisions);
         }
+    }
+
+    #[test]
+    fn synch_mode_releases_a_trial_whose_pause_is_still_under_way() {
+        // Trial 1 reaches the barrier first and is told to pause; trial 0 completes the barrier
+        // before trial 1's process has exited (it is still RUNNING then). Once both have
+        // exited, both must be runnable again: the run goes on instead of hanging.
+        let config = PbtConfig {
+            synch: true,
+            resample_probability: 0.0,
+            ..PbtConfig::default()
+        };
+        let scheduler = pbt(config, Mode::Max, json!({ "a": { "grid": [1, 2] } }));
+        let settings = TunerSettings {
+            metric: "score".into(),
+            mode: Mode::Max,
+            seed: 1,
+            max_failures: 0,
+            stop: std::collections::BTreeMap::new(),
+        };
+        let configs = vec![object(json!({"a": 1})), object(json!({"a": 2}))];
+        let mut tuner = Tuner::new(
+            settings,
+            Box::new(FixedSearcher::new(configs)),
+            Box::new(scheduler),
+        );
+        let a = tuner.next_to_run(0.0).expect("trial 0").trial;
+        let b = tuner.next_to_run(0.0).expect("trial 1").trial;
+        let mut score = serde_json::Map::new();
+        score.insert("score".into(), json!(2.0));
+        let reply = tuner.on_result(b, score.clone(), true, 1.0).expect("b");
+        assert_eq!(reply.action, Action::Pause);
+        score.insert("score".into(), json!(1.0));
+        let reply = tuner.on_result(a, score, true, 1.0).expect("a");
+        assert_eq!(reply.action, Action::Pause, "a exploits b");
+        tuner.on_exit(a, Exit::Success, 2.0).expect("a exits");
+        tuner.on_exit(b, Exit::Success, 2.0).expect("b exits");
+        let first = tuner.next_to_run(3.0).expect("one resumes").trial;
+        let second = tuner.next_to_run(3.0).expect("the other resumes").trial;
+        assert_ne!(first, second);
     }
 
     #[test]
