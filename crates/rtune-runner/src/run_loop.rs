@@ -408,7 +408,7 @@ impl Loop<'_> {
         // from (an exploit) is no longer needed.
         if let Some(c) = restored_from
             && c.trial != trial
-            && self.tuner.trial(trial).is_some_and(|t| t.restore.is_none())
+            && self.tuner.trial(trial).is_some_and(|t| t.restore != Some(c))
             && let Err(e) = std::fs::remove_dir_all(files.exploit_dir(c))
         {
             tracing::warn!(
