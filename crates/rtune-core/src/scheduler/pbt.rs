@@ -19,6 +19,7 @@ use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::asha::show;
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::space::{Domain, SearchSpace};
 use crate::trial::{TrialId, TrialStatus};
@@ -401,7 +402,8 @@ impl Scheduler for PbtScheduler {
                     id,
                     format!(
                         "pbt: the next synchronous perturbation is at {} = {}",
-                        self.config.time_attr, self.next_sync
+                        self.config.time_attr,
+                        show(self.next_sync)
                     ),
                 );
             }
@@ -424,7 +426,8 @@ impl Scheduler for PbtScheduler {
                     Action::Pause,
                     format!(
                         "pbt (synch): waiting at {} = {} for {waiting} more trial(s)",
-                        self.config.time_attr, self.next_sync
+                        self.config.time_attr,
+                        show(self.next_sync)
                     ),
                 );
             }
@@ -433,8 +436,9 @@ impl Scheduler for PbtScheduler {
                 Decision::continue_(
                     id,
                     format!(
-                        "pbt (synch): the population reached {} = {at}; not in the lower quantile",
-                        self.config.time_attr
+                        "pbt (synch): the population reached {} = {}; not in the lower quantile",
+                        self.config.time_attr,
+                        show(at)
                     ),
                 )
             });
@@ -446,7 +450,7 @@ impl Scheduler for PbtScheduler {
                 format!(
                     "pbt: next perturbation check at {} = {}",
                     self.config.time_attr,
-                    member.last_perturbation_time + interval
+                    show(member.last_perturbation_time + interval)
                 ),
             );
         }
@@ -455,7 +459,8 @@ impl Scheduler for PbtScheduler {
                 id,
                 format!(
                     "pbt: in the burn-in period (until {} = {})",
-                    self.config.time_attr, self.config.burn_in_period
+                    self.config.time_attr,
+                    show(self.config.burn_in_period)
                 ),
             );
         }
@@ -468,20 +473,21 @@ impl Scheduler for PbtScheduler {
         } else if upper.contains(&id) {
             Decision::continue_(
                 id,
-                format!("pbt: {} {value} is in the upper quantile", self.metric),
+                format!("pbt: {} {} is in the upper quantile", self.metric, show(value)),
             )
         } else if lower.is_empty() {
             Decision::continue_(
                 id,
                 format!(
-                    "pbt: {} {value} has too few other scores to compare with",
-                    self.metric
+                    "pbt: {} {} has too few other scores to compare with",
+                    self.metric,
+                    show(value)
                 ),
             )
         } else {
             Decision::continue_(
                 id,
-                format!("pbt: {} {value} is between the quantiles", self.metric),
+                format!("pbt: {} {} is between the quantiles", self.metric, show(value)),
             )
         };
         if decision.action != Action::Continue {
@@ -633,9 +639,9 @@ fn set_path(config: &mut Config, path: &[String], new: Value) {
     current.insert(last.clone(), new);
 }
 
-/// A metric value for a reason, or `n/a`.
+/// A metric value for a reason (6 significant digits), or `n/a`.
 fn shown(value: Option<f64>) -> String {
-    value.map_or("n/a".to_string(), |v| v.to_string())
+    value.map_or("n/a".to_string(), show)
 }
 
 /// 1 and 1.0 are the same list entry.
@@ -802,6 +808,14 @@ mod tests {
                 "more than one sentence: {}",
                 d.reason
             );
+            // Numbers are shown short (6 significant digits), not as 0.30000000000000004.
+            let most_significant_digits = d
+                .reason
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .map(|number| number.replace('.', "").trim_start_matches('0').len())
+                .max()
+                .unwrap_or(0);
+            assert!(most_significant_digits <= 6, "a long number: {}", d.reason);
         }
     }
 
