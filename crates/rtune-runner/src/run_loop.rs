@@ -549,12 +549,19 @@ impl Loop<'_> {
                         description,
                     } = &decision.action
                     {
+                        // The config the target trained with until now: its policy's last step.
+                        let old_config = self
+                            .policies
+                            .get(&decision.trial)
+                            .and_then(|p| p.last())
+                            .map(|s| s.config.clone());
                         let line = json!({
                             "time": now,
                             "target": decision.trial.name(),
                             "donor": donor.trial.name(),
                             "donor_iteration": donor.iteration,
                             "target_iteration": self.tuner.trial(decision.trial).map(|t| t.iteration),
+                            "old_config": old_config,
                             "new_config": config,
                             "change": description,
                             "details": decision.details,

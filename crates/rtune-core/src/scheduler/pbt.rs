@@ -92,7 +92,7 @@ pub struct PbtScheduler {
     members: BTreeMap<TrialId, MemberState>,
     /// Synchronous mode: the time every live trial must reach before the next perturbation.
     next_sync: f64,
-    /// Synchronous mode: trials paused at the barrier that it has released.
+    /// Synchronous mode: trials waiting at a barrier that has since been completed; they may run.
     released: BTreeSet<TrialId>,
     warned_missing: BTreeSet<TrialId>,
 }
@@ -341,8 +341,11 @@ impl PbtScheduler {
             .map(|m| m.last_train_time)
             .fold(f64::NEG_INFINITY, f64::max);
         self.next_sync = (self.next_sync + self.config.perturbation_interval).max(latest);
+        // Everyone still in the population is at the barrier now and may go on: the paused, and
+        // also those told to wait whose process has not exited yet (still RUNNING here, PAUSED
+        // once it has); releasing only the PAUSED would leave those waiting forever.
         for trial in ctx.trials {
-            if trial.status == TrialStatus::Paused {
+            if !trial.status.is_finished() {
                 self.released.insert(trial.id);
             }
         }
@@ -473,7 +476,11 @@ impl Scheduler for PbtScheduler {
         } else if upper.contains(&id) {
             Decision::continue_(
                 id,
-                format!("pbt: {} {} is in the upper quantile", self.metric, show(value)),
+                format!(
+                    "pbt: {} {} is in the upper quantile",
+                    self.metric,
+                    show(value)
+                ),
             )
         } else if lower.is_empty() {
             Decision::continue_(
@@ -487,7 +494,11 @@ impl Scheduler for PbtScheduler {
         } else {
             Decision::continue_(
                 id,
-                format!("pbt: {} {} is between the quantiles", self.metric, show(value)),
+                format!(
+                    "pbt: {} {} is between the quantiles",
+                    self.metric,
+                    show(value)
+                ),
             )
         };
         if decision.action != Action::Continue {
@@ -708,6 +719,29 @@ mod tests {
         metric: impl Fn(&Config, u64) -> f64,
         exits: impl Fn(TrialId, u64) -> Option<Exit>,
     ) -> (Tuner, Vec<Decision>) {
+        simulate_processes(
+            scheduler,
+            configs,
+            slots,
+            max_iteration,
+            metric,
+            exits,
+            false,
+        )
+    }
+
+    /// [`simulate_with_exits`]; with `lagging_exits`, a process told to pause or stop exits only
+    /// at the end of the round, after the other running trials reported (real processes take a
+    /// moment to exit, and other reports arrive meanwhile).
+    fn simulate_processes(
+        scheduler: PbtScheduler,
+        configs: Vec<Value>,
+        slots: usize,
+        max_iteration: u64,
+        metric: impl Fn(&Config, u64) -> f64,
+        exits: impl Fn(TrialId, u64) -> Option<Exit>,
+        lagging_exits: bool,
+    ) -> (Tuner, Vec<Decision>) {
         let settings = TunerSettings {
             metric: "score".into(),
             mode: scheduler.mode,
@@ -749,8 +783,9 @@ mod tests {
             }
             running.sort();
             now += 1.0;
+            let mut exiting: Vec<(TrialId, Exit)> = Vec::new();
             for id in running.clone() {
-                if !running.contains(&id) {
+                if !running.contains(&id) || exiting.iter().any(|(t, _)| *t == id) {
                     continue;
                 }
                 let trial = tuner.trial(id).expect("trial");
@@ -777,12 +812,23 @@ mod tests {
                 } else if let Some(exit) = exits(id, reply.result.iteration()) {
                     ends.push((id, exit));
                 }
+                if lagging_exits {
+                    exiting.extend(ends);
+                    continue;
+                }
                 for (trial, exit) in ends {
                     if let Some(pos) = running.iter().position(|r| *r == trial) {
                         running.remove(pos);
                         tuner.on_exit(trial, exit, now).expect("exit");
                         collect_decisions(&mut tuner, &mut decisions);
                     }
+                }
+            }
+            for (trial, exit) in exiting {
+                if let Some(pos) = running.iter().position(|r| *r == trial) {
+                    running.remove(pos);
+                    tuner.on_exit(trial, exit, now).expect("exit");
+                    collect_decisions(&mut tuner, &mut decisions);
                 }
             }
         }
@@ -866,6 +912,43 @@ mod tests {
         }
         assert!(tuner.trials()[0].tag.starts_with("@perturbed[a=40"));
         assert!(decisions.iter().any(|d| d.reason.contains("waiting at")));
+        assert_readable(&decisions);
+    }
+
+    #[test]
+    fn synch_mode_releases_a_trial_whose_process_was_still_exiting_at_the_barrier() {
+        // 4 trials, 2 slots, processes that take a moment to exit: trial A is told to wait at
+        // the barrier, and before its process has exited trial B completes the barrier. A must
+        // be released too, or the population waits for it forever.
+        let config = PbtConfig {
+            synch: true,
+            hyperparam_mutations: object(json!({ "lr": { "loguniform": [1e-4, 1e-1] } })),
+            ..PbtConfig::default()
+        };
+        let scheduler = pbt(config, Mode::Min, json!({}));
+        let configs = [1e-4, 1e-3, 1e-2, 1e-1]
+            .iter()
+            .map(|lr| json!({ "lr": lr }))
+            .collect();
+        let (tuner, decisions) = simulate_processes(
+            scheduler,
+            configs,
+            2,
+            6,
+            |c, t| 1.0 / (1.0 + c["lr"].as_f64().unwrap_or(0.0) * 100.0 * t as f64),
+            |_, _| None,
+            true,
+        );
+        for trial in tuner.trials() {
+            assert_eq!(trial.status, TrialStatus::Terminated, "{}", trial.id);
+            assert_eq!(trial.iteration, 6, "{}", trial.id);
+        }
+        assert!(decisions.iter().any(|d| d.reason.contains("waiting at")));
+        assert!(
+            decisions
+                .iter()
+                .any(|d| matches!(d.action, Action::Exploit { .. }))
+        );
         assert_readable(&decisions);
     }
 
