@@ -663,7 +663,7 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn short(value: &Value) -> String {
+pub(super) fn short(value: &Value) -> String {
     match value {
         Value::Number(n) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(0.0);
