@@ -134,8 +134,10 @@ fn assert_exploits_continue_from_the_donors_checkpoints(
         let restarted = target_results
             .iter()
             .find(|r| {
+                // The result line's config is the one the result was produced with.
                 r["restored_epoch"] == k
                     && r["config"] == exploit["new_config"]
+                    && close(number(r, "lr"), number(&exploit["new_config"], "lr"))
                     && r["restored_checkpoint"]
                         .as_str()
                         .is_some_and(|id| id.starts_with(&format!("{donor}/")))
