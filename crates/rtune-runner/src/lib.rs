@@ -7,9 +7,11 @@
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`storage`]: the files an experiment leaves on disk.
 //! * [`report`]: tables, the best trial, and the live console.
+//! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
 
 pub mod executor;
 pub mod experiment;
+pub mod lineage;
 pub mod report;
 pub mod run_loop;
 pub mod server;

@@ -19,6 +19,7 @@ use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::asha::show;
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::space::{Domain, SearchSpace};
 use crate::trial::{TrialId, TrialStatus};
@@ -91,7 +92,7 @@ pub struct PbtScheduler {
     members: BTreeMap<TrialId, MemberState>,
     /// Synchronous mode: the time every live trial must reach before the next perturbation.
     next_sync: f64,
-    /// Synchronous mode: trials paused at the barrier that it has released.
+    /// Synchronous mode: trials waiting at a barrier that has since been completed; they may run.
     released: BTreeSet<TrialId>,
     warned_missing: BTreeSet<TrialId>,
 }
@@ -404,7 +405,8 @@ impl Scheduler for PbtScheduler {
                     id,
                     format!(
                         "pbt: the next synchronous perturbation is at {} = {}",
-                        self.config.time_attr, self.next_sync
+                        self.config.time_attr,
+                        show(self.next_sync)
                     ),
                 );
             }
@@ -427,7 +429,8 @@ impl Scheduler for PbtScheduler {
                     Action::Pause,
                     format!(
                         "pbt (synch): waiting at {} = {} for {waiting} more trial(s)",
-                        self.config.time_attr, self.next_sync
+                        self.config.time_attr,
+                        show(self.next_sync)
                     ),
                 );
             }
@@ -436,8 +439,9 @@ impl Scheduler for PbtScheduler {
                 Decision::continue_(
                     id,
                     format!(
-                        "pbt (synch): the population reached {} = {at}; not in the lower quantile",
-                        self.config.time_attr
+                        "pbt (synch): the population reached {} = {}; not in the lower quantile",
+                        self.config.time_attr,
+                        show(at)
                     ),
                 )
             });
@@ -449,7 +453,7 @@ impl Scheduler for PbtScheduler {
                 format!(
                     "pbt: next perturbation check at {} = {}",
                     self.config.time_attr,
-                    member.last_perturbation_time + interval
+                    show(member.last_perturbation_time + interval)
                 ),
             );
         }
@@ -458,7 +462,8 @@ impl Scheduler for PbtScheduler {
                 id,
                 format!(
                     "pbt: in the burn-in period (until {} = {})",
-                    self.config.time_attr, self.config.burn_in_period
+                    self.config.time_attr,
+                    show(self.config.burn_in_period)
                 ),
             );
         }
@@ -471,20 +476,29 @@ impl Scheduler for PbtScheduler {
         } else if upper.contains(&id) {
             Decision::continue_(
                 id,
-                format!("pbt: {} {value} is in the upper quantile", self.metric),
+                format!(
+                    "pbt: {} {} is in the upper quantile",
+                    self.metric,
+                    show(value)
+                ),
             )
         } else if lower.is_empty() {
             Decision::continue_(
                 id,
                 format!(
-                    "pbt: {} {value} has too few other scores to compare with",
-                    self.metric
+                    "pbt: {} {} has too few other scores to compare with",
+                    self.metric,
+                    show(value)
                 ),
             )
         } else {
             Decision::continue_(
                 id,
-                format!("pbt: {} {value} is between the quantiles", self.metric),
+                format!(
+                    "pbt: {} {} is between the quantiles",
+                    self.metric,
+                    show(value)
+                ),
             )
         };
         if decision.action != Action::Continue {
@@ -640,9 +654,9 @@ fn set_path(config: &mut Config, path: &[String], new: Value) {
     current.insert(last.clone(), new);
 }
 
-/// A metric value for a reason, or `n/a`.
+/// A metric value for a reason (6 significant digits), or `n/a`.
 fn shown(value: Option<f64>) -> String {
-    value.map_or("n/a".to_string(), |v| v.to_string())
+    value.map_or("n/a".to_string(), show)
 }
 
 /// 1 and 1.0 are the same list entry.
@@ -653,7 +667,7 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn short(value: &Value) -> String {
+pub(super) fn short(value: &Value) -> String {
     match value {
         Value::Number(n) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(0.0);
@@ -709,6 +723,29 @@ mod tests {
         metric: impl Fn(&Config, u64) -> f64,
         exits: impl Fn(TrialId, u64) -> Option<Exit>,
     ) -> (Tuner, Vec<Decision>) {
+        simulate_processes(
+            scheduler,
+            configs,
+            slots,
+            max_iteration,
+            metric,
+            exits,
+            false,
+        )
+    }
+
+    /// [`simulate_with_exits`]; with `lagging_exits`, a process told to pause or stop exits only
+    /// at the end of the round, after the other running trials reported (real processes take a
+    /// moment to exit, and other reports arrive meanwhile).
+    fn simulate_processes(
+        scheduler: PbtScheduler,
+        configs: Vec<Value>,
+        slots: usize,
+        max_iteration: u64,
+        metric: impl Fn(&Config, u64) -> f64,
+        exits: impl Fn(TrialId, u64) -> Option<Exit>,
+        lagging_exits: bool,
+    ) -> (Tuner, Vec<Decision>) {
         let settings = TunerSettings {
             metric: "score".into(),
             mode: scheduler.mode,
@@ -750,8 +787,9 @@ mod tests {
             }
             running.sort();
             now += 1.0;
+            let mut exiting: Vec<(TrialId, Exit)> = Vec::new();
             for id in running.clone() {
-                if !running.contains(&id) {
+                if !running.contains(&id) || exiting.iter().any(|(t, _)| *t == id) {
                     continue;
                 }
                 let trial = tuner.trial(id).expect("trial");
@@ -778,12 +816,23 @@ mod tests {
                 } else if let Some(exit) = exits(id, reply.result.iteration()) {
                     ends.push((id, exit));
                 }
+                if lagging_exits {
+                    exiting.extend(ends);
+                    continue;
+                }
                 for (trial, exit) in ends {
                     if let Some(pos) = running.iter().position(|r| *r == trial) {
                         running.remove(pos);
                         tuner.on_exit(trial, exit, now).expect("exit");
                         collect_decisions(&mut tuner, &mut decisions);
                     }
+                }
+            }
+            for (trial, exit) in exiting {
+                if let Some(pos) = running.iter().position(|r| *r == trial) {
+                    running.remove(pos);
+                    tuner.on_exit(trial, exit, now).expect("exit");
+                    collect_decisions(&mut tuner, &mut decisions);
                 }
             }
         }
@@ -809,6 +858,14 @@ mod tests {
                 "more than one sentence: {}",
                 d.reason
             );
+            // Numbers are shown short (6 significant digits), not as 0.30000000000000004.
+            let most_significant_digits = d
+                .reason
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .map(|number| number.replace('.', "").trim_start_matches('0').len())
+                .max()
+                .unwrap_or(0);
+            assert!(most_significant_digits <= 6, "a long number: {}", d.reason);
         }
     }
 
@@ -859,6 +916,43 @@ mod tests {
         }
         assert!(tuner.trials()[0].tag.starts_with("@perturbed[a=40"));
         assert!(decisions.iter().any(|d| d.reason.contains("waiting at")));
+        assert_readable(&decisions);
+    }
+
+    #[test]
+    fn synch_mode_releases_a_trial_whose_process_was_still_exiting_at_the_barrier() {
+        // 4 trials, 2 slots, processes that take a moment to exit: trial A is told to wait at
+        // the barrier, and before its process has exited trial B completes the barrier. A must
+        // be released too, or the population waits for it forever.
+        let config = PbtConfig {
+            synch: true,
+            hyperparam_mutations: object(json!({ "lr": { "loguniform": [1e-4, 1e-1] } })),
+            ..PbtConfig::default()
+        };
+        let scheduler = pbt(config, Mode::Min, json!({}));
+        let configs = [1e-4, 1e-3, 1e-2, 1e-1]
+            .iter()
+            .map(|lr| json!({ "lr": lr }))
+            .collect();
+        let (tuner, decisions) = simulate_processes(
+            scheduler,
+            configs,
+            2,
+            6,
+            |c, t| 1.0 / (1.0 + c["lr"].as_f64().unwrap_or(0.0) * 100.0 * t as f64),
+            |_, _| None,
+            true,
+        );
+        for trial in tuner.trials() {
+            assert_eq!(trial.status, TrialStatus::Terminated, "{}", trial.id);
+            assert_eq!(trial.iteration, 6, "{}", trial.id);
+        }
+        assert!(decisions.iter().any(|d| d.reason.contains("waiting at")));
+        assert!(
+            decisions
+                .iter()
+                .any(|d| matches!(d.action, Action::Exploit { .. }))
+        );
         assert_readable(&decisions);
     }
 
