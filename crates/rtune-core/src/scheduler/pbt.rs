@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::asha::show;
+use super::asha::value_and_time;
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
-use crate::space::{Domain, SearchSpace};
+use crate::space::{Domain, SearchSpace, get_path, set_path};
 use crate::trial::{TrialId, TrialStatus};
 use crate::tuner::{Ending, Trial};
 use crate::{Config, CoreRng, Mode, TrialResult};
@@ -373,26 +374,17 @@ impl Scheduler for PbtScheduler {
     ) -> Decision {
         let id = result.trial;
         self.released.remove(&id);
-        let (Some(value), Some(time)) =
-            (result.get(&self.metric), result.get(&self.config.time_attr))
-        else {
-            let missing = if result.get(&self.metric).is_none() {
-                &self.metric
-            } else {
-                &self.config.time_attr
-            };
-            let first = self.warned_missing.insert(id);
-            return Decision::continue_(
-                id,
-                format!(
-                    "pbt: the result lacks {missing}{}",
-                    if first {
-                        " (PBT ignores such results)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        let (value, time) = match value_and_time(result, &self.metric, &self.config.time_attr) {
+            Ok(found) => found,
+            Err(lacks) => {
+                let first = self.warned_missing.insert(id);
+                let note = if first {
+                    " (PBT ignores such results)"
+                } else {
+                    ""
+                };
+                return Decision::continue_(id, format!("pbt: the {lacks}{note}"));
+            }
         };
         let score = self.mode.score(value);
         let interval = self.config.perturbation_interval;
@@ -623,35 +615,6 @@ fn parse_mutations(
         prefix.pop();
     }
     Ok(())
-}
-
-fn get_path<'a>(config: &'a Config, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut value = config.get(first)?;
-    for key in rest {
-        value = value.as_object()?.get(key)?;
-    }
-    Some(value)
-}
-
-fn set_path(config: &mut Config, path: &[String], new: Value) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut current = config;
-    for key in parents {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !entry.is_object() {
-            *entry = Value::Object(Map::new());
-        }
-        match entry {
-            Value::Object(map) => current = map,
-            _ => return,
-        }
-    }
-    current.insert(last.clone(), new);
 }
 
 /// A metric value for a reason (6 significant digits), or `n/a`.
