@@ -586,6 +586,10 @@ impl SlurmExecutor {
         ];
         if launch.resources.gpu > 0 {
             args.push(format!("--gpus-per-task={}", launch.resources.gpu));
+        } else {
+            // A step that asks for no GRES gets all of the job's GPUs on its nodes (seen on
+            // SLURM 22.05, with --exact too) and would keep GPU trials from starting.
+            args.push("--gres=none".to_string());
         }
         // With memory as a consumable resource, a step that names no memory asks for all of
         // the job's memory on its nodes and waits for every other step to end. Each step gets
@@ -607,6 +611,7 @@ impl SlurmExecutor {
         args.push("-c".to_string());
         args.push(worker_wrapper(
             launch.workers,
+            launch.resources.gpu == 0,
             &launch.stdout,
             &launch.stderr,
         ));
@@ -628,11 +633,6 @@ impl SlurmExecutor {
             "OMP_NUM_THREADS",
             format!("{}", launch.resources.cpu.ceil().max(1.0)),
         );
-        if launch.resources.gpu == 0 {
-            // SLURM sets CUDA_VISIBLE_DEVICES only for steps with GPUs; a CPU-only step would
-            // otherwise see the GPUs of rtune's own environment (a batch job's).
-            set_default("CUDA_VISIBLE_DEVICES", String::new());
-        }
         if let Some(first) = shares.first() {
             let job_key = self.allocation.job_id.parse::<u64>().unwrap_or(0);
             env.push((

@@ -171,9 +171,14 @@ pub fn master_port(job_key: u64, trial: TrialId, run: u32) -> u16 {
 /// `LOCAL_RANK`, `WORLD_SIZE`, and `LOCAL_WORLD_SIZE` from this node's entry in
 /// `SLURM_STEP_TASKS_PER_NODE`, e.g. `2(x2),1`), sends the task's output to its own files
 /// (rank 0 to `stdout`/`stderr`, rank k to `<stem>.rank<k>.log` beside them, as the local
-/// executor does) and then replaces itself with the trial's program.
-pub fn worker_wrapper(workers: u32, stdout: &Path, stderr: &Path) -> String {
+/// executor does) and then replaces itself with the trial's program. With `hide_gpus` (a trial
+/// without GPUs) it sets `CUDA_VISIBLE_DEVICES` empty: SLURM removes the variable from a step
+/// without GPUs, and without it CUDA would see every GPU of the node.
+pub fn worker_wrapper(workers: u32, hide_gpus: bool, stdout: &Path, stderr: &Path) -> String {
     let mut script = String::new();
+    if hide_gpus {
+        script.push_str("export CUDA_VISIBLE_DEVICES=\n");
+    }
     script.push_str(&format!(
         "export RANK=\"$SLURM_PROCID\" LOCAL_RANK=\"$SLURM_LOCALID\" WORLD_SIZE={workers}\n"
     ));
@@ -401,10 +406,15 @@ mod tests {
     fn wrapper_sets_ranks_and_log_files() {
         let script = worker_wrapper(
             3,
+            true,
             Path::new("/r/t 1/stdout.log"),
             Path::new("/r/t 1/stderr.log"),
         );
         assert!(script.contains("WORLD_SIZE=3"), "{script}");
+        assert!(
+            script.starts_with("export CUDA_VISIBLE_DEVICES=\n"),
+            "{script}"
+        );
         assert!(script.contains("exec >>'/r/t 1/stdout.log' 2>>'/r/t 1/stderr.log'"));
         assert!(script.contains("exec >>'/r/t 1/stdout.rank'\"$RANK\".log"));
         assert!(script.ends_with("exec \"$@\"\n"));

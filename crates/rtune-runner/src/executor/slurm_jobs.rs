@@ -132,6 +132,8 @@ pub fn job_outcome(job_id: &str, status: &JobStatus) -> (bool, String) {
         return (true, "exit code 0".to_string());
     }
     let reason = match status.reason.as_str() {
+        // A cancelled job keeps the reason it last waited for, which would only mislead.
+        _ if status.state == "CANCELLED" => String::new(),
         "None" | "" => String::new(),
         r => format!(" ({r})"),
     };
@@ -196,6 +198,7 @@ pub fn sbatch_script(launch: &TrialLaunch, job_name: &str, config: &SlurmJobsCon
         "-c".to_string(),
         shell_quote(&worker_wrapper(
             launch.workers,
+            launch.resources.gpu == 0,
             &launch.stdout,
             &launch.stderr,
         )),
@@ -270,10 +273,6 @@ impl SlurmJobsExecutor {
                 "OMP_NUM_THREADS".to_string(),
                 format!("{}", launch.resources.cpu.ceil().max(1.0)),
             ));
-        }
-        if launch.resources.gpu == 0 && !launch.env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES")
-        {
-            env.push(("CUDA_VISIBLE_DEVICES".to_string(), String::new()));
         }
         env
     }
@@ -674,7 +673,7 @@ mod tests {
             )
         );
         assert_eq!(
-            job_outcome("5", &status("CANCELLED", "None", "0:15")),
+            job_outcome("5", &status("CANCELLED", "Resources", "0:15")),
             (false, "job 5 CANCELLED: was cancelled".to_string())
         );
         assert_eq!(
