@@ -9,6 +9,9 @@
 //! `salloc --no-shell` and cancelled at the end, and await executor events, never sleeps.
 
 #![allow(clippy::unwrap_used)]
+// The cluster lock is held for a whole test, awaits included; each test has its own runtime, so
+// nothing else waits for it on the same thread.
+#![allow(clippy::await_holding_lock)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
