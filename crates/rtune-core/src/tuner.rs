@@ -44,6 +44,22 @@ pub struct TunerSettings {
     pub stop: BTreeMap<String, f64>,
 }
 
+/// Which checkpoints of a trial are kept on disk (`[checkpoint]` in the experiment file).
+///
+/// A trial's latest checkpoint is always kept (pausing, resuming and retrying need it), and so is
+/// any checkpoint that a waiting trial will restart from (a paused trial, or an exploit whose
+/// target has not copied the donor's checkpoint yet), whatever these settings say.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointRetention {
+    /// Keep at most this many checkpoints per trial; `None` keeps all.
+    pub num_to_keep: Option<usize>,
+    /// Rank checkpoints by this reported metric (the best are kept) instead of by recency.
+    pub score_attribute: Option<String>,
+    /// Whether a larger or smaller `score_attribute` is better.
+    pub score_mode: Option<Mode>,
+}
+
 /// Everything the tuner knows about one trial.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
@@ -61,6 +77,9 @@ pub struct Trial {
     pub best: Option<(f64, u64)>,
     /// Checkpoints this trial has, by iteration, with the total time at each.
     pub checkpoints: BTreeMap<u64, f64>,
+    /// The value of the retention's `score_attribute` at each checkpoint that reported it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checkpoint_scores: BTreeMap<u64, f64>,
     /// What the next run starts from: its own latest checkpoint after a pause or failure, a
     /// donor's checkpoint after an exploit, nothing for a fresh start.
     pub restore: Option<CheckpointId>,
@@ -91,6 +110,7 @@ impl Trial {
             last_result: None,
             best: None,
             checkpoints: BTreeMap::new(),
+            checkpoint_scores: BTreeMap::new(),
             restore: None,
             runs: 0,
             failures: 0,
@@ -182,6 +202,7 @@ pub struct Tuner {
     trials: Vec<Trial>,
     searcher_finished: bool,
     effects: Vec<Effect>,
+    retention: CheckpointRetention,
 }
 
 impl Tuner {
@@ -199,7 +220,14 @@ impl Tuner {
             trials: Vec::new(),
             searcher_finished: false,
             effects: Vec::new(),
+            retention: CheckpointRetention::default(),
         }
+    }
+
+    /// Keep only some checkpoints of each trial (default: all).
+    pub fn with_checkpoint_retention(mut self, retention: CheckpointRetention) -> Self {
+        self.retention = retention;
+        self
     }
 
     pub fn settings(&self) -> &TunerSettings {
@@ -364,11 +392,40 @@ impl Tuner {
         metrics.insert("time_this_iter_s".into(), json_f64(this_iter));
         metrics.insert("timestamp".into(), (now.max(0.0) as u64).into());
         metrics.insert("trial_id".into(), id.to_string().into());
+        // A trial that is about to restart from a donor's checkpoint (an exploit) keeps nothing
+        // it reports meanwhile: it belongs to the lineage the exploit replaces.
+        let exploit_pending =
+            trial.ending.is_some() && trial.restore.is_some_and(|c| c.trial != id);
+        let checkpoint = if checkpoint && exploit_pending {
+            self.effects.push(Effect::DeleteCheckpoint(CheckpointId {
+                trial: id,
+                iteration: trial.iteration,
+            }));
+            false
+        } else {
+            checkpoint
+        };
         if checkpoint {
             trial
                 .checkpoints
                 .insert(trial.iteration, trial.time_total_s);
+            if let Some(score) = self
+                .retention
+                .score_attribute
+                .as_ref()
+                .and_then(|key| metrics.get(key))
+                .and_then(Value::as_f64)
+            {
+                trial.checkpoint_scores.insert(trial.iteration, score);
+            }
         }
+        // Its own newer checkpoint is what a restart would use from now on: whatever it started
+        // from (its older checkpoint, a donor's) is no longer needed by it.
+        let released = if checkpoint && trial.ending.is_none() {
+            trial.restore.take()
+        } else {
+            None
+        };
         let result = TrialResult {
             trial: id,
             metrics,
@@ -385,9 +442,16 @@ impl Tuner {
             }
         }
         trial.last_result = Some(result.clone());
+        let ending = trial.ending;
+        if checkpoint {
+            self.collect_checkpoints(id);
+        }
+        if let Some(released) = released {
+            self.collect_checkpoints(released.trial);
+        }
 
         // A trial already asked to end gets the same answer again.
-        if let Some(ending) = trial.ending {
+        if let Some(ending) = ending {
             let action = match ending {
                 Ending::Stop => Action::Stop,
                 Ending::Pause => Action::Pause,
@@ -505,8 +569,32 @@ impl Tuner {
                 }
                 trial.config = config.clone();
                 trial.restore = Some(*donor);
+                // Its own checkpoints belong to the lineage it leaves (all of them, or those after
+                // the restart point when it restarts from its own checkpoint, as a policy replay
+                // does): a later restart must never pick one of them as "its latest".
+                let stale: Vec<CheckpointId> = trial
+                    .checkpoints
+                    .keys()
+                    .filter(|&&iteration| donor.trial != id || iteration > donor.iteration)
+                    .map(|&iteration| CheckpointId {
+                        trial: id,
+                        iteration,
+                    })
+                    .collect();
+                for c in &stale {
+                    trial.checkpoints.remove(&c.iteration);
+                    trial.checkpoint_scores.remove(&c.iteration);
+                }
                 trial.tag = format!("@perturbed[{description}]");
                 trial.resumable = true;
+                for c in stale {
+                    if !self.is_pinned(c) {
+                        self.effects.push(Effect::DeleteCheckpoint(c));
+                    }
+                }
+                let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+                    return Action::Continue;
+                };
                 // A paused trial simply restarts from the donor's checkpoint when chosen; a
                 // running one ends its process first.
                 if trial.status == TrialStatus::Running {
@@ -558,7 +646,9 @@ impl Tuner {
                 trial.failures += 1;
                 trial.error = Some(message.clone());
                 if trial.failures <= max_failures {
-                    trial.restore = trial.latest_checkpoint();
+                    // Its own latest checkpoint; else, after an exploit, the donor's it started
+                    // from.
+                    trial.restore = trial.latest_checkpoint().or(trial.restore);
                     let from = match trial.restore {
                         Some(c) => format!("from its checkpoint at iteration {}", c.iteration),
                         None => {
@@ -623,6 +713,63 @@ impl Tuner {
             self.searcher.on_trial_complete(id, last.as_ref());
         }
         Ok(())
+    }
+
+    /// Whether a waiting or running trial will (or may again) restart from this checkpoint.
+    fn is_pinned(&self, c: CheckpointId) -> bool {
+        self.trials
+            .iter()
+            .any(|t| !t.status.is_finished() && t.restore == Some(c))
+    }
+
+    /// Ask the runner to delete the checkpoints of `id` that the retention does not keep: beyond
+    /// `num_to_keep`, never the latest, never a pinned one (see [`CheckpointRetention`]).
+    fn collect_checkpoints(&mut self, id: TrialId) {
+        let Some(keep) = self.retention.num_to_keep else {
+            return;
+        };
+        let Some(trial) = self.trials.get(id.0 as usize) else {
+            return;
+        };
+        let latest = trial.checkpoints.keys().next_back().copied();
+        // Ranked best first: by score when a score attribute is set (checkpoints without a
+        // score rank last, newest first among them), else newest first.
+        let mut ranked: Vec<u64> = trial.checkpoints.keys().rev().copied().collect();
+        if self.retention.score_attribute.is_some() {
+            let mode = self.retention.score_mode.unwrap_or(self.settings.mode);
+            let score = |iteration: &u64| {
+                trial
+                    .checkpoint_scores
+                    .get(iteration)
+                    .map_or(f64::NEG_INFINITY, |&v| mode.score(v))
+            };
+            ranked.sort_by(|a, b| score(b).total_cmp(&score(a)).then(b.cmp(a)));
+        }
+        let doomed: Vec<u64> = ranked
+            .into_iter()
+            .skip(keep)
+            .filter(|&iteration| Some(iteration) != latest)
+            .filter(|&iteration| {
+                !self.is_pinned(CheckpointId {
+                    trial: id,
+                    iteration,
+                })
+            })
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+            return;
+        };
+        for iteration in doomed {
+            trial.checkpoints.remove(&iteration);
+            trial.checkpoint_scores.remove(&iteration);
+            self.effects.push(Effect::DeleteCheckpoint(CheckpointId {
+                trial: id,
+                iteration,
+            }));
+        }
     }
 
     /// End the experiment early (Ctrl-C, a fatal error): pending and paused trials are
@@ -775,5 +922,152 @@ mod tests {
         assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Terminated);
         assert!(t.next_to_run(1.0).is_none());
         assert!(t.is_finished());
+    }
+
+    fn with_retention(n: u32, keep: usize, score: Option<&str>) -> Tuner {
+        tuner(n, 0).with_checkpoint_retention(CheckpointRetention {
+            num_to_keep: Some(keep),
+            score_attribute: score.map(str::to_string),
+            score_mode: None,
+        })
+    }
+
+    fn deleted(effects: &[Effect]) -> Vec<(u32, u64)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::DeleteCheckpoint(c) => Some((c.trial.0, c.iteration)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_checkpoints() {
+        let mut t = with_retention(1, 2, None);
+        t.settings.stop.clear();
+        let a = t.next_to_run(0.0).expect("a trial");
+        for i in 1u32..=4 {
+            t.drain_effects();
+            t.on_result(a.trial, metrics(1.0), true, f64::from(i))
+                .expect("result");
+            let expected = if i >= 3 {
+                vec![(0, u64::from(i) - 2)]
+            } else {
+                vec![]
+            };
+            assert_eq!(deleted(&t.drain_effects()), expected, "after iteration {i}");
+        }
+        let kept: Vec<u64> = t.trials()[0].checkpoints.keys().copied().collect();
+        assert_eq!(kept, vec![3, 4]);
+    }
+
+    #[test]
+    fn retention_by_score_keeps_the_best_and_always_the_latest() {
+        let mut t = with_retention(1, 1, Some("loss"));
+        t.settings.stop.clear();
+        let a = t.next_to_run(0.0).expect("a trial");
+        for (i, loss) in [2.0, 1.0, 3.0].into_iter().enumerate() {
+            t.on_result(a.trial, metrics(loss), true, i as f64 + 1.0)
+                .expect("result");
+        }
+        // Best is iteration 2 (loss 1.0); iteration 3 is the latest; iteration 1 goes.
+        let kept: Vec<u64> = t.trials()[0].checkpoints.keys().copied().collect();
+        assert_eq!(kept, vec![2, 3]);
+        t.on_result(a.trial, metrics(0.5), true, 4.0)
+            .expect("result");
+        let kept: Vec<u64> = t.trials()[0].checkpoints.keys().copied().collect();
+        assert_eq!(kept, vec![4], "the new best is also the latest");
+    }
+
+    /// Exploits trial 1 from trial 0's latest checkpoint on trial 1's second result.
+    struct ExploitOnce;
+
+    impl Scheduler for ExploitOnce {
+        fn name(&self) -> &'static str {
+            "exploit-once"
+        }
+        fn on_trial_result(
+            &mut self,
+            ctx: &mut SchedulerContext<'_>,
+            result: &TrialResult,
+        ) -> Decision {
+            let donor = ctx.trial(TrialId(0)).and_then(Trial::latest_checkpoint);
+            match donor {
+                Some(donor) if result.trial == TrialId(1) && result.iteration() == 2 => {
+                    Decision::new(
+                        result.trial,
+                        Action::Exploit {
+                            donor,
+                            config: Config::new(),
+                            description: "x=0".into(),
+                        },
+                        "test exploit",
+                    )
+                }
+                _ => Decision::continue_(result.trial, "go on"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_an_exploit_will_restart_from_is_never_deleted() {
+        let settings = TunerSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed: 1,
+            max_failures: 1,
+            stop: BTreeMap::new(),
+        };
+        let mut t = Tuner::new(settings, Box::new(Counting(2)), Box::new(ExploitOnce))
+            .with_checkpoint_retention(CheckpointRetention {
+                num_to_keep: Some(1),
+                ..CheckpointRetention::default()
+            });
+        let a = t.next_to_run(0.0).expect("trial 0");
+        let b = t.next_to_run(0.0).expect("trial 1");
+        t.on_result(a.trial, metrics(1.0), true, 1.0).expect("a1");
+        t.on_result(b.trial, metrics(5.0), true, 1.0).expect("b1");
+        // b exploits a@1: b's own checkpoint 1 is dropped, and b must end its process.
+        t.drain_effects();
+        let reply = t.on_result(b.trial, metrics(5.0), true, 2.0).expect("b2");
+        assert_eq!(reply.action, Action::Pause);
+        let effects = t.drain_effects();
+        let deleted_now = deleted(&effects);
+        assert!(deleted_now.contains(&(1, 1)), "{effects:?}");
+        assert!(
+            deleted_now.contains(&(1, 2)),
+            "the report after the exploit is not kept"
+        );
+        // a moves on: a@1 is pinned by b's pending restart, so it stays.
+        t.on_result(a.trial, metrics(0.9), true, 2.0).expect("a2");
+        assert!(!deleted(&t.drain_effects()).contains(&(0, 1)));
+        t.on_exit(b.trial, Exit::Success, 3.0).expect("b exits");
+        assert_eq!(t.trials()[1].status, TrialStatus::Paused);
+        assert_eq!(t.trials()[1].iteration, 1, "b continues from a's iteration");
+        let relaunch = t.next_to_run(3.0).expect("b restarts");
+        assert_eq!(
+            relaunch.restore,
+            Some(CheckpointId {
+                trial: a.trial,
+                iteration: 1
+            })
+        );
+        // b fails before its own first checkpoint: the retry starts from a@1 again, not scratch.
+        t.on_exit(b.trial, Exit::Failure("boom".into()), 4.0)
+            .expect("b fails");
+        assert_eq!(
+            t.trials()[1].restore,
+            Some(CheckpointId {
+                trial: a.trial,
+                iteration: 1
+            })
+        );
+        let retry = t.next_to_run(5.0).expect("b retries");
+        t.on_result(retry.trial, metrics(0.8), true, 6.0)
+            .expect("b's own checkpoint");
+        // Now nobody needs a@1: the next collection of a's checkpoints removes it.
+        let effects = t.drain_effects();
+        assert!(deleted(&effects).contains(&(0, 1)), "{effects:?}");
     }
 }

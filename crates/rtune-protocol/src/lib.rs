@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 /// The protocol version spoken by this crate.
 pub const VERSION: u32 = 1;
 
+/// The longest request or response line, newline excluded: 1 MiB. rtune answers a longer request
+/// with an error and closes the connection.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
 /// Environment variables set for every trial process.
 pub mod env {
     /// Protocol version, `1`.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::SchedulerSpec;
+use rtune_core::tuner::CheckpointRetention;
 use rtune_core::{Config, Mode};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,9 @@ pub struct ExperimentFile {
     pub space: toml::Table,
     #[serde(default)]
     pub scheduler: SchedulerSpec,
+    /// `[checkpoint]`: which checkpoints of each trial are kept.
+    #[serde(default)]
+    pub checkpoint: CheckpointRetention,
     #[serde(default)]
     pub executor: ExecutorSection,
     #[serde(default)]
@@ -256,7 +260,10 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
     if !(r.cpu.is_finite() && r.cpu > 0.0) {
         return Err(invalid(
             "trial.resources.cpu",
-            format!("must be more than 0 (fractions such as 0.5 are fine), got {}", r.cpu),
+            format!(
+                "must be more than 0 (fractions such as 0.5 are fine), got {}",
+                r.cpu
+            ),
         ));
     }
     if !(file.trial.stop_grace_s.is_finite() && file.trial.stop_grace_s >= 0.0) {
@@ -276,7 +283,10 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
     if let Some(cpus) = file.executor.cpus
         && !(cpus.is_finite() && cpus > 0.0)
     {
-        return Err(invalid("executor.cpus", format!("must be more than 0, got {cpus}")));
+        return Err(invalid(
+            "executor.cpus",
+            format!("must be more than 0, got {cpus}"),
+        ));
     }
     if !(file.executor.reserve_cpus.is_finite() && file.executor.reserve_cpus >= 0.0) {
         return Err(invalid("executor.reserve_cpus", "must be 0 or more".into()));
@@ -293,9 +303,18 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             "must be a positive number of seconds".into(),
         ));
     }
+    if file.checkpoint.num_to_keep == Some(0) {
+        return Err(invalid(
+            "checkpoint.num_to_keep",
+            "must be at least 1 (leave it out to keep every checkpoint)".into(),
+        ));
+    }
     for (key, value) in &file.stop {
         if !value.is_finite() {
-            return Err(invalid(&format!("stop.{key}"), "must be a finite number".into()));
+            return Err(invalid(
+                &format!("stop.{key}"),
+                "must be a finite number".into(),
+            ));
         }
     }
     Ok(())
@@ -309,9 +328,7 @@ pub fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), Experime
         message,
     };
     let Some((key, raw)) = arg.split_once('=') else {
-        return Err(err(
-            "expected KEY=VALUE, e.g. --set num_samples=20".into(),
-        ));
+        return Err(err("expected KEY=VALUE, e.g. --set num_samples=20".into()));
     };
     let key = key.trim();
     let parts: Vec<&str> = key.split('.').map(str::trim).collect();
@@ -471,7 +488,10 @@ reduction_factor = 2
 
         let text = FILE.replace("reduction_factor", "reduction_fator");
         let message = parse_err(&text, &[]);
-        assert!(message.contains("did you mean `reduction_factor`"), "{message}");
+        assert!(
+            message.contains("did you mean `reduction_factor`"),
+            "{message}"
+        );
 
         let message = parse_err(FILE, &["scheduler.grace_perod=2"]);
         assert!(message.contains("did you mean `grace_period`"), "{message}");
@@ -487,13 +507,19 @@ reduction_factor = 2
     #[test]
     fn invalid_values_name_the_field() {
         let message = parse_err(FILE, &["num_samples=0"]);
-        assert!(message.contains("num_samples: must be at least 1"), "{message}");
+        assert!(
+            message.contains("num_samples: must be at least 1"),
+            "{message}"
+        );
         let message = parse_err(FILE, &["trial.command=[]"]);
         assert!(message.contains("trial.command"), "{message}");
         let message = parse_err(FILE, &["name=a/b"]);
         assert!(message.contains("name:"), "{message}");
         let message = parse_err(FILE, &["seed.x=1"]);
-        assert!(message.contains("`seed` is a integer, not a table"), "{message}");
+        assert!(
+            message.contains("`seed` is a integer, not a table"),
+            "{message}"
+        );
         let message = parse_err(FILE, &["num_samples"]);
         assert!(message.contains("expected KEY=VALUE"), "{message}");
     }

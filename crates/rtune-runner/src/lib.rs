@@ -1,13 +1,17 @@
 //! The runner: everything around the pure core that touches the world.
 //!
-//! * [`executor`]: where trial processes run (local processes; SLURM later).
+//! * [`experiment`]: the experiment file, read strictly, with `--set` overrides.
+//! * [`setup`]: from the command line's options to a checked, ready experiment.
+//! * [`run_loop`]: the event loop that owns the experiment's state.
+//! * [`executor`]: where trial processes run (local processes, SLURM).
+//! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`storage`]: the files an experiment leaves on disk.
 //! * [`report`]: tables, the best trial, and the live console.
-//!
-//! Work in progress, not yet compiled in (they wait for the search space, the ASHA/median
-//! scheduler specs and the protocol server): `experiment.rs` (the strict experiment file),
-//! `setup.rs` (options to a checked experiment) and `run_loop.rs` (the event loop).
 
 pub mod executor;
+pub mod experiment;
 pub mod report;
+pub mod run_loop;
+pub mod server;
+pub mod setup;
 pub mod storage;

@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rtune_core::tuner::{Effect, Exit, Launch, Tuner};
 use rtune_core::scheduler::PolicyStep;
-use rtune_core::{Action, TrialId, TrialStatus};
+use rtune_core::tuner::{Effect, Exit, Launch, Tuner};
+use rtune_core::{Action, CheckpointId, TrialId, TrialStatus};
 use rtune_protocol::{Response, TrialAction};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -36,10 +36,7 @@ pub enum RunError {
     #[error(
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
-    Stuck {
-        pending: usize,
-        dir: PathBuf,
-    },
+    Stuck { pending: usize, dir: PathBuf },
 }
 
 /// How the trial processes are started, as the run loop needs to know it.
@@ -183,7 +180,11 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         }
     }
     lp.executor.shutdown(lp.template.stop_grace);
-    let status = if interrupted { "interrupted" } else { "finished" };
+    let status = if interrupted {
+        "interrupted"
+    } else {
+        "finished"
+    };
     lp.state.finished_at = Some(unix_now());
     lp.write_state(status)?;
     reporter.finish(&state);
@@ -270,22 +271,12 @@ impl Loop<'_> {
             None => None,
             Some(c) if c.trial == trial => Some(files.checkpoint_dir(c.iteration)),
             Some(c) => {
-                // An exploit: the target gets its own copy of the donor's checkpoint, so the
-                // donor's files stay untouched whatever the target does with them.
-                let donor = self
-                    .dir
-                    .trial(c.trial)
-                    .map_err(|e| format!("cannot open the donor's directory: {e}"))?;
+                // An exploit: the copy of the donor's checkpoint made when the exploit was
+                // decided (see `copy_donor_checkpoint`).
                 let target = files.exploit_dir(c);
-                files
-                    .copy_checkpoint(&donor.checkpoint_dir(c.iteration), &target)
-                    .map_err(|e| {
-                        format!(
-                            "cannot copy {}'s checkpoint at iteration {}: {e}",
-                            c.trial.name(),
-                            c.iteration
-                        )
-                    })?;
+                if !target.is_dir() {
+                    self.copy_donor_checkpoint(trial, c)?;
+                }
                 Some(target)
             }
         };
@@ -302,8 +293,14 @@ impl Loop<'_> {
             (e::TRIAL_DIR.to_string(), path_string(files.dir())),
             (e::EXPERIMENT_DIR.to_string(), path_string(self.dir.path())),
             (e::CONFIG.to_string(), config_json),
-            (e::CONFIG_FILE.to_string(), path_string(&files.params_path())),
-            (e::SCRATCH_DIR.to_string(), path_string(&files.scratch_dir())),
+            (
+                e::CONFIG_FILE.to_string(),
+                path_string(&files.params_path()),
+            ),
+            (
+                e::SCRATCH_DIR.to_string(),
+                path_string(&files.scratch_dir()),
+            ),
         ];
         if let (Some(dir), Some(c)) = (&restore_dir, launch.restore) {
             env.push((e::RESTORE_DIR.to_string(), path_string(dir)));
@@ -325,6 +322,32 @@ impl Loop<'_> {
             })
             .map_err(|e| e.to_string())?;
         Ok(placement.description)
+    }
+
+    /// An exploit's target gets its own copy of the donor's checkpoint as soon as the exploit is
+    /// decided: the donor may train on and replace or delete its checkpoints before the target
+    /// restarts, and the target must never touch the donor's files.
+    fn copy_donor_checkpoint(&self, target: TrialId, donor: CheckpointId) -> Result<(), String> {
+        let files = self
+            .dir
+            .trial(target)
+            .map_err(|e| format!("cannot prepare the trial's directory: {e}"))?;
+        let donor_files = self
+            .dir
+            .trial(donor.trial)
+            .map_err(|e| format!("cannot open the donor's directory: {e}"))?;
+        files
+            .copy_checkpoint(
+                &donor_files.checkpoint_dir(donor.iteration),
+                &files.exploit_dir(donor),
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot copy {}'s checkpoint at iteration {}: {e}",
+                    donor.trial.name(),
+                    donor.iteration
+                )
+            })
     }
 
     fn on_report(&mut self, report: ReportEvent) {
@@ -353,6 +376,7 @@ impl Loop<'_> {
             return Response::error(format!("no trial {}", trial.name()));
         };
         let iteration = current.iteration + 1;
+        let restored_from = current.restore;
         let files = match self.dir.trial(trial) {
             Ok(files) => files,
             Err(e) => return Response::error(format!("rtune cannot write the trial's files: {e}")),
@@ -380,6 +404,18 @@ impl Loop<'_> {
                 Ok(reply) => reply,
                 Err(e) => return Response::error(e.to_string()),
             };
+        // Once it has a checkpoint of its own, the copy of a donor's checkpoint it restarted
+        // from (an exploit) is no longer needed.
+        if let Some(c) = restored_from
+            && c.trial != trial
+            && self.tuner.trial(trial).is_some_and(|t| t.restore.is_none())
+            && let Err(e) = std::fs::remove_dir_all(files.exploit_dir(c))
+        {
+            tracing::warn!(
+                "{}: cannot remove the donor checkpoint copy: {e}",
+                trial.name()
+            );
+        }
         let done = !matches!(reply.action, Action::Continue);
         let config = self
             .tuner
@@ -525,6 +561,11 @@ impl Loop<'_> {
                         });
                         if let Err(e) = self.dir.append_lineage(&line) {
                             tracing::error!("cannot write the lineage log: {e}");
+                        }
+                        if let Err(message) = self.copy_donor_checkpoint(decision.trial, *donor) {
+                            // The restart will try the copy again and fail the run if it
+                            // still cannot be made.
+                            self.warn(decision.trial, &message);
                         }
                         // The target's policy: the donor's schedule up to the donor's iteration,
                         // then the explored config.

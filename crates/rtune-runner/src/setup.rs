@@ -54,7 +54,9 @@ pub enum SetupError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Run(#[from] RunError),
-    #[error("cannot find the storage directory: set [output] storage or --storage (HOME is not set)")]
+    #[error(
+        "cannot find the storage directory: set [output] storage or --storage (HOME is not set)"
+    )]
     NoStorage,
 }
 
@@ -89,10 +91,11 @@ pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
         message,
     };
 
-    let space = SearchSpace::from_json(&experiment.space_json()).map_err(|e| invalid(e.to_string()))?;
+    let space =
+        SearchSpace::from_json(&experiment.space_json()).map_err(|e| invalid(e.to_string()))?;
     let scheduler = file
         .scheduler
-        .build(&file.metric, file.mode)
+        .build(&file.metric, file.mode, &space)
         .map_err(|e| invalid(e.to_string()))?;
     let parameters = space.searched_names();
     let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
@@ -106,7 +109,8 @@ pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
         },
         Box::new(searcher),
         scheduler,
-    );
+    )
+    .with_checkpoint_retention(file.checkpoint.clone());
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
     let executor = LocalExecutor::new(
@@ -279,9 +283,15 @@ mod tests {
         std::fs::write(dir.path().join("rtune-example"), "").expect("write");
         let cmd = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let resolved = resolve_command(&cmd(&["rtune-example", "--x"]), &exe);
-        assert_eq!(resolved[0], dir.path().join("rtune-example").to_string_lossy());
+        assert_eq!(
+            resolved[0],
+            dir.path().join("rtune-example").to_string_lossy()
+        );
         assert_eq!(resolved[1], "--x");
-        assert_eq!(resolve_command(&cmd(&["python", "t.py"]), &exe)[0], "python");
+        assert_eq!(
+            resolve_command(&cmd(&["python", "t.py"]), &exe)[0],
+            "python"
+        );
         assert_eq!(resolve_command(&cmd(&["./t.sh"]), &exe)[0], "./t.sh");
         assert_eq!(
             resolve_command(&cmd(&["rtune", "train-lm"]), &exe)[0],

@@ -4,11 +4,21 @@
 //! decisions about other trials to the context's outbox (a synchronous scheduler that releases a
 //! barrier, say). The [`crate::Tuner`] applies them and logs each one with its reason.
 
+mod asha;
 mod fifo;
+mod hyperband;
+mod median;
+mod pbt;
 mod replay;
+mod spec;
 
+pub use asha::{AshaConfig, AshaScheduler};
 pub use fifo::FifoScheduler;
+pub use hyperband::{HyperBandConfig, HyperBandScheduler};
+pub use median::{MedianStoppingConfig, MedianStoppingScheduler};
+pub use pbt::{PbtConfig, PbtScheduler};
 pub use replay::{PolicyReplayScheduler, PolicyStep};
+pub use spec::{FifoConfig, SchedulerSpec};
 
 use serde::{Deserialize, Serialize};
 

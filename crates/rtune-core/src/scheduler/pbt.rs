@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::space::{Domain, SearchSpace};
 use crate::trial::{TrialId, TrialStatus};
+use crate::tuner::Trial;
 use crate::{Config, CoreRng, Mode, TrialResult};
 
 /// `[scheduler]` with `type = "pbt"`.
@@ -78,6 +79,8 @@ struct MemberState {
     last_train_time: f64,
     /// Score (larger is better) at the latest perturbation check.
     last_score: Option<f64>,
+    /// The metric's value at the latest perturbation check, as reported (for reasons).
+    last_value: Option<f64>,
 }
 
 pub struct PbtScheduler {
@@ -121,7 +124,10 @@ impl PbtScheduler {
         if !(0.0..=1.0).contains(&config.resample_probability) {
             return Err(InvalidSetting::new(
                 "resample_probability",
-                format!("must be between 0 and 1, got {}", config.resample_probability),
+                format!(
+                    "must be between 0 and 1, got {}",
+                    config.resample_probability
+                ),
             ));
         }
         if config.perturbation_factors.is_empty()
@@ -141,7 +147,11 @@ impl PbtScheduler {
                 mutations.push((parameter.path.clone(), mutation_of(&parameter.domain)));
             }
         } else {
-            parse_mutations(&config.hyperparam_mutations, &mut Vec::new(), &mut mutations)?;
+            parse_mutations(
+                &config.hyperparam_mutations,
+                &mut Vec::new(),
+                &mut mutations,
+            )?;
         }
         if mutations.is_empty() {
             return Err(InvalidSetting::new(
@@ -198,18 +208,24 @@ impl PbtScheduler {
         let Some(donor_trial) = ctx.trial(donor) else {
             return Decision::continue_(target, "pbt: the donor is unknown");
         };
+        let target_value = self.members.get(&target).and_then(|m| m.last_value);
         let Some(checkpoint) = donor_trial.latest_checkpoint() else {
             return Decision::continue_(
                 target,
                 format!(
-                    "pbt: exploit skipped: donor {} has no checkpoint yet (it must report one for PBT to copy it)",
+                    "pbt: {} {} is in the lower quantile, but the exploit is skipped because the donor {} has no checkpoint yet (a trial must report checkpoints for PBT to copy it)",
+                    self.metric,
+                    shown(target_value),
                     donor.name()
                 ),
             )
             .with_details(json!({ "skipped_exploit": true, "donor": donor.0 }));
         };
         let donor_config = donor_trial.config.clone();
-        let old_config = ctx.trial(target).map(|t| t.config.clone()).unwrap_or_default();
+        let old_config = ctx
+            .trial(target)
+            .map(|t| t.config.clone())
+            .unwrap_or_default();
         let (new_config, description) = self.explore(&donor_config, ctx.rng);
         let donor_state = self.members.get(&donor).cloned().unwrap_or_default();
         let target_score = self.members.get(&target).and_then(|m| m.last_score);
@@ -218,14 +234,6 @@ impl PbtScheduler {
             state.last_train_time = donor_state.last_train_time;
         }
         let metric = &self.metric;
-        let shown = |score: Option<f64>| {
-            score.map_or("n/a".to_string(), |s| {
-                format!("{}", match self.mode {
-                    Mode::Max => s,
-                    Mode::Min => -s,
-                })
-            })
-        };
         Decision::new(
             target,
             Action::Exploit {
@@ -235,10 +243,10 @@ impl PbtScheduler {
             },
             format!(
                 "pbt: {metric} {} is in the lower quantile; restarting from {}'s checkpoint at iteration {} ({metric} {}) with {description}",
-                shown(target_score),
+                shown(target_value),
                 donor.name(),
                 checkpoint.iteration,
-                shown(donor_state.last_score),
+                shown(donor_state.last_value),
             ),
         )
         .with_details(json!({
@@ -283,7 +291,9 @@ impl PbtScheduler {
                                 .choose(rng)
                                 .copied()
                                 .unwrap_or(1.0);
-                            domain.clamp(x * factor).unwrap_or_else(|| domain.sample(rng))
+                            domain
+                                .clamp(x * factor)
+                                .unwrap_or_else(|| domain.sample(rng))
                         }
                         _ => domain.sample(rng),
                     }
@@ -352,10 +362,15 @@ impl Scheduler for PbtScheduler {
         self.members.insert(trial, MemberState::default());
     }
 
-    fn on_trial_result(&mut self, ctx: &mut SchedulerContext<'_>, result: &TrialResult) -> Decision {
+    fn on_trial_result(
+        &mut self,
+        ctx: &mut SchedulerContext<'_>,
+        result: &TrialResult,
+    ) -> Decision {
         let id = result.trial;
         self.released.remove(&id);
-        let (Some(value), Some(time)) = (result.get(&self.metric), result.get(&self.config.time_attr))
+        let (Some(value), Some(time)) =
+            (result.get(&self.metric), result.get(&self.config.time_attr))
         else {
             let missing = if result.get(&self.metric).is_none() {
                 &self.metric
@@ -367,7 +382,11 @@ impl Scheduler for PbtScheduler {
                 id,
                 format!(
                     "pbt: the result lacks {missing}{}",
-                    if first { " (PBT ignores such results)" } else { "" }
+                    if first {
+                        " (PBT ignores such results)"
+                    } else {
+                        ""
+                    }
                 ),
             );
         };
@@ -380,17 +399,25 @@ impl Scheduler for PbtScheduler {
             if time < self.next_sync {
                 return Decision::continue_(
                     id,
-                    format!("pbt: the next synchronous perturbation is at {} = {}", self.config.time_attr, self.next_sync),
+                    format!(
+                        "pbt: the next synchronous perturbation is at {} = {}",
+                        self.config.time_attr, self.next_sync
+                    ),
                 );
             }
             member.last_score = Some(score);
+            member.last_value = Some(value);
             member.last_perturbation_time = time;
             if !self.barrier_complete(ctx) {
                 let waiting = ctx
                     .trials
                     .iter()
                     .filter(|t| !t.status.is_finished() && t.id != id)
-                    .filter(|t| self.members.get(&t.id).is_none_or(|m| m.last_train_time < self.next_sync))
+                    .filter(|t| {
+                        self.members
+                            .get(&t.id)
+                            .is_none_or(|m| m.last_train_time < self.next_sync)
+                    })
                     .count();
                 return Decision::new(
                     id,
@@ -405,7 +432,10 @@ impl Scheduler for PbtScheduler {
             return self.perturb_all(ctx, Some(id)).unwrap_or_else(|| {
                 Decision::continue_(
                     id,
-                    format!("pbt (synch): the population reached {} = {at}; not in the lower quantile", self.config.time_attr),
+                    format!(
+                        "pbt (synch): the population reached {} = {at}; not in the lower quantile",
+                        self.config.time_attr
+                    ),
                 )
             });
         }
@@ -423,18 +453,36 @@ impl Scheduler for PbtScheduler {
         if time < self.config.burn_in_period {
             return Decision::continue_(
                 id,
-                format!("pbt: in the burn-in period (until {} = {})", self.config.time_attr, self.config.burn_in_period),
+                format!(
+                    "pbt: in the burn-in period (until {} = {})",
+                    self.config.time_attr, self.config.burn_in_period
+                ),
             );
         }
         member.last_score = Some(score);
+        member.last_value = Some(value);
         member.last_perturbation_time = time;
         let (lower, upper) = self.quantiles(ctx);
         let decision = if lower.contains(&id) {
             self.exploit(ctx, id, &upper)
         } else if upper.contains(&id) {
-            Decision::continue_(id, format!("pbt: {} {value} is in the upper quantile", self.metric))
+            Decision::continue_(
+                id,
+                format!("pbt: {} {value} is in the upper quantile", self.metric),
+            )
+        } else if lower.is_empty() {
+            Decision::continue_(
+                id,
+                format!(
+                    "pbt: {} {value} has too few other scores to compare with",
+                    self.metric
+                ),
+            )
         } else {
-            Decision::continue_(id, format!("pbt: {} {value} is between the quantiles", self.metric))
+            Decision::continue_(
+                id,
+                format!("pbt: {} {value} is between the quantiles", self.metric),
+            )
         };
         if decision.action != Action::Continue {
             return decision;
@@ -443,17 +491,16 @@ impl Scheduler for PbtScheduler {
         let waiting = ctx
             .trials
             .iter()
-            .filter(|t| {
-                t.id != id
-                    && (t.status == TrialStatus::Pending
-                        || (t.status == TrialStatus::Paused && t.resumable))
-            })
+            .filter(|t| t.id != id && self.may_run(t))
             .count();
         if waiting > 0 {
             return Decision::new(
                 id,
                 Action::Pause,
-                format!("pbt: {}; pausing to give the slot to {waiting} waiting trial(s)", decision.reason),
+                format!(
+                    "{}; pausing to give the slot to {waiting} waiting trial(s)",
+                    decision.reason
+                ),
             );
         }
         decision
@@ -473,15 +520,11 @@ impl Scheduler for PbtScheduler {
     }
 
     fn choose_trial_to_run(&mut self, ctx: &mut SchedulerContext<'_>) -> Option<TrialId> {
-        if let Some(t) = ctx.trials.iter().find(|t| t.status == TrialStatus::Pending) {
-            return Some(t.id);
-        }
-        // The paused trial that is furthest behind runs next.
+        // The waiting trial that is furthest behind runs next (a trial that never ran has no
+        // training time, so the population starts before anyone resumes); ties by id.
         ctx.trials
             .iter()
-            .filter(|t| {
-                t.status == TrialStatus::Paused && (t.resumable || self.released.contains(&t.id))
-            })
+            .filter(|t| self.may_run(t))
             .min_by(|a, b| {
                 let time = |id: TrialId| self.members.get(&id).map_or(0.0, |m| m.last_train_time);
                 time(a.id).total_cmp(&time(b.id)).then(a.id.cmp(&b.id))
@@ -491,14 +534,28 @@ impl Scheduler for PbtScheduler {
 }
 
 impl PbtScheduler {
+    /// Whether a PENDING or PAUSED trial may be started now. In asynchronous mode a paused trial
+    /// only waits for a free slot; in synchronous mode it waits for the barrier to release it
+    /// (or for an exploit, which marks it resumable).
+    fn may_run(&self, trial: &Trial) -> bool {
+        match trial.status {
+            TrialStatus::Pending => true,
+            TrialStatus::Paused => {
+                !self.config.synch || trial.resumable || self.released.contains(&trial.id)
+            }
+            _ => false,
+        }
+    }
+
     /// A trial finished or failed: in synchronous mode the others may now all be at the barrier.
     fn after_departure(&mut self, ctx: &mut SchedulerContext<'_>) {
         if !self.config.synch {
             return;
         }
-        let someone_waits = ctx.trials.iter().any(|t| {
-            t.status == TrialStatus::Paused && !self.released.contains(&t.id)
-        });
+        let someone_waits = ctx
+            .trials
+            .iter()
+            .any(|t| t.status == TrialStatus::Paused && !self.released.contains(&t.id));
         if someone_waits && self.barrier_complete(ctx) {
             self.perturb_all(ctx, None);
         }
@@ -522,7 +579,10 @@ fn parse_mutations(
         let dotted = format!("hyperparam_mutations.{}", prefix.join("."));
         match value {
             Value::Array(values) if values.is_empty() => {
-                return Err(InvalidSetting::new(dotted, "an empty list cannot be explored"));
+                return Err(InvalidSetting::new(
+                    dotted,
+                    "an empty list cannot be explored",
+                ));
             }
             Value::Array(values) => out.push((prefix.clone(), Mutation::List(values.clone()))),
             Value::Object(map) => match Domain::parse(&dotted, value) {
@@ -573,6 +633,11 @@ fn set_path(config: &mut Config, path: &[String], new: Value) {
     current.insert(last.clone(), new);
 }
 
+/// A metric value for a reason, or `n/a`.
+fn shown(value: Option<f64>) -> String {
+    value.map_or("n/a".to_string(), |v| v.to_string())
+}
+
 /// 1 and 1.0 are the same list entry.
 fn values_equal(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
@@ -586,7 +651,15 @@ fn short(value: &Value) -> String {
         Value::Number(n) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(0.0);
             if x != 0.0 && !(1e-3..1e5).contains(&x.abs()) {
-                format!("{x:.3e}")
+                // 2.4e-5, not 2.400e-5.
+                let text = format!("{x:.3e}");
+                match text.split_once('e') {
+                    Some((mantissa, exponent)) => format!(
+                        "{}e{exponent}",
+                        mantissa.trim_end_matches('0').trim_end_matches('.')
+                    ),
+                    None => text,
+                }
             } else {
                 let text = format!("{x:.4}");
                 text.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -618,14 +691,17 @@ mod tests {
 
     /// Runs a tuner with `slots` process slots. Every running trial's "process" reports
     /// `metric(config, iteration)` with a checkpoint, in trial order, one round at a time; a
-    /// trial told to stop or pause exits. Returns the tuner once every trial is finished.
-    fn simulate(
+    /// trial told to stop or pause exits, and after its report at iteration `i` trial `t`'s
+    /// process ends on its own with `exits(t, i)` if that is `Some`. Returns the tuner once every
+    /// trial is finished, and every decision the tuner logged.
+    fn simulate_with_exits(
         scheduler: PbtScheduler,
         configs: Vec<Value>,
         slots: usize,
         max_iteration: u64,
         metric: impl Fn(&Config, u64) -> f64,
-    ) -> Tuner {
+        exits: impl Fn(TrialId, u64) -> Option<Exit>,
+    ) -> (Tuner, Vec<Decision>) {
         let settings = TunerSettings {
             metric: "score".into(),
             mode: scheduler.mode,
@@ -642,18 +718,28 @@ mod tests {
             Box::new(FixedSearcher::new(configs)),
             Box::new(scheduler),
         );
+        let mut decisions = Vec::new();
         let mut running: Vec<TrialId> = Vec::new();
         let mut now = 0.0;
         for _round in 0..1000 {
             while running.len() < slots {
                 match tuner.next_to_run(now) {
-                    Some(launch) => running.push(launch.trial),
+                    Some(launch) => {
+                        // Every run after the first restores a checkpoint: nobody restarts
+                        // from scratch.
+                        assert!(launch.run == 0 || launch.restore.is_some(), "{launch:?}");
+                        running.push(launch.trial)
+                    }
                     None => break,
                 }
             }
             if running.is_empty() {
-                assert!(tuner.is_finished(), "nothing runs but trials are left: a hang");
-                return tuner;
+                assert!(
+                    tuner.is_finished(),
+                    "nothing runs but trials are left: a hang"
+                );
+                collect_decisions(&mut tuner, &mut decisions);
+                return (tuner, decisions);
             }
             running.sort();
             now += 1.0;
@@ -671,22 +757,72 @@ mod tests {
                     .into_iter()
                     .filter_map(|e| match e {
                         crate::tuner::Effect::EndProcess { trial } => Some(trial),
+                        crate::tuner::Effect::Decision(d) => {
+                            decisions.push(d);
+                            None
+                        }
                         _ => None,
                     })
                     .collect();
-                let mut exits = ended;
+                let mut ends: Vec<(TrialId, Exit)> =
+                    ended.into_iter().map(|t| (t, Exit::Success)).collect();
                 if reply.action != Action::Continue {
-                    exits.push(id);
+                    ends.push((id, Exit::Success));
+                } else if let Some(exit) = exits(id, reply.result.iteration()) {
+                    ends.push((id, exit));
                 }
-                for trial in exits {
+                for (trial, exit) in ends {
                     if let Some(pos) = running.iter().position(|r| *r == trial) {
                         running.remove(pos);
-                        tuner.on_exit(trial, Exit::Success, now).expect("exit");
+                        tuner.on_exit(trial, exit, now).expect("exit");
+                        collect_decisions(&mut tuner, &mut decisions);
                     }
                 }
             }
         }
         panic!("the simulation did not finish in 1000 rounds");
+    }
+
+    fn collect_decisions(tuner: &mut Tuner, decisions: &mut Vec<Decision>) {
+        for effect in tuner.drain_effects() {
+            if let crate::tuner::Effect::Decision(d) = effect {
+                decisions.push(d);
+            }
+        }
+    }
+
+    /// Reasons are one readable sentence.
+    fn assert_readable(decisions: &[Decision]) {
+        for d in decisions {
+            assert!(!d.reason.is_empty());
+            assert!(!d.reason.contains("pbt: pbt"), "{}", d.reason);
+            assert!(!d.reason.contains('\n'), "{}", d.reason);
+            assert!(
+                !d.reason.contains(". "),
+                "more than one sentence: {}",
+                d.reason
+            );
+        }
+    }
+
+    /// `n` trials with config `{"x": 0.5}`, RUNNING, each with a checkpoint at iteration 1.
+    fn running_trials(n: u32) -> Vec<Trial> {
+        (0..n)
+            .map(|i| {
+                let mut t = Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
+                t.status = TrialStatus::Running;
+                t.checkpoints.insert(1, 1.0);
+                t
+            })
+            .collect()
+    }
+
+    fn result(trial: u32, time: u64, score: f64) -> TrialResult {
+        TrialResult {
+            trial: TrialId(trial),
+            metrics: object(json!({"score": score, "training_iteration": time})),
+            has_checkpoint: true,
+        }
     }
 
     #[test]
@@ -701,12 +837,13 @@ mod tests {
             ..PbtConfig::default()
         };
         let scheduler = pbt(config, Mode::Max, json!({}));
-        let tuner = simulate(
+        let (tuner, decisions) = simulate_with_exits(
             scheduler,
             vec![json!({"a": 10.0}), json!({"a": 20.0}), json!({"a": 40.0})],
             3,
             3,
             |c, _| c["a"].as_f64().unwrap_or(0.0),
+            |_, _| None,
         );
         for trial in tuner.trials() {
             assert_eq!(trial.config["a"], 40.0, "{}", trial.display_name());
@@ -714,6 +851,48 @@ mod tests {
             assert_eq!(trial.iteration, 3);
         }
         assert!(tuner.trials()[0].tag.starts_with("@perturbed[a=40"));
+        assert!(decisions.iter().any(|d| d.reason.contains("waiting at")));
+        assert_readable(&decisions);
+    }
+
+    #[test]
+    fn synch_mode_goes_on_when_a_trial_finishes_or_fails_between_barriers() {
+        // Trial 1's process ends on its own at iteration 3 while the others wait at the
+        // barrier at 4: the barrier must be released without it.
+        for exit in [Exit::Success, Exit::Failure("exit code 1".into())] {
+            let config = PbtConfig {
+                synch: true,
+                perturbation_interval: 2.0,
+                hyperparam_mutations: object(json!({ "a": [1, 2, 3, 4] })),
+                ..PbtConfig::default()
+            };
+            let scheduler = pbt(config, Mode::Max, json!({}));
+            let (tuner, decisions) = simulate_with_exits(
+                scheduler,
+                vec![json!({"a": 1}), json!({"a": 2}), json!({"a": 3})],
+                3,
+                6,
+                |c, t| c["a"].as_f64().unwrap_or(0.0) * t as f64,
+                |trial, iteration| (trial == TrialId(1) && iteration == 3).then(|| exit.clone()),
+            );
+            let expected = match exit {
+                Exit::Success => TrialStatus::Terminated,
+                Exit::Failure(_) => TrialStatus::Error,
+            };
+            assert_eq!(tuner.trials()[1].status, expected);
+            assert_eq!(tuner.trials()[1].iteration, 3);
+            for id in [0, 2] {
+                let trial = &tuner.trials()[id];
+                assert_eq!(trial.status, TrialStatus::Terminated, "{exit:?}");
+                assert_eq!(
+                    trial.iteration,
+                    6,
+                    "{} ran to the end",
+                    trial.display_name()
+                );
+            }
+            assert_readable(&decisions);
+        }
     }
 
     #[test]
@@ -725,27 +904,28 @@ mod tests {
         };
         let mut scheduler = pbt(config, Mode::Max, json!({}));
         let mut rng = CoreRng::seed_from_u64(0);
-        let mut trials = vec![
-            crate::tuner::Trial::new_pending(TrialId(0), object(json!({"a": 1}))),
-            crate::tuner::Trial::new_pending(TrialId(1), object(json!({"a": 2}))),
-        ];
-        for t in &mut trials {
-            t.status = TrialStatus::Running;
-            t.checkpoints.insert(1, 1.0);
-        }
+        let mut trials = running_trials(2);
         {
             let mut ctx = SchedulerContext::new(&mut rng, &trials);
             scheduler.on_trial_add(&mut ctx, TrialId(0));
             scheduler.on_trial_add(&mut ctx, TrialId(1));
-            let result = TrialResult {
-                trial: TrialId(0),
-                metrics: object(json!({"score": 1.0, "training_iteration": 1})),
-                has_checkpoint: true,
-            };
-            let d = scheduler.on_trial_result(&mut ctx, &result);
+            let d = scheduler.on_trial_result(&mut ctx, &result(0, 1, 1.0));
             assert_eq!(d.action, Action::Pause, "{}", d.reason);
+            assert_eq!(
+                d.reason,
+                "pbt (synch): waiting at training_iteration = 1 for 1 more trial(s)"
+            );
         }
         trials[0].status = TrialStatus::Paused;
+        trials[0].resumable = false;
+        {
+            let mut ctx = SchedulerContext::new(&mut rng, &trials);
+            assert_eq!(
+                scheduler.choose_trial_to_run(&mut ctx),
+                None,
+                "a trial waiting at the barrier stays paused"
+            );
+        }
         trials[1].status = TrialStatus::Error;
         let mut ctx = SchedulerContext::new(&mut rng, &trials);
         scheduler.on_trial_error(&mut ctx, TrialId(1));
@@ -776,18 +956,93 @@ mod tests {
             json!({"lr": 1e-1}),
         ];
         // Loss falls faster with a larger learning rate.
-        let tuner = simulate(scheduler, configs, 2, 4, |c, t| {
-            1.0 / (1.0 + c["lr"].as_f64().unwrap_or(0.0) * 100.0 * t as f64)
-        });
-        assert!(tuner.trials().iter().all(|t| t.status == TrialStatus::Terminated));
+        let (tuner, decisions) = simulate_with_exits(
+            scheduler,
+            configs,
+            2,
+            4,
+            |c, t| 1.0 / (1.0 + c["lr"].as_f64().unwrap_or(0.0) * 100.0 * t as f64),
+            |_, _| None,
+        );
+        assert!(
+            tuner
+                .trials()
+                .iter()
+                .all(|t| t.status == TrialStatus::Terminated)
+        );
         assert!(tuner.trials().iter().all(|t| t.iteration == 4));
         assert!(tuner.trials().iter().any(|t| t.tag.contains("@perturbed")));
-        // Every run after the first restored a checkpoint: nobody restarted from scratch.
-        assert!(tuner.trials().iter().all(|t| t.runs == 1 || t.restore.is_some()));
+        assert!(decisions.iter().any(|d| d.action == Action::Pause));
+        // (Every run after the first restored a checkpoint: checked at each launch.)
         for t in tuner.trials() {
             let lr = t.config["lr"].as_f64().expect("lr");
             assert!((1e-4..=1e-1).contains(&lr), "{lr} is out of bounds");
         }
+        assert_readable(&decisions);
+    }
+
+    #[test]
+    fn at_its_perturbation_point_a_trial_yields_to_the_waiting_trial_furthest_behind() {
+        let mut scheduler = pbt(
+            PbtConfig::default(),
+            Mode::Max,
+            json!({ "x": { "uniform": [0, 1] } }),
+        );
+        let mut rng = CoreRng::seed_from_u64(0);
+        let mut trials = running_trials(4);
+        {
+            let mut ctx = SchedulerContext::new(&mut rng, &trials);
+            for i in 0..4 {
+                scheduler.on_trial_add(&mut ctx, TrialId(i));
+            }
+            // Trials 0 and 1 ran to times 4 and 2 and their scores are in.
+            for (trial, time) in [(0, 4), (1, 2)] {
+                let d = scheduler.on_trial_result(&mut ctx, &result(trial, time, 5.0));
+                assert_eq!(d.action, Action::Continue, "nobody waits yet: {}", d.reason);
+            }
+        }
+        trials[0].status = TrialStatus::Paused;
+        trials[1].status = TrialStatus::Paused;
+        let mut ctx = SchedulerContext::new(&mut rng, &trials);
+        // Trial 2 reaches its perturbation point (between the quantiles) while two trials wait.
+        let d = scheduler.on_trial_result(&mut ctx, &result(2, 1, 5.0));
+        assert_eq!(d.action, Action::Pause, "{}", d.reason);
+        assert!(
+            d.reason
+                .ends_with("pausing to give the slot to 2 waiting trial(s)"),
+            "{}",
+            d.reason
+        );
+        // Trial 1 (time 2) is further behind than trial 0 (time 4): it runs next, and choosing
+        // twice gives the same answer.
+        assert_eq!(scheduler.choose_trial_to_run(&mut ctx), Some(TrialId(1)));
+        assert_eq!(scheduler.choose_trial_to_run(&mut ctx), Some(TrialId(1)));
+    }
+
+    #[test]
+    fn a_trial_between_perturbation_points_keeps_its_slot() {
+        let mut scheduler = pbt(
+            PbtConfig {
+                perturbation_interval: 3.0,
+                ..PbtConfig::default()
+            },
+            Mode::Max,
+            json!({ "x": { "uniform": [0, 1] } }),
+        );
+        let mut rng = CoreRng::seed_from_u64(0);
+        let mut trials = running_trials(2);
+        trials[1].status = TrialStatus::Paused;
+        let mut ctx = SchedulerContext::new(&mut rng, &trials);
+        scheduler.on_trial_add(&mut ctx, TrialId(0));
+        scheduler.on_trial_add(&mut ctx, TrialId(1));
+        let d = scheduler.on_trial_result(&mut ctx, &result(0, 2, 1.0));
+        assert_eq!(d.action, Action::Continue, "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "pbt: next perturbation check at training_iteration = 3"
+        );
+        let d = scheduler.on_trial_result(&mut ctx, &result(0, 3, 1.0));
+        assert_eq!(d.action, Action::Pause, "{}", d.reason);
     }
 
     #[test]
@@ -798,13 +1053,7 @@ mod tests {
             json!({ "x": { "uniform": [0, 1] } }),
         );
         let mut rng = CoreRng::seed_from_u64(0);
-        let trials: Vec<_> = (0..5)
-            .map(|i| {
-                let mut t = crate::tuner::Trial::new_pending(TrialId(i), Map::new());
-                t.status = TrialStatus::Running;
-                t
-            })
-            .collect();
+        let mut trials = running_trials(5);
         for (i, score) in [5.0, 1.0, 4.0, 2.0, 3.0].into_iter().enumerate() {
             scheduler.members.insert(
                 TrialId(i as u32),
@@ -814,17 +1063,81 @@ mod tests {
                 },
             );
         }
-        let ctx = SchedulerContext::new(&mut rng, &trials);
-        // ceil(5 * 0.25) = 2, not more than floor(5 / 2) = 2.
-        let (lower, upper) = scheduler.quantiles(&ctx);
-        assert_eq!(lower, vec![TrialId(1), TrialId(3)]);
-        assert_eq!(upper, vec![TrialId(2), TrialId(0)]);
+        {
+            let ctx = SchedulerContext::new(&mut rng, &trials);
+            // ceil(5 * 0.25) = 2, not more than floor(5 / 2) = 2.
+            let (lower, upper) = scheduler.quantiles(&ctx);
+            assert_eq!(lower, vec![TrialId(1), TrialId(3)]);
+            assert_eq!(upper, vec![TrialId(2), TrialId(0)]);
+        }
+        {
+            // A finished trial does not count: 4 left, ceil(4 * 0.25) = 1.
+            trials[1].status = TrialStatus::Terminated;
+            let ctx = SchedulerContext::new(&mut rng, &trials);
+            let (lower, upper) = scheduler.quantiles(&ctx);
+            assert_eq!(lower, vec![TrialId(3)]);
+            assert_eq!(upper, vec![TrialId(0)]);
+            trials[1].status = TrialStatus::Running;
+        }
         scheduler.config.quantile_fraction = 0.5;
         scheduler.members.remove(&TrialId(4));
         scheduler.members.remove(&TrialId(3));
-        // 3 trials: ceil(1.5) = 2 is capped at floor(3 / 2) = 1.
-        let (lower, upper) = scheduler.quantiles(&ctx);
-        assert_eq!((lower.len(), upper.len()), (1, 1));
+        {
+            // 3 trials: ceil(1.5) = 2 is capped at floor(3 / 2) = 1.
+            let ctx = SchedulerContext::new(&mut rng, &trials);
+            let (lower, upper) = scheduler.quantiles(&ctx);
+            assert_eq!((lower, upper), (vec![TrialId(1)], vec![TrialId(0)]));
+        }
+        // A trial without a score yet does not count; one scored trial gives no quantiles.
+        scheduler.members.insert(TrialId(2), MemberState::default());
+        scheduler.members.remove(&TrialId(1));
+        let ctx = SchedulerContext::new(&mut rng, &trials);
+        assert_eq!(scheduler.quantiles(&ctx), (vec![], vec![]));
+        scheduler.members.clear();
+        assert_eq!(scheduler.quantiles(&ctx), (vec![], vec![]));
+    }
+
+    #[test]
+    fn quantiles_rank_by_score_in_both_modes() {
+        for (mode, best) in [(Mode::Max, TrialId(1)), (Mode::Min, TrialId(0))] {
+            let mut scheduler = pbt(
+                PbtConfig::default(),
+                mode,
+                json!({ "x": { "uniform": [0, 1] } }),
+            );
+            let mut rng = CoreRng::seed_from_u64(0);
+            let trials = running_trials(2);
+            let mut ctx = SchedulerContext::new(&mut rng, &trials);
+            scheduler.on_trial_add(&mut ctx, TrialId(0));
+            scheduler.on_trial_add(&mut ctx, TrialId(1));
+            let first = scheduler.on_trial_result(&mut ctx, &result(0, 1, 1.0));
+            assert!(
+                first.reason.contains("too few other scores"),
+                "{}",
+                first.reason
+            );
+            let d = scheduler.on_trial_result(&mut ctx, &result(1, 1, 2.0));
+            if best == TrialId(1) {
+                assert!(d.reason.contains("upper quantile"), "{mode}: {}", d.reason);
+            } else {
+                assert!(
+                    matches!(d.action, Action::Exploit { .. }),
+                    "{mode}: {}",
+                    d.reason
+                );
+                assert_eq!(
+                    d.details["donor"],
+                    json!(0),
+                    "{mode}: the trial with loss 1 is the donor"
+                );
+                assert!(
+                    d.reason
+                        .starts_with("pbt: score 2 is in the lower quantile"),
+                    "{}",
+                    d.reason
+                );
+            }
+        }
     }
 
     #[test]
@@ -841,32 +1154,156 @@ mod tests {
         };
         let scheduler = pbt(config, Mode::Min, space_json);
         let mut rng = CoreRng::seed_from_u64(11);
-        let mut saw_neighbour = false;
+        let mut seen_bs = BTreeSet::new();
+        let mut seen_layers = BTreeSet::new();
         for _ in 0..200 {
             let donor = object(json!({"lr": 9e-4, "layers": 7, "bs": 2}));
             let (new, description) = scheduler.explore(&donor, &mut rng);
             let lr = new["lr"].as_f64().expect("lr");
             assert!((1e-5..=1e-3).contains(&lr), "lr {lr} ({description})");
+            assert!(
+                lr == 1e-3 || (lr - 9e-5).abs() < 1e-12,
+                "9e-4 x 3 clamped, or x 0.1: {lr}"
+            );
             let layers = new["layers"].as_i64().expect("an integer stays an integer");
-            assert!((1..=8).contains(&layers), "layers {layers}");
+            seen_layers.insert(layers);
             let bs = new["bs"].as_i64().expect("bs");
-            assert!([1, 4].contains(&bs), "a neighbour of 2, never 2 * factor: {bs}");
-            saw_neighbour = true;
+            seen_bs.insert(bs);
         }
-        assert!(saw_neighbour);
+        // 7 x 3 = 21 is clamped to 8 (randint's high is excluded); 7 x 0.1 = 0.7 to 1.
+        assert_eq!(seen_layers, BTreeSet::from([1, 8]));
+        // A neighbour of 2, never 2 x factor (6 or 0.2).
+        assert_eq!(seen_bs, BTreeSet::from([1, 4]));
+    }
+
+    #[test]
+    fn explore_of_a_list_moves_to_a_neighbour_clamped_at_the_ends_or_resamples() {
+        let list = json!(["a", "b", "c", "d", "e"]);
+        let explore_many = |resample_probability: f64, current: &str| {
+            let config = PbtConfig {
+                resample_probability,
+                hyperparam_mutations: object(json!({ "opt": list })),
+                ..PbtConfig::default()
+            };
+            let scheduler = pbt(config, Mode::Min, json!({}));
+            let mut rng = CoreRng::seed_from_u64(5);
+            (0..300)
+                .map(|_| {
+                    let (new, _) = scheduler.explore(&object(json!({"opt": current})), &mut rng);
+                    new["opt"]
+                        .as_str()
+                        .expect("a string from the list")
+                        .to_string()
+                })
+                .collect::<BTreeSet<String>>()
+        };
+        let set = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(explore_many(0.0, "c"), set(&["b", "d"]));
+        assert_eq!(
+            explore_many(0.0, "a"),
+            set(&["a", "b"]),
+            "clamped at the start"
+        );
+        assert_eq!(
+            explore_many(0.0, "e"),
+            set(&["d", "e"]),
+            "clamped at the end"
+        );
+        assert_eq!(explore_many(1.0, "c"), set(&["a", "b", "c", "d", "e"]));
+        // The default 0.25: mostly neighbours, sometimes a resample.
+        let mixed = explore_many(0.25, "c");
+        assert!(mixed.contains("a") || mixed.contains("e"), "{mixed:?}");
     }
 
     #[test]
     fn a_list_value_not_in_the_list_is_resampled() {
         let config = PbtConfig {
             resample_probability: 0.0,
-            hyperparam_mutations: object(json!({ "bs": [8, 16] })),
+            hyperparam_mutations: object(json!({ "bs": [8, 16, 32] })),
             ..PbtConfig::default()
         };
         let scheduler = pbt(config, Mode::Min, json!({}));
         let mut rng = CoreRng::seed_from_u64(1);
-        let (new, _) = scheduler.explore(&object(json!({"bs": 3})), &mut rng);
-        assert!([8, 16].contains(&new["bs"].as_i64().expect("bs")));
+        let mut explore_many = |current: Value| {
+            (0..100)
+                .map(|_| {
+                    let (new, _) = scheduler.explore(&object(json!({ "bs": current })), &mut rng);
+                    new["bs"].as_i64().expect("bs")
+                })
+                .collect::<BTreeSet<i64>>()
+        };
+        assert_eq!(explore_many(json!(3)), BTreeSet::from([8, 16, 32]));
+        // 32.0 is the list's 32: only neighbour moves (8 would be a resample).
+        assert_eq!(explore_many(json!(32.0)), BTreeSet::from([16, 32]));
+    }
+
+    #[test]
+    fn explore_of_a_distribution_perturbs_by_a_factor_or_resamples() {
+        let space_json = json!({
+            "x": { "uniform": [0, 100] },
+            "n": { "lograndint": [1, 1000] },
+            "q": { "qrandint": [0, 100, 5] },
+            "nested": { "lr": { "loguniform": [1e-5, 1e-1] } },
+        });
+        let perturbing = pbt(
+            PbtConfig {
+                resample_probability: 0.0,
+                perturbation_factors: vec![1.2],
+                ..PbtConfig::default()
+            },
+            Mode::Max,
+            space_json.clone(),
+        );
+        let donor =
+            object(json!({"x": 50.0, "n": 7, "q": 40, "nested": {"lr": 1e-3}, "keep": "me"}));
+        let mut rng = CoreRng::seed_from_u64(2);
+        let (new, description) = perturbing.explore(&donor, &mut rng);
+        assert_eq!(new["x"], json!(60.0));
+        assert_eq!(new["n"], json!(8), "7 x 1.2 = 8.4 rounds to the integer 8");
+        assert_eq!(
+            new["q"],
+            json!(50),
+            "40 x 1.2 = 48 rounds to a multiple of 5"
+        );
+        let lr = new["nested"]["lr"].as_f64().expect("nested lr");
+        assert!((lr - 1.2e-3).abs() < 1e-15, "{lr}");
+        assert_eq!(
+            new["keep"],
+            json!("me"),
+            "keys that are not mutated are the donor's"
+        );
+        assert_eq!(description, "x=60,n=8,q=50,nested.lr=0.0012");
+        assert_eq!(short(&json!(2.4e-5)), "2.4e-5");
+        assert_eq!(short(&json!(1e-4)), "1e-4");
+        assert_eq!(short(&json!(0.25)), "0.25");
+        assert_eq!(short(&json!(7)), "7");
+        assert_eq!(short(&json!("adamw")), "adamw");
+
+        let resampling = pbt(
+            PbtConfig {
+                resample_probability: 1.0,
+                perturbation_factors: vec![1.2],
+                ..PbtConfig::default()
+            },
+            Mode::Max,
+            space_json,
+        );
+        let xs: Vec<f64> = (0..200)
+            .map(|_| {
+                resampling.explore(&donor, &mut rng).0["x"]
+                    .as_f64()
+                    .expect("x")
+            })
+            .collect();
+        assert!(xs.iter().all(|x| (0.0..100.0).contains(x)));
+        assert!(xs.iter().any(|x| *x < 20.0) && xs.iter().any(|x| *x > 80.0));
+        let ns: Vec<Value> = (0..50)
+            .map(|_| resampling.explore(&donor, &mut rng).0["n"].clone())
+            .collect();
+        assert!(
+            ns.iter().all(|n| n.is_i64()),
+            "resampled integers are integers"
+        );
     }
 
     #[test]
@@ -877,18 +1314,58 @@ mod tests {
             json!({ "x": { "uniform": [0, 1] } }),
         );
         let mut rng = CoreRng::seed_from_u64(0);
-        let trials: Vec<_> = (0..2)
-            .map(|i| {
-                let mut t =
-                    crate::tuner::Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
-                t.status = TrialStatus::Running;
-                t
-            })
-            .collect();
+        let mut trials = running_trials(2);
+        trials[1].checkpoints.clear();
         let mut ctx = SchedulerContext::new(&mut rng, &trials);
-        let d = scheduler.exploit(&mut ctx, TrialId(0), &[TrialId(1)]);
+        scheduler.on_trial_add(&mut ctx, TrialId(0));
+        scheduler.on_trial_add(&mut ctx, TrialId(1));
+        scheduler.on_trial_result(&mut ctx, &result(1, 1, 10.0));
+        let d = scheduler.on_trial_result(&mut ctx, &result(0, 1, 1.0));
         assert_eq!(d.action, Action::Continue);
-        assert!(d.reason.contains("has no checkpoint"), "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "pbt: score 1 is in the lower quantile, but the exploit is skipped because the donor trial_00001 has no checkpoint yet (a trial must report checkpoints for PBT to copy it)"
+        );
+        assert_eq!(d.details["skipped_exploit"], json!(true));
+        assert_readable(std::slice::from_ref(&d));
+    }
+
+    #[test]
+    fn a_skipped_exploit_reaches_the_decisions_log_through_the_tuner() {
+        // The better trial (1) never reports a checkpoint, so the worse one cannot copy it.
+        let settings = TunerSettings {
+            metric: "score".into(),
+            mode: Mode::Max,
+            seed: 0,
+            max_failures: 0,
+            stop: Default::default(),
+        };
+        let scheduler = pbt(
+            PbtConfig::default(),
+            Mode::Max,
+            json!({ "x": { "uniform": [0, 1] } }),
+        );
+        let configs = vec![object(json!({"x": 0.1})), object(json!({"x": 0.9}))];
+        let mut tuner = Tuner::new(
+            settings,
+            Box::new(FixedSearcher::new(configs)),
+            Box::new(scheduler),
+        );
+        let a = tuner.next_to_run(0.0).expect("trial 0").trial;
+        let b = tuner.next_to_run(0.0).expect("trial 1").trial;
+        tuner
+            .on_result(b, object(json!({"score": 9.0})), false, 1.0)
+            .expect("running");
+        let reply = tuner
+            .on_result(a, object(json!({"score": 1.0})), true, 1.0)
+            .expect("running");
+        assert_eq!(reply.action, Action::Continue);
+        let logged = tuner.drain_effects().into_iter().any(|e| {
+            matches!(e, crate::tuner::Effect::Decision(d)
+                if d.trial == a && d.reason.contains("the exploit is skipped"))
+        });
+        assert!(logged, "the skipped exploit is in the decisions log");
+        assert!(tuner.trial(a).expect("a").tag.is_empty(), "not perturbed");
     }
 
     #[test]
@@ -900,50 +1377,131 @@ mod tests {
         };
         let mut scheduler = pbt(config, Mode::Max, json!({ "x": { "uniform": [0, 1] } }));
         let mut rng = CoreRng::seed_from_u64(0);
-        let mut trials: Vec<_> = (0..2)
-            .map(|i| {
-                let mut t = crate::tuner::Trial::new_pending(TrialId(i), object(json!({"x": 0.5})));
-                t.status = TrialStatus::Running;
-                t.checkpoints.insert(1, 1.0);
-                t
-            })
-            .collect();
-        trials[1].checkpoints.insert(2, 2.0);
+        let mut trials = running_trials(2);
+        for t in &mut trials {
+            for i in 2..=6 {
+                t.checkpoints.insert(i, i as f64);
+            }
+        }
         let mut ctx = SchedulerContext::new(&mut rng, &trials);
         scheduler.on_trial_add(&mut ctx, TrialId(0));
         scheduler.on_trial_add(&mut ctx, TrialId(1));
-        let result = |trial: u32, t: u64, score: f64| TrialResult {
-            trial: TrialId(trial),
-            metrics: object(json!({"score": score, "training_iteration": t})),
-            has_checkpoint: true,
-        };
-        for t in 1..=3 {
+        // t = 2 is a perturbation interval after 0, but still in the burn-in period.
+        for t in 1..=2 {
             let d1 = scheduler.on_trial_result(&mut ctx, &result(1, t, 10.0));
             let d0 = scheduler.on_trial_result(&mut ctx, &result(0, t, 1.0));
             assert_eq!(d1.action, Action::Continue, "t={t}: {}", d1.reason);
             assert_eq!(d0.action, Action::Continue, "t={t}: {}", d0.reason);
         }
+        let d0 = scheduler.on_trial_result(&mut ctx, &result(0, 2, 1.0));
+        assert!(d0.reason.contains("burn-in"), "{}", d0.reason);
+        // t = 3: burn-in over and an interval since 0: the worse trial copies the better one.
+        let d1 = scheduler.on_trial_result(&mut ctx, &result(1, 3, 10.0));
+        assert_eq!(d1.action, Action::Continue, "{}", d1.reason);
+        let d0 = scheduler.on_trial_result(&mut ctx, &result(0, 3, 1.0));
+        let Action::Exploit { donor, .. } = d0.action else {
+            panic!("expected an exploit: {}", d0.reason);
+        };
+        assert_eq!(donor.trial, TrialId(1));
+        // Trial 0 now continues from trial 1's state (last check at 3): nothing at 4.
         let d1 = scheduler.on_trial_result(&mut ctx, &result(1, 4, 10.0));
-        assert_eq!(d1.action, Action::Continue);
         let d0 = scheduler.on_trial_result(&mut ctx, &result(0, 4, 1.0));
+        assert_eq!(d1.action, Action::Continue, "{}", d1.reason);
+        assert_eq!(d0.action, Action::Continue, "{}", d0.reason);
+        assert!(
+            d0.reason
+                .contains("next perturbation check at training_iteration = 5")
+        );
+        let d1 = scheduler.on_trial_result(&mut ctx, &result(1, 5, 10.0));
+        assert_eq!(d1.action, Action::Continue, "{}", d1.reason);
+        let d0 = scheduler.on_trial_result(&mut ctx, &result(0, 5, 1.0));
         assert!(matches!(d0.action, Action::Exploit { .. }), "{}", d0.reason);
+    }
+
+    #[test]
+    fn a_result_without_the_metric_is_ignored_with_a_reason() {
+        let mut scheduler = pbt(
+            PbtConfig::default(),
+            Mode::Max,
+            json!({ "x": { "uniform": [0, 1] } }),
+        );
+        let mut rng = CoreRng::seed_from_u64(0);
+        let trials = running_trials(1);
+        let mut ctx = SchedulerContext::new(&mut rng, &trials);
+        scheduler.on_trial_add(&mut ctx, TrialId(0));
+        let r = TrialResult {
+            trial: TrialId(0),
+            metrics: object(json!({"loss": 1.0, "training_iteration": 1})),
+            has_checkpoint: false,
+        };
+        let d = scheduler.on_trial_result(&mut ctx, &r);
+        assert_eq!(d.action, Action::Continue);
+        assert_eq!(
+            d.reason,
+            "pbt: the result lacks score (PBT ignores such results)"
+        );
+        let d = scheduler.on_trial_result(&mut ctx, &r);
+        assert_eq!(d.reason, "pbt: the result lacks score", "said once in full");
     }
 
     #[test]
     fn invalid_settings_name_the_field() {
         let bad = |config: PbtConfig| {
-            PbtScheduler::new(config, "m", Mode::Min, &space(json!({"x": {"uniform": [0, 1]}})))
-                .err()
-                .map(|e| e.field)
+            PbtScheduler::new(
+                config,
+                "m",
+                Mode::Min,
+                &space(json!({"x": {"uniform": [0, 1]}})),
+            )
+            .err()
+            .map(|e| e.field)
         };
         assert_eq!(
-            bad(PbtConfig { quantile_fraction: 0.7, ..PbtConfig::default() }).as_deref(),
+            bad(PbtConfig {
+                quantile_fraction: 0.7,
+                ..PbtConfig::default()
+            })
+            .as_deref(),
             Some("quantile_fraction")
         );
         assert_eq!(
-            bad(PbtConfig { perturbation_factors: vec![], ..PbtConfig::default() }).as_deref(),
+            bad(PbtConfig {
+                perturbation_factors: vec![],
+                ..PbtConfig::default()
+            })
+            .as_deref(),
             Some("perturbation_factors")
         );
-        assert!(PbtScheduler::new(PbtConfig::default(), "m", Mode::Min, &space(json!({}))).is_err());
+        assert_eq!(
+            bad(PbtConfig {
+                perturbation_interval: 0.0,
+                ..PbtConfig::default()
+            })
+            .as_deref(),
+            Some("perturbation_interval")
+        );
+        assert_eq!(
+            bad(PbtConfig {
+                hyperparam_mutations: object(json!({"lr": {"loguniform": [0, 1]}})),
+                ..PbtConfig::default()
+            })
+            .as_deref(),
+            Some("hyperparam_mutations.lr")
+        );
+        let e = PbtScheduler::new(
+            PbtConfig {
+                hyperparam_mutations: object(json!({"lr": {"logunifrom": [1e-5, 1e-3]}})),
+                ..PbtConfig::default()
+            },
+            "m",
+            Mode::Min,
+            &space(json!({})),
+        )
+        .err()
+        .expect("a typo");
+        assert!(e.to_string().contains("did you mean `loguniform`"), "{e}");
+        assert!(
+            PbtScheduler::new(PbtConfig::default(), "m", Mode::Min, &space(json!({}))).is_err()
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Searchers propose configurations; they know nothing about running trials.
 
 mod fixed;
+mod random;
 
 pub use fixed::FixedSearcher;
+pub use random::RandomSearcher;
 
 use crate::{Config, CoreRng, TrialId, TrialResult};
 
