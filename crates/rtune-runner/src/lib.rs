@@ -7,6 +7,7 @@
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`storage`]: the files an experiment leaves on disk.
 //! * [`report`]: tables, the best trial, and the live console.
+//! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
 
 pub mod executor;
 pub mod experiment;
@@ -15,3 +16,4 @@ pub mod run_loop;
 pub mod server;
 pub mod setup;
 pub mod storage;
+pub mod submit;

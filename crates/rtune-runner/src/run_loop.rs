@@ -471,12 +471,26 @@ impl Loop<'_> {
     }
 
     fn on_executor_event(&mut self, event: ExecutorEvent) {
-        let ExecutorEvent::Exited {
-            trial,
-            run,
-            success,
-            message,
-        } = event;
+        let (trial, run, success, message) = match event {
+            ExecutorEvent::Exited {
+                trial,
+                run,
+                success,
+                message,
+            } => (trial, run, success, message),
+            ExecutorEvent::Placed {
+                trial,
+                run,
+                description,
+            } => {
+                // A queued SLURM job started (or still waits, for a new reason).
+                if self.running.get(&trial).is_some_and(|r| r.run == run) {
+                    self.state.placements.insert(trial.to_string(), description);
+                    self.dirty = true;
+                }
+                return;
+            }
+        };
         self.executor.release(trial);
         match self.running.get(&trial) {
             Some(r) if r.run == run => {}

@@ -69,6 +69,12 @@ pub struct Placement {
     pub description: String,
 }
 
+/// Whether a placement description says the run still waits in SLURM's queue
+/// (`job 12 PENDING (Resources)`): the trials table then shows the trial as PENDING.
+pub fn is_queued_placement(description: &str) -> bool {
+    description.starts_with("job ") && description.contains(" PENDING (")
+}
+
 /// What an executor tells the run loop.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExecutorEvent {

@@ -475,7 +475,7 @@ impl Executor for SlurmJobsExecutor {
             },
         );
         Ok(Placement {
-            description: format!("job {job_id} submitted"),
+            description: format!("job {job_id} PENDING (submitted)"),
         })
     }
 
@@ -557,7 +557,7 @@ async fn watch_job(
     events: UnboundedSender<ExecutorEvent>,
 ) {
     let id = shared.job_id.clone();
-    let mut last_description = format!("job {id} submitted");
+    let mut last_description = format!("job {id} PENDING (submitted)");
     let mut failures_in_a_row = 0u32;
     let (success, message) = loop {
         let status = match Command::new("scontrol")
