@@ -598,6 +598,18 @@ async fn watch_job(
                 failures_in_a_row = 0;
                 *shared.state.lock().await = status.state.clone();
                 if is_final_state(&status.state) {
+                    // A short job may have started and ended between two looks: still say where
+                    // it ran.
+                    if !status.nodes.is_empty() && status.nodes != "(null)" {
+                        let description = format!("job {id} {} {shape}", status.nodes);
+                        if description != last_description {
+                            let _ = events.send(ExecutorEvent::Placed {
+                                trial,
+                                run,
+                                description,
+                            });
+                        }
+                    }
                     break job_outcome(&id, &status);
                 }
                 let description = match status.state.as_str() {
