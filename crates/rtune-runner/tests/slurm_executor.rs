@@ -159,6 +159,18 @@ fn fifo(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
+/// Whether a process exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .unwrap_or("");
+    state != "Z" && state != "X"
+}
+
 fn env_file(path: &Path) -> BTreeMap<String, String> {
     read(path)
         .lines()
@@ -441,6 +453,19 @@ async fn step_exit_codes_signals_and_missing_programs() {
     );
     assert!(ex.has_room(2, &res(1.0, 0)));
 
+    // Stopping a trial reaches the processes its program started, not only the program.
+    let pid_pipe = fifo(&dir.path().join("pid"));
+    ex.start(launch(dir.path(), 7, "sleep 1000 & echo $! > pid; wait"))
+        .expect("start");
+    let grandchild: i32 = read(&pid_pipe).trim().parse().expect("pid");
+    assert!(is_running(grandchild));
+    ex.stop(TrialId(7), Duration::from_secs(30));
+    let (_, _, success, message) = next_exit(&mut rx, &mut placed).await;
+    assert!(!success);
+    assert_eq!(message, "killed by signal 15 (SIGTERM)");
+    assert!(!is_running(grandchild), "grandchild {grandchild} survived");
+    ex.release(TrialId(7));
+
     // A trial that ignores SIGTERM is killed after the grace period; no step remains.
     let ready = fifo(&dir.path().join("ready"));
     ex.start(launch(
@@ -544,9 +569,10 @@ async fn job_per_trial_runs_fails_and_stops() {
     l.env.push(("RTUNE_SECRET".into(), "s3cret".into()));
     let placement = ex.start(l).expect("submit").description;
     assert!(
-        placement.starts_with("job ") && placement.ends_with(" submitted"),
+        placement.starts_with("job ") && placement.ends_with(" PENDING (submitted)"),
         "{placement}"
     );
+    assert!(rtune_runner::executor::is_queued_placement(&placement));
     let mut failing = launch(dir.path(), 1, "echo bad >&2; exit 3");
     failing.run = 2;
     ex.start(failing).expect("submit");
