@@ -662,7 +662,9 @@ async fn job_per_trial_waits_in_the_queue_as_pending() {
             panic!("expected Placed, got {event:?}");
         };
         assert!(description.contains(" PENDING ("), "{description}");
-        if description.ends_with(" PENDING (Resources)") {
+        if description.ends_with(" PENDING (Resources)")
+            || description.ends_with(" PENDING (Priority)")
+        {
             break;
         }
     }

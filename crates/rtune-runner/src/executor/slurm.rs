@@ -337,10 +337,12 @@ pub fn plan_allocation(
         let total_cpus: u32 = free.iter().map(|f| f.0).sum();
         let total_gpus: u32 = free.iter().map(|f| f.1).sum();
         let mut message = format!(
-            "a trial needs {shape} = {} CPUs and {} GPUs, but the allocation's {} {} \
+            "a trial needs {shape} = {} {} and {} {}, but the allocation's {} {} \
              {} {total_cpus} CPUs and {total_gpus} GPUs for trials:\n",
             workers * cw,
+            plural(workers * cw, "CPU", "CPUs"),
             workers * gw,
+            plural(workers * gw, "GPU", "GPUs"),
             nodes.len(),
             plural(
                 u32::try_from(nodes.len()).unwrap_or(u32::MAX),
@@ -1128,7 +1130,7 @@ mod tests {
         assert!(matches!(err, ExecutorError::NeverFits(_)));
         assert!(
             text.starts_with(
-                "a trial needs 1 worker x 1 CPU + 3 GPUs = 1 CPUs and 3 GPUs, but the \
+                "a trial needs 1 worker x 1 CPU + 3 GPUs = 1 CPU and 3 GPUs, but the \
                  allocation's 2 nodes have 8 CPUs and 4 GPUs for trials:"
             ),
             "{text}"
