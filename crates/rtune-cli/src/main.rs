@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
     long_about = "Hyperparameter tuning for your own machines and SLURM clusters.\n\n\
         An experiment file (TOML) names the training command, the search space, the metric and \
         the scheduler; `rtune run` runs the trials as processes and writes every result to disk.",
-    after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json"
+    after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json\n  rtune plan examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4\n  rtune submit examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4 --time 01:00:00"
 )]
 struct Cli {
     #[command(subcommand)]

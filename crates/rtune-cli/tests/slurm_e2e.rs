@@ -362,3 +362,54 @@ fn job_per_trial_executor_runs_an_experiment_from_outside_any_allocation() {
         );
     }
 }
+
+#[test]
+fn plan_shows_the_arithmetic_and_fails_when_not_even_one_trial_fits() {
+    // Pure arithmetic: no cluster needed.
+    let output = run_ok(Command::new(rtune_exe()).args([
+        "plan",
+        &example("asha.toml"),
+        "--nodes",
+        "2",
+        "--cpus-per-node",
+        "3",
+        "--gpus-per-node",
+        "2",
+        "--set",
+        "trial.resources={cpu = 1, gpu = 1}",
+        "--set",
+        "executor.reserve_cpus=1",
+    ]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("4 trials at once on 2 of 2 nodes (1 worker x 1 CPU + 1 GPU each)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "node1: 2 trials: CPUs: reserve + trials x workers x CPUs per worker <= node CPUs: \
+             1 + 2 x 1 x 1 = 3 <= 3; GPUs: trials x workers x GPUs per worker <= node GPUs: \
+             2 x 1 x 1 = 2 <= 2"
+        ),
+        "{stdout}"
+    );
+    let output = Command::new(rtune_exe())
+        .args([
+            "plan",
+            &example("asha.toml"),
+            "--nodes",
+            "2",
+            "--cpus-per-node",
+            "3",
+            "--gpus-per-node",
+            "2",
+            "--set",
+            "trial.resources={cpu = 1, gpu = 4}",
+        ])
+        .output()
+        .expect("rtune runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("1 x 1 x 4 = 4 > 2"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+}
