@@ -413,3 +413,80 @@ fn plan_shows_the_arithmetic_and_fails_when_not_even_one_trial_fits() {
     assert!(stderr.contains("1 x 1 x 4 = 4 > 2"), "{stderr}");
     assert!(stderr.contains("hint:"), "{stderr}");
 }
+
+#[test]
+fn a_cancelled_head_job_stops_its_trials_and_still_finishes_its_log() {
+    let _cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if !cluster_available("a_cancelled_head_job") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let storage = work.path().join("results");
+    let output = run_ok(
+        Command::new(rtune_exe())
+            .args([
+                "submit",
+                &example("asha.toml"),
+                "--nodes",
+                "2",
+                "--cpus-per-node",
+                "2",
+                "--time",
+                "00:05:00",
+                "--name",
+                "cancelled",
+                "--set",
+                "space.sleep_ms=600000",
+                "--set",
+                "trial.stop_grace_s=1",
+                "--storage",
+                storage.to_str().expect("utf-8"),
+                "--log-dir",
+                work.path().to_str().expect("utf-8"),
+            ])
+            .env_remove("SLURM_JOB_ID"),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted job "))
+        .expect("job id")
+        .to_string();
+    let log_path = work.path().join(format!("rtune-cancelled-{id}.log"));
+    // Wait (bounded) until the head job has started trials as steps: SLURM offers no event.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while steps_of_rtune(&id).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trial steps started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    run_ok(Command::new("scancel").arg(&id));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains(" FINISH : ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no FINISH line:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("interrupted (SIGTERM"), "{log}");
+    assert!(
+        log.lines()
+            .last()
+            .is_some_and(|l| job_marker(l, "FINISH").as_deref() == Some(id.as_str())),
+        "{log}"
+    );
+    assert!(steps_of_rtune(&id).is_empty(), "{:?}", steps_of_rtune(&id));
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(storage.join("cancelled/experiment_state.json")).expect("state"),
+    )
+    .expect("JSON");
+    assert_eq!(state["status"], "interrupted");
+}

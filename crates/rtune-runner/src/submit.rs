@@ -78,6 +78,11 @@ pub struct HeadJob {
 /// the last line of the log.
 pub const STAMP_FUNCTION: &str = "stamp() { date '+%Y-%m-%d %H:%M:%S %:::z'; }";
 
+/// SLURM ends a job (scancel, the time limit) with SIGTERM to every process of it. rtune then
+/// stops its trials and writes its state; the shell must outlive it to write the FINISH line,
+/// so it traps SIGTERM (a trap, unlike an ignored signal, is not inherited by rtune).
+pub const TERM_TRAP: &str = "trap 'echo \"received SIGTERM; rtune is stopping the trials\"' TERM";
+
 /// The head job's batch script.
 pub fn head_job_script(job: &HeadJob) -> String {
     let mut s = String::from("#!/bin/bash\n");
@@ -100,6 +105,8 @@ pub fn head_job_script(job: &HeadJob) -> String {
     directive(format!("--output={}", job.log.display()));
     directive(format!("--chdir={}", job.workdir.display()));
     s.push_str(STAMP_FUNCTION);
+    s.push('\n');
+    s.push_str(TERM_TRAP);
     s.push('\n');
     s.push_str("echo \"===== JOB $SLURM_JOB_ID START : $(stamp) =====\"\n");
     let mut command = vec![
