@@ -13,11 +13,11 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The score of a metric value: larger is always better. NaN and infinities that are bad for
-    /// this mode become `-inf`, the worst possible score. (Ray Tune never stops a NaN trial; rtune
-    /// deliberately treats a diverged trial as the worst.)
+    /// The score of a metric value: larger is always better. NaN and infinities become `-inf`,
+    /// the worst possible score, in either mode: they mean a diverged trial, never a good one.
+    /// (Ray Tune never stops a NaN trial; rtune deliberately treats a diverged trial as the worst.)
     pub fn score(self, value: f64) -> f64 {
-        if value.is_nan() {
+        if !value.is_finite() {
             return f64::NEG_INFINITY;
         }
         match self {

@@ -654,7 +654,9 @@ impl Loop<'_> {
                 Effect::Warning { trial, message } => self.warn(trial, &message),
             }
         }
-        self.state.trials = self.tuner.trials().to_vec();
+        // `state.trials` is brought up to date when the state is written (`write_state`), not
+        // here: copying every trial after every event made the loop quadratic in the number of
+        // trials.
     }
 
     fn write_policy(&self, trial: TrialId, policy: &[PolicyStep]) {

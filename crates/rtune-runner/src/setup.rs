@@ -137,6 +137,7 @@ pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
         Some(dir) => dir.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
+    check_program(&command, &cwd).map_err(invalid)?;
     // Under SLURM the trials run on other nodes: listen on every interface and tell them this
     // machine's name. The secret keeps everyone else out.
     let on_slurm = kind != "local";
@@ -313,6 +314,34 @@ fn this_host_name() -> Result<String, String> {
     }
 }
 
+/// A trial command whose program does not exist would fail every trial: say so before anything
+/// starts. A bare name must be on PATH (or next to rtune, already resolved); a path is taken
+/// relative to the trials' working directory.
+fn check_program(command: &[String], cwd: &Path) -> Result<(), String> {
+    let Some(program) = command.first() else {
+        return Ok(());
+    };
+    let found = if program.contains('/') {
+        cwd.join(program).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        })
+    };
+    if found {
+        Ok(())
+    } else if program.contains('/') {
+        Err(format!(
+            "trial.command: `{program}` does not exist (relative paths are read from {})\nhint: give a path that exists, or set trial.cwd",
+            cwd.display()
+        ))
+    } else {
+        Err(format!(
+            "trial.command: `{program}` is not on PATH, nor next to the rtune binary\nhint: install it, give its full path, or fix a typo in the name"
+        ))
+    }
+}
+
 /// `[executor] bind`: an IP, `IP:PORT` or a host name; default loopback, any port.
 fn bind_address(bind: Option<&str>) -> Result<SocketAddr, String> {
     let Some(text) = bind else {
@@ -379,6 +408,22 @@ mod tests {
             resolve_command(&cmd(&["rtune", "train-lm"]), &exe)[0],
             exe.to_string_lossy()
         );
+    }
+
+    #[test]
+    fn a_missing_program_is_named_before_anything_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cmd = |c: &str| vec![c.to_string()];
+        assert!(check_program(&cmd("sh"), dir.path()).is_ok());
+        let message = check_program(&cmd("no-such-program-xyz"), dir.path()).expect_err("missing");
+        assert!(
+            message.contains("`no-such-program-xyz` is not on PATH"),
+            "{message}"
+        );
+        let message = check_program(&cmd("./train.sh"), dir.path()).expect_err("missing");
+        assert!(message.contains("does not exist"), "{message}");
+        std::fs::write(dir.path().join("train.sh"), "").expect("write");
+        assert!(check_program(&cmd("./train.sh"), dir.path()).is_ok());
     }
 
     #[test]

@@ -40,25 +40,6 @@ pub fn connect() -> Result<Option<Box<dyn TrialSession>>, TrialError> {
     client::connect()
 }
 
-// Until rtune_client::Session lands (branch wt-server), the default build has no protocol
-// client; enable the `rtune-client` feature (make it default) once crates/rtune-client
-// implements contract section D.
-#[cfg(not(feature = "rtune-client"))]
-mod client {
-    use super::{TrialError, TrialSession};
-
-    pub(super) fn connect() -> Result<Option<Box<dyn TrialSession>>, TrialError> {
-        if std::env::var_os("RTUNE_ADDR").is_some() {
-            return Err(TrialError(
-                "RTUNE_ADDR is set but rtune-train-lm was built without the rtune-client feature"
-                    .into(),
-            ));
-        }
-        Ok(None)
-    }
-}
-
-#[cfg(feature = "rtune-client")]
 mod client {
     use super::{Next, TrialError, TrialSession};
     use serde_json::{Map, Value};
