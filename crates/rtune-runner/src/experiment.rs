@@ -557,6 +557,29 @@ reduction_factor = 2
     }
 
     #[test]
+    fn executor_types_and_their_keys() {
+        let e = parse_ok(
+            FILE,
+            &[
+                "executor.type=\"slurm-jobs\"",
+                "executor.partition=\"gpu\"",
+                "executor.poll_interval_s=0.5",
+            ],
+        );
+        assert_eq!(e.file.executor.kind.as_deref(), Some("slurm-jobs"));
+        assert_eq!(e.file.executor.partition.as_deref(), Some("gpu"));
+        let message = parse_err(FILE, &["executor.type=\"kubernetes\""]);
+        assert!(
+            message.contains("executor.type") && message.contains("\"slurm-jobs\""),
+            "{message}"
+        );
+        let message = parse_err(FILE, &["executor.type=\"slurm\"", "executor.cpus=4"]);
+        assert!(message.contains("SLURM decides"), "{message}");
+        let message = parse_err(FILE, &["executor.poll_interval_s=0"]);
+        assert!(message.contains("executor.poll_interval_s"), "{message}");
+    }
+
+    #[test]
     fn a_syntax_error_names_its_line() {
         let message = parse_err("name = \"x\"\nmetric = \n", &[]);
         assert!(message.contains("line 2"), "{message}");

@@ -1084,6 +1084,98 @@ mod tests {
     }
 
     #[test]
+    fn srun_command_line_pins_nodes_and_resources() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut nodes = vec![node("n1", 4, 2), node("n2", 4, 2)];
+        nodes[0].mem_mb = Some(8000);
+        nodes[1].mem_mb = Some(16000);
+        let allocation = Allocation {
+            job_id: "77".into(),
+            nodes,
+        };
+        let ex = SlurmExecutor::with_allocation(
+            allocation,
+            Some("n1"),
+            SlurmExecutorConfig {
+                reserve_cpus: 1.0,
+                srun_args: vec!["--mpi=none".into()],
+                ..Default::default()
+            },
+            tx,
+        )
+        .expect("valid")
+        .with_environment(vec![
+            ("PATH".into(), "/bin".into()),
+            ("SLURM_GPUS_PER_NODE".into(), "2".into()),
+        ]);
+        // The reserve applies on rtune's own node only.
+        assert_eq!(ex.free, vec![(3, 2), (4, 2)]);
+        let launch = TrialLaunch {
+            trial: TrialId(3),
+            run: 2,
+            command: vec!["python".into(), "t.py".into()],
+            env: vec![("RTUNE_SECRET".into(), "s".into())],
+            workers: 3,
+            resources: Resources { cpu: 1.5, gpu: 1 },
+            cwd: "/w".into(),
+            stdout: "/r/stdout.log".into(),
+            stderr: "/r/stderr.log".into(),
+        };
+        let shares = vec![
+            NodeShare {
+                node: 1,
+                workers: 2,
+            },
+            NodeShare {
+                node: 0,
+                workers: 1,
+            },
+        ];
+        let args = ex.srun_args(&launch, &shares, "rtune-trial_00003-run2");
+        let head: Vec<&str> = args.iter().take(13).map(String::as_str).collect();
+        assert_eq!(
+            head,
+            [
+                "--jobid=77",
+                "--job-name=rtune-trial_00003-run2",
+                "--exact",
+                "--nodes=2",
+                "--ntasks=3",
+                "--nodelist=n2,n2,n1",
+                "--distribution=arbitrary",
+                "--cpus-per-task=2",
+                "--kill-on-bad-exit=1",
+                "--input=none",
+                "--gpus-per-task=1",
+                // The job's memory per CPU on the tighter node: 8000 MiB / 4 CPUs.
+                "--mem-per-cpu=2000M",
+                "--mpi=none",
+            ]
+        );
+        assert_eq!(&args[13..15], ["sh", "-c"]);
+        assert_eq!(&args[16..], ["rtune-worker", "python", "t.py"]);
+        let env = ex.step_env(&launch, &shares);
+        let get = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("SLURM_GPUS_PER_NODE"), None);
+        assert_eq!(get("RTUNE_SECRET"), Some("s"));
+        assert_eq!(get("OMP_NUM_THREADS"), Some("2"));
+        assert_eq!(get("MASTER_ADDR"), Some("n2"));
+        assert_eq!(
+            get("MASTER_PORT"),
+            Some(master_port(77, TrialId(3), 2).to_string().as_str())
+        );
+        assert_eq!(
+            ex.describe(&shares, 2, 1, 3),
+            "n2 cpu=4 gpus=2 + n1 cpu=2 gpus=1 workers=3"
+        );
+    }
+
+    #[test]
     fn cpu_requests_become_whole_cpus() {
         assert_eq!(slurm_cpus(0.0), 1);
         assert_eq!(slurm_cpus(0.5), 1);
