@@ -41,6 +41,8 @@ const STEP_PREFIX: &str = "rtune-";
 const STEP_GONE_WAIT: Duration = Duration::from_secs(15);
 /// Poll interval while waiting for a step to disappear; SLURM offers no event for it.
 const STEP_POLL: Duration = Duration::from_millis(100);
+/// How long `stop` looks for a run's step before it asks srun to end it instead.
+const STEP_LOOKUP_RETRY: Duration = Duration::from_secs(3);
 
 /// One node of the allocation, as far as rtune hands it out.
 #[derive(Clone, Debug, PartialEq)]
@@ -430,6 +432,8 @@ struct StepShared {
     srun_group: i32,
     /// Set once srun has exited and the step is gone.
     finished: AtomicBool,
+    /// Set when rtune asked the run to end (stop, shutdown).
+    stop_requested: AtomicBool,
 }
 
 impl SlurmExecutor {
@@ -733,6 +737,7 @@ impl Executor for SlurmExecutor {
             step_name,
             srun_group,
             finished: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
         });
         tokio::spawn(supervise(
             launch.trial,
@@ -766,6 +771,7 @@ impl Executor for SlurmExecutor {
             return;
         }
         slot.stop_requested = true;
+        slot.shared.stop_requested.store(true, Ordering::SeqCst);
         tokio::spawn(stop_step(Arc::clone(&slot.shared), grace));
     }
 
@@ -786,6 +792,7 @@ impl Executor for SlurmExecutor {
             .filter(|slot| !slot.shared.finished.load(Ordering::SeqCst))
             .map(|slot| {
                 slot.stop_requested = true;
+                slot.shared.stop_requested.store(true, Ordering::SeqCst);
                 Arc::clone(&slot.shared)
             })
             .collect();
@@ -842,10 +849,21 @@ async fn stop_step(shared: Arc<StepShared>, grace: Duration) {
 }
 
 /// Sends a signal to every task of the run's step. Without a step yet (srun still waits for
-/// resources) srun itself gets SIGTERM, which withdraws its request.
+/// resources) srun itself gets SIGTERM, which withdraws its request (or cancels the step).
 async fn signal_step(shared: &StepShared, signal: &str) {
-    let ids = step_ids(&shared.job_id, &shared.step_name).await;
+    let mut ids = step_ids(&shared.job_id, &shared.step_name).await;
+    // A busy controller may miss a request: look again for a while before falling back to srun.
+    let deadline = Instant::now() + STEP_LOOKUP_RETRY;
+    while ids.is_empty() && Instant::now() < deadline && !shared.finished.load(Ordering::SeqCst) {
+        tokio::time::sleep(STEP_POLL).await;
+        ids = step_ids(&shared.job_id, &shared.step_name).await;
+    }
     if ids.is_empty() {
+        tracing::warn!(
+            "step {} of job {} not found; asking srun to end it",
+            shared.step_name,
+            shared.job_id
+        );
         if !shared.finished.load(Ordering::SeqCst) {
             signal_group(shared.srun_group, libc::SIGTERM);
         }
@@ -951,6 +969,11 @@ async fn supervise(
                 message
             },
         ),
+        // srun ends the step itself when it gets SIGTERM (rtune's fallback when it cannot find
+        // the step) and then exits 0 without a word about the tasks: not a success.
+        (None, Ok(status)) if status.success() && shared.stop_requested.load(Ordering::SeqCst) => {
+            (false, "stopped: srun ended the step".to_string())
+        }
         (None, Ok(status)) if status.success() => (
             true,
             if several {

@@ -2,8 +2,9 @@
 //!
 //! rtune may run anywhere `sbatch` works (a login node, or a small head job); capacity follows
 //! the queue. Each job runs the trial's tasks with `srun` inside the job, with the same task
-//! wrapper and environment as the step executor. A task per job polls `scontrol show job` and
-//! turns SLURM's job states into what the run loop knows: a queued job keeps the trial's
+//! wrapper and environment as the step executor. One task polls every submitted job with a single
+//! `squeue --states=all` call per interval and turns SLURM's job states into what the run loop
+//! knows: a queued job keeps the trial's
 //! placement at `job 12 PENDING (Resources)` ([`ExecutorEvent::Placed`]), a finished job is
 //! one [`ExecutorEvent::Exited`] whose message carries the job's state and reason.
 //!
@@ -20,14 +21,13 @@ use std::time::{Duration, Instant};
 
 use rtune_core::TrialId;
 use tokio::process::Command;
-use tokio::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::local::{plural, validate_request};
 use super::slurm::{count_gpus, slurm_async, slurm_cpus};
 use super::slurm_common::{
-    check_program, clean_environment, field, key_values, process_environment, run_name,
-    run_slurm_command, shell_quote, worker_wrapper,
+    check_program, clean_environment, process_environment, run_name, run_slurm_command,
+    shell_quote, worker_wrapper,
 };
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
@@ -68,7 +68,7 @@ impl Default for SlurmJobsConfig {
     }
 }
 
-/// What `scontrol show job` says about a job.
+/// What SLURM says about a job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobStatus {
     /// `PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, `CANCELLED`, `TIMEOUT`, ...
@@ -79,17 +79,6 @@ pub struct JobStatus {
     pub exit_code: String,
     /// The job's nodes (`n[1-2]`), `(null)` or empty while pending.
     pub nodes: String,
-}
-
-/// Reads `scontrol show job -o <id>`; None when the text is not a job.
-pub fn parse_job_status(text: &str) -> Option<JobStatus> {
-    let fields = key_values(text);
-    Some(JobStatus {
-        state: field(&fields, "JobState")?.to_string(),
-        reason: field(&fields, "Reason").unwrap_or("None").to_string(),
-        exit_code: field(&fields, "ExitCode").unwrap_or("0:0").to_string(),
-        nodes: field(&fields, "NodeList").unwrap_or("").to_string(),
-    })
 }
 
 /// Whether a job in this state will not change any more.
@@ -215,6 +204,9 @@ pub struct SlurmJobsExecutor {
     config: SlurmJobsConfig,
     base_env: Vec<(String, String)>,
     trials: HashMap<TrialId, JobSlot>,
+    /// The jobs the poller follows, by job id.
+    watched: Arc<std::sync::Mutex<HashMap<String, Watched>>>,
+    poller_started: bool,
     events: UnboundedSender<ExecutorEvent>,
 }
 
@@ -228,7 +220,7 @@ struct JobSlot {
 struct JobShared {
     job_id: String,
     /// The last state seen.
-    state: Mutex<String>,
+    state: std::sync::Mutex<String>,
     /// Set once the job is in a final state and its Exited event is sent.
     finished: AtomicBool,
 }
@@ -254,6 +246,8 @@ impl SlurmJobsExecutor {
             config,
             base_env: clean_environment(process_environment()),
             trials: HashMap::new(),
+            watched: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            poller_started: false,
             events,
         })
     }
@@ -447,7 +441,7 @@ impl Executor for SlurmJobsExecutor {
             .to_string();
         let shared = Arc::new(JobShared {
             job_id: job_id.clone(),
-            state: Mutex::new("PENDING".to_string()),
+            state: std::sync::Mutex::new("PENDING".to_string()),
             finished: AtomicBool::new(false),
         });
         let shape = format!(
@@ -459,14 +453,27 @@ impl Executor for SlurmJobsExecutor {
                 String::new()
             }
         );
-        tokio::spawn(watch_job(
-            launch.trial,
-            launch.run,
-            shape,
-            Arc::clone(&shared),
-            self.config.poll_interval,
-            self.events.clone(),
-        ));
+        if let Ok(mut map) = self.watched.lock() {
+            map.insert(
+                job_id.clone(),
+                Watched {
+                    trial: launch.trial,
+                    run: launch.run,
+                    shape,
+                    shared: Arc::clone(&shared),
+                    last_description: format!("job {job_id} PENDING (submitted)"),
+                    misses: 0,
+                },
+            );
+        }
+        if !self.poller_started {
+            self.poller_started = true;
+            tokio::spawn(poll_jobs(
+                Arc::clone(&self.watched),
+                self.config.poll_interval,
+                self.events.clone(),
+            ));
+        }
         self.trials.insert(
             launch.trial,
             JobSlot {
@@ -489,7 +496,7 @@ impl Executor for SlurmJobsExecutor {
         slot.stop_requested = true;
         let shared = Arc::clone(&slot.shared);
         tokio::spawn(async move {
-            let pending = *shared.state.lock().await == "PENDING";
+            let pending = shared.state.lock().is_ok_and(|state| *state == "PENDING");
             if pending {
                 // Nothing runs yet: withdraw the job.
                 let _ = slurm_async("scancel", &[&shared.job_id]).await;
@@ -525,13 +532,15 @@ impl Executor for SlurmJobsExecutor {
         // Blocking, like the local executor's shutdown: the runtime may be single-threaded.
         let _ = run_slurm_command("scancel", &["--state=PENDING", &list]);
         let _ = run_slurm_command("scancel", &["--signal=TERM", &list]);
-        let all_final = || {
-            jobs.iter().all(|id| {
-                run_slurm_command("scontrol", &["show", "job", "-o", id])
-                    .ok()
-                    .and_then(|text| parse_job_status(&text))
-                    .is_none_or(|status| is_final_state(&status.state))
-            })
+        let all_final = || match run_slurm_command(
+            "squeue",
+            &["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT],
+        ) {
+            Ok(text) => parse_squeue_jobs(&text)
+                .values()
+                .all(|status| is_final_state(&status.state)),
+            // "Invalid job id": SLURM has forgotten them all.
+            Err(_) => true,
         };
         let deadline = Instant::now() + grace;
         while !all_final() && Instant::now() < deadline {
@@ -546,96 +555,177 @@ impl Executor for SlurmJobsExecutor {
     }
 }
 
-/// Polls one job until it is final; sends Placed on changes while it waits or runs, then the
-/// single Exited.
-async fn watch_job(
+/// One submitted run, as the poller follows it.
+struct Watched {
     trial: TrialId,
     run: u32,
+    /// `cpu=2 gpus=1`, for the placement once the job runs.
     shape: String,
     shared: Arc<JobShared>,
+    last_description: String,
+    /// Consecutive polls that did not list the job.
+    misses: u32,
+}
+
+/// Polls after which a job squeue no longer lists is taken as gone.
+const MISSES_BEFORE_GONE: u32 = 5;
+/// Consecutive failed polls after which every watched job is given up.
+const FAILED_POLLS_BEFORE_GIVING_UP: u32 = 30;
+
+/// Follows every submitted job with one `squeue` call per interval (one request to the
+/// controller however many trials run); sends Placed on changes while a job waits or runs, then
+/// its single Exited. Ends when the executor is gone and nothing is left to follow.
+async fn poll_jobs(
+    watched: Arc<std::sync::Mutex<HashMap<String, Watched>>>,
     interval: Duration,
     events: UnboundedSender<ExecutorEvent>,
 ) {
-    let id = shared.job_id.clone();
-    let mut last_description = format!("job {id} PENDING (submitted)");
-    let mut failures_in_a_row = 0u32;
-    let (success, message) = loop {
-        let status = match Command::new("scontrol")
-            .args(["show", "job", "-o", &id])
+    let mut failed_polls = 0u32;
+    loop {
+        tokio::time::sleep(interval).await;
+        let ids: Vec<String> = match watched.lock() {
+            Ok(map) => map.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        if ids.is_empty() {
+            // Only this task holds the map: the executor is gone.
+            if Arc::strong_count(&watched) == 1 {
+                return;
+            }
+            continue;
+        }
+        let list = ids.join(",");
+        let output = Command::new("squeue")
+            .args(["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT])
             .stdin(Stdio::null())
             .output()
-            .await
-        {
+            .await;
+        let statuses = match output {
             Ok(out) if out.status.success() => {
-                parse_job_status(&String::from_utf8_lossy(&out.stdout))
+                failed_polls = 0;
+                parse_squeue_jobs(&String::from_utf8_lossy(&out.stdout))
             }
-            Ok(out) => {
-                let err = String::from_utf8_lossy(&out.stderr);
-                if err.contains("Invalid job id") {
-                    break (
-                        false,
-                        format!(
+            // Every listed job is unknown (ended longer than MinJobAge ago).
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("Invalid job id") => {
+                HashMap::new()
+            }
+            other => {
+                failed_polls += 1;
+                if failed_polls < FAILED_POLLS_BEFORE_GIVING_UP {
+                    continue;
+                }
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let mut statuses = HashMap::new();
+                for id in &ids {
+                    statuses.insert(id.clone(), Err(why.clone()));
+                }
+                finish_all(&watched, statuses, &events);
+                continue;
+            }
+        };
+        let mut ended: HashMap<String, Result<JobStatus, String>> = HashMap::new();
+        let Ok(mut map) = watched.lock() else {
+            return;
+        };
+        for (id, watch) in map.iter_mut() {
+            let Some(status) = statuses.get(id) else {
+                watch.misses += 1;
+                if watch.misses >= MISSES_BEFORE_GONE {
+                    ended.insert(
+                        id.clone(),
+                        Err(format!(
                             "job {id} is no longer known to SLURM (it ended more than MinJobAge \
                              ago, before rtune looked)"
-                        ),
+                        )),
                     );
                 }
-                None
+                continue;
+            };
+            watch.misses = 0;
+            if let Ok(mut state) = watch.shared.state.lock() {
+                state.clone_from(&status.state);
             }
-            Err(_) => None,
-        };
-        match status {
-            None => {
-                failures_in_a_row += 1;
-                if failures_in_a_row >= 30 {
-                    break (
-                        false,
-                        format!("cannot read the state of job {id} with scontrol"),
-                    );
-                }
+            let running = !status.nodes.is_empty() && status.nodes != "(null)";
+            let description = match status.state.as_str() {
+                "PENDING" => format!("job {id} PENDING ({})", status.reason),
+                _ if running => format!("job {id} {} {}", status.nodes, watch.shape),
+                other => format!("job {id} {other} ({})", status.reason),
+            };
+            // A short job may start and end between two looks: its placement still says where
+            // it ran.
+            if description != watch.last_description && (!is_final_state(&status.state) || running)
+            {
+                watch.last_description.clone_from(&description);
+                let _ = events.send(ExecutorEvent::Placed {
+                    trial: watch.trial,
+                    run: watch.run,
+                    description,
+                });
             }
-            Some(status) => {
-                failures_in_a_row = 0;
-                *shared.state.lock().await = status.state.clone();
-                if is_final_state(&status.state) {
-                    // A short job may have started and ended between two looks: still say where
-                    // it ran.
-                    if !status.nodes.is_empty() && status.nodes != "(null)" {
-                        let description = format!("job {id} {} {shape}", status.nodes);
-                        if description != last_description {
-                            let _ = events.send(ExecutorEvent::Placed {
-                                trial,
-                                run,
-                                description,
-                            });
-                        }
-                    }
-                    break job_outcome(&id, &status);
-                }
-                let description = match status.state.as_str() {
-                    "PENDING" => format!("job {id} PENDING ({})", status.reason),
-                    "RUNNING" | "COMPLETING" => format!("job {id} {} {shape}", status.nodes),
-                    other => format!("job {id} {other} ({})", status.reason),
-                };
-                if description != last_description {
-                    last_description = description.clone();
-                    let _ = events.send(ExecutorEvent::Placed {
-                        trial,
-                        run,
-                        description,
-                    });
-                }
+            if is_final_state(&status.state) {
+                ended.insert(id.clone(), Ok(status.clone()));
             }
         }
-        tokio::time::sleep(interval).await;
+        drop(map);
+        finish_all(&watched, ended, &events);
+    }
+}
+
+/// Sends the Exited events of jobs that ended (or were given up) and stops following them.
+fn finish_all(
+    watched: &std::sync::Mutex<HashMap<String, Watched>>,
+    ended: HashMap<String, Result<JobStatus, String>>,
+    events: &UnboundedSender<ExecutorEvent>,
+) {
+    let Ok(mut map) = watched.lock() else {
+        return;
     };
-    shared.finished.store(true, Ordering::SeqCst);
-    let _ = events.send(ExecutorEvent::Exited {
-        trial,
-        run,
-        success,
-        message,
-    });
+    for (id, outcome) in ended {
+        let Some(watch) = map.remove(&id) else {
+            continue;
+        };
+        let (success, message) = match outcome {
+            Ok(status) => job_outcome(&id, &status),
+            Err(why) => (false, why),
+        };
+        watch.shared.finished.store(true, Ordering::SeqCst);
+        let _ = events.send(ExecutorEvent::Exited {
+            trial: watch.trial,
+            run: watch.run,
+            success,
+            message,
+        });
+    }
+}
+
+/// The fields rtune reads from `squeue -O`, `|`-separated.
+const SQUEUE_FORMAT: &str = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|";
+
+/// Parses `squeue -h -O JobID:|,State:|,Reason:|,NodeList:|,exit_code:|` lines. squeue gives the
+/// exit code as a wait status (768 = exit code 3, 9 = killed by signal 9); it becomes `3:0` /
+/// `0:9` as `scontrol` writes it.
+pub fn parse_squeue_jobs(text: &str) -> HashMap<String, JobStatus> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+            if fields.len() < 5 || fields[0].is_empty() {
+                return None;
+            }
+            let wait_status: i32 = fields[4].parse().unwrap_or(0);
+            Some((
+                fields[0].to_string(),
+                JobStatus {
+                    state: fields[1].to_string(),
+                    reason: fields[2].to_string(),
+                    exit_code: format!("{}:{}", (wait_status >> 8) & 0xff, wait_status & 0x7f),
+                    nodes: fields[3].to_string(),
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -653,22 +743,25 @@ mod tests {
     }
 
     #[test]
-    fn parses_job_status() {
-        let text = "JobId=12 JobName=x UserId=root(0) JobState=PENDING Reason=Resources \
-                    Dependency=(null) ExitCode=0:0 NodeList=(null)";
-        assert_eq!(
-            parse_job_status(text),
-            Some(JobStatus {
-                state: "PENDING".into(),
-                reason: "Resources".into(),
-                exit_code: "0:0".into(),
-                nodes: "(null)".into()
-            })
+    fn parses_squeue_jobs() {
+        let jobs = parse_squeue_jobs(
+            "171|FAILED|NonZeroExitCode|n1|768|\n172|COMPLETED|None|n[1-2]|0|\n\
+             173|PENDING|Resources|||\n174|FAILED|None|n1|9|\n",
         );
         assert_eq!(
-            parse_job_status("slurm_load_jobs error: Invalid job id"),
-            None
+            jobs["171"],
+            JobStatus {
+                state: "FAILED".into(),
+                reason: "NonZeroExitCode".into(),
+                exit_code: "3:0".into(),
+                nodes: "n1".into()
+            }
         );
+        assert_eq!(jobs["172"].nodes, "n[1-2]");
+        assert_eq!(jobs["173"].state, "PENDING");
+        assert_eq!(jobs["173"].exit_code, "0:0");
+        assert_eq!(jobs["174"].exit_code, "0:9");
+        assert_eq!(jobs.len(), 4);
     }
 
     #[test]
