@@ -33,6 +33,9 @@ enum Command {
     Status(StatusArgs),
     /// Show an experiment's best trial.
     Best(BestArgs),
+    /// Run one trial of an experiment again from scratch, following its recorded policy
+    /// (policy.json: the config schedule PBT gave it).
+    Replay(ReplayArgs),
     /// Submit the experiment as a SLURM job: rtune runs in it and starts the trials as job steps.
     Submit(SubmitArgs),
     /// How many trials an allocation of this shape runs at once, with the arithmetic.
@@ -141,6 +144,24 @@ struct StatusArgs {
     dir: PathBuf,
     #[arg(long, value_enum, default_value_t = FormatArg::Table)]
     format: FormatArg,
+    /// Show PBT's lineage instead of the trials table: every exploit (target, donor, iterations,
+    /// config change); with a TRIAL, its exploits and its policy (config by iteration).
+    #[arg(long, value_name = "TRIAL", num_args = 0..=1, default_missing_value = "")]
+    lineage: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The experiment's directory.
+    dir: PathBuf,
+    /// The trial to replay: trial_00002, or 2.
+    trial: String,
+    /// The replay's name; default `<experiment>-replay-<trial>`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the replay's directory is created; default: next to the experiment's directory.
+    #[arg(long)]
+    storage: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -205,6 +226,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Status(args) => status(args),
         Command::Best(args) => best(args),
+        Command::Replay(args) => replay(args),
         Command::Submit(args) => submit(args),
         Command::Plan(args) => plan(args),
     }
@@ -379,11 +401,30 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
         terminal: std::io::stdout().is_terminal(),
     };
+    finish(block_on(rtune_runner::setup::run_experiment(options))??)
+}
+
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let options = rtune_runner::setup::ReplayOptions {
+        experiment_dir: args.dir,
+        trial: args.trial,
+        name: args.name,
+        storage: args.storage,
+        rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
+        terminal: std::io::stdout().is_terminal(),
+    };
+    finish(block_on(rtune_runner::setup::run_replay(options))??)
+}
+
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(rtune_runner::setup::run_experiment(options))?;
+    Ok(runtime.block_on(future))
+}
+
+fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
     if outcome.interrupted {
         eprintln!(
             "interrupted; everything so far is in {}",
@@ -403,6 +444,20 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         FormatArg::Markdown => TableFormat::Markdown,
         FormatArg::Json => TableFormat::Json,
     };
+    if let Some(trial) = &args.lineage {
+        use rtune_runner::lineage;
+        let trial = match trial.as_str() {
+            "" => None,
+            text => Some(lineage::parse_trial(text).with_context(|| {
+                format!("`{text}` is not a trial; name one as the trials table does, e.g. trial_00002 or 2")
+            })?),
+        };
+        print!(
+            "{}",
+            lineage::lineage_report(&args.dir, &state, trial, format)?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     print!("{}", rtune_runner::report::trials_table(&state, format));
     Ok(ExitCode::SUCCESS)
 }

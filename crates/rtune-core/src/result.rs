@@ -58,6 +58,27 @@ impl TrialResult {
         self.metrics.get(key).and_then(serde_json::Value::as_f64)
     }
 
+    /// The value of a metric as the schedulers read it. A number is itself; `null` and the
+    /// strings `"nan"`, `"inf"`, `"-inf"`, `"infinity"` (any case), which is how a diverged metric
+    /// travels in JSON, are NaN or infinite (so [`Mode::score`] ranks them worst). `None`: the key
+    /// is missing or holds something else.
+    pub fn metric(&self, key: &str) -> Option<f64> {
+        match self.metrics.get(key)? {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::Null => Some(f64::NAN),
+            serde_json::Value::String(text) => {
+                let lower = text.trim().to_ascii_lowercase();
+                let unsigned = lower.trim_start_matches(['+', '-']);
+                if matches!(unsigned, "nan" | "inf" | "infinity") {
+                    lower.parse::<f64>().ok()
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// `training_iteration`, which the tuner always sets.
     pub fn iteration(&self) -> u64 {
         self.metrics

@@ -223,13 +223,18 @@ impl Parameter {
 
     /// This parameter's value in a trial's config.
     pub fn get<'a>(&self, config: &'a Config) -> Option<&'a Value> {
-        let (first, rest) = self.path.split_first()?;
-        let mut value = config.get(first)?;
-        for key in rest {
-            value = value.as_object()?.get(key)?;
-        }
-        Some(value)
+        get_path(config, &self.path)
     }
+}
+
+/// The value at `path` in a nested config.
+pub(crate) fn get_path<'a>(config: &'a Config, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = config.get(first)?;
+    for key in rest {
+        value = value.as_object()?.get(key)?;
+    }
+    Some(value)
 }
 
 /// One entry of the space, in file order.
@@ -384,7 +389,7 @@ impl SearchSpace {
 }
 
 /// Put `value` at `path`, creating nested tables on the way (in first-seen order).
-fn set_path(config: &mut Config, path: &[String], value: Value) {
+pub(crate) fn set_path(config: &mut Config, path: &[String], value: Value) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };

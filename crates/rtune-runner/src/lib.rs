@@ -7,10 +7,12 @@
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`storage`]: the files an experiment leaves on disk.
 //! * [`report`]: tables, the best trial, and the live console.
+//! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
 //! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
 
 pub mod executor;
 pub mod experiment;
+pub mod lineage;
 pub mod report;
 pub mod run_loop;
 pub mod server;

@@ -393,6 +393,9 @@ impl Loop<'_> {
         };
         let iteration = current.iteration + 1;
         let restored_from = current.restore;
+        // The config this result was produced with; the decision it triggers may change the
+        // trial's config (an exploit), which only applies from the restart on.
+        let config = current.config.clone();
         let files = match self.dir.trial(trial) {
             Ok(files) => files,
             Err(e) => return Response::error(format!("rtune cannot write the trial's files: {e}")),
@@ -421,10 +424,15 @@ impl Loop<'_> {
                 Err(e) => return Response::error(e.to_string()),
             };
         // Once it has a checkpoint of its own, the copy of a donor's checkpoint it restarted
-        // from (an exploit) is no longer needed.
+        // from (an exploit) is no longer needed: a restart would use its own (the tuner then
+        // restores from something else, or from nothing while it runs on). The same report may
+        // pause it, pointing its restore at that new checkpoint, so "nothing" is not the test.
         if let Some(c) = restored_from
             && c.trial != trial
-            && self.tuner.trial(trial).is_some_and(|t| t.restore.is_none())
+            && self
+                .tuner
+                .trial(trial)
+                .is_some_and(|t| t.restore != Some(c))
             && let Err(e) = std::fs::remove_dir_all(files.exploit_dir(c))
         {
             tracing::warn!(
@@ -433,11 +441,6 @@ impl Loop<'_> {
             );
         }
         let done = !matches!(reply.action, Action::Continue);
-        let config = self
-            .tuner
-            .trial(trial)
-            .map(|t| t.config.clone())
-            .unwrap_or_default();
         if let Err(e) = files.append_result(&reply.result, &config, done) {
             tracing::error!("{}: cannot write result: {e}", trial.name());
         }
@@ -579,12 +582,19 @@ impl Loop<'_> {
                         description,
                     } = &decision.action
                     {
+                        // The config the target trained with until now: its policy's last step.
+                        let old_config = self
+                            .policies
+                            .get(&decision.trial)
+                            .and_then(|p| p.last())
+                            .map(|s| s.config.clone());
                         let line = json!({
                             "time": now,
                             "target": decision.trial.name(),
                             "donor": donor.trial.name(),
                             "donor_iteration": donor.iteration,
                             "target_iteration": self.tuner.trial(decision.trial).map(|t| t.iteration),
+                            "old_config": old_config,
                             "new_config": config,
                             "change": description,
                             "details": decision.details,

@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rtune_core::searcher::RandomSearcher;
+use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
+use rtune_core::searcher::{FixedSearcher, RandomSearcher, Searcher};
 use rtune_core::space::SearchSpace;
 use rtune_core::tuner::{Tuner, TunerSettings};
 use tokio::sync::mpsc;
@@ -20,9 +21,10 @@ use crate::executor::{
     SlurmJobsExecutor,
 };
 use crate::experiment::{self, Experiment, ExperimentError};
+use crate::lineage;
 use crate::report::{Reporter, local_time};
 use crate::run_loop::{self, RunError, RunOutcome, RunParts, TrialTemplate, unix_now};
-use crate::storage::{ExperimentDir, ExperimentState, STATE_FORMAT, StorageError};
+use crate::storage::{EXPERIMENT_FILE, ExperimentDir, ExperimentState, STATE_FORMAT, StorageError};
 
 /// What `rtune run` was asked.
 #[derive(Clone, Debug)]
@@ -77,8 +79,86 @@ pub async fn run_experiment(options: RunOptions) -> Result<RunOutcome, SetupErro
     Ok(outcome)
 }
 
+/// What `rtune replay` was asked: run one trial of an earlier experiment again, from scratch,
+/// with the config schedule it ended up with (its `policy.json`).
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// The earlier experiment's directory: its `experiment.toml` gives the trial command, the
+    /// metric and every other setting.
+    pub experiment_dir: PathBuf,
+    /// The trial to replay, as users write it: `trial_00002`, `00002` or `2`.
+    pub trial: String,
+    /// The replay's name; default `<experiment>-replay-<trial>`.
+    pub name: Option<String>,
+    /// Where the replay's directory is created; default: next to the experiment's directory.
+    pub storage: Option<PathBuf>,
+    pub rtune_exe: PathBuf,
+    pub terminal: bool,
+}
+
+/// Replay one trial's policy (see [`ReplayOptions`]) to the end.
+pub async fn run_replay(options: ReplayOptions) -> Result<RunOutcome, SetupError> {
+    let prepared = prepare_replay(&options)?;
+    let outcome = run_loop::run(prepared.parts).await?;
+    Ok(outcome)
+}
+
+/// A replay is an experiment of one trial: the experiment's own file, with a searcher that hands
+/// out the policy's first config and a scheduler that switches configs where the policy does
+/// (restarting from the trial's own checkpoint each time).
+pub fn prepare_replay(options: &ReplayOptions) -> Result<Prepared, SetupError> {
+    let dir = options
+        .experiment_dir
+        .canonicalize()
+        .unwrap_or_else(|_| options.experiment_dir.clone());
+    let trial = lineage::parse_trial(&options.trial).ok_or_else(|| SetupError::Invalid {
+        path: dir.clone(),
+        message: format!(
+            "`{}` is not a trial; name one as the trials table does, e.g. trial_00002 or 2",
+            options.trial
+        ),
+    })?;
+    let policy = lineage::read_policy(&dir, trial)?;
+    PolicyReplayScheduler::new(&policy).map_err(|message| SetupError::Invalid {
+        path: lineage::policy_path(&dir, trial),
+        message,
+    })?;
+    let experiment_name = dir
+        .file_name()
+        .map_or("experiment".into(), |n| n.to_string_lossy().into_owned());
+    let run_options = RunOptions {
+        experiment_path: dir.join(EXPERIMENT_FILE),
+        overrides: Vec::new(),
+        name: Some(
+            options
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{experiment_name}-replay-{}", trial.name())),
+        ),
+        storage: Some(
+            options
+                .storage
+                .clone()
+                .or_else(|| dir.parent().map(Path::to_path_buf))
+                .unwrap_or_else(|| PathBuf::from(".")),
+        ),
+        executor: None,
+        rtune_exe: options.rtune_exe.clone(),
+        terminal: options.terminal,
+    };
+    prepare_with(&run_options, Some(&policy))
+}
+
 /// Everything up to (and including) creating the experiment directory.
 pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
+    prepare_with(options, None)
+}
+
+/// [`prepare`], or with `replay`: one trial that follows that policy.
+fn prepare_with(
+    options: &RunOptions,
+    replay: Option<&[PolicyStep]>,
+) -> Result<Prepared, SetupError> {
     let mut overrides = options.overrides.clone();
     if let Some(name) = &options.name {
         overrides.push(format!("name={}", toml_string(name)));
@@ -96,12 +176,25 @@ pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
 
     let space =
         SearchSpace::from_json(&experiment.space_json()).map_err(|e| invalid(e.to_string()))?;
-    let scheduler = file
-        .scheduler
-        .build(&file.metric, file.mode, &space)
-        .map_err(|e| invalid(e.to_string()))?;
     let parameters = space.searched_names();
-    let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
+    let (searcher, scheduler): (Box<dyn Searcher>, Box<dyn Scheduler>) = match replay {
+        None => {
+            let scheduler = file
+                .scheduler
+                .build(&file.metric, file.mode, &space)
+                .map_err(|e| invalid(e.to_string()))?;
+            let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
+            (Box::new(searcher), scheduler)
+        }
+        Some(policy) => {
+            let scheduler = PolicyReplayScheduler::new(policy).map_err(&invalid)?;
+            let first = policy.first().map(|s| s.config.clone()).unwrap_or_default();
+            (
+                Box::new(FixedSearcher::new(vec![first])),
+                Box::new(scheduler),
+            )
+        }
+    };
     let tuner = Tuner::new(
         TunerSettings {
             metric: file.metric.clone(),
@@ -110,7 +203,7 @@ pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
             max_failures: file.max_failures,
             stop: file.stop.clone(),
         },
-        Box::new(searcher),
+        searcher,
         scheduler,
     )
     .with_checkpoint_retention(file.checkpoint.clone());

@@ -33,6 +33,8 @@ pub const STATE_FILE: &str = "experiment_state.json";
 pub const DECISIONS_FILE: &str = "decisions.jsonl";
 pub const EVENTS_FILE: &str = "events.jsonl";
 pub const LINEAGE_FILE: &str = "lineage.jsonl";
+/// Inside a trial directory: the trial's config by iteration.
+pub const POLICY_FILE: &str = "policy.json";
 
 /// The version of `experiment_state.json`'s layout.
 pub const STATE_FORMAT: u32 = 1;
@@ -51,6 +53,8 @@ pub enum StorageError {
     BadState { path: PathBuf, message: String },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Malformed { path: PathBuf, message: String },
 }
 
 fn io_error<'a>(
@@ -253,7 +257,7 @@ impl TrialFiles {
 
     pub fn write_policy(&self, policy: &[PolicyStep]) -> Result<(), StorageError> {
         let text = serde_json::to_vec_pretty(policy).unwrap_or_default();
-        write_atomic(&self.dir.join("policy.json"), &text)
+        write_atomic(&self.dir.join(POLICY_FILE), &text)
     }
 
     /// Append a failure to error.txt (a trial retried several times keeps every message).

@@ -16,8 +16,14 @@
 //! (exit with status 3 at that epoch, for tests), `fail_run` (only fail in this run number),
 //! `checkpoint` (true: whether to save and report a checkpoint each epoch).
 //!
-//! Checkpoints: every epoch writes `state.json` (epoch, distance) into a fresh checkpoint dir
+//! Checkpoints: every epoch writes `state.json` (epoch, distance, id) into a fresh checkpoint dir
 //! and reports it; a restored run continues from the checkpoint's epoch and distance.
+//!
+//! Metrics: `eval_loss`, `epoch`, `lr`, `distance` (the exact training state), and with each
+//! checkpoint its `checkpoint_id` (`trial_00001/run2/epoch3`: who wrote it, when). The first report
+//! of a run that restored a checkpoint also carries `restored_checkpoint` (that checkpoint's id),
+//! `restored_epoch` and `restored_distance`, so tests can prove where a restarted trial (a resumed
+//! one, or a PBT exploit that copied a donor's checkpoint) really continued from.
 //!
 //! Outside rtune (no `RTUNE_ADDR`), it reads the config from `--config JSON` and prints one
 //! JSON line per epoch.
@@ -153,6 +159,8 @@ fn splitmix64(mut x: u64) -> u64 {
 struct State {
     epoch: u64,
     distance: f64,
+    /// Who wrote the checkpoint (`checkpoint_id`); empty for a fresh start.
+    id: String,
 }
 
 fn read_state(dir: &Path) -> Result<State, String> {
@@ -162,7 +170,11 @@ fn read_state(dir: &Path) -> Result<State, String> {
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| format!("checkpoint {} is not valid JSON: {e}", path.display()))?;
     match (v["epoch"].as_u64(), v["distance"].as_f64()) {
-        (Some(epoch), Some(distance)) => Ok(State { epoch, distance }),
+        (Some(epoch), Some(distance)) => Ok(State {
+            epoch,
+            distance,
+            id: v["id"].as_str().unwrap_or_default().to_string(),
+        }),
         _ => Err(format!(
             "checkpoint {} lacks epoch or distance",
             path.display()
@@ -172,7 +184,8 @@ fn read_state(dir: &Path) -> Result<State, String> {
 
 fn write_state(dir: &Path, state: &State) -> Result<(), String> {
     let path = dir.join("state.json");
-    let text = json!({ "epoch": state.epoch, "distance": state.distance }).to_string();
+    let text =
+        json!({ "epoch": state.epoch, "distance": state.distance, "id": state.id }).to_string();
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -212,8 +225,20 @@ fn run() -> Result<ExitCode, String> {
         None => State {
             epoch: 0,
             distance: 1.0,
+            id: String::new(),
         },
     };
+    let trial_name = session
+        .as_ref()
+        .map_or("local".to_string(), |s| s.trial_name().to_string());
+    // Where this run started from, told with its first report only.
+    let mut restored = session.as_ref().and_then(|s| s.restore_dir()).map(|_| {
+        json!({
+            "restored_checkpoint": state.id,
+            "restored_epoch": state.epoch,
+            "restored_distance": state.distance,
+        })
+    });
 
     while state.epoch < params.epochs {
         let epoch = state.epoch + 1;
@@ -231,11 +256,17 @@ fn run() -> Result<ExitCode, String> {
         metrics.insert("eval_loss".into(), json!(eval_loss));
         metrics.insert("epoch".into(), json!(epoch));
         metrics.insert("lr".into(), json!(params.lr));
+        metrics.insert("distance".into(), json!(state.distance));
+        if let Some(Value::Object(fields)) = restored.take() {
+            metrics.extend(fields);
+        }
 
         let action = match session.as_mut() {
             Some(s) if !params.checkpoint => s.report(&metrics).map_err(|e| e.to_string())?,
             Some(s) => {
                 let dir = s.new_checkpoint_dir().map_err(|e| e.to_string())?;
+                state.id = format!("{trial_name}/run{run_number}/epoch{epoch}");
+                metrics.insert("checkpoint_id".into(), json!(state.id));
                 write_state(&dir, &state)?;
                 s.report_with_checkpoint(&metrics, &dir)
                     .map_err(|e| e.to_string())?

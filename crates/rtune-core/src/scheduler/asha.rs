@@ -250,37 +250,6 @@ pub(crate) fn show(value: f64) -> String {
     }
 }
 
-/// The value of `key` in a result, as the schedulers read it. A number is itself; `null` and the
-/// strings `"nan"`, `"inf"`, `"-inf"`, `"infinity"` (any case), which is how a diverged metric
-/// travels in JSON, are NaN or infinite. `None`: the key is missing or holds something else.
-pub(crate) fn metric_value(result: &TrialResult, key: &str) -> Option<f64> {
-    match result.metrics.get(key)? {
-        Value::Number(n) => n.as_f64(),
-        Value::Null => Some(f64::NAN),
-        Value::String(text) => {
-            let lower = text.trim().to_ascii_lowercase();
-            let unsigned = lower.trim_start_matches(['+', '-']);
-            if matches!(unsigned, "nan" | "inf" | "infinity") {
-                lower.parse::<f64>().ok()
-            } else {
-                None
-            }
-        }
-        _ => None,
-    }
-}
-
-/// The score of a metric value (larger is better). Every non-finite value is the worst score:
-/// [`Mode::score`] already maps NaN there; an infinite accuracy or loss is a diverged trial too,
-/// whichever its sign.
-pub(crate) fn score_of(mode: Mode, value: f64) -> f64 {
-    if value.is_finite() {
-        mode.score(value)
-    } else {
-        f64::NEG_INFINITY
-    }
-}
-
 /// A result's metric value and time, or the reason to let it continue, naming the missing key
 /// (`result lacks eval_loss`; the runner logs every reason, so a trial that never reports the
 /// metric is visible).
@@ -289,7 +258,7 @@ pub(crate) fn value_and_time(
     metric: &str,
     time_attr: &str,
 ) -> Result<(f64, f64), String> {
-    match (metric_value(result, metric), result.get(time_attr)) {
+    match (result.metric(metric), result.get(time_attr)) {
         (Some(value), Some(time)) => Ok((value, time)),
         (None, _) => Err(format!("result lacks {metric}")),
         (Some(_), None) => Err(format!("result lacks {time_attr}")),
@@ -328,7 +297,7 @@ impl Scheduler for AshaScheduler {
                 }));
         }
         let s = self.bracket_of(ctx, id);
-        let score = score_of(self.mode, value);
+        let score = self.mode.score(value);
         let rf = self.config.reduction_factor;
         let quantile = (1.0 - 1.0 / rf) * 100.0;
         let Some(rung) = self.brackets[s]
@@ -383,15 +352,14 @@ impl Scheduler for AshaScheduler {
         last: Option<&TrialResult>,
     ) {
         let Some(last) = last else { return };
-        let (Some(value), Some(time)) = (
-            metric_value(last, &self.metric),
-            last.get(&self.config.time_attr),
-        ) else {
+        let (Some(value), Some(time)) =
+            (last.metric(&self.metric), last.get(&self.config.time_attr))
+        else {
             return;
         };
         // The final score counts at the highest rung it reached and was not judged at yet.
         let s = self.bracket_of(ctx, trial);
-        let score = score_of(self.mode, value);
+        let score = self.mode.score(value);
         if let Some(rung) = self.brackets[s]
             .rungs
             .iter_mut()
@@ -741,21 +709,21 @@ mod tests {
             (json!(2.5), Some(2.5)),
         ] {
             result.metrics.insert("m".into(), reported.clone());
-            let value = metric_value(&result, "m").expect("a value");
+            let value = result.metric("m").expect("a value");
             match expected {
                 None => assert!(value.is_nan(), "{reported}"),
                 Some(expected) => assert_eq!(value, expected, "{reported}"),
             }
         }
         result.metrics.insert("m".into(), json!("fast"));
-        assert_eq!(metric_value(&result, "m"), None);
+        assert_eq!(result.metric("m"), None);
         result.metrics.insert("m".into(), json!(true));
-        assert_eq!(metric_value(&result, "m"), None);
+        assert_eq!(result.metric("m"), None);
         // Infinite is the worst in either mode, whatever its sign.
         for mode in BOTH {
-            assert_eq!(score_of(mode, f64::INFINITY), f64::NEG_INFINITY);
-            assert_eq!(score_of(mode, f64::NEG_INFINITY), f64::NEG_INFINITY);
-            assert_eq!(score_of(mode, f64::NAN), f64::NEG_INFINITY);
+            assert_eq!(mode.score(f64::INFINITY), f64::NEG_INFINITY);
+            assert_eq!(mode.score(f64::NEG_INFINITY), f64::NEG_INFINITY);
+            assert_eq!(mode.score(f64::NAN), f64::NEG_INFINITY);
         }
         // A "+inf accuracy" is stopped at a rung with a cutoff.
         let mut h = Harness::new(config(1.0, 5.0, 2.0), Mode::Max, 2);

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::asha::{json_f64, score_of, show, value_and_time};
+use super::asha::{json_f64, show, value_and_time};
 use super::{Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::scheduler::Action;
 use crate::trial::{TrialId, TrialStatus};
@@ -358,7 +358,7 @@ impl Scheduler for HyperBandScheduler {
             Err(reason) => return Decision::continue_(result.trial, reason),
         };
         let b = self.join_bracket(id);
-        let score = score_of(self.mode, value);
+        let score = self.mode.score(value);
         let max_t = self.config.max_t;
         let stop_last = self.config.stop_last_trials;
         let metric = self.metric.clone();

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::asha::{json_f64, percentile, score_of, show, value_and_time};
+use super::asha::{json_f64, percentile, show, value_and_time};
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::trial::{TrialId, TrialStatus};
 use crate::{Mode, TrialResult};
@@ -148,7 +148,7 @@ impl Scheduler for MedianStoppingScheduler {
         self.results
             .entry(id)
             .or_default()
-            .push((time, score_of(self.mode, value)));
+            .push((time, self.mode.score(value)));
         if time < self.config.grace_period {
             return Decision::continue_(
                 id,

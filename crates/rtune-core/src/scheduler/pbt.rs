@@ -19,10 +19,12 @@ use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::asha::show;
+use super::asha::value_and_time;
 use super::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
-use crate::space::{Domain, SearchSpace};
+use crate::space::{Domain, SearchSpace, get_path, set_path};
 use crate::trial::{TrialId, TrialStatus};
-use crate::tuner::Trial;
+use crate::tuner::{Ending, Trial};
 use crate::{Config, CoreRng, Mode, TrialResult};
 
 /// `[scheduler]` with `type = "pbt"`.
@@ -91,7 +93,7 @@ pub struct PbtScheduler {
     members: BTreeMap<TrialId, MemberState>,
     /// Synchronous mode: the time every live trial must reach before the next perturbation.
     next_sync: f64,
-    /// Synchronous mode: trials paused at the barrier that it has released.
+    /// Synchronous mode: trials waiting at a barrier that has since been completed; they may run.
     released: BTreeSet<TrialId>,
     warned_missing: BTreeSet<TrialId>,
 }
@@ -340,8 +342,11 @@ impl PbtScheduler {
             .map(|m| m.last_train_time)
             .fold(f64::NEG_INFINITY, f64::max);
         self.next_sync = (self.next_sync + self.config.perturbation_interval).max(latest);
+        // Everyone waiting at the barrier goes on: the paused, and those told to pause whose
+        // process has not exited yet (still RUNNING until it has; they become PAUSED later and
+        // must find themselves released then).
         for trial in ctx.trials {
-            if trial.status == TrialStatus::Paused {
+            if trial.status == TrialStatus::Paused || waits_to_pause(trial) {
                 self.released.insert(trial.id);
             }
         }
@@ -369,26 +374,17 @@ impl Scheduler for PbtScheduler {
     ) -> Decision {
         let id = result.trial;
         self.released.remove(&id);
-        let (Some(value), Some(time)) =
-            (result.get(&self.metric), result.get(&self.config.time_attr))
-        else {
-            let missing = if result.get(&self.metric).is_none() {
-                &self.metric
-            } else {
-                &self.config.time_attr
-            };
-            let first = self.warned_missing.insert(id);
-            return Decision::continue_(
-                id,
-                format!(
-                    "pbt: the result lacks {missing}{}",
-                    if first {
-                        " (PBT ignores such results)"
-                    } else {
-                        ""
-                    }
-                ),
-            );
+        let (value, time) = match value_and_time(result, &self.metric, &self.config.time_attr) {
+            Ok(found) => found,
+            Err(lacks) => {
+                let first = self.warned_missing.insert(id);
+                let note = if first {
+                    " (PBT ignores such results)"
+                } else {
+                    ""
+                };
+                return Decision::continue_(id, format!("pbt: the {lacks}{note}"));
+            }
         };
         let score = self.mode.score(value);
         let interval = self.config.perturbation_interval;
@@ -401,7 +397,8 @@ impl Scheduler for PbtScheduler {
                     id,
                     format!(
                         "pbt: the next synchronous perturbation is at {} = {}",
-                        self.config.time_attr, self.next_sync
+                        self.config.time_attr,
+                        show(self.next_sync)
                     ),
                 );
             }
@@ -424,7 +421,8 @@ impl Scheduler for PbtScheduler {
                     Action::Pause,
                     format!(
                         "pbt (synch): waiting at {} = {} for {waiting} more trial(s)",
-                        self.config.time_attr, self.next_sync
+                        self.config.time_attr,
+                        show(self.next_sync)
                     ),
                 );
             }
@@ -433,8 +431,9 @@ impl Scheduler for PbtScheduler {
                 Decision::continue_(
                     id,
                     format!(
-                        "pbt (synch): the population reached {} = {at}; not in the lower quantile",
-                        self.config.time_attr
+                        "pbt (synch): the population reached {} = {}; not in the lower quantile",
+                        self.config.time_attr,
+                        show(at)
                     ),
                 )
             });
@@ -446,7 +445,7 @@ impl Scheduler for PbtScheduler {
                 format!(
                     "pbt: next perturbation check at {} = {}",
                     self.config.time_attr,
-                    member.last_perturbation_time + interval
+                    show(member.last_perturbation_time + interval)
                 ),
             );
         }
@@ -455,7 +454,8 @@ impl Scheduler for PbtScheduler {
                 id,
                 format!(
                     "pbt: in the burn-in period (until {} = {})",
-                    self.config.time_attr, self.config.burn_in_period
+                    self.config.time_attr,
+                    show(self.config.burn_in_period)
                 ),
             );
         }
@@ -468,20 +468,29 @@ impl Scheduler for PbtScheduler {
         } else if upper.contains(&id) {
             Decision::continue_(
                 id,
-                format!("pbt: {} {value} is in the upper quantile", self.metric),
+                format!(
+                    "pbt: {} {} is in the upper quantile",
+                    self.metric,
+                    show(value)
+                ),
             )
         } else if lower.is_empty() {
             Decision::continue_(
                 id,
                 format!(
-                    "pbt: {} {value} has too few other scores to compare with",
-                    self.metric
+                    "pbt: {} {} has too few other scores to compare with",
+                    self.metric,
+                    show(value)
                 ),
             )
         } else {
             Decision::continue_(
                 id,
-                format!("pbt: {} {value} is between the quantiles", self.metric),
+                format!(
+                    "pbt: {} {} is between the quantiles",
+                    self.metric,
+                    show(value)
+                ),
             )
         };
         if decision.action != Action::Continue {
@@ -552,14 +561,18 @@ impl PbtScheduler {
         if !self.config.synch {
             return;
         }
-        let someone_waits = ctx
-            .trials
-            .iter()
-            .any(|t| t.status == TrialStatus::Paused && !self.released.contains(&t.id));
+        let someone_waits = ctx.trials.iter().any(|t| {
+            (t.status == TrialStatus::Paused || waits_to_pause(t)) && !self.released.contains(&t.id)
+        });
         if someone_waits && self.barrier_complete(ctx) {
             self.perturb_all(ctx, None);
         }
     }
+}
+
+/// A running trial that was told to pause and whose process has not exited yet.
+fn waits_to_pause(trial: &Trial) -> bool {
+    trial.status == TrialStatus::Running && trial.ending == Some(Ending::Pause)
 }
 
 fn mutation_of(domain: &Domain) -> Mutation {
@@ -604,38 +617,9 @@ fn parse_mutations(
     Ok(())
 }
 
-fn get_path<'a>(config: &'a Config, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut value = config.get(first)?;
-    for key in rest {
-        value = value.as_object()?.get(key)?;
-    }
-    Some(value)
-}
-
-fn set_path(config: &mut Config, path: &[String], new: Value) {
-    let Some((last, parents)) = path.split_last() else {
-        return;
-    };
-    let mut current = config;
-    for key in parents {
-        let entry = current
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !entry.is_object() {
-            *entry = Value::Object(Map::new());
-        }
-        match entry {
-            Value::Object(map) => current = map,
-            _ => return,
-        }
-    }
-    current.insert(last.clone(), new);
-}
-
-/// A metric value for a reason, or `n/a`.
+/// A metric value for a reason (6 significant digits), or `n/a`.
 fn shown(value: Option<f64>) -> String {
-    value.map_or("n/a".to_string(), |v| v.to_string())
+    value.map_or("n/a".to_string(), show)
 }
 
 /// 1 and 1.0 are the same list entry.
@@ -646,7 +630,7 @@ fn values_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn short(value: &Value) -> String {
+pub(super) fn short(value: &Value) -> String {
     match value {
         Value::Number(n) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(0.0);
@@ -702,6 +686,29 @@ mod tests {
         metric: impl Fn(&Config, u64) -> f64,
         exits: impl Fn(TrialId, u64) -> Option<Exit>,
     ) -> (Tuner, Vec<Decision>) {
+        simulate_processes(
+            scheduler,
+            configs,
+            slots,
+            max_iteration,
+            metric,
+            exits,
+            false,
+        )
+    }
+
+    /// [`simulate_with_exits`]; with `lagging_exits`, a process told to pause or stop exits only
+    /// at the end of the round, after the other running trials reported (real processes take a
+    /// moment to exit, and other reports arrive meanwhile).
+    fn simulate_processes(
+        scheduler: PbtScheduler,
+        configs: Vec<Value>,
+        slots: usize,
+        max_iteration: u64,
+        metric: impl Fn(&Config, u64) -> f64,
+        exits: impl Fn(TrialId, u64) -> Option<Exit>,
+        lagging_exits: bool,
+    ) -> (Tuner, Vec<Decision>) {
         let settings = TunerSettings {
             metric: "score".into(),
             mode: scheduler.mode,
@@ -743,8 +750,9 @@ mod tests {
             }
             running.sort();
             now += 1.0;
+            let mut exiting: Vec<(TrialId, Exit)> = Vec::new();
             for id in running.clone() {
-                if !running.contains(&id) {
+                if !running.contains(&id) || exiting.iter().any(|(t, _)| *t == id) {
                     continue;
                 }
                 let trial = tuner.trial(id).expect("trial");
@@ -771,12 +779,23 @@ mod tests {
                 } else if let Some(exit) = exits(id, reply.result.iteration()) {
                     ends.push((id, exit));
                 }
+                if lagging_exits {
+                    exiting.extend(ends);
+                    continue;
+                }
                 for (trial, exit) in ends {
                     if let Some(pos) = running.iter().position(|r| *r == trial) {
                         running.remove(pos);
                         tuner.on_exit(trial, exit, now).expect("exit");
                         collect_decisions(&mut tuner, &mut decisions);
                     }
+                }
+            }
+            for (trial, exit) in exiting {
+                if let Some(pos) = running.iter().position(|r| *r == trial) {
+                    running.remove(pos);
+                    tuner.on_exit(trial, exit, now).expect("exit");
+                    collect_decisions(&mut tuner, &mut decisions);
                 }
             }
         }
@@ -802,6 +821,14 @@ mod tests {
                 "more than one sentence: {}",
                 d.reason
             );
+            // Numbers are shown short (6 significant digits), not as 0.30000000000000004.
+            let most_significant_digits = d
+                .reason
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .map(|number| number.replace('.', "").trim_start_matches('0').len())
+                .max()
+                .unwrap_or(0);
+            assert!(most_significant_digits <= 6, "a long number: {}", d.reason);
         }
     }
 
@@ -856,6 +883,43 @@ mod tests {
     }
 
     #[test]
+    fn synch_mode_releases_a_trial_whose_process_was_still_exiting_at_the_barrier() {
+        // 4 trials, 2 slots, processes that take a moment to exit: trial A is told to wait at
+        // the barrier, and before its process has exited trial B completes the barrier. A must
+        // be released too, or the population waits for it forever.
+        let config = PbtConfig {
+            synch: true,
+            hyperparam_mutations: object(json!({ "lr": { "loguniform": [1e-4, 1e-1] } })),
+            ..PbtConfig::default()
+        };
+        let scheduler = pbt(config, Mode::Min, json!({}));
+        let configs = [1e-4, 1e-3, 1e-2, 1e-1]
+            .iter()
+            .map(|lr| json!({ "lr": lr }))
+            .collect();
+        let (tuner, decisions) = simulate_processes(
+            scheduler,
+            configs,
+            2,
+            6,
+            |c, t| 1.0 / (1.0 + c["lr"].as_f64().unwrap_or(0.0) * 100.0 * t as f64),
+            |_, _| None,
+            true,
+        );
+        for trial in tuner.trials() {
+            assert_eq!(trial.status, TrialStatus::Terminated, "{}", trial.id);
+            assert_eq!(trial.iteration, 6, "{}", trial.id);
+        }
+        assert!(decisions.iter().any(|d| d.reason.contains("waiting at")));
+        assert!(
+            decisions
+                .iter()
+                .any(|d| matches!(d.action, Action::Exploit { .. }))
+        );
+        assert_readable(&decisions);
+    }
+
+    #[test]
     fn synch_mode_goes_on_when_a_trial_finishes_or_fails_between_barriers() {
         // Trial 1's process ends on its own at iteration 3 while the others wait at the
         // barrier at 4: the barrier must be released without it.
@@ -893,6 +957,46 @@ mod tests {
             }
             assert_readable(&decisions);
         }
+    }
+
+    #[test]
+    fn synch_mode_releases_a_trial_whose_pause_is_still_under_way() {
+        // Trial 1 reaches the barrier first and is told to pause; trial 0 completes the barrier
+        // before trial 1's process has exited (it is still RUNNING then). Once both have
+        // exited, both must be runnable again: the run goes on instead of hanging.
+        let config = PbtConfig {
+            synch: true,
+            resample_probability: 0.0,
+            ..PbtConfig::default()
+        };
+        let scheduler = pbt(config, Mode::Max, json!({ "a": { "grid": [1, 2] } }));
+        let settings = TunerSettings {
+            metric: "score".into(),
+            mode: Mode::Max,
+            seed: 1,
+            max_failures: 0,
+            stop: std::collections::BTreeMap::new(),
+        };
+        let configs = vec![object(json!({"a": 1})), object(json!({"a": 2}))];
+        let mut tuner = Tuner::new(
+            settings,
+            Box::new(FixedSearcher::new(configs)),
+            Box::new(scheduler),
+        );
+        let a = tuner.next_to_run(0.0).expect("trial 0").trial;
+        let b = tuner.next_to_run(0.0).expect("trial 1").trial;
+        let mut score = serde_json::Map::new();
+        score.insert("score".into(), json!(2.0));
+        let reply = tuner.on_result(b, score.clone(), true, 1.0).expect("b");
+        assert_eq!(reply.action, Action::Pause);
+        score.insert("score".into(), json!(1.0));
+        let reply = tuner.on_result(a, score, true, 1.0).expect("a");
+        assert_eq!(reply.action, Action::Pause, "a exploits b");
+        tuner.on_exit(a, Exit::Success, 2.0).expect("a exits");
+        tuner.on_exit(b, Exit::Success, 2.0).expect("b exits");
+        let first = tuner.next_to_run(3.0).expect("one resumes").trial;
+        let second = tuner.next_to_run(3.0).expect("the other resumes").trial;
+        assert_ne!(first, second);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct PolicyReplayScheduler {
     /// The steps after the first, in iteration order.
     changes: Vec<PolicyStep>,
     next: usize,
+    /// The config the trial runs with now (to describe only what a switch changes).
+    current: Config,
 }
 
 impl PolicyReplayScheduler {
@@ -49,6 +51,7 @@ impl PolicyReplayScheduler {
         Ok(PolicyReplayScheduler {
             changes: policy[1..].to_vec(),
             next: 0,
+            current: first.config.clone(),
         })
     }
 }
@@ -89,7 +92,8 @@ impl Scheduler for PolicyReplayScheduler {
             );
         }
         self.next += 1;
-        let description = describe(&step.config);
+        let description = describe_change(&self.current, &step.config);
+        self.current = step.config.clone();
         Decision::new(
             result.trial,
             Action::Exploit {
@@ -106,12 +110,19 @@ impl Scheduler for PolicyReplayScheduler {
     }
 }
 
-fn describe(config: &Config) -> String {
-    config
+/// The keys whose values differ, as PBT describes an exploit (`lr=2.4e-5`), so a replayed trial's
+/// name reads like the original's.
+fn describe_change(old: &Config, new: &Config) -> String {
+    let changed: Vec<String> = new
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}={}", super::pbt::short(v)))
+        .collect();
+    if changed.is_empty() {
+        "no change".to_string()
+    } else {
+        changed.join(",")
+    }
 }
 
 #[cfg(test)]
@@ -161,7 +172,9 @@ mod tests {
         );
         match s.on_trial_result(&mut ctx, &result(2, true)).action {
             Action::Exploit {
-                donor, config: c, ..
+                donor,
+                config: c,
+                description,
             } => {
                 assert_eq!(
                     donor,
@@ -171,6 +184,8 @@ mod tests {
                     }
                 );
                 assert_eq!(c, config(1e-4));
+                // Only what changed, shown short: the replayed trial's name reads like PBT's.
+                assert_eq!(description, "lr=1e-4");
             }
             other => panic!("expected a config switch, got {other:?}"),
         }
