@@ -72,7 +72,13 @@ impl Allocation {
     /// Reads an allocation from `scontrol show job -d <job_id>` and the node addresses from
     /// `scontrol show node`.
     pub fn query(job_id: &str) -> Result<Allocation, ExecutorError> {
-        let text = run_slurm_command("scontrol", &["show", "job", "-d", "-o", job_id])?;
+        let text =
+            run_slurm_command("scontrol", &["show", "job", "-d", "-o", job_id]).map_err(|e| {
+                ExecutorError::Slurm(format!(
+                    "cannot read the allocation of SLURM job {job_id}: {e}\nhint: run rtune \
+                     inside a running allocation (salloc, sbatch, `rtune submit`)"
+                ))
+            })?;
         let mut nodes = parse_job_allocation(&text).map_err(|e| {
             ExecutorError::Slurm(format!(
                 "cannot read the allocation of job {job_id} from `scontrol show job -d`: {e}"

@@ -312,6 +312,12 @@ impl Executor for SlurmJobsExecutor {
             Some(p) => format!("partition {p}"),
             None => "the default partitions".to_string(),
         };
+        if nodes.is_empty() {
+            return Err(ExecutorError::NeverFits(format!(
+                "sinfo lists no nodes in {where_}\nhint: check executor.partition (`sinfo -s` \
+                 lists the partitions)"
+            )));
+        }
         let fitting = nodes
             .iter()
             .filter(|(_, c, g)| *c >= cw && *g >= gw)
@@ -327,11 +333,7 @@ impl Executor for SlurmJobsExecutor {
                  executor.partition",
                 plural(cw, "CPU", "CPUs"),
                 plural(gw, "GPU", "GPUs"),
-                if listed.is_empty() {
-                    "sinfo lists no nodes".to_string()
-                } else {
-                    listed.join(", ")
-                }
+                listed.join(", ")
             )));
         }
         let limit = match self.config.max_concurrent_trials {
