@@ -86,7 +86,8 @@ fn default_stop_grace() -> f64 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutorSection {
-    /// `local` (default).
+    /// `local`, `slurm` (job steps inside the allocation rtune runs in) or `slurm-jobs` (one
+    /// sbatch job per trial run). Default: `slurm` when `SLURM_JOB_ID` is set, else `local`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// CPUs rtune may use; default: all of this machine's.
@@ -99,8 +100,21 @@ pub struct ExecutorSection {
     pub max_concurrent_trials: Option<u32>,
     /// Address the protocol server listens on (default 127.0.0.1, any port).
     pub bind: Option<String>,
-    /// Host name trials use to reach rtune (default: the bind address).
+    /// Host name trials use to reach rtune (default: the bind address; under SLURM this
+    /// machine's host name).
     pub advertise_host: Option<String>,
+    /// `slurm`: extra `srun` options for every step.
+    pub srun_args: Vec<String>,
+    /// `slurm-jobs`: partition of the trial jobs.
+    pub partition: Option<String>,
+    /// `slurm-jobs`: time limit of each trial job (`--time`, e.g. "02:00:00").
+    pub time_limit: Option<String>,
+    /// `slurm-jobs`: account of the trial jobs.
+    pub account: Option<String>,
+    /// `slurm-jobs`: extra `sbatch` options for every trial job.
+    pub sbatch_args: Vec<String>,
+    /// `slurm-jobs`: seconds between looks at each job's state (default 2).
+    pub poll_interval_s: Option<f64>,
 }
 
 /// `[output]`: where results go and how the console reports.
@@ -273,11 +287,29 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         ));
     }
     if let Some(kind) = &file.executor.kind
-        && kind != "local"
+        && !["local", "slurm", "slurm-jobs"].contains(&kind.as_str())
     {
         return Err(invalid(
             "executor.type",
-            format!("`{kind}` is not an executor of this version; use \"local\""),
+            format!("`{kind}` is not an executor; use \"local\", \"slurm\" or \"slurm-jobs\""),
+        ));
+    }
+    let kind = file.executor.kind.as_deref().unwrap_or("local");
+    if kind != "local" && (file.executor.cpus.is_some() || file.executor.gpus.is_some()) {
+        return Err(invalid(
+            "executor.cpus",
+            format!(
+                "executor.cpus and executor.gpus are for the local executor; with `{kind}` SLURM \
+                 decides (ask for CPUs and GPUs with salloc/sbatch or `rtune submit`)"
+            ),
+        ));
+    }
+    if let Some(interval) = file.executor.poll_interval_s
+        && !(interval.is_finite() && interval > 0.0)
+    {
+        return Err(invalid(
+            "executor.poll_interval_s",
+            format!("must be more than 0 seconds, got {interval}"),
         ));
     }
     if let Some(cpus) = file.executor.cpus
@@ -522,6 +554,29 @@ reduction_factor = 2
         );
         let message = parse_err(FILE, &["num_samples"]);
         assert!(message.contains("expected KEY=VALUE"), "{message}");
+    }
+
+    #[test]
+    fn executor_types_and_their_keys() {
+        let e = parse_ok(
+            FILE,
+            &[
+                "executor.type=\"slurm-jobs\"",
+                "executor.partition=\"gpu\"",
+                "executor.poll_interval_s=0.5",
+            ],
+        );
+        assert_eq!(e.file.executor.kind.as_deref(), Some("slurm-jobs"));
+        assert_eq!(e.file.executor.partition.as_deref(), Some("gpu"));
+        let message = parse_err(FILE, &["executor.type=\"kubernetes\""]);
+        assert!(
+            message.contains("executor.type") && message.contains("\"slurm-jobs\""),
+            "{message}"
+        );
+        let message = parse_err(FILE, &["executor.type=\"slurm\"", "executor.cpus=4"]);
+        assert!(message.contains("SLURM decides"), "{message}");
+        let message = parse_err(FILE, &["executor.poll_interval_s=0"]);
+        assert!(message.contains("executor.poll_interval_s"), "{message}");
     }
 
     #[test]

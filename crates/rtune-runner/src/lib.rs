@@ -8,6 +8,7 @@
 //! * [`storage`]: the files an experiment leaves on disk.
 //! * [`report`]: tables, the best trial, and the live console.
 //! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
+//! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
 
 pub mod executor;
 pub mod experiment;
@@ -17,3 +18,4 @@ pub mod run_loop;
 pub mod server;
 pub mod setup;
 pub mod storage;
+pub mod submit;

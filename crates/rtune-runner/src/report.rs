@@ -14,6 +14,7 @@ use rtune_core::tuner::Trial;
 use rtune_core::{Mode, TrialStatus};
 use serde_json::{Map, Value, json};
 
+use crate::executor::is_queued_placement;
 use crate::storage::{ExperimentState, csv_field};
 
 /// The formats of `rtune status --format`.
@@ -37,6 +38,9 @@ pub fn trials_table(state: &ExperimentState, format: TableFormat) -> String {
 
 fn header(state: &ExperimentState) -> Vec<String> {
     let mut header = vec!["Trial name".to_string(), "status".to_string()];
+    if !state.placements.is_empty() {
+        header.push("placement".to_string());
+    }
     header.extend(state.parameters.iter().cloned());
     header.extend([
         "iter".to_string(),
@@ -62,7 +66,10 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
                 .join(",");
             text.push('\n');
             for trial in trials {
-                let mut row = vec![csv_field(&trial.display_name()), trial.status.to_string()];
+                let mut row = vec![csv_field(&trial.display_name()), shown_status(state, trial)];
+                if !state.placements.is_empty() {
+                    row.push(csv_field(placement(state, trial)));
+                }
                 for name in &state.parameters {
                     row.push(
                         lookup(&trial.config, name).map_or(String::new(), |v| match v {
@@ -90,7 +97,10 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
                 .set_content_arrangement(ContentArrangement::Disabled)
                 .set_header(header(state));
             for trial in trials {
-                let mut row = vec![trial.display_name(), trial.status.to_string()];
+                let mut row = vec![trial.display_name(), shown_status(state, trial)];
+                if !state.placements.is_empty() {
+                    row.push(placement(state, trial).to_string());
+                }
                 for name in &state.parameters {
                     row.push(lookup(&trial.config, name).map_or(String::new(), short_value));
                 }
@@ -99,8 +109,9 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
                 row.push(last_metric(state, trial).map_or(String::new(), short_number));
                 table.add_row(row);
             }
-            let columns = 2 + state.parameters.len() + 3;
-            for index in 2..columns {
+            let first_number = if state.placements.is_empty() { 2 } else { 3 };
+            let columns = first_number + state.parameters.len() + 3;
+            for index in first_number..columns {
                 if let Some(column) = table.column_mut(index) {
                     column.set_cell_alignment(CellAlignment::Right);
                 }
@@ -163,11 +174,28 @@ pub fn status_counts(state: &ExperimentState) -> String {
         .join(", ")
 }
 
+/// Where a trial runs or ran, as its executor described it; empty if unknown.
+fn placement<'a>(state: &'a ExperimentState, trial: &Trial) -> &'a str {
+    state
+        .placements
+        .get(&trial.id.to_string())
+        .map_or("", String::as_str)
+}
+
+/// The status a person sees: a started run whose SLURM job still waits in the queue is PENDING.
+fn shown_status(state: &ExperimentState, trial: &Trial) -> String {
+    if trial.status == TrialStatus::Running && is_queued_placement(placement(state, trial)) {
+        return "PENDING".to_string();
+    }
+    trial.status.to_string()
+}
+
 fn trial_json(state: &ExperimentState, trial: &Trial) -> Value {
     json!({
         "trial": trial.display_name(),
         "trial_id": trial.id.to_string(),
-        "status": trial.status,
+        "status": shown_status(state, trial),
+        "placement": state.placements.get(&trial.id.to_string()),
         "config": trial.config,
         "iter": trial.iteration,
         "time_total_s": trial.time_total_s,
@@ -502,6 +530,30 @@ mod tests {
             trials,
             placements: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn placements_get_a_column_and_queued_jobs_show_as_pending() {
+        let mut s = state(vec![
+            trial(0, 1e-4, TrialStatus::Running, None),
+            trial(1, 0.02, TrialStatus::Running, None),
+        ]);
+        s.placements
+            .insert("00000".into(), "n1 cpu=1 gpus=1".into());
+        s.placements
+            .insert("00001".into(), "job 12 PENDING (Resources)".into());
+        let csv = trials_table(&s, TableFormat::Csv);
+        assert_eq!(
+            csv,
+            "Trial name,status,placement,lr,model.layers,iter,total time (s),loss\n\
+             trial_00000,RUNNING,n1 cpu=1 gpus=1,0.0001,2,3,1.250,\n\
+             trial_00001,PENDING,job 12 PENDING (Resources),0.02,2,3,1.250,\n"
+        );
+        let json = trials_table(&s, TableFormat::Json);
+        assert!(
+            json.contains("\"placement\": \"n1 cpu=1 gpus=1\""),
+            "{json}"
+        );
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // SIGTERM is how SLURM ends a job (scancel, the time limit): treat it like Ctrl-C, so the
+    // trials are stopped and the state is written before SLURM's SIGKILL.
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut interrupted = false;
 
     loop {
@@ -173,6 +177,18 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 lp.reporter.on_event("interrupted (Ctrl-C): stopping every trial");
+                lp.tuner.stop_all("the experiment was interrupted");
+                lp.apply_effects();
+                lp.executor.shutdown(lp.template.stop_grace);
+            }
+            Some(()) = async {
+                match sigterm.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if !interrupted => {
+                interrupted = true;
+                lp.reporter.on_event("interrupted (SIGTERM, e.g. scancel or the SLURM time limit): stopping every trial");
                 lp.tuner.stop_all("the experiment was interrupted");
                 lp.apply_effects();
                 lp.executor.shutdown(lp.template.stop_grace);
@@ -474,12 +490,26 @@ impl Loop<'_> {
     }
 
     fn on_executor_event(&mut self, event: ExecutorEvent) {
-        let ExecutorEvent::Exited {
-            trial,
-            run,
-            success,
-            message,
-        } = event;
+        let (trial, run, success, message) = match event {
+            ExecutorEvent::Exited {
+                trial,
+                run,
+                success,
+                message,
+            } => (trial, run, success, message),
+            ExecutorEvent::Placed {
+                trial,
+                run,
+                description,
+            } => {
+                // A queued SLURM job started (or still waits, for a new reason).
+                if self.running.get(&trial).is_some_and(|r| r.run == run) {
+                    self.state.placements.insert(trial.to_string(), description);
+                    self.dirty = true;
+                }
+                return;
+            }
+        };
         self.executor.release(trial);
         match self.running.get(&trial) {
             Some(r) if r.run == run => {}

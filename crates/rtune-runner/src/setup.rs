@@ -16,7 +16,10 @@ use rtune_core::tuner::{Tuner, TunerSettings};
 use tokio::sync::mpsc;
 
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
-use crate::executor::{Executor, ExecutorError};
+use crate::executor::{
+    Executor, ExecutorError, ExecutorEvent, SlurmExecutor, SlurmExecutorConfig, SlurmJobsConfig,
+    SlurmJobsExecutor,
+};
 use crate::experiment::{self, Experiment, ExperimentError};
 use crate::lineage;
 use crate::report::{Reporter, local_time};
@@ -206,19 +209,15 @@ fn prepare_with(
     .with_checkpoint_retention(file.checkpoint.clone());
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
-    let executor = LocalExecutor::new(
-        LocalExecutorConfig {
-            cpus: file.executor.cpus,
-            gpus: file.executor.gpus.clone(),
-            reserve_cpus: file.executor.reserve_cpus,
-            max_concurrent_trials: file.executor.max_concurrent_trials,
-        },
-        events_tx,
-    )
-    .map_err(|source| SetupError::Capacity {
-        path: path.clone(),
-        source,
-    })?;
+    let kind = executor_kind(
+        file.executor.kind.as_deref(),
+        std::env::var_os("SLURM_JOB_ID").is_some(),
+    );
+    let executor =
+        build_executor(kind, &file.executor, events_tx).map_err(|source| SetupError::Capacity {
+            path: path.clone(),
+            source,
+        })?;
     let plan = executor
         .check_capacity(file.trial.workers, &file.trial.resources)
         .map_err(|source| SetupError::Capacity {
@@ -232,7 +231,17 @@ fn prepare_with(
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
     check_program(&command, &cwd).map_err(invalid)?;
-    let bind = bind_address(file.executor.bind.as_deref()).map_err(invalid)?;
+    // Under SLURM the trials run on other nodes: listen on every interface and tell them this
+    // machine's name. The secret keeps everyone else out.
+    let on_slurm = kind != "local";
+    let bind = match (&file.executor.bind, on_slurm) {
+        (None, true) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        (bind, _) => bind_address(bind.as_deref()).map_err(invalid)?,
+    };
+    let advertise_host = match (&file.executor.advertise_host, on_slurm) {
+        (None, true) => Some(this_host_name().map_err(invalid)?),
+        (host, _) => host.clone(),
+    };
 
     let storage = match (&options.storage, &file.output.storage) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
@@ -276,7 +285,7 @@ fn prepare_with(
     let concurrency = plan.explanation.clone();
     let parts = RunParts {
         tuner,
-        executor: Box::new(executor),
+        executor,
         executor_events,
         dir,
         state,
@@ -295,7 +304,7 @@ fn prepare_with(
         },
         reporter,
         bind,
-        advertise_host: file.executor.advertise_host.clone(),
+        advertise_host,
         secret: new_secret(),
     };
     Ok(Prepared {
@@ -331,6 +340,71 @@ pub fn resolve_command(command: &[String], rtune_exe: &Path) -> Vec<String> {
         }
     }
     resolved
+}
+
+/// The executor to use: the file's (or `--executor`'s) choice, else `slurm` inside a SLURM job
+/// (`SLURM_JOB_ID` set), else `local`.
+pub fn executor_kind(configured: Option<&str>, in_slurm_job: bool) -> &str {
+    match configured {
+        Some(kind) => kind,
+        None if in_slurm_job => "slurm",
+        None => "local",
+    }
+}
+
+/// Builds the executor `kind` (`local`, `slurm` or `slurm-jobs`) from `[executor]`.
+pub fn build_executor(
+    kind: &str,
+    section: &experiment::ExecutorSection,
+    events: mpsc::UnboundedSender<ExecutorEvent>,
+) -> Result<Box<dyn Executor>, ExecutorError> {
+    Ok(match kind {
+        "slurm" => Box::new(SlurmExecutor::new(
+            SlurmExecutorConfig {
+                job_id: None,
+                reserve_cpus: section.reserve_cpus,
+                max_concurrent_trials: section.max_concurrent_trials,
+                srun_args: section.srun_args.clone(),
+            },
+            events,
+        )?),
+        "slurm-jobs" => Box::new(SlurmJobsExecutor::new(
+            SlurmJobsConfig {
+                partition: section.partition.clone(),
+                time_limit: section.time_limit.clone(),
+                account: section.account.clone(),
+                sbatch_args: section.sbatch_args.clone(),
+                max_concurrent_trials: section.max_concurrent_trials,
+                poll_interval: Duration::from_secs_f64(section.poll_interval_s.unwrap_or(2.0)),
+            },
+            events,
+        )?),
+        _ => Box::new(LocalExecutor::new(
+            LocalExecutorConfig {
+                cpus: section.cpus,
+                gpus: section.gpus.clone(),
+                reserve_cpus: section.reserve_cpus,
+                max_concurrent_trials: section.max_concurrent_trials,
+            },
+            events,
+        )?),
+    })
+}
+
+/// This machine's host name, which trials on other nodes connect to.
+fn this_host_name() -> Result<String, String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if status == 0 && !name.is_empty() => Ok(name.to_string()),
+        _ => Err(
+            "cannot read this machine's host name for trials on other nodes; \
+                  set executor.advertise_host"
+                .to_string(),
+        ),
+    }
 }
 
 /// A trial command whose program does not exist would fail every trial: say so before anything
@@ -397,6 +471,14 @@ fn new_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slurm_is_chosen_inside_a_slurm_job_unless_the_file_says_otherwise() {
+        assert_eq!(executor_kind(None, false), "local");
+        assert_eq!(executor_kind(None, true), "slurm");
+        assert_eq!(executor_kind(Some("local"), true), "local");
+        assert_eq!(executor_kind(Some("slurm-jobs"), false), "slurm-jobs");
+    }
 
     #[test]
     fn programs_next_to_rtune_win_over_path() {

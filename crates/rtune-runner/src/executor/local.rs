@@ -484,7 +484,7 @@ pub fn plan_capacity(
 }
 
 /// Rejects requests that make no sense whatever the node.
-fn validate_request(workers: u32, per_worker: &Resources) -> Result<(), ExecutorError> {
+pub(crate) fn validate_request(workers: u32, per_worker: &Resources) -> Result<(), ExecutorError> {
     if workers == 0 {
         return Err(ExecutorError::Invalid(
             "trial.workers must be at least 1".to_string(),
@@ -499,12 +499,12 @@ fn validate_request(workers: u32, per_worker: &Resources) -> Result<(), Executor
     Ok(())
 }
 
-fn plural(n: u32, one: &'static str, many: &'static str) -> &'static str {
+pub(crate) fn plural(n: u32, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 
 /// A CPU count for messages: `4`, `0.5`, and `0.3` rather than `0.30000000000000004`.
-fn fmt_num(x: f64) -> String {
+pub(crate) fn fmt_num(x: f64) -> String {
     let rounded = (x * 1e6).round() / 1e6;
     format!("{rounded}")
 }
@@ -532,7 +532,7 @@ fn rank_log_path(path: &Path, rank: u32) -> PathBuf {
     path.with_file_name(format!("{stem}.rank{rank}.log"))
 }
 
-fn open_log(path: &Path) -> Result<std::fs::File, ExecutorError> {
+pub(crate) fn open_log(path: &Path) -> Result<std::fs::File, ExecutorError> {
     let io = |source| ExecutorError::Io {
         what: format!("cannot open {}", path.display()),
         source,
@@ -686,7 +686,7 @@ async fn kill_after(grace: Duration, groups: Vec<i32>, shared: Arc<TrialShared>)
 }
 
 /// `exit code 3` or `killed by signal 15 (SIGTERM)`, and whether it counts as success.
-fn describe_exit(status: ExitStatus) -> (bool, String) {
+pub(crate) fn describe_exit(status: ExitStatus) -> (bool, String) {
     if let Some(code) = status.code() {
         return (code == 0, format!("exit code {code}"));
     }
@@ -725,7 +725,7 @@ fn signal_name(signal: i32) -> Option<&'static str> {
 }
 
 /// Sends `signal` to every process in group `pgid`; errors (group already gone) are ignored.
-fn signal_group(pgid: i32, signal: i32) {
+pub(crate) fn signal_group(pgid: i32, signal: i32) {
     // 0 and 1 would address our own group or every process we may signal.
     if pgid <= 1 {
         return;
@@ -738,7 +738,7 @@ fn signal_group(pgid: i32, signal: i32) {
 
 /// Whether any process of group `pgid` is still running (zombies count as gone: they hold
 /// no CPU, memory or GPU).
-fn group_has_live_members(pgid: i32) -> bool {
+pub(crate) fn group_has_live_members(pgid: i32) -> bool {
     if pgid <= 1 {
         return false;
     }
@@ -829,13 +829,15 @@ mod tests {
             .await
             .expect("an event within 60 s")
             .expect("channel open");
-        let ExecutorEvent::Exited {
-            trial,
-            run,
-            success,
-            message,
-        } = event;
-        (trial, run, success, message)
+        match event {
+            ExecutorEvent::Exited {
+                trial,
+                run,
+                success,
+                message,
+            } => (trial, run, success, message),
+            other => panic!("the local executor sent {other:?}"),
+        }
     }
 
     fn read(path: &Path) -> String {

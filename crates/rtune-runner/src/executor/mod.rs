@@ -7,6 +7,9 @@
 
 pub mod local;
 pub mod resources;
+pub mod slurm;
+pub mod slurm_common;
+pub mod slurm_jobs;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use local::{LocalExecutor, LocalExecutorConfig, plan_capacity};
 pub use resources::{NodeResources, detect, parse_visible_devices};
+pub use slurm::{Allocation, AllocationNode, SlurmExecutor, SlurmExecutorConfig, plan_allocation};
+pub use slurm_jobs::{SlurmJobsConfig, SlurmJobsExecutor};
 
 /// What one worker process of a trial needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +69,12 @@ pub struct Placement {
     pub description: String,
 }
 
+/// Whether a placement description says the run still waits in SLURM's queue
+/// (`job 12 PENDING (Resources)`): the trials table then shows the trial as PENDING.
+pub fn is_queued_placement(description: &str) -> bool {
+    description.starts_with("job ") && description.contains(" PENDING (")
+}
+
 /// What an executor tells the run loop.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ExecutorEvent {
@@ -79,6 +90,17 @@ pub enum ExecutorEvent {
         /// `exit code 0`, `exit code 3`, `killed by signal 15 (SIGTERM)`; prefixed with
         /// `worker <rank>: ` when the trial has several workers.
         message: String,
+    },
+    /// Where a started run actually runs changed: a job that waited in SLURM's queue started on
+    /// its nodes, for example. Only executors whose runs can wait after `start` send it (the
+    /// job-per-trial executor); the run loop shows the new description in the trials table.
+    Placed {
+        /// The trial.
+        trial: TrialId,
+        /// The run number given in its [`TrialLaunch`].
+        run: u32,
+        /// The new placement, e.g. `job 12 PENDING (Resources)` or `job 12 n1 cpu=2 gpus=1`.
+        description: String,
     },
 }
 
@@ -107,6 +129,10 @@ pub enum ExecutorError {
         /// The error from the operating system.
         source: std::io::Error,
     },
+    /// A SLURM command failed or printed something rtune cannot read; the message names the
+    /// command and quotes its error.
+    #[error("{0}")]
+    Slurm(String),
     /// Another I/O error (opening log files, finding a free port).
     #[error("{what}: {source}")]
     Io {

@@ -1,0 +1,855 @@
+//! The job-per-trial executor: every trial run is its own `sbatch` job with its own resources.
+//!
+//! rtune may run anywhere `sbatch` works (a login node, or a small head job); capacity follows
+//! the queue. Each job runs the trial's tasks with `srun` inside the job, with the same task
+//! wrapper and environment as the step executor. One task polls every submitted job with a single
+//! `squeue --states=all` call per interval and turns SLURM's job states into what the run loop
+//! knows: a queued job keeps the trial's
+//! placement at `job 12 PENDING (Resources)` ([`ExecutorEvent::Placed`]), a finished job is
+//! one [`ExecutorEvent::Exited`] whose message carries the job's state and reason.
+//!
+//! There is no accounting database on every cluster (no `sacct`), so the state is read while
+//! SLURM still remembers the job (`MinJobAge`, 300 s by default): far longer than a poll
+//! interval.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rtune_core::TrialId;
+use tokio::process::Command;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::local::{plural, validate_request};
+use super::slurm::{count_gpus, slurm_async, slurm_cpus};
+use super::slurm_common::{
+    check_program, clean_environment, process_environment, run_name, run_slurm_command,
+    shell_quote, worker_wrapper,
+};
+use super::{
+    CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
+};
+
+/// Job names start with this.
+const JOB_PREFIX: &str = "rtune-";
+/// How long `shutdown` waits for cancelled jobs to end after the grace period.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// Settings of the job-per-trial executor (`[executor]` with `type = "slurm-jobs"`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlurmJobsConfig {
+    /// `--partition` of every trial job; None = the cluster's default.
+    pub partition: Option<String>,
+    /// `--time` of every trial job (`HH:MM:SS`, `D-HH`); None = the partition's default.
+    pub time_limit: Option<String>,
+    /// `--account`; None = the user's default.
+    pub account: Option<String>,
+    /// Extra `sbatch` options (e.g. `--qos=short`, `--constraint=a100`).
+    pub sbatch_args: Vec<String>,
+    /// At most this many trial jobs submitted at once (queued or running); None = no limit.
+    pub max_concurrent_trials: Option<u32>,
+    /// How often each job's state is read.
+    pub poll_interval: Duration,
+}
+
+impl Default for SlurmJobsConfig {
+    fn default() -> Self {
+        SlurmJobsConfig {
+            partition: None,
+            time_limit: None,
+            account: None,
+            sbatch_args: Vec::new(),
+            max_concurrent_trials: None,
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What SLURM says about a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobStatus {
+    /// `PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, `CANCELLED`, `TIMEOUT`, ...
+    pub state: String,
+    /// `Resources`, `Priority`, `NonZeroExitCode`, `None`, ...
+    pub reason: String,
+    /// `exit:signal`, e.g. `3:0` or `0:15`.
+    pub exit_code: String,
+    /// The job's nodes (`n[1-2]`), `(null)` or empty while pending.
+    pub nodes: String,
+}
+
+/// Whether a job in this state will not change any more.
+pub fn is_final_state(state: &str) -> bool {
+    !matches!(
+        state,
+        "PENDING"
+            | "RUNNING"
+            | "CONFIGURING"
+            | "COMPLETING"
+            | "SUSPENDED"
+            | "REQUEUED"
+            | "REQUEUE_HOLD"
+            | "REQUEUE_FED"
+            | "RESIZING"
+            | "SIGNALING"
+            | "STAGE_OUT"
+            | "STOPPED"
+            | "RESV_DEL_HOLD"
+    )
+}
+
+/// The run's outcome for a job in a final state: success, and the message for the trial.
+pub fn job_outcome(job_id: &str, status: &JobStatus) -> (bool, String) {
+    let (code, signal) = status
+        .exit_code
+        .split_once(':')
+        .map(|(c, s)| (c.parse::<i32>().unwrap_or(0), s.parse::<i32>().unwrap_or(0)))
+        .unwrap_or((0, 0));
+    let exit = if signal > 0 {
+        match signal {
+            9 => "killed by signal 9 (SIGKILL)".to_string(),
+            15 => "killed by signal 15 (SIGTERM)".to_string(),
+            s => format!("killed by signal {s}"),
+        }
+    } else {
+        format!("exit code {code}")
+    };
+    if status.state == "COMPLETED" && code == 0 && signal == 0 {
+        return (true, "exit code 0".to_string());
+    }
+    let reason = match status.reason.as_str() {
+        // A cancelled job keeps the reason it last waited for, which would only mislead.
+        _ if status.state == "CANCELLED" => String::new(),
+        "None" | "" => String::new(),
+        r => format!(" ({r})"),
+    };
+    let what = match status.state.as_str() {
+        "FAILED" | "COMPLETED" => exit,
+        "TIMEOUT" => "reached its time limit (executor.time_limit)".to_string(),
+        "OUT_OF_MEMORY" => "ran out of memory".to_string(),
+        "CANCELLED" => "was cancelled".to_string(),
+        "NODE_FAIL" => "lost a node".to_string(),
+        other => other.to_lowercase(),
+    };
+    (
+        false,
+        format!("job {job_id} {}{reason}: {what}", status.state),
+    )
+}
+
+/// The batch script of one trial run.
+///
+/// The environment (with the experiment's secret) is not in the script: `sbatch` exports its own
+/// environment to the job, and rtune starts `sbatch` with the run's environment.
+pub fn sbatch_script(launch: &TrialLaunch, job_name: &str, config: &SlurmJobsConfig) -> String {
+    let cw = slurm_cpus(launch.resources.cpu);
+    let mut s = String::from("#!/bin/sh\n");
+    s.push_str(&format!(
+        "# rtune trial {} run {}: written by rtune's slurm-jobs executor\n",
+        launch.trial.name(),
+        launch.run
+    ));
+    let mut directive = |option: String| s.push_str(&format!("#SBATCH {option}\n"));
+    directive(format!("--job-name={job_name}"));
+    directive(format!("--ntasks={}", launch.workers));
+    directive(format!("--cpus-per-task={cw}"));
+    if launch.resources.gpu > 0 {
+        directive(format!("--gpus-per-task={}", launch.resources.gpu));
+    }
+    directive(format!("--chdir={}", launch.cwd.display()));
+    directive(format!("--output={}", launch.stdout.display()));
+    directive(format!("--error={}", launch.stderr.display()));
+    directive("--open-mode=append".to_string());
+    if let Some(partition) = &config.partition {
+        directive(format!("--partition={partition}"));
+    }
+    if let Some(time) = &config.time_limit {
+        directive(format!("--time={time}"));
+    }
+    if let Some(account) = &config.account {
+        directive(format!("--account={account}"));
+    }
+    // Rank 0 runs on the first node, where the batch script runs; the port depends on the job,
+    // so jobs sharing a node differ.
+    s.push_str(
+        "MASTER_ADDR=$(hostname); MASTER_PORT=$((20000 + SLURM_JOB_ID % 40000))\n\
+         export MASTER_ADDR MASTER_PORT\n",
+    );
+    let mut command = vec![
+        "exec".to_string(),
+        "srun".to_string(),
+        "--kill-on-bad-exit=1".to_string(),
+        "--input=none".to_string(),
+        "sh".to_string(),
+        "-c".to_string(),
+        shell_quote(&worker_wrapper(
+            launch.workers,
+            launch.resources.gpu == 0,
+            &launch.stdout,
+            &launch.stderr,
+        )),
+        "rtune-worker".to_string(),
+    ];
+    command.extend(launch.command.iter().map(|a| shell_quote(a)));
+    s.push_str(&command.join(" "));
+    s.push('\n');
+    s
+}
+
+/// Submits each trial run as its own SLURM job.
+pub struct SlurmJobsExecutor {
+    config: SlurmJobsConfig,
+    base_env: Vec<(String, String)>,
+    trials: HashMap<TrialId, JobSlot>,
+    /// The jobs the poller follows, by job id.
+    watched: Arc<std::sync::Mutex<HashMap<String, Watched>>>,
+    poller_started: bool,
+    events: UnboundedSender<ExecutorEvent>,
+}
+
+/// A submitted run, from `start` until `release`.
+struct JobSlot {
+    shared: Arc<JobShared>,
+    stop_requested: bool,
+}
+
+/// What the executor and the task watching a job both need.
+struct JobShared {
+    job_id: String,
+    /// The last state seen.
+    state: std::sync::Mutex<String>,
+    /// Set once the job is in a final state and its Exited event is sent.
+    finished: AtomicBool,
+}
+
+impl SlurmJobsExecutor {
+    /// A new executor; `events` receives one [`ExecutorEvent::Exited`] per submitted run.
+    pub fn new(
+        config: SlurmJobsConfig,
+        events: UnboundedSender<ExecutorEvent>,
+    ) -> Result<Self, ExecutorError> {
+        if config.max_concurrent_trials == Some(0) {
+            return Err(ExecutorError::Invalid(
+                "executor.max_concurrent_trials must be at least 1 (leave it out for no limit)"
+                    .to_string(),
+            ));
+        }
+        if config.poll_interval.is_zero() {
+            return Err(ExecutorError::Invalid(
+                "executor.poll_interval_s must be more than 0".to_string(),
+            ));
+        }
+        Ok(SlurmJobsExecutor {
+            config,
+            base_env: clean_environment(process_environment()),
+            trials: HashMap::new(),
+            watched: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            poller_started: false,
+            events,
+        })
+    }
+
+    /// Replaces the environment jobs start from (default: rtune's own), without inherited SLURM
+    /// variables.
+    pub fn with_environment(mut self, env: Vec<(String, String)>) -> Self {
+        self.base_env = clean_environment(env);
+        self
+    }
+
+    fn job_env(&self, launch: &TrialLaunch) -> Vec<(String, String)> {
+        let mut env = self.base_env.clone();
+        env.extend(launch.env.iter().cloned());
+        if !launch.env.iter().any(|(k, _)| k == "OMP_NUM_THREADS") {
+            env.push((
+                "OMP_NUM_THREADS".to_string(),
+                format!("{}", launch.resources.cpu.ceil().max(1.0)),
+            ));
+        }
+        env
+    }
+}
+
+/// Nodes of a partition as `(name, cpus, gpus)` from `sinfo -N -o '%N|%c|%G'`.
+pub fn parse_sinfo_nodes(text: &str) -> Vec<(String, u32, u32)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split('|');
+            let name = parts.next()?.trim().to_string();
+            let cpus = parts.next()?.trim().parse().ok()?;
+            let gres = parts.next().unwrap_or("").trim();
+            let gpus = if gres == "(null)" {
+                0
+            } else {
+                count_gpus(gres).unwrap_or(0)
+            };
+            Some((name, cpus, gpus))
+        })
+        .collect()
+}
+
+impl Executor for SlurmJobsExecutor {
+    fn name(&self) -> &'static str {
+        "slurm-jobs"
+    }
+
+    fn check_capacity(
+        &self,
+        workers: u32,
+        per_worker: &Resources,
+    ) -> Result<CapacityPlan, ExecutorError> {
+        validate_request(workers, per_worker)?;
+        let cw = slurm_cpus(per_worker.cpu);
+        let gw = per_worker.gpu;
+        let mut args = vec!["-h", "-N", "-o", "%N|%c|%G"];
+        if let Some(partition) = &self.config.partition {
+            args.extend(["-p", partition.as_str()]);
+        }
+        let nodes = parse_sinfo_nodes(&run_slurm_command("sinfo", &args)?);
+        let where_ = match &self.config.partition {
+            Some(p) => format!("partition {p}"),
+            None => "the default partitions".to_string(),
+        };
+        if nodes.is_empty() {
+            return Err(ExecutorError::NeverFits(format!(
+                "sinfo lists no nodes in {where_}\nhint: check executor.partition (`sinfo -s` \
+                 lists the partitions)"
+            )));
+        }
+        let fitting = nodes
+            .iter()
+            .filter(|(_, c, g)| *c >= cw && *g >= gw)
+            .count();
+        if fitting == 0 {
+            let listed: Vec<String> = nodes
+                .iter()
+                .map(|(n, c, g)| format!("{n} {c} CPUs {g} GPUs"))
+                .collect();
+            return Err(ExecutorError::NeverFits(format!(
+                "a trial's task needs {cw} {} and {gw} {} on one node, but no node of \
+                 {where_} has that ({})\nhint: lower trial.resources, or choose another \
+                 executor.partition",
+                plural(cw, "CPU", "CPUs"),
+                plural(gw, "GPU", "GPUs"),
+                listed.join(", ")
+            )));
+        }
+        let limit = match self.config.max_concurrent_trials {
+            Some(max) => {
+                format!("at most {max} submitted at once (executor.max_concurrent_trials)")
+            }
+            None => "as many at once as SLURM starts".to_string(),
+        };
+        Ok(CapacityPlan {
+            concurrent_trials: self.config.max_concurrent_trials.unwrap_or(u32::MAX),
+            explanation: format!(
+                "one SLURM job per trial ({workers} {} x {cw} {}{} each, {fitting} {} of \
+                 {where_} can hold a task): {limit}",
+                plural(workers, "task", "tasks"),
+                plural(cw, "CPU", "CPUs"),
+                if gw > 0 {
+                    format!(" + {gw} {}", plural(gw, "GPU", "GPUs"))
+                } else {
+                    String::new()
+                },
+                plural(u32::try_from(fitting).unwrap_or(u32::MAX), "node", "nodes"),
+            ),
+        })
+    }
+
+    fn has_room(&self, workers: u32, per_worker: &Resources) -> bool {
+        validate_request(workers, per_worker).is_ok()
+            && self
+                .config
+                .max_concurrent_trials
+                .is_none_or(|max| self.trials.len() < max as usize)
+    }
+
+    fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError> {
+        let Some(program) = launch.command.first() else {
+            return Err(ExecutorError::Invalid(
+                "the trial command is empty".to_string(),
+            ));
+        };
+        validate_request(launch.workers, &launch.resources)?;
+        if self.trials.contains_key(&launch.trial) {
+            return Err(ExecutorError::Invalid(format!(
+                "trial {} is already running (or not released)",
+                launch.trial
+            )));
+        }
+        if !self.has_room(launch.workers, &launch.resources) {
+            return Err(ExecutorError::NoRoom {
+                trial: launch.trial,
+                reason: format!(
+                    "{} trial jobs submitted (executor.max_concurrent_trials)",
+                    self.trials.len()
+                ),
+            });
+        }
+        let env = self.job_env(&launch);
+        check_program(program, &launch.cwd, &env)?;
+        let job_name = run_name(JOB_PREFIX, launch.trial, launch.run);
+        let script = sbatch_script(&launch, &job_name, &self.config);
+        let script_path = launch
+            .stdout
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("job-run{}.sbatch", launch.run));
+        let io = |what: String| move |source| ExecutorError::Io { what, source };
+        if let Some(dir) = script_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        }
+        std::fs::write(&script_path, script)
+            .map_err(io(format!("cannot write {}", script_path.display())))?;
+
+        // Submitting takes milliseconds; the loop waits for it so the job id is known at once.
+        let output = std::process::Command::new("sbatch")
+            .arg("--parsable")
+            .args(&self.config.sbatch_args)
+            .arg(&script_path)
+            .env_clear()
+            .envs(env)
+            .current_dir(&launch.cwd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ExecutorError::Spawn {
+                program: "sbatch".to_string(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(ExecutorError::Slurm(format!(
+                "sbatch refused trial {}'s job ({}): {}",
+                launch.trial.name(),
+                script_path.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        // `--parsable` prints `id` or `id;cluster`.
+        let job_id = stdout
+            .trim()
+            .split(';')
+            .next()
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                ExecutorError::Slurm(format!(
+                    "sbatch printed no job id for trial {}: {stdout:?}",
+                    launch.trial.name()
+                ))
+            })?
+            .to_string();
+        let shared = Arc::new(JobShared {
+            job_id: job_id.clone(),
+            state: std::sync::Mutex::new("PENDING".to_string()),
+            finished: AtomicBool::new(false),
+        });
+        let shape = format!(
+            "cpu={}{}",
+            launch.workers * slurm_cpus(launch.resources.cpu),
+            if launch.resources.gpu > 0 {
+                format!(" gpus={}", launch.workers * launch.resources.gpu)
+            } else {
+                String::new()
+            }
+        );
+        if let Ok(mut map) = self.watched.lock() {
+            map.insert(
+                job_id.clone(),
+                Watched {
+                    trial: launch.trial,
+                    run: launch.run,
+                    shape,
+                    shared: Arc::clone(&shared),
+                    last_description: format!("job {job_id} PENDING (submitted)"),
+                    misses: 0,
+                },
+            );
+        }
+        if !self.poller_started {
+            self.poller_started = true;
+            tokio::spawn(poll_jobs(
+                Arc::clone(&self.watched),
+                self.config.poll_interval,
+                self.events.clone(),
+            ));
+        }
+        self.trials.insert(
+            launch.trial,
+            JobSlot {
+                shared,
+                stop_requested: false,
+            },
+        );
+        Ok(Placement {
+            description: format!("job {job_id} PENDING (submitted)"),
+        })
+    }
+
+    fn stop(&mut self, trial: TrialId, grace: Duration) {
+        let Some(slot) = self.trials.get_mut(&trial) else {
+            return;
+        };
+        if slot.stop_requested || slot.shared.finished.load(Ordering::SeqCst) {
+            return;
+        }
+        slot.stop_requested = true;
+        let shared = Arc::clone(&slot.shared);
+        tokio::spawn(async move {
+            let pending = shared.state.lock().is_ok_and(|state| *state == "PENDING");
+            if pending {
+                // Nothing runs yet: withdraw the job.
+                let _ = slurm_async("scancel", &[&shared.job_id]).await;
+                return;
+            }
+            // TERM to the job's steps (the trial's tasks), then the whole job after the grace.
+            let _ = slurm_async("scancel", &["--signal=TERM", &shared.job_id]).await;
+            tokio::time::sleep(grace).await;
+            if !shared.finished.load(Ordering::SeqCst) {
+                let _ = slurm_async("scancel", &[&shared.job_id]).await;
+            }
+        });
+    }
+
+    fn release(&mut self, trial: TrialId) {
+        self.trials.remove(&trial);
+    }
+
+    fn shutdown(&mut self, grace: Duration) {
+        let jobs: Vec<String> = self
+            .trials
+            .values_mut()
+            .filter(|slot| !slot.shared.finished.load(Ordering::SeqCst))
+            .map(|slot| {
+                slot.stop_requested = true;
+                slot.shared.job_id.clone()
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let list = jobs.join(",");
+        // Blocking, like the local executor's shutdown: the runtime may be single-threaded.
+        let _ = run_slurm_command("scancel", &["--state=PENDING", &list]);
+        let _ = run_slurm_command("scancel", &["--signal=TERM", &list]);
+        let all_final = || match run_slurm_command(
+            "squeue",
+            &["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT],
+        ) {
+            Ok(text) => parse_squeue_jobs(&text)
+                .values()
+                .all(|status| is_final_state(&status.state)),
+            // "Invalid job id": SLURM has forgotten them all.
+            Err(_) => true,
+        };
+        let deadline = Instant::now() + grace;
+        while !all_final() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = run_slurm_command("scancel", &[&list]);
+        let deadline = Instant::now() + CANCEL_WAIT;
+        while !all_final() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The watching tasks send the Exited events once the runtime runs again.
+    }
+}
+
+/// One submitted run, as the poller follows it.
+struct Watched {
+    trial: TrialId,
+    run: u32,
+    /// `cpu=2 gpus=1`, for the placement once the job runs.
+    shape: String,
+    shared: Arc<JobShared>,
+    last_description: String,
+    /// Consecutive polls that did not list the job.
+    misses: u32,
+}
+
+/// Polls after which a job squeue no longer lists is taken as gone.
+const MISSES_BEFORE_GONE: u32 = 5;
+/// Consecutive failed polls after which every watched job is given up.
+const FAILED_POLLS_BEFORE_GIVING_UP: u32 = 30;
+
+/// Follows every submitted job with one `squeue` call per interval (one request to the
+/// controller however many trials run); sends Placed on changes while a job waits or runs, then
+/// its single Exited. Ends when the executor is gone and nothing is left to follow.
+async fn poll_jobs(
+    watched: Arc<std::sync::Mutex<HashMap<String, Watched>>>,
+    interval: Duration,
+    events: UnboundedSender<ExecutorEvent>,
+) {
+    let mut failed_polls = 0u32;
+    loop {
+        tokio::time::sleep(interval).await;
+        let ids: Vec<String> = match watched.lock() {
+            Ok(map) => map.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        if ids.is_empty() {
+            // Only this task holds the map: the executor is gone.
+            if Arc::strong_count(&watched) == 1 {
+                return;
+            }
+            continue;
+        }
+        let list = ids.join(",");
+        let output = Command::new("squeue")
+            .args(["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT])
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        let statuses = match output {
+            Ok(out) if out.status.success() => {
+                failed_polls = 0;
+                parse_squeue_jobs(&String::from_utf8_lossy(&out.stdout))
+            }
+            // Every listed job is unknown (ended longer than MinJobAge ago).
+            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("Invalid job id") => {
+                HashMap::new()
+            }
+            other => {
+                failed_polls += 1;
+                if failed_polls < FAILED_POLLS_BEFORE_GIVING_UP {
+                    continue;
+                }
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let mut statuses = HashMap::new();
+                for id in &ids {
+                    statuses.insert(id.clone(), Err(why.clone()));
+                }
+                finish_all(&watched, statuses, &events);
+                continue;
+            }
+        };
+        let mut ended: HashMap<String, Result<JobStatus, String>> = HashMap::new();
+        let Ok(mut map) = watched.lock() else {
+            return;
+        };
+        for (id, watch) in map.iter_mut() {
+            let Some(status) = statuses.get(id) else {
+                watch.misses += 1;
+                if watch.misses >= MISSES_BEFORE_GONE {
+                    ended.insert(
+                        id.clone(),
+                        Err(format!(
+                            "job {id} is no longer known to SLURM (it ended more than MinJobAge \
+                             ago, before rtune looked)"
+                        )),
+                    );
+                }
+                continue;
+            };
+            watch.misses = 0;
+            if let Ok(mut state) = watch.shared.state.lock() {
+                state.clone_from(&status.state);
+            }
+            let running = !status.nodes.is_empty() && status.nodes != "(null)";
+            let description = match status.state.as_str() {
+                "PENDING" => format!("job {id} PENDING ({})", status.reason),
+                _ if running => format!("job {id} {} {}", status.nodes, watch.shape),
+                other => format!("job {id} {other} ({})", status.reason),
+            };
+            // A short job may start and end between two looks: its placement still says where
+            // it ran.
+            if description != watch.last_description && (!is_final_state(&status.state) || running)
+            {
+                watch.last_description.clone_from(&description);
+                let _ = events.send(ExecutorEvent::Placed {
+                    trial: watch.trial,
+                    run: watch.run,
+                    description,
+                });
+            }
+            if is_final_state(&status.state) {
+                ended.insert(id.clone(), Ok(status.clone()));
+            }
+        }
+        drop(map);
+        finish_all(&watched, ended, &events);
+    }
+}
+
+/// Sends the Exited events of jobs that ended (or were given up) and stops following them.
+fn finish_all(
+    watched: &std::sync::Mutex<HashMap<String, Watched>>,
+    ended: HashMap<String, Result<JobStatus, String>>,
+    events: &UnboundedSender<ExecutorEvent>,
+) {
+    let Ok(mut map) = watched.lock() else {
+        return;
+    };
+    for (id, outcome) in ended {
+        let Some(watch) = map.remove(&id) else {
+            continue;
+        };
+        let (success, message) = match outcome {
+            Ok(status) => job_outcome(&id, &status),
+            Err(why) => (false, why),
+        };
+        watch.shared.finished.store(true, Ordering::SeqCst);
+        let _ = events.send(ExecutorEvent::Exited {
+            trial: watch.trial,
+            run: watch.run,
+            success,
+            message,
+        });
+    }
+}
+
+/// The fields rtune reads from `squeue -O`, `|`-separated.
+const SQUEUE_FORMAT: &str = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|";
+
+/// Parses `squeue -h -O JobID:|,State:|,Reason:|,NodeList:|,exit_code:|` lines. squeue gives the
+/// exit code as a wait status (768 = exit code 3, 9 = killed by signal 9); it becomes `3:0` /
+/// `0:9` as `scontrol` writes it.
+pub fn parse_squeue_jobs(text: &str) -> HashMap<String, JobStatus> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+            if fields.len() < 5 || fields[0].is_empty() {
+                return None;
+            }
+            let wait_status: i32 = fields[4].parse().unwrap_or(0);
+            Some((
+                fields[0].to_string(),
+                JobStatus {
+                    state: fields[1].to_string(),
+                    reason: fields[2].to_string(),
+                    exit_code: format!("{}:{}", (wait_status >> 8) & 0xff, wait_status & 0x7f),
+                    nodes: fields[3].to_string(),
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn status(state: &str, reason: &str, exit: &str) -> JobStatus {
+        JobStatus {
+            state: state.to_string(),
+            reason: reason.to_string(),
+            exit_code: exit.to_string(),
+            nodes: String::new(),
+        }
+    }
+
+    #[test]
+    fn parses_squeue_jobs() {
+        let jobs = parse_squeue_jobs(
+            "171|FAILED|NonZeroExitCode|n1|768|\n172|COMPLETED|None|n[1-2]|0|\n\
+             173|PENDING|Resources|||\n174|FAILED|None|n1|9|\n",
+        );
+        assert_eq!(
+            jobs["171"],
+            JobStatus {
+                state: "FAILED".into(),
+                reason: "NonZeroExitCode".into(),
+                exit_code: "3:0".into(),
+                nodes: "n1".into()
+            }
+        );
+        assert_eq!(jobs["172"].nodes, "n[1-2]");
+        assert_eq!(jobs["173"].state, "PENDING");
+        assert_eq!(jobs["173"].exit_code, "0:0");
+        assert_eq!(jobs["174"].exit_code, "0:9");
+        assert_eq!(jobs.len(), 4);
+    }
+
+    #[test]
+    fn maps_job_states_to_outcomes() {
+        assert_eq!(
+            job_outcome("5", &status("COMPLETED", "None", "0:0")),
+            (true, "exit code 0".to_string())
+        );
+        assert_eq!(
+            job_outcome("5", &status("FAILED", "NonZeroExitCode", "3:0")),
+            (
+                false,
+                "job 5 FAILED (NonZeroExitCode): exit code 3".to_string()
+            )
+        );
+        assert_eq!(
+            job_outcome("5", &status("CANCELLED", "Resources", "0:15")),
+            (false, "job 5 CANCELLED: was cancelled".to_string())
+        );
+        assert_eq!(
+            job_outcome("5", &status("TIMEOUT", "TimeLimit", "0:0")).1,
+            "job 5 TIMEOUT (TimeLimit): reached its time limit (executor.time_limit)"
+        );
+        assert_eq!(
+            job_outcome("5", &status("FAILED", "None", "0:9")).1,
+            "job 5 FAILED: killed by signal 9 (SIGKILL)"
+        );
+        assert!(!is_final_state("PENDING"));
+        assert!(!is_final_state("COMPLETING"));
+        assert!(is_final_state("COMPLETED"));
+        assert!(is_final_state("OUT_OF_MEMORY"));
+    }
+
+    #[test]
+    fn writes_the_batch_script() {
+        let launch = TrialLaunch {
+            trial: TrialId(3),
+            run: 2,
+            command: vec!["python".into(), "train it.py".into()],
+            env: vec![("RTUNE_SECRET".into(), "s3cret".into())],
+            workers: 2,
+            resources: Resources { cpu: 1.5, gpu: 1 },
+            cwd: PathBuf::from("/work"),
+            stdout: PathBuf::from("/r/trial_00003/stdout.log"),
+            stderr: PathBuf::from("/r/trial_00003/stderr.log"),
+        };
+        let config = SlurmJobsConfig {
+            partition: Some("gpu".into()),
+            time_limit: Some("01:00:00".into()),
+            ..SlurmJobsConfig::default()
+        };
+        let script = sbatch_script(&launch, "rtune-trial_00003-run2", &config);
+        for line in [
+            "#SBATCH --job-name=rtune-trial_00003-run2\n",
+            "#SBATCH --ntasks=2\n",
+            "#SBATCH --cpus-per-task=2\n",
+            "#SBATCH --gpus-per-task=1\n",
+            "#SBATCH --chdir=/work\n",
+            "#SBATCH --output=/r/trial_00003/stdout.log\n",
+            "#SBATCH --open-mode=append\n",
+            "#SBATCH --partition=gpu\n",
+            "#SBATCH --time=01:00:00\n",
+            "exec srun --kill-on-bad-exit=1",
+        ] {
+            assert!(script.contains(line), "missing {line:?} in\n{script}");
+        }
+        assert!(
+            script.ends_with(" rtune-worker 'python' 'train it.py'\n"),
+            "{script}"
+        );
+        assert!(
+            !script.contains("s3cret"),
+            "the secret stays out of the script"
+        );
+        assert!(!script.contains("--account"));
+    }
+
+    #[test]
+    fn reads_sinfo_nodes() {
+        assert_eq!(
+            parse_sinfo_nodes("n1|4|gpu:2\nn2|8|(null)\nn3|16|gpu:a100:4(S:0-1)\n"),
+            vec![
+                ("n1".to_string(), 4, 2),
+                ("n2".to_string(), 8, 0),
+                ("n3".to_string(), 16, 4)
+            ]
+        );
+    }
+}
