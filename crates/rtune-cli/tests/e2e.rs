@@ -1,45 +1,11 @@
 //! End-to-end runs of the `rtune` binary with the example trainable as real trial processes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn rtune() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtune"));
-    cmd.env_remove("RTUNE_LOG");
-    cmd
-}
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let output = cmd.output().expect("rtune runs");
-    assert!(output.status.success(), "{}", text(&output));
-    output
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    let content = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    content
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect()
-}
+mod common;
+use common::{example, json_lines, rtune, run_ok, text};
 
 fn trial_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -59,7 +25,7 @@ fn asha_run_stops_trials_where_the_rungs_say_and_leaves_the_documented_files() {
     let storage = tempfile::tempdir().expect("tempdir");
     let output = run_ok(rtune().args([
         "run",
-        example("asha.toml").to_str().expect("utf-8 path"),
+        &example("asha.toml"),
         "--storage",
         storage.path().to_str().expect("utf-8 path"),
         "--set",
@@ -160,7 +126,7 @@ fn a_failed_trial_is_retried_from_its_checkpoint() {
     let storage = tempfile::tempdir().expect("tempdir");
     run_ok(rtune().args([
         "run",
-        example("fifo.toml").to_str().expect("utf-8 path"),
+        &example("fifo.toml"),
         "--storage",
         storage.path().to_str().expect("utf-8 path"),
         "--set",
@@ -217,11 +183,7 @@ fn an_unknown_key_is_an_error_naming_the_nearest_key() {
 fn a_trial_that_can_never_fit_is_an_error_before_anything_starts() {
     let storage = tempfile::tempdir().expect("tempdir");
     let output = rtune()
-        .args([
-            "run",
-            example("fifo.toml").to_str().expect("utf-8 path"),
-            "--storage",
-        ])
+        .args(["run", &example("fifo.toml"), "--storage"])
         .arg(storage.path())
         .args([
             "--set",

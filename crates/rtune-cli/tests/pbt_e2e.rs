@@ -7,38 +7,12 @@
 //! where a restarted trial continued from, instead of trusting rtune's own logs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-fn rtune() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtune"));
-    cmd.env_remove("RTUNE_LOG");
-    cmd
-}
-
-fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let output = cmd.output().expect("rtune runs");
-    assert!(output.status.success(), "{}", text(&output));
-    output
-}
+mod common;
+use common::{example, json_lines, rtune, run_ok};
 
 /// `rtune run FILE --storage STORAGE --set ...`; returns the experiment directory.
 fn run_experiment(file: &str, storage: &Path, name: &str, sets: &[&str]) -> PathBuf {
@@ -50,15 +24,6 @@ fn run_experiment(file: &str, storage: &Path, name: &str, sets: &[&str]) -> Path
     }
     run_ok(&mut cmd);
     storage.join(name)
-}
-
-fn json_lines(path: &Path) -> Vec<Value> {
-    let content = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    content
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a JSON line"))
-        .collect()
 }
 
 fn results(dir: &Path, trial: &str) -> Vec<Value> {

@@ -9,11 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Mutex;
 
 use serde_json::Value;
+
+mod common;
+use common::{example, repo, run_ok, text};
 
 static CLUSTER: Mutex<()> = Mutex::new(());
 
@@ -38,29 +41,6 @@ fn cluster_available(test: &str) -> bool {
 
 fn rtune_exe() -> &'static str {
     env!("CARGO_BIN_EXE_rtune")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn example(name: &str) -> String {
-    repo().join("examples").join(name).display().to_string()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let output = cmd.output().expect("command runs");
-    assert!(output.status.success(), "{}", text(&output));
-    output
 }
 
 /// `rtune status --format json` of an experiment directory.
