@@ -221,18 +221,7 @@ impl Executor for LocalExecutor {
     }
 
     fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError> {
-        if launch.command.is_empty() {
-            return Err(ExecutorError::Invalid(
-                "the trial command is empty".to_string(),
-            ));
-        }
-        validate_request(launch.workers, &launch.resources)?;
-        if self.trials.contains_key(&launch.trial) {
-            return Err(ExecutorError::Invalid(format!(
-                "trial {} is already running (or not released)",
-                launch.trial
-            )));
-        }
+        validate_launch(&launch, self.trials.contains_key(&launch.trial))?;
         if let Some(reason) = self.missing_room(launch.workers, &launch.resources) {
             return Err(ExecutorError::NoRoom {
                 trial: launch.trial,
@@ -484,6 +473,27 @@ pub fn plan_capacity(
 }
 
 /// Rejects requests that make no sense whatever the node.
+/// The checks every executor's `start` makes first: a program to run, a request that makes
+/// sense, and no earlier run of this trial still holding resources. Returns the program.
+pub(crate) fn validate_launch(
+    launch: &TrialLaunch,
+    already_running: bool,
+) -> Result<&str, ExecutorError> {
+    let Some(program) = launch.command.first() else {
+        return Err(ExecutorError::Invalid(
+            "the trial command is empty".to_string(),
+        ));
+    };
+    validate_request(launch.workers, &launch.resources)?;
+    if already_running {
+        return Err(ExecutorError::Invalid(format!(
+            "trial {} is already running (or not released)",
+            launch.trial
+        )));
+    }
+    Ok(program)
+}
+
 pub(crate) fn validate_request(workers: u32, per_worker: &Resources) -> Result<(), ExecutorError> {
     if workers == 0 {
         return Err(ExecutorError::Invalid(

@@ -24,12 +24,13 @@ use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::local::{
-    describe_exit, group_has_live_members, open_log, plural, signal_group, validate_request,
+    describe_exit, group_has_live_members, open_log, plural, signal_group, validate_launch,
+    validate_request,
 };
 use super::slurm_common::{
     check_program, clean_environment, expand_hostlist, expand_id_list, field, key_values,
     master_port, parse_srun_task_line, process_environment, run_list_steps, run_name,
-    run_slurm_command, worker_wrapper,
+    run_slurm_command, slurm_command_result, worker_wrapper,
 };
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
@@ -686,18 +687,7 @@ impl Executor for SlurmExecutor {
     }
 
     fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError> {
-        let Some(program) = launch.command.first() else {
-            return Err(ExecutorError::Invalid(
-                "the trial command is empty".to_string(),
-            ));
-        };
-        validate_request(launch.workers, &launch.resources)?;
-        if self.trials.contains_key(&launch.trial) {
-            return Err(ExecutorError::Invalid(format!(
-                "trial {} is already running (or not released)",
-                launch.trial
-            )));
-        }
+        let program = validate_launch(&launch, self.trials.contains_key(&launch.trial))?;
         let shares = self
             .place(launch.workers, &launch.resources)
             .map_err(|reason| ExecutorError::NoRoom {
@@ -903,20 +893,8 @@ pub(crate) async fn slurm_async(program: &str, args: &[&str]) -> Result<String, 
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .await
-        .map_err(|source| ExecutorError::Spawn {
-            program: program.to_string(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(ExecutorError::Slurm(format!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        .await;
+    slurm_command_result(program, args, output)
 }
 
 /// Waits for srun, copies its messages to the trial's stderr, makes sure the step is gone and

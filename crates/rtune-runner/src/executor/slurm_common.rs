@@ -278,11 +278,21 @@ pub fn run_slurm_command(program: &str, args: &[&str]) -> Result<String, Executo
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .map_err(|source| ExecutorError::Spawn {
-            program: program.to_string(),
-            source,
-        })?;
+        .output();
+    slurm_command_result(program, args, output)
+}
+
+/// A finished SLURM command's standard output, or the error naming the command (shared by the
+/// blocking and the async runner).
+pub(crate) fn slurm_command_result(
+    program: &str,
+    args: &[&str],
+    output: std::io::Result<std::process::Output>,
+) -> Result<String, ExecutorError> {
+    let output = output.map_err(|source| ExecutorError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
     if !output.status.success() {
         return Err(ExecutorError::Slurm(format!(
             "`{program} {}` failed ({}): {}",

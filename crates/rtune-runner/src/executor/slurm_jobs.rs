@@ -23,7 +23,7 @@ use rtune_core::TrialId;
 use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::local::{plural, validate_request};
+use super::local::{plural, validate_launch, validate_request};
 use super::slurm::{count_gpus, slurm_async, slurm_cpus};
 use super::slurm_common::{
     check_program, clean_environment, process_environment, run_name, run_slurm_command,
@@ -368,18 +368,7 @@ impl Executor for SlurmJobsExecutor {
     }
 
     fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError> {
-        let Some(program) = launch.command.first() else {
-            return Err(ExecutorError::Invalid(
-                "the trial command is empty".to_string(),
-            ));
-        };
-        validate_request(launch.workers, &launch.resources)?;
-        if self.trials.contains_key(&launch.trial) {
-            return Err(ExecutorError::Invalid(format!(
-                "trial {} is already running (or not released)",
-                launch.trial
-            )));
-        }
+        let program = validate_launch(&launch, self.trials.contains_key(&launch.trial))?;
         if !self.has_room(launch.workers, &launch.resources) {
             return Err(ExecutorError::NoRoom {
                 trial: launch.trial,
