@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     long_about = "Hyperparameter tuning for your own machines and SLURM clusters.\n\n\
         An experiment file (TOML) names the training command, the search space, the metric and \
         the scheduler; `rtune run` runs the trials as processes and writes every result to disk.",
-    after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json\n  rtune plan examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4\n  rtune submit examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4 --time 01:00:00"
+    after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune resume ~/rtune_results/asha-example\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json\n  rtune plan examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4\n  rtune submit examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4 --time 01:00:00\n\n\
+Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run an experiment.
     Run(RunArgs),
+    /// Continue an experiment after its head died, was interrupted or ran out of disk: finished
+    /// trials are kept, cut-off ones restart from their latest checkpoint.
+    Resume(ResumeArgs),
     /// Show an experiment's trials table (also while it runs).
     Status(StatusArgs),
     /// Show an experiment's best trial.
@@ -121,6 +125,25 @@ struct RunArgs {
     executor: Option<ExecutorArg>,
 }
 
+#[derive(clap::Args)]
+struct ResumeArgs {
+    /// The experiment's directory (it may have been moved since it ran).
+    dir: PathBuf,
+    /// Change a value of the experiment file: only resources, concurrency, the executor, limits
+    /// and output; the search space, metric and scheduler must stay as they were.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Where trials run; default: as the experiment file says.
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorArg>,
+    /// Run trials that ended in ERROR again, from scratch.
+    #[arg(long, conflicts_with = "resume_errored")]
+    restart_errored: bool,
+    /// Run trials that ended in ERROR again, from their latest checkpoint.
+    #[arg(long)]
+    resume_errored: bool,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ExecutorArg {
     Local,
@@ -188,9 +211,36 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", describe(&err));
-            ExitCode::FAILURE
+            exit_code_of(&err)
         }
     }
+}
+
+/// The documented exit codes (see `rtune --help`).
+mod exit {
+    pub const INTERNAL: u8 = 1;
+    pub const INVALID_INPUT: u8 = 2;
+    pub const TRIALS_FAILED: u8 = 3;
+    pub const CANNOT_WRITE: u8 = 4;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    use rtune_runner::run_loop::RunError;
+    use rtune_runner::setup::SetupError;
+    let code = match err.downcast_ref::<SetupError>() {
+        Some(e) if e.is_invalid_input() => exit::INVALID_INPUT,
+        Some(SetupError::Run(RunError::Journal(_) | RunError::Storage(_)))
+        | Some(SetupError::Storage(_)) => exit::CANNOT_WRITE,
+        _ if err
+            .downcast_ref::<rtune_runner::experiment::ExperimentError>()
+            .is_some() =>
+        {
+            exit::INVALID_INPUT
+        }
+        _ => exit::INTERNAL,
+    };
+    ExitCode::from(code)
 }
 
 /// The error and its causes, each once: library errors already include their source's message
@@ -224,6 +274,7 @@ fn init_logging() {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Resume(args) => resume(args),
         Command::Status(args) => status(args),
         Command::Best(args) => best(args),
         Command::Replay(args) => replay(args),
@@ -404,6 +455,26 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     finish(block_on(rtune_runner::setup::run_experiment(options))??)
 }
 
+fn resume(args: ResumeArgs) -> Result<ExitCode> {
+    use rtune_core::tuner::ErroredTrials;
+    let errored = if args.restart_errored {
+        ErroredTrials::Restart
+    } else if args.resume_errored {
+        ErroredTrials::Resume
+    } else {
+        ErroredTrials::Keep
+    };
+    let options = rtune_runner::setup::ResumeOptions {
+        dir: args.dir,
+        overrides: args.overrides,
+        executor: args.executor.map(|e| e.as_str().to_string()),
+        errored,
+        rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
+        terminal: std::io::stdout().is_terminal(),
+    };
+    finish(block_on(rtune_runner::setup::resume_experiment(options))??)
+}
+
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let options = rtune_runner::setup::ReplayOptions {
         experiment_dir: args.dir,
@@ -427,10 +498,42 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
 fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
     if outcome.interrupted {
         eprintln!(
-            "interrupted; everything so far is in {}",
+            "interrupted; everything so far is in {}\ncontinue with: rtune resume {}",
+            outcome.dir.display(),
             outcome.dir.display()
         );
-        return Ok(ExitCode::from(130));
+        return Ok(ExitCode::from(exit::INTERRUPTED));
+    }
+    let errored: Vec<_> = outcome
+        .state
+        .trials
+        .iter()
+        .filter(|t| t.status == rtune_core::TrialStatus::Error)
+        .collect();
+    if let Some(message) = &outcome.failed_fast {
+        eprintln!("error: {message}");
+    }
+    if !errored.is_empty() {
+        eprintln!(
+            "{} of {} trials ended in ERROR:",
+            errored.len(),
+            outcome.state.trials.len()
+        );
+        for trial in errored {
+            eprintln!(
+                "  {}: {}",
+                trial.id.name(),
+                outcome
+                    .dir
+                    .join(trial.id.name())
+                    .join("error.txt")
+                    .display()
+            );
+        }
+        return Ok(ExitCode::from(exit::TRIALS_FAILED));
+    }
+    if outcome.failed_fast.is_some() {
+        return Ok(ExitCode::from(exit::TRIALS_FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -458,7 +561,15 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", rtune_runner::report::trials_table(&state, format));
+    let host = rtune_runner::setup::this_host_name().unwrap_or_default();
+    let dead = state.dead_head(&host, rtune_runner::run_loop::unix_now());
+    if let Some(message) = &dead {
+        eprintln!("{message}");
+    }
+    print!(
+        "{}",
+        rtune_runner::report::trials_table_of(&state, format, dead.is_some())
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,6 +41,10 @@ pub enum TrialStatus {
     Terminated,
     /// Failed, and no retries are left.
     Error,
+    /// Cut off by an interrupt (Ctrl-C, SIGTERM, SIGHUP, a write error) before it had a
+    /// checkpoint; `rtune resume` restarts it from scratch. A cut-off trial with a checkpoint is
+    /// PAUSED instead.
+    Interrupted,
 }
 
 impl TrialStatus {
@@ -51,6 +55,7 @@ impl TrialStatus {
             TrialStatus::Paused => "PAUSED",
             TrialStatus::Terminated => "TERMINATED",
             TrialStatus::Error => "ERROR",
+            TrialStatus::Interrupted => "INTERRUPTED",
         }
     }
 
@@ -74,6 +79,11 @@ impl TrialStatus {
                 | (Paused, Running)
                 | (Paused, Pending)
                 | (Paused, Terminated)
+                // An interrupt cuts a run off; resuming the experiment queues it again.
+                | (Running, Interrupted)
+                | (Interrupted, Pending)
+                // `rtune resume --restart-errored` / `--resume-errored`.
+                | (Error, Pending)
         )
     }
 }

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::scheduler::{Action, Decision, Scheduler, SchedulerContext};
+use crate::scheduler::{Action, Decision, PolicyStep, Scheduler, SchedulerContext};
 use crate::searcher::{Searcher, Suggestion};
 use crate::trial::{CheckpointId, TrialId, TrialStatus};
 use crate::{Config, CoreRng, Mode, TrialResult};
@@ -28,6 +28,12 @@ pub enum TunerError {
         trial: TrialId,
         status: TrialStatus,
         event: &'static str,
+    },
+    #[error("trial {trial}: run {run} is not its current run ({current})")]
+    StaleRun {
+        trial: TrialId,
+        run: u32,
+        current: u32,
     },
 }
 
@@ -93,13 +99,33 @@ pub struct Trial {
     pub error: Option<String>,
     /// Set while the tuner waits for a process it asked to end.
     pub ending: Option<Ending>,
+    /// Its configuration by iteration: PBT's policy (one step unless it was exploited).
+    #[serde(default)]
+    pub policy: Vec<PolicyStep>,
     #[serde(skip)]
     last_report_at: Option<f64>,
+    /// Every result it has reported that still counts, in order: what result.json holds.
+    #[serde(skip)]
+    history: Vec<HistoryEntry>,
+    /// Where in `history` its current lineage (since its latest exploit) starts: a rollback never
+    /// reaches before it.
+    #[serde(skip)]
+    lineage_start: usize,
+}
+
+/// One line of a trial's results as stored: the result, the config it was produced with, and
+/// whether it was the trial's last (stopped, paused or exploited there).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryEntry {
+    pub result: TrialResult,
+    pub config: Config,
+    pub done: bool,
 }
 
 impl Trial {
     /// A fresh PENDING trial (also for scheduler tests that build contexts by hand).
     pub(crate) fn new_pending(id: TrialId, config: Config) -> Trial {
+        let config_for_policy = config.clone();
         Trial {
             id,
             config,
@@ -117,8 +143,50 @@ impl Trial {
             resumable: true,
             error: None,
             ending: None,
+            policy: vec![PolicyStep {
+                from_iteration: 0,
+                config: config_for_policy,
+            }],
             last_report_at: None,
+            history: Vec::new(),
+            lineage_start: 0,
         }
+    }
+
+    /// Its results that count, in order (rolled-back ones removed): what `result.json` holds.
+    pub fn history(&self) -> &[HistoryEntry] {
+        &self.history
+    }
+
+    /// Forget the results after `iteration` at the end of its history (a restart from the
+    /// checkpoint at `iteration`, or from scratch with 0) and recompute what derives from them.
+    fn roll_back_to(&mut self, iteration: u64, metric: &str, mode: Mode) -> bool {
+        let before = self.history.len();
+        while self.history.len() > self.lineage_start
+            && self
+                .history
+                .last()
+                .is_some_and(|e| e.result.iteration() > iteration)
+        {
+            self.history.pop();
+        }
+        if self.history.len() == before {
+            return false;
+        }
+        self.last_result = self.history.last().map(|e| e.result.clone());
+        self.best = None;
+        for entry in &self.history {
+            if let Some(value) = entry.result.get(metric) {
+                let better = match self.best {
+                    Some((best, _)) => mode.is_better(value, best),
+                    None => true,
+                };
+                if better {
+                    self.best = Some((value, entry.result.iteration()));
+                }
+            }
+        }
+        true
     }
 
     /// The trial's name with its tag: `trial_00003@perturbed[lr=2.4e-05]`.
@@ -145,10 +213,13 @@ pub enum Ending {
     Stop,
     /// It becomes PAUSED.
     Pause,
+    /// The experiment is interrupted: PAUSED if it can resume from a checkpoint, else
+    /// INTERRUPTED.
+    Interrupt,
 }
 
 /// What the runner is asked to start.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Launch {
     pub trial: TrialId,
     pub config: Config,
@@ -159,7 +230,8 @@ pub struct Launch {
 }
 
 /// How a trial's process ended.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exit {
     Success,
     Failure(String),
@@ -192,6 +264,82 @@ pub enum Effect {
     DeleteCheckpoint(CheckpointId),
     /// Something a user should read: a trial restarting from scratch, a pause skipped, ...
     Warning { trial: TrialId, message: String },
+    /// PBT exploited `target` from `donor`: the lineage log's line. The target's new policy is
+    /// its [`Trial::policy`].
+    Exploited {
+        target: TrialId,
+        donor: CheckpointId,
+        target_iteration: u64,
+        old_config: Config,
+        new_config: Config,
+        change: String,
+        details: Value,
+    },
+    /// Results of this trial were rolled back (it restarts from an earlier checkpoint or from
+    /// scratch): its stored results must be rewritten from [`Trial::history`].
+    RolledBack { trial: TrialId },
+}
+
+/// What `rtune resume` does with trials that ended in ERROR (Ray Tune's `restart_errored` and
+/// `resume_errored`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErroredTrials {
+    /// They stay ERROR.
+    #[default]
+    Keep,
+    /// They run again from scratch.
+    Restart,
+    /// They run again from their latest checkpoint (from scratch without one).
+    Resume,
+}
+
+/// One input to the core. The runner appends each to the experiment's journal before it takes
+/// effect, and [`Tuner::apply`] on the journal's inputs, in order, rebuilds the whole state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum Input {
+    /// The runner has room for one more trial ([`Tuner::next_to_run`]). `started` is what the
+    /// core answered, recorded for readers and checked on replay.
+    Next {
+        now: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<Launch>,
+    },
+    /// A trial's run reported ([`Tuner::on_result`]).
+    Report {
+        now: f64,
+        trial: TrialId,
+        run: u32,
+        metrics: serde_json::Map<String, Value>,
+        checkpoint: bool,
+    },
+    /// A trial's run ended ([`Tuner::on_exit`]).
+    Exit {
+        now: f64,
+        trial: TrialId,
+        run: u32,
+        exit: Exit,
+    },
+    /// The experiment is interrupted (a signal, a write error): running trials are ended,
+    /// nothing new starts; `Resume` continues.
+    Interrupt { now: f64, reason: String },
+    /// The experiment ends early for good (time budget, fail-fast): every unfinished trial stops.
+    StopAll { now: f64, reason: String },
+    /// A new head takes over the experiment (`rtune resume`): runs that were going on are lost.
+    Resume {
+        now: f64,
+        #[serde(default)]
+        errored: ErroredTrials,
+    },
+}
+
+/// What the core answers an [`Input`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Launch(Option<Launch>),
+    Reply(Reply),
+    Done,
 }
 
 pub struct Tuner {
@@ -203,6 +351,8 @@ pub struct Tuner {
     searcher_finished: bool,
     effects: Vec<Effect>,
     retention: CheckpointRetention,
+    /// Set by an interrupt until a resume: nothing new starts.
+    interrupted: bool,
 }
 
 impl Tuner {
@@ -221,7 +371,80 @@ impl Tuner {
             searcher_finished: false,
             effects: Vec::new(),
             retention: CheckpointRetention::default(),
+            interrupted: false,
         }
+    }
+
+    /// Feed one input (the journal's unit) to the core.
+    pub fn apply(&mut self, input: &Input) -> Result<Output, TunerError> {
+        match input {
+            Input::Next { now, .. } => Ok(Output::Launch(self.next_to_run(*now))),
+            Input::Report {
+                now,
+                trial,
+                run,
+                metrics,
+                checkpoint,
+            } => {
+                self.check_run(*trial, *run)?;
+                self.on_result(*trial, metrics.clone(), *checkpoint, *now)
+                    .map(Output::Reply)
+            }
+            Input::Exit {
+                now,
+                trial,
+                run,
+                exit,
+            } => {
+                self.check_run(*trial, *run)?;
+                self.on_exit(*trial, exit.clone(), *now)?;
+                Ok(Output::Done)
+            }
+            Input::Interrupt { reason, .. } => {
+                self.interrupt(reason);
+                Ok(Output::Done)
+            }
+            Input::StopAll { reason, .. } => {
+                self.stop_all(reason);
+                Ok(Output::Done)
+            }
+            Input::Resume { now, errored } => {
+                self.resume(*errored, *now);
+                Ok(Output::Done)
+            }
+        }
+    }
+
+    fn check_run(&self, id: TrialId, run: u32) -> Result<(), TunerError> {
+        let trial = self.trial(id).ok_or(TunerError::UnknownTrial(id))?;
+        let current = trial.runs.saturating_sub(1);
+        if run != current {
+            return Err(TunerError::StaleRun {
+                trial: id,
+                run,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    /// Everything the core holds (trials with their histories, the scheduler's rungs, brackets
+    /// and populations, the RNG's position), as text: two tuners with equal fingerprints make
+    /// the same decisions from here on. Replay tests compare these.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{:#?}\nrng word {}\nsearcher finished {}\ninterrupted {}\n{:#?}",
+            self.trials,
+            self.rng.get_word_pos(),
+            self.searcher_finished,
+            self.interrupted,
+            self.scheduler
+        )
+    }
+
+    /// Whether an interrupt is in force (nothing new starts until a resume).
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted
     }
 
     /// Keep only some checkpoints of each trial (default: all).
@@ -285,6 +508,9 @@ impl Tuner {
     /// The runner has room for one more trial: which one to start, if any. The trial is RUNNING
     /// from now on; if its process cannot be started, report that through [`Tuner::on_exit`].
     pub fn next_to_run(&mut self, now: f64) -> Option<Launch> {
+        if self.interrupted {
+            return None;
+        }
         if self.scheduler.creates_population() {
             while self.create_trial().is_some() {}
         }
@@ -380,6 +606,7 @@ impl Tuner {
                 event: "result",
             });
         }
+        let config_now = trial.config.clone();
         // The automatic keys users know from Ray Tune. Time spent between reports counts; time
         // between runs (queued, paused) does not.
         let since = trial.last_report_at.unwrap_or(now);
@@ -454,8 +681,9 @@ impl Tuner {
         if let Some(ending) = ending {
             let action = match ending {
                 Ending::Stop => Action::Stop,
-                Ending::Pause => Action::Pause,
+                Ending::Pause | Ending::Interrupt => Action::Pause,
             };
+            self.record(id, &result, config_now, true);
             return Ok(Reply { result, action });
         }
 
@@ -470,7 +698,18 @@ impl Tuner {
             }
         };
         let action = self.apply_decision(decision, true);
+        self.record(id, &result, config_now, action != Action::Continue);
         Ok(Reply { result, action })
+    }
+
+    fn record(&mut self, id: TrialId, result: &TrialResult, config: Config, done: bool) {
+        if let Some(trial) = self.trials.get_mut(id.0 as usize) {
+            trial.history.push(HistoryEntry {
+                result: result.clone(),
+                config,
+                done,
+            });
+        }
     }
 
     fn stop_criterion(&self, result: &TrialResult) -> Option<Decision> {
@@ -558,9 +797,43 @@ impl Tuner {
                     .trials
                     .get(donor.trial.0 as usize)
                     .and_then(|d| d.checkpoints.get(&donor.iteration).copied());
+                // The target's policy: the donor's schedule up to the donor's iteration, then
+                // the explored config.
+                let mut policy: Vec<PolicyStep> = self
+                    .trials
+                    .get(donor.trial.0 as usize)
+                    .map(|d| {
+                        d.policy
+                            .iter()
+                            .filter(|s| s.from_iteration < donor.iteration)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                policy.push(PolicyStep {
+                    from_iteration: donor.iteration,
+                    config: config.clone(),
+                });
                 let Some(trial) = self.trials.get_mut(id.0 as usize) else {
                     return Action::Continue;
                 };
+                let old_config = trial
+                    .policy
+                    .last()
+                    .map_or_else(|| trial.config.clone(), |s| s.config.clone());
+                self.effects.push(Effect::Exploited {
+                    target: id,
+                    donor: *donor,
+                    target_iteration: trial.iteration,
+                    old_config,
+                    new_config: config.clone(),
+                    change: description.clone(),
+                    details: decision.details.clone(),
+                });
+                trial.policy = policy;
+                // Its results so far stay (they are its history); a later rollback stops there.
+                // The report being answered, if any, is recorded right after this.
+                trial.lineage_start = trial.history.len() + usize::from(reporting);
                 if trial.status != TrialStatus::Running {
                     trial.iteration = donor.iteration;
                     if let Some(time) = donor_time {
@@ -641,6 +914,27 @@ impl Tuner {
                     "paused after its latest checkpoint".to_string(),
                 )
             }
+            (Some(Ending::Interrupt), _) => {
+                // Its own latest checkpoint; else, after an exploit, the donor's it started from.
+                trial.restore = trial.latest_checkpoint().or(trial.restore);
+                match trial.restore {
+                    Some(c) => {
+                        trial.resumable = true;
+                        (
+                            TrialStatus::Paused,
+                            format!(
+                                "cut off by an interrupt; it resumes from the checkpoint at \
+                                 iteration {}",
+                                c.iteration
+                            ),
+                        )
+                    }
+                    None => (
+                        TrialStatus::Interrupted,
+                        "cut off by an interrupt before its first checkpoint".to_string(),
+                    ),
+                }
+            }
             (None, Exit::Success) => (TrialStatus::Terminated, "completed".to_string()),
             (None, Exit::Failure(message)) => {
                 trial.failures += 1;
@@ -653,8 +947,6 @@ impl Tuner {
                         Some(c) => format!("from its checkpoint at iteration {}", c.iteration),
                         None => {
                             // No checkpoint: everything it did is lost. Say so loudly.
-                            trial.iteration = 0;
-                            trial.time_total_s = 0.0;
                             self.effects.push(Effect::Warning {
                                 trial: id,
                                 message: format!(
@@ -678,19 +970,11 @@ impl Tuner {
             }
         };
         trial.status = status;
-        if status == TrialStatus::Paused || status == TrialStatus::Pending {
-            // Restarts continue from the checkpoint's iteration and time.
-            if let Some(c) = trial.restore {
-                let time = self
-                    .trials
-                    .get(c.trial.0 as usize)
-                    .and_then(|donor| donor.checkpoints.get(&c.iteration).copied());
-                let trial = &mut self.trials[id.0 as usize];
-                trial.iteration = c.iteration;
-                if let Some(time) = time {
-                    trial.time_total_s = time;
-                }
-            }
+        if matches!(
+            status,
+            TrialStatus::Paused | TrialStatus::Pending | TrialStatus::Interrupted
+        ) {
+            self.rewind(id);
         }
         self.effects.push(Effect::Status {
             trial: id,
@@ -713,6 +997,125 @@ impl Tuner {
             self.searcher.on_trial_complete(id, last.as_ref());
         }
         Ok(())
+    }
+
+    /// A trial that will restart: its iteration and time become those of what it restarts from
+    /// (its restore checkpoint, or nothing), and results it reported after its own restart point
+    /// are rolled back, so no iteration is stored twice. Only results since its latest exploit
+    /// can be rolled back: what it did before belongs to its history.
+    fn rewind(&mut self, id: TrialId) {
+        let Some(trial) = self.trials.get(id.0 as usize) else {
+            return;
+        };
+        let restore = trial.restore;
+        let time = restore.and_then(|c| {
+            self.trials
+                .get(c.trial.0 as usize)
+                .and_then(|donor| donor.checkpoints.get(&c.iteration).copied())
+        });
+        let (metric, mode) = (self.settings.metric.clone(), self.settings.mode);
+        let trial = &mut self.trials[id.0 as usize];
+        trial.iteration = restore.map_or(0, |c| c.iteration);
+        trial.time_total_s = match restore {
+            Some(_) => time.unwrap_or(trial.time_total_s),
+            None => 0.0,
+        };
+        let point = restore.map_or(0, |c| c.iteration);
+        if trial.roll_back_to(point, &metric, mode) {
+            self.effects.push(Effect::RolledBack { trial: id });
+        }
+    }
+
+    /// Ctrl-C, SIGTERM, SIGHUP or a write error: running trials are asked to end (they become
+    /// PAUSED when they have a checkpoint, else INTERRUPTED), waiting ones stay as they are, and
+    /// nothing new starts until [`Input::Resume`].
+    pub fn interrupt(&mut self, reason: &str) {
+        self.interrupted = true;
+        let running: Vec<TrialId> = self
+            .trials
+            .iter()
+            .filter(|t| t.status == TrialStatus::Running)
+            .map(|t| t.id)
+            .collect();
+        for id in running {
+            let trial = &mut self.trials[id.0 as usize];
+            if trial.ending.is_none() {
+                trial.ending = Some(Ending::Interrupt);
+            }
+            self.effects.push(Effect::EndProcess { trial: id });
+            self.effects.push(Effect::Warning {
+                trial: id,
+                message: format!("{} is ended: {reason}", id.name()),
+            });
+        }
+    }
+
+    /// A new head takes over: runs that were going on when the old one died are lost (their
+    /// trials restart from their latest checkpoint, or from scratch with a warning), trials cut
+    /// off by an interrupt are queued again, and ERROR trials are kept or rerun per `errored`.
+    pub fn resume(&mut self, errored: ErroredTrials, now: f64) {
+        self.interrupted = false;
+        let ids: Vec<TrialId> = self.trials.iter().map(|t| t.id).collect();
+        for id in ids {
+            let trial = &mut self.trials[id.0 as usize];
+            if trial.status == TrialStatus::Running {
+                if trial.ending.is_none() {
+                    trial.ending = Some(Ending::Interrupt);
+                }
+                let _ = self.on_exit(id, Exit::Failure("its head ended".into()), now);
+            }
+            let trial = &mut self.trials[id.0 as usize];
+            let reason = match (trial.status, errored) {
+                (TrialStatus::Interrupted, _) => {
+                    self.effects.push(Effect::Warning {
+                        trial: id,
+                        message: format!(
+                            "{} had no checkpoint when the experiment was cut off: it restarts \
+                             from scratch",
+                            id.name()
+                        ),
+                    });
+                    "queued again after the experiment was resumed (from scratch)".to_string()
+                }
+                (TrialStatus::Error, ErroredTrials::Restart) => {
+                    trial.restore = None;
+                    let dropped: Vec<u64> = trial.checkpoints.keys().copied().collect();
+                    trial.checkpoints.clear();
+                    trial.checkpoint_scores.clear();
+                    for iteration in dropped {
+                        self.effects.push(Effect::DeleteCheckpoint(CheckpointId {
+                            trial: id,
+                            iteration,
+                        }));
+                    }
+                    "restarted from scratch (rtune resume --restart-errored)".to_string()
+                }
+                (TrialStatus::Error, ErroredTrials::Resume) => {
+                    trial.restore = trial.latest_checkpoint().or(trial.restore);
+                    match trial.restore {
+                        Some(c) => format!(
+                            "resumed from its checkpoint at iteration {} (rtune resume \
+                             --resume-errored)",
+                            c.iteration
+                        ),
+                        None => "restarted from scratch: it has no checkpoint (rtune resume \
+                                 --resume-errored)"
+                            .to_string(),
+                    }
+                }
+                _ => continue,
+            };
+            let trial = &mut self.trials[id.0 as usize];
+            trial.status = TrialStatus::Pending;
+            trial.failures = 0;
+            trial.error = None;
+            self.rewind(id);
+            self.effects.push(Effect::Status {
+                trial: id,
+                status: TrialStatus::Pending,
+                reason,
+            });
+        }
     }
 
     /// Whether a waiting or running trial will (or may again) restart from this checkpoint.
@@ -981,6 +1384,7 @@ mod tests {
     }
 
     /// Exploits trial 1 from trial 0's latest checkpoint on trial 1's second result.
+    #[derive(Debug)]
     struct ExploitOnce;
 
     impl Scheduler for ExploitOnce {
@@ -1069,5 +1473,171 @@ mod tests {
         // Now nobody needs a@1: the next collection of a's checkpoints removes it.
         let effects = t.drain_effects();
         assert!(deleted(&effects).contains(&(0, 1)), "{effects:?}");
+    }
+
+    /// Drives a tuner only through [`Tuner::apply`], keeping every input as the journal would.
+    struct Journaled {
+        tuner: Tuner,
+        inputs: Vec<Input>,
+    }
+
+    impl Journaled {
+        fn feed(&mut self, mut input: Input) -> Output {
+            let output = self.tuner.apply(&input).expect("input fits the state");
+            if let (Input::Next { started, .. }, Output::Launch(launch)) = (&mut input, &output) {
+                *started = launch.clone();
+            }
+            // What is replayed is what was written: go through the journal's text.
+            let line = serde_json::to_string(&input).expect("serialize");
+            self.inputs
+                .push(serde_json::from_str(&line).expect("parse back"));
+            output
+        }
+    }
+
+    fn exploit_tuner() -> Tuner {
+        let settings = TunerSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed: 7,
+            max_failures: 2,
+            stop: BTreeMap::from([("training_iteration".to_string(), 4.0)]),
+        };
+        Tuner::new(settings, Box::new(Counting(3)), Box::new(ExploitOnce))
+    }
+
+    /// Replaying the journal through a fresh core gives the same state, decisions included.
+    #[test]
+    fn replaying_the_inputs_rebuilds_the_same_state() {
+        let mut live = Journaled {
+            tuner: exploit_tuner(),
+            inputs: Vec::new(),
+        };
+        let mut now = 0.0;
+        let mut running: Vec<(TrialId, u32)> = Vec::new();
+        for step in 0..40u32 {
+            now += 0.37;
+            while running.len() < 2 {
+                match live.feed(Input::Next { now, started: None }) {
+                    Output::Launch(Some(l)) => running.push((l.trial, l.run)),
+                    _ => break,
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            let (trial, run) = running[step as usize % running.len()];
+            let ending = live.tuner.trial(trial).and_then(|t| t.ending);
+            let exit = if ending.is_some() || step % 11 == 10 {
+                Some(if step % 11 == 10 {
+                    Exit::Failure("crash".into())
+                } else {
+                    Exit::Success
+                })
+            } else {
+                let out = live.feed(Input::Report {
+                    now,
+                    trial,
+                    run,
+                    metrics: metrics(f64::from(step % 5) + f64::from(trial.0)),
+                    checkpoint: step % 2 == 0,
+                });
+                match out {
+                    Output::Reply(r) if r.action != Action::Continue => Some(Exit::Success),
+                    _ => None,
+                }
+            };
+            if let Some(exit) = exit {
+                live.feed(Input::Exit {
+                    now,
+                    trial,
+                    run,
+                    exit,
+                });
+                running.retain(|&(t, _)| t != trial);
+            }
+            if step == 20 {
+                // A head dies here and a new one takes over.
+                live.feed(Input::Resume {
+                    now,
+                    errored: ErroredTrials::Keep,
+                });
+                running.clear();
+            }
+        }
+        let mut replayed = exploit_tuner();
+        for input in &live.inputs {
+            let out = replayed.apply(input).expect("replay");
+            if let (Input::Next { started, .. }, Output::Launch(launch)) = (input, out) {
+                assert_eq!(started, &launch, "the same trials start");
+            }
+        }
+        assert!(live.inputs.len() > 30, "{}", live.inputs.len());
+        assert_eq!(live.tuner.fingerprint(), replayed.fingerprint());
+    }
+
+    #[test]
+    fn a_lost_run_rolls_back_to_its_checkpoint_and_resumes_there() {
+        let mut t = tuner(2, 0);
+        t.settings.stop.clear();
+        let a = t.next_to_run(0.0).expect("a");
+        let b = t.next_to_run(0.0).expect("b");
+        t.on_result(a.trial, metrics(3.0), true, 1.0).expect("a1");
+        t.on_result(a.trial, metrics(2.0), false, 2.0).expect("a2");
+        t.on_result(a.trial, metrics(1.0), false, 3.0).expect("a3");
+        t.on_result(b.trial, metrics(5.0), false, 1.0).expect("b1");
+        t.drain_effects();
+        t.resume(ErroredTrials::Keep, 10.0);
+        let effects = t.drain_effects();
+        let ta = &t.trials()[0];
+        assert_eq!(ta.status, TrialStatus::Pending);
+        assert_eq!(ta.iteration, 1);
+        assert_eq!(
+            ta.history().len(),
+            1,
+            "results after the checkpoint are gone"
+        );
+        assert_eq!(ta.best, Some((3.0, 1)), "a rolled-back best does not count");
+        let tb = &t.trials()[1];
+        assert_eq!(tb.iteration, 0);
+        assert!(tb.history().is_empty());
+        assert!(effects.contains(&Effect::RolledBack { trial: a.trial }));
+        assert!(effects.iter().any(
+            |e| matches!(e, Effect::Warning { trial, message } if *trial == b.trial && message.contains("from scratch"))
+        ));
+        let again = t.next_to_run(11.0).expect("a again");
+        assert_eq!((again.trial, again.run), (a.trial, 1));
+        assert_eq!(again.restore.map(|c| c.iteration), Some(1));
+        let r = t
+            .on_result(a.trial, metrics(2.0), false, 12.0)
+            .expect("a2 again");
+        assert_eq!(r.result.iteration(), 2, "no iteration twice, no gap");
+    }
+
+    #[test]
+    fn an_interrupt_pauses_checkpointed_trials_and_keeps_the_rest_waiting() {
+        let mut t = tuner(3, 0);
+        t.settings.stop.clear();
+        let a = t.next_to_run(0.0).expect("a");
+        let b = t.next_to_run(0.0).expect("b");
+        t.on_result(a.trial, metrics(3.0), true, 1.0).expect("a1");
+        t.on_result(b.trial, metrics(3.0), false, 1.0).expect("b1");
+        t.interrupt("Ctrl-C");
+        assert!(
+            t.next_to_run(2.0).is_none(),
+            "nothing starts while interrupted"
+        );
+        t.on_exit(a.trial, Exit::Failure("SIGTERM".into()), 2.0)
+            .expect("a ends");
+        t.on_exit(b.trial, Exit::Failure("SIGTERM".into()), 2.0)
+            .expect("b ends");
+        assert_eq!(t.trials()[0].status, TrialStatus::Paused);
+        assert_eq!(t.trials()[1].status, TrialStatus::Interrupted);
+        assert!(!t.is_finished());
+        t.resume(ErroredTrials::Keep, 3.0);
+        assert_eq!(t.trials()[1].status, TrialStatus::Pending);
+        let next: Vec<TrialId> =
+            std::iter::from_fn(|| t.next_to_run(4.0).map(|l| l.trial)).collect();
+        assert_eq!(next, vec![TrialId(1), TrialId(0), TrialId(2)]);
     }
 }

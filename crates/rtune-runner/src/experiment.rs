@@ -31,6 +31,13 @@ pub struct ExperimentFile {
     /// Stop a trial once a result reaches any of these values, e.g. `training_iteration = 5`.
     #[serde(default)]
     pub stop: BTreeMap<String, f64>,
+    /// Seconds after the experiment's start when every trial is stopped and it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_budget_s: Option<f64>,
+    /// When the first `fail_fast` trials all end in ERROR, stop the experiment and show their
+    /// error instead of running every sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_fast: Option<u32>,
     pub trial: TrialSection,
     /// The search space, kept as a table: [`rtune_core::space::SearchSpace`] parses it.
     #[serde(default)]
@@ -72,6 +79,10 @@ pub struct TrialSection {
     /// Seconds a trial told to stop gets to exit before SIGTERM, and between SIGTERM and SIGKILL.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_s: f64,
+    /// A run that has not reported for this many seconds is ended and counts as a failure
+    /// (retried per `max_failures`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_timeout_s: Option<f64>,
 }
 
 fn one_u32() -> u32 {
@@ -284,6 +295,27 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         return Err(invalid(
             "trial.stop_grace_s",
             "must be a number of seconds, 0 or more".into(),
+        ));
+    }
+    for (field, value) in [
+        ("trial.report_timeout_s", file.trial.report_timeout_s),
+        ("time_budget_s", file.time_budget_s),
+    ] {
+        if let Some(v) = value
+            && !(v.is_finite() && v > 0.0)
+        {
+            return Err(invalid(
+                field,
+                format!("must be a number of seconds, more than 0; got {v}"),
+            ));
+        }
+    }
+    if file.fail_fast == Some(0) {
+        return Err(invalid(
+            "fail_fast",
+            "must be 1 or more (the number of first trials that must all fail); leave it out to \
+             run every trial whatever happens"
+                .into(),
         ));
     }
     if let Some(kind) = &file.executor.kind

@@ -12,6 +12,7 @@
 
 pub mod executor;
 pub mod experiment;
+pub mod journal;
 pub mod lineage;
 pub mod report;
 pub mod run_loop;

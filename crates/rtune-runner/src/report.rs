@@ -36,6 +36,22 @@ pub fn trials_table(state: &ExperimentState, format: TableFormat) -> String {
     render(state, &trials, format)
 }
 
+/// [`trials_table`] for `rtune status`: when the experiment's head is dead
+/// ([`ExperimentState::dead_head`]), its RUNNING trials are not running: they show as
+/// INTERRUPTED, which is what `rtune resume` treats them as.
+pub fn trials_table_of(state: &ExperimentState, format: TableFormat, head_dead: bool) -> String {
+    if !head_dead {
+        return trials_table(state, format);
+    }
+    let mut state = state.clone();
+    for trial in &mut state.trials {
+        if trial.status == TrialStatus::Running {
+            trial.status = TrialStatus::Interrupted;
+        }
+    }
+    trials_table(&state, format)
+}
+
 fn header(state: &ExperimentState) -> Vec<String> {
     let mut header = vec!["Trial name".to_string(), "status".to_string()];
     if !state.placements.is_empty() {
@@ -164,7 +180,7 @@ pub fn live_table(state: &ExperimentState, max_rows: usize) -> String {
 /// `RUNNING 2, PENDING 5, TERMINATED 10`: the statuses present, in lifecycle order.
 pub fn status_counts(state: &ExperimentState) -> String {
     use TrialStatus::*;
-    [Running, Pending, Paused, Terminated, Error]
+    [Running, Pending, Paused, Interrupted, Terminated, Error]
         .iter()
         .filter_map(|status| {
             let n = state.trials.iter().filter(|t| t.status == *status).count();
@@ -529,6 +545,7 @@ mod tests {
             finished_at: Some(10.0),
             trials,
             placements: BTreeMap::new(),
+            head: None,
         }
     }
 

@@ -1,27 +1,28 @@
 //! The run loop: one task that owns the experiment's state and reacts to events.
 //!
 //! Everything that changes state happens here, in order: the protocol server only forwards
-//! reports, executors only forward process exits, timers only send ticks. The loop feeds each
-//! event to the pure [`Tuner`], carries out the effects it asks for (files, processes, console),
-//! and answers the report. Because of that single owner there are no locks, and the files on disk
-//! always describe a state the tuner was really in.
+//! reports, executors only forward process exits, timers only send ticks. The loop appends each
+//! input to the journal ([`crate::journal`]), feeds it to the pure [`Tuner`], carries out the
+//! effects it asks for (files, processes, console), and answers the report. Because of that
+//! single owner there are no locks, and the files on disk always describe a state the tuner was
+//! really in; because the journal comes first, a new head can rebuild that state.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use rtune_core::scheduler::PolicyStep;
-use rtune_core::tuner::{Effect, Exit, Launch, Tuner};
+use rtune_core::tuner::{Effect, ErroredTrials, Exit, Input, Launch, Output, Tuner};
 use rtune_core::{Action, CheckpointId, TrialId, TrialStatus};
 use rtune_protocol::{Response, TrialAction};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::executor::{Executor, ExecutorEvent, Resources, TrialLaunch};
+use crate::journal::{Journal, JournalError};
 use crate::report::Reporter;
 use crate::server::{ProtocolServer, ReportEvent};
-use crate::storage::{ExperimentDir, ExperimentState};
+use crate::storage::{ExperimentDir, ExperimentState, HEARTBEAT_S, HeadInfo};
 
 /// Errors that end a run before or while it runs. Trial failures are not errors of the run: they
 /// are recorded on the trial.
@@ -33,6 +34,12 @@ pub enum RunError {
     Server(#[from] crate::server::ServerError),
     #[error(transparent)]
     Executor(#[from] crate::executor::ExecutorError),
+    /// The journal could not be written (a full disk): the trials were stopped; the experiment
+    /// can be resumed once there is space.
+    #[error(
+        "{0}\nthe trials were stopped; everything up to this point is kept and `rtune resume` continues the experiment"
+    )]
+    Journal(#[from] JournalError),
     #[error(
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
@@ -51,6 +58,20 @@ pub struct TrialTemplate {
     /// How long a trial told to stop or pause may take to exit before it is signalled, and how
     /// long after SIGTERM it gets SIGKILL.
     pub stop_grace: Duration,
+    /// `trial.report_timeout_s`: a run that has not reported for this long is failed (and
+    /// retried per `max_failures`).
+    pub report_timeout: Option<Duration>,
+}
+
+/// Experiment-wide limits of the run loop (not the core's: they depend on the clock or on
+/// outcomes the loop watches).
+#[derive(Clone, Debug, Default)]
+pub struct RunLimits {
+    /// `time_budget_s`: after this many seconds since the experiment started, every trial is
+    /// stopped and the experiment ends.
+    pub time_budget: Option<Duration>,
+    /// `fail_fast`: when the first N trials all end in ERROR, stop the experiment.
+    pub fail_fast: Option<u32>,
 }
 
 /// Everything the loop needs, assembled by [`crate::setup`].
@@ -66,6 +87,11 @@ pub struct RunParts {
     pub bind: SocketAddr,
     pub advertise_host: Option<String>,
     pub secret: String,
+    /// The journal, open for appending (already replayed into `tuner` when resuming).
+    pub journal: Journal,
+    /// `Some` when this head resumes an experiment: what to do with its ERROR trials.
+    pub resume: Option<ErroredTrials>,
+    pub limits: RunLimits,
 }
 
 /// What a finished run leaves for the CLI to print or return.
@@ -73,6 +99,8 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     pub state: ExperimentState,
     pub interrupted: bool,
+    /// Set when `fail_fast` ended the experiment: the common error of the first trials.
+    pub failed_fast: Option<String>,
 }
 
 /// Seconds since the Unix epoch: the only clock the core ever sees.
@@ -84,6 +112,10 @@ pub fn unix_now() -> f64 {
 
 struct RunningTrial {
     run: u32,
+    /// When it last reported (or started): for `report_timeout_s`.
+    last_report: Instant,
+    /// Set once `report_timeout_s` ended it: its exit is a failure with this message.
+    timed_out: Option<String>,
 }
 
 /// Messages from the loop's own timers.
@@ -104,6 +136,9 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         bind,
         advertise_host,
         secret,
+        journal,
+        resume,
+        limits,
     } = parts;
 
     let (report_tx, mut reports) = mpsc::unbounded_channel::<ReportEvent>();
@@ -125,24 +160,77 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         addr,
         secret,
         running: HashMap::new(),
-        policies: HashMap::new(),
         timer_tx,
         dirty: true,
+        journal,
+        maybe_more: true,
+        fatal: None,
+        limits: limits.clone(),
+        failed_fast: None,
+        last_write: 0.0,
     };
+    lp.state.head = Some(HeadInfo {
+        pid: std::process::id(),
+        host: crate::setup::this_host_name().unwrap_or_else(|_| "unknown".into()),
+        heartbeat: unix_now(),
+    });
+
+    if let Some(errored) = resume {
+        // (A journal that cannot be written shows as `fatal`, handled at the loop's top.)
+        lp.feed(Input::Resume {
+            now: unix_now(),
+            errored,
+        });
+        lp.apply_effects();
+        // The result files become what the journal says counts: rolled-back results go, and
+        // results the old head counted but had not written yet come back.
+        for trial in lp.tuner.trials() {
+            if let Ok(files) = lp.dir.trial(trial.id)
+                && let Err(e) = files.rewrite_results(trial.history())
+            {
+                tracing::error!("{}: {e}", trial.id.name());
+            }
+        }
+    }
 
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    // SIGTERM is how SLURM ends a job (scancel, the time limit): treat it like Ctrl-C, so the
-    // trials are stopped and the state is written before SLURM's SIGKILL.
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // SIGTERM is how SLURM ends a job (scancel, the time limit), SIGHUP what a dropped ssh
+    // session sends: both end the run like Ctrl-C, so the trials are stopped and the state is
+    // written (before SLURM's SIGKILL), and `rtune resume` can continue.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sighup = signal(SignalKind::hangup()).ok();
     let mut interrupted = false;
 
     loop {
-        if !interrupted {
+        if !interrupted && lp.fatal.is_none() {
             lp.fill_slots();
+        }
+        if lp.fatal.is_some() {
+            // The journal cannot be written: nothing may take effect any more. Stop every trial
+            // and leave; the journal so far is consistent and a resume continues from it. What
+            // happens from here reaches the core (for the snapshot) but not the journal.
+            if let Some(error) = &lp.fatal {
+                lp.reporter.on_event(&format!("ERROR {error}"));
+            }
+            if !interrupted {
+                lp.tuner.interrupt("rtune cannot write its journal");
+                lp.apply_effects();
+            }
+            lp.executor.shutdown(lp.template.stop_grace);
+            while let Ok(event) = executor_events.try_recv() {
+                lp.on_executor_event(event);
+            }
+            lp.state.finished_at = Some(unix_now());
+            if let Err(e) = lp.write_state("interrupted") {
+                tracing::error!("{e}");
+            }
+            if let Some(error) = lp.fatal.take() {
+                return Err(error);
+            }
         }
         if lp.running.is_empty() {
             if lp.tuner.is_finished() || interrupted {
@@ -169,29 +257,23 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             Some(event) = executor_events.recv() => lp.on_executor_event(event),
             Some(timer) = timers.recv() => lp.on_timer(timer),
             _ = ticker.tick() => {
-                if lp.dirty {
+                lp.check_limits();
+                if lp.dirty || unix_now() - lp.last_write >= HEARTBEAT_S {
                     lp.write_state("running")?;
                 }
                 lp.reporter.tick(unix_now(), lp.state);
             }
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
-                lp.reporter.on_event("interrupted (Ctrl-C): stopping every trial");
-                lp.tuner.stop_all("the experiment was interrupted");
-                lp.apply_effects();
-                lp.executor.shutdown(lp.template.stop_grace);
+                lp.interrupt("interrupted (Ctrl-C)");
             }
-            Some(()) = async {
-                match sigterm.as_mut() {
-                    Some(signal) => signal.recv().await,
-                    None => std::future::pending().await,
-                }
-            }, if !interrupted => {
+            Some(()) = next_signal(&mut sigterm), if !interrupted => {
                 interrupted = true;
-                lp.reporter.on_event("interrupted (SIGTERM, e.g. scancel or the SLURM time limit): stopping every trial");
-                lp.tuner.stop_all("the experiment was interrupted");
-                lp.apply_effects();
-                lp.executor.shutdown(lp.template.stop_grace);
+                lp.interrupt("interrupted (SIGTERM, e.g. scancel or the SLURM time limit)");
+            }
+            Some(()) = next_signal(&mut sighup), if !interrupted => {
+                interrupted = true;
+                lp.interrupt("interrupted (SIGHUP: the terminal or ssh session went away)");
             }
         }
     }
@@ -203,12 +285,22 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     };
     lp.state.finished_at = Some(unix_now());
     lp.write_state(status)?;
+    let failed_fast = lp.failed_fast.take();
     reporter.finish(&state);
     Ok(RunOutcome {
         dir: dir.path().to_path_buf(),
         state,
         interrupted,
+        failed_fast,
     })
+}
+
+/// The next delivery of a signal, or never when it could not be installed.
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal.as_mut() {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Loop<'a> {
@@ -222,29 +314,92 @@ struct Loop<'a> {
     addr: String,
     secret: String,
     running: HashMap<TrialId, RunningTrial>,
-    /// Each trial's config schedule so far (PBT's policy), for policy.json and replays.
-    policies: HashMap<TrialId, Vec<PolicyStep>>,
     timer_tx: mpsc::UnboundedSender<Timer>,
     /// Whether the state on disk is behind the tuner's.
     dirty: bool,
+    journal: Journal,
+    /// Whether the tuner may have something new to start: false after it answered "nothing"
+    /// until the next input, so idle ticks do not fill the journal.
+    maybe_more: bool,
+    /// A journal write failed: the loop stops everything and returns this.
+    fatal: Option<RunError>,
+    limits: RunLimits,
+    failed_fast: Option<String>,
+    /// When the snapshot was last written (for the heartbeat).
+    last_write: f64,
 }
 
 impl Loop<'_> {
+    /// Append `input` to the journal, then feed it to the core: nothing takes effect that a
+    /// replay would not redo. For [`Input::Next`] the core's answer (the trial started, with its
+    /// config) is recorded in the same line, written before the process starts. Once the journal
+    /// cannot be written the loop is ending: inputs still reach the core (for the final
+    /// snapshot) but are not journaled, and a resume treats those runs as lost.
+    fn feed(&mut self, input: Input) -> Option<Output> {
+        let mut input = Journal::round_trip(&input);
+        self.maybe_more = true;
+        let journaled = self.fatal.is_none();
+        let output = if let Input::Next { now, started } = &mut input {
+            let output = self.tuner.apply(&Input::Next {
+                now: *now,
+                started: None,
+            });
+            if let Ok(Output::Launch(launch)) = &output {
+                started.clone_from(launch);
+            }
+            if journaled && let Err(e) = self.journal.append(&input) {
+                self.fatal = Some(RunError::Journal(e));
+            }
+            output
+        } else {
+            if journaled && let Err(e) = self.journal.append(&input) {
+                self.fatal = Some(RunError::Journal(e));
+                return None;
+            }
+            self.tuner.apply(&input)
+        };
+        match output {
+            Ok(output) => Some(output),
+            Err(e) => {
+                // The loop checks runs before it feeds them; a refusal here is a bug, and a
+                // replay refuses the same input the same way.
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
     /// Start trials while the executor has room and the tuner has something to run.
     fn fill_slots(&mut self) {
-        while self
-            .executor
-            .has_room(self.template.workers, &self.template.resources)
+        while self.maybe_more
+            && self
+                .executor
+                .has_room(self.template.workers, &self.template.resources)
         {
-            let Some(launch) = self.tuner.next_to_run(unix_now()) else {
-                break;
+            let launch = match self.feed(Input::Next {
+                now: unix_now(),
+                started: None,
+            }) {
+                Some(Output::Launch(Some(launch))) if self.fatal.is_none() => launch,
+                _ => {
+                    self.maybe_more = false;
+                    self.apply_effects();
+                    break;
+                }
             };
             self.apply_effects();
             let trial = launch.trial;
             let run = launch.run;
             match self.start(launch) {
                 Ok(placement) => {
-                    self.running.insert(trial, RunningTrial { run });
+                    self.running.insert(
+                        trial,
+                        RunningTrial {
+                            run,
+                            last_report: Instant::now(),
+                            timed_out: None,
+                        },
+                    );
                     self.state
                         .placements
                         .insert(trial.to_string(), placement.clone());
@@ -253,12 +408,12 @@ impl Loop<'_> {
                     // The trial could not even start (missing program, unwritable dir): that is
                     // its failure, retried like any other.
                     self.write_error(trial, &message);
-                    if let Err(e) = self
-                        .tuner
-                        .on_exit(trial, Exit::Failure(message), unix_now())
-                    {
-                        tracing::error!("{e}");
-                    }
+                    self.feed(Input::Exit {
+                        now: unix_now(),
+                        trial,
+                        run,
+                        exit: Exit::Failure(message),
+                    });
                     self.apply_effects();
                 }
             }
@@ -275,14 +430,7 @@ impl Loop<'_> {
         files
             .write_params(&launch.config)
             .map_err(|e| e.to_string())?;
-        if !self.policies.contains_key(&trial) {
-            let policy = vec![PolicyStep {
-                from_iteration: 0,
-                config: launch.config.clone(),
-            }];
-            self.write_policy(trial, &policy);
-            self.policies.insert(trial, policy);
-        }
+        self.write_policy(trial);
         let restore_dir = match launch.restore {
             None => None,
             Some(c) if c.trial == trial => Some(files.checkpoint_dir(c.iteration)),
@@ -374,8 +522,13 @@ impl Loop<'_> {
 
     fn handle_report(&mut self, report: &ReportEvent) -> Response {
         let trial = report.trial;
-        match self.running.get(&trial) {
-            Some(r) if r.run == report.run => {}
+        if self.fatal.is_some() {
+            return Response::error(
+                "rtune cannot write its journal and is stopping every trial; this process should exit",
+            );
+        }
+        match self.running.get_mut(&trial) {
+            Some(r) if r.run == report.run => r.last_report = Instant::now(),
             Some(r) => {
                 return Response::error(format!(
                     "{} run {} is not the current run ({}); this process should exit",
@@ -415,14 +568,20 @@ impl Loop<'_> {
                 ),
             }
         }
-        let reply =
-            match self
-                .tuner
-                .on_result(trial, report.metrics.clone(), has_checkpoint, unix_now())
-            {
-                Ok(reply) => reply,
-                Err(e) => return Response::error(e.to_string()),
-            };
+        let reply = match self.feed(Input::Report {
+            now: unix_now(),
+            trial,
+            run: report.run,
+            metrics: report.metrics.clone(),
+            checkpoint: has_checkpoint,
+        }) {
+            Some(Output::Reply(reply)) => reply,
+            _ => {
+                return Response::error(
+                    "rtune could not take this report (see its log); this process should exit",
+                );
+            }
+        };
         // Once it has a checkpoint of its own, the copy of a donor's checkpoint it restarted
         // from (an exploit) is no longer needed: a restart would use its own (the tuner then
         // restores from something else, or from nothing while it runs on). The same report may
@@ -515,22 +674,123 @@ impl Loop<'_> {
             Some(r) if r.run == run => {}
             _ => return,
         }
-        self.running.remove(&trial);
-        let exit = if success {
-            Exit::Success
-        } else {
-            let message = self.failure_message(trial, &message);
-            Exit::Failure(message)
+        let timed_out = self.running.remove(&trial).and_then(|r| r.timed_out);
+        let exit = match timed_out {
+            Some(message) => Exit::Failure(self.failure_message(trial, &message)),
+            None if success => Exit::Success,
+            None => Exit::Failure(self.failure_message(trial, &message)),
         };
         let ending = self.tuner.trial(trial).and_then(|t| t.ending);
         if let (Exit::Failure(message), None) = (&exit, ending) {
             self.write_error(trial, message);
         }
-        if let Err(e) = self.tuner.on_exit(trial, exit, unix_now()) {
-            tracing::error!("{e}");
-        }
+        self.feed(Input::Exit {
+            now: unix_now(),
+            trial,
+            run,
+            exit,
+        });
         self.apply_effects();
+        self.check_fail_fast();
         self.dirty = true;
+    }
+
+    /// Ctrl-C, SIGTERM, SIGHUP: journal the interrupt, end every running trial.
+    fn interrupt(&mut self, what: &str) {
+        self.reporter
+            .on_event(&format!("{what}: stopping every trial"));
+        self.feed(Input::Interrupt {
+            now: unix_now(),
+            reason: format!("the experiment was {what}"),
+        });
+        self.apply_effects();
+        self.executor.shutdown(self.template.stop_grace);
+    }
+
+    /// On every tick: runs silent for longer than `report_timeout_s` are ended (and failed),
+    /// and a used-up `time_budget_s` stops the experiment.
+    fn check_limits(&mut self) {
+        if let Some(timeout) = self.template.report_timeout {
+            let silent: Vec<TrialId> = self
+                .running
+                .iter()
+                .filter(|(_, r)| r.timed_out.is_none() && r.last_report.elapsed() >= timeout)
+                .map(|(&t, _)| t)
+                .collect();
+            for trial in silent {
+                let message = format!(
+                    "no report for {} s (trial.report_timeout_s): the run was ended",
+                    timeout.as_secs_f64()
+                );
+                self.warn(trial, &format!("{}: {message}", trial.name()));
+                if let Some(r) = self.running.get_mut(&trial) {
+                    r.timed_out = Some(message);
+                }
+                self.executor.stop(trial, self.template.stop_grace);
+            }
+        }
+        if let Some(budget) = self.limits.time_budget
+            && !self.tuner.is_finished()
+            && self.failed_fast.is_none()
+            && unix_now() - self.state.started_at >= budget.as_secs_f64()
+        {
+            self.limits.time_budget = None;
+            let reason = format!(
+                "the time budget of {} s (time_budget_s) is used up",
+                budget.as_secs_f64()
+            );
+            self.reporter
+                .on_event(&format!("{reason}: stopping every trial"));
+            self.feed(Input::StopAll {
+                now: unix_now(),
+                reason,
+            });
+            self.apply_effects();
+        }
+    }
+
+    /// `fail_fast = N`: when the first N trials all ended in ERROR, the experiment stops and
+    /// says what they had in common.
+    fn check_fail_fast(&mut self) {
+        let Some(n) = self.limits.fail_fast else {
+            return;
+        };
+        let first: Vec<_> = self.tuner.trials().iter().take(n as usize).collect();
+        if first.len() < n as usize || first.iter().any(|t| t.status != TrialStatus::Error) {
+            return;
+        }
+        let errors: Vec<&str> = first
+            .iter()
+            .map(|t| {
+                t.error
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            })
+            .collect();
+        let common = if errors.iter().all(|e| *e == errors[0]) {
+            format!("all failed with: {}", errors[0])
+        } else {
+            format!("the first failed with: {}", errors[0])
+        };
+        let message = format!(
+            "fail_fast: the first {n} trials all ended in ERROR, so the experiment stops; {common}\nsee {}",
+            self.dir
+                .path()
+                .join("trial_00000")
+                .join("error.txt")
+                .display()
+        );
+        self.limits.fail_fast = None;
+        self.reporter.on_event(&message);
+        self.feed(Input::StopAll {
+            now: unix_now(),
+            reason: "fail_fast: the first trials all failed".into(),
+        });
+        self.apply_effects();
+        self.failed_fast = Some(message);
     }
 
     /// The exit message plus where to look: the last lines of the trial's stderr.
@@ -557,9 +817,11 @@ impl Loop<'_> {
     fn warn(&mut self, trial: TrialId, message: &str) {
         tracing::warn!("{message}");
         self.reporter.on_event(&format!("WARNING {message}"));
-        let _ = self.dir.append_event(&json!({
+        if let Err(e) = self.dir.append_event(&json!({
             "time": unix_now(), "trial": trial.to_string(), "event": "warning", "message": message,
-        }));
+        })) {
+            tracing::error!("cannot write the events log: {e}");
+        }
     }
 
     fn apply_effects(&mut self) {
@@ -576,56 +838,6 @@ impl Loop<'_> {
                     if let Err(e) = self.dir.append_decision(&decision, iteration, now) {
                         tracing::error!("cannot write the decisions log: {e}");
                     }
-                    if let Action::Exploit {
-                        donor,
-                        config,
-                        description,
-                    } = &decision.action
-                    {
-                        // The config the target trained with until now: its policy's last step.
-                        let old_config = self
-                            .policies
-                            .get(&decision.trial)
-                            .and_then(|p| p.last())
-                            .map(|s| s.config.clone());
-                        let line = json!({
-                            "time": now,
-                            "target": decision.trial.name(),
-                            "donor": donor.trial.name(),
-                            "donor_iteration": donor.iteration,
-                            "target_iteration": self.tuner.trial(decision.trial).map(|t| t.iteration),
-                            "old_config": old_config,
-                            "new_config": config,
-                            "change": description,
-                            "details": decision.details,
-                        });
-                        if let Err(e) = self.dir.append_lineage(&line) {
-                            tracing::error!("cannot write the lineage log: {e}");
-                        }
-                        if let Err(message) = self.copy_donor_checkpoint(decision.trial, *donor) {
-                            // The restart will try the copy again and fail the run if it
-                            // still cannot be made.
-                            self.warn(decision.trial, &message);
-                        }
-                        // The target's policy: the donor's schedule up to the donor's iteration,
-                        // then the explored config.
-                        let mut policy: Vec<PolicyStep> = self
-                            .policies
-                            .get(&donor.trial)
-                            .map(|p| {
-                                p.iter()
-                                    .filter(|s| s.from_iteration < donor.iteration)
-                                    .cloned()
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        policy.push(PolicyStep {
-                            from_iteration: donor.iteration,
-                            config: config.clone(),
-                        });
-                        self.write_policy(decision.trial, &policy);
-                        self.policies.insert(decision.trial, policy);
-                    }
                     if !matches!(decision.action, Action::Continue) {
                         self.reporter.on_event(&format!(
                             "{} {}: {}",
@@ -635,16 +847,58 @@ impl Loop<'_> {
                         ));
                     }
                 }
+                Effect::Exploited {
+                    target,
+                    donor,
+                    target_iteration,
+                    old_config,
+                    new_config,
+                    change,
+                    details,
+                } => {
+                    let line = json!({
+                        "time": now,
+                        "target": target.name(),
+                        "donor": donor.trial.name(),
+                        "donor_iteration": donor.iteration,
+                        "target_iteration": target_iteration,
+                        "old_config": old_config,
+                        "new_config": new_config,
+                        "change": change,
+                        "details": details,
+                    });
+                    if let Err(e) = self.dir.append_lineage(&line) {
+                        tracing::error!("cannot write the lineage log: {e}");
+                    }
+                    if let Err(message) = self.copy_donor_checkpoint(target, donor) {
+                        // The restart will try the copy again and fail the run if it still
+                        // cannot be made.
+                        self.warn(target, &message);
+                    }
+                    self.write_policy(target);
+                }
+                Effect::RolledBack { trial } => {
+                    if let Some(t) = self.tuner.trial(trial)
+                        && let Ok(files) = self.dir.trial(trial)
+                        && let Err(e) = files.rewrite_results(t.history())
+                    {
+                        tracing::error!("{}: cannot roll back its results: {e}", trial.name());
+                    }
+                }
                 Effect::Status {
                     trial,
                     status,
                     reason,
                 } => {
-                    let _ = self.dir.append_event(&json!({
+                    if let Err(e) = self.dir.append_event(&json!({
                         "time": now, "trial": trial.to_string(), "event": "status",
                         "status": status, "reason": reason,
-                    }));
-                    if status != TrialStatus::Pending || reason.contains("retry") {
+                    })) {
+                        tracing::error!("cannot write the events log: {e}");
+                    }
+                    // A new trial waiting is no news; one that ran before (a retry, a resume) is.
+                    let ran_before = self.tuner.trial(trial).is_some_and(|t| t.runs > 0);
+                    if status != TrialStatus::Pending || ran_before {
                         self.reporter
                             .on_event(&format!("{} {status}: {reason}", trial.name()));
                     }
@@ -669,9 +923,13 @@ impl Loop<'_> {
         // trials.
     }
 
-    fn write_policy(&self, trial: TrialId, policy: &[PolicyStep]) {
+    /// policy.json: the trial's config by iteration, as the core keeps it.
+    fn write_policy(&self, trial: TrialId) {
+        let Some(policy) = self.tuner.trial(trial).map(|t| t.policy.clone()) else {
+            return;
+        };
         if let Ok(files) = self.dir.trial(trial)
-            && let Err(e) = files.write_policy(policy)
+            && let Err(e) = files.write_policy(&policy)
         {
             tracing::error!("{}: cannot write policy.json: {e}", trial.name());
         }
@@ -680,6 +938,11 @@ impl Loop<'_> {
     fn write_state(&mut self, status: &str) -> Result<(), RunError> {
         self.state.status = status.to_string();
         self.state.trials = self.tuner.trials().to_vec();
+        let now = unix_now();
+        if let Some(head) = &mut self.state.head {
+            head.heartbeat = now;
+        }
+        self.last_write = now;
         self.dir.write_state(self.state)?;
         self.dirty = false;
         Ok(())

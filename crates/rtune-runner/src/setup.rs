@@ -12,7 +12,7 @@ use std::time::Duration;
 use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
 use rtune_core::searcher::{FixedSearcher, RandomSearcher, Searcher};
 use rtune_core::space::SearchSpace;
-use rtune_core::tuner::{Tuner, TunerSettings};
+use rtune_core::tuner::{ErroredTrials, Tuner, TunerSettings};
 use tokio::sync::mpsc;
 
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
@@ -21,10 +21,13 @@ use crate::executor::{
     SlurmJobsExecutor,
 };
 use crate::experiment::{self, Experiment, ExperimentError};
+use crate::journal::{self, Journal, JournalError};
 use crate::lineage;
 use crate::report::{Reporter, local_time};
-use crate::run_loop::{self, RunError, RunOutcome, RunParts, TrialTemplate, unix_now};
-use crate::storage::{EXPERIMENT_FILE, ExperimentDir, ExperimentState, STATE_FORMAT, StorageError};
+use crate::run_loop::{self, RunError, RunLimits, RunOutcome, RunParts, TrialTemplate, unix_now};
+use crate::storage::{
+    EXPERIMENT_FILE, ExperimentDir, ExperimentState, STATE_FORMAT, StorageError, write_atomic,
+};
 
 /// What `rtune run` was asked.
 #[derive(Clone, Debug)]
@@ -63,6 +66,121 @@ pub enum SetupError {
         "cannot find the storage directory: set [output] storage or --storage (HOME is not set)"
     )]
     NoStorage,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// `rtune resume` with a file that would make the journal mean something else.
+    #[error(
+        "{dir}: cannot resume with a changed {field}: it was {old}, now {new}\nhint: only resources, concurrency, executor, output and limits may change on resume; run a new experiment for a different {field}"
+    )]
+    Changed {
+        dir: PathBuf,
+        field: &'static str,
+        old: String,
+        new: String,
+    },
+    #[error(
+        "{dir} is still running (head pid {pid} on {host}, heartbeat {age:.0} s ago)\nhint: stop it first (Ctrl-C or kill {pid}), then resume"
+    )]
+    StillRunning {
+        dir: PathBuf,
+        pid: u32,
+        host: String,
+        age: f64,
+    },
+}
+
+impl SetupError {
+    /// Whether the user's input is at fault (a bad file, a changed file on resume, a trial that
+    /// does not fit): exit code 2, not an internal error.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            SetupError::Experiment(_)
+                | SetupError::Invalid { .. }
+                | SetupError::Capacity { .. }
+                | SetupError::Changed { .. }
+                | SetupError::StillRunning { .. }
+                | SetupError::NoStorage
+        )
+    }
+}
+
+/// What `rtune resume` was asked.
+#[derive(Clone, Debug)]
+pub struct ResumeOptions {
+    /// The experiment's directory (anywhere: it may have been moved since it ran).
+    pub dir: PathBuf,
+    /// `--set KEY=VALUE`: only resources, concurrency, executor and limits may change.
+    pub overrides: Vec<String>,
+    /// `--executor`.
+    pub executor: Option<String>,
+    pub errored: ErroredTrials,
+    pub rtune_exe: PathBuf,
+    pub terminal: bool,
+}
+
+/// Continue an experiment from its journal (see [`ResumeOptions`]) to the end.
+pub async fn resume_experiment(options: ResumeOptions) -> Result<RunOutcome, SetupError> {
+    let run_options = RunOptions {
+        experiment_path: options.dir.join(EXPERIMENT_FILE),
+        overrides: options.overrides.clone(),
+        name: None,
+        storage: None,
+        executor: options.executor.clone(),
+        rtune_exe: options.rtune_exe.clone(),
+        terminal: options.terminal,
+    };
+    let prepared = prepare_with(&run_options, None, Some((&options.dir, options.errored)))?;
+    let outcome = run_loop::run(prepared.parts).await?;
+    Ok(outcome)
+}
+
+/// Refuse a resume whose file changes what the journal's inputs mean: the search space, the
+/// metric, the scheduler, anything the core decides with.
+fn check_unchanged(
+    dir: &Path,
+    old: &experiment::ExperimentFile,
+    new: &experiment::ExperimentFile,
+) -> Result<(), SetupError> {
+    let show = |v: serde_json::Value| v.to_string();
+    let fields: [(&'static str, serde_json::Value, serde_json::Value); 9] = [
+        (
+            "metric",
+            old.metric.clone().into(),
+            new.metric.clone().into(),
+        ),
+        ("mode", json(&old.mode), json(&new.mode)),
+        (
+            "num_samples",
+            old.num_samples.into(),
+            new.num_samples.into(),
+        ),
+        ("seed", old.seed.into(), new.seed.into()),
+        (
+            "max_failures",
+            old.max_failures.into(),
+            new.max_failures.into(),
+        ),
+        ("stop", json(&old.stop), json(&new.stop)),
+        ("search space", json(&old.space), json(&new.space)),
+        ("scheduler", json(&old.scheduler), json(&new.scheduler)),
+        ("checkpoint", json(&old.checkpoint), json(&new.checkpoint)),
+    ];
+    for (field, a, b) in fields {
+        if a != b {
+            return Err(SetupError::Changed {
+                dir: dir.to_path_buf(),
+                field,
+                old: show(a),
+                new: show(b),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
 /// Everything checked and built, not yet started: what `run_experiment` runs.
@@ -146,18 +264,19 @@ pub fn prepare_replay(options: &ReplayOptions) -> Result<Prepared, SetupError> {
         rtune_exe: options.rtune_exe.clone(),
         terminal: options.terminal,
     };
-    prepare_with(&run_options, Some(&policy))
+    prepare_with(&run_options, Some(&policy), None)
 }
 
 /// Everything up to (and including) creating the experiment directory.
 pub fn prepare(options: &RunOptions) -> Result<Prepared, SetupError> {
-    prepare_with(options, None)
+    prepare_with(options, None, None)
 }
 
 /// [`prepare`], or with `replay`: one trial that follows that policy.
 fn prepare_with(
     options: &RunOptions,
     replay: Option<&[PolicyStep]>,
+    resume: Option<(&Path, ErroredTrials)>,
 ) -> Result<Prepared, SetupError> {
     let mut overrides = options.overrides.clone();
     if let Some(name) = &options.name {
@@ -167,6 +286,10 @@ fn prepare_with(
         overrides.push(format!("executor.type={}", toml_string(kind)));
     }
     let experiment = experiment::load(&options.experiment_path, &overrides)?;
+    if let Some((dir, _)) = resume {
+        let original = experiment::load(&options.experiment_path, &[])?;
+        check_unchanged(dir, &original.file, &experiment.file)?;
+    }
     let file = &experiment.file;
     let path = experiment.path.clone();
     let invalid = |message: String| SetupError::Invalid {
@@ -174,39 +297,7 @@ fn prepare_with(
         message,
     };
 
-    let space =
-        SearchSpace::from_json(&experiment.space_json()).map_err(|e| invalid(e.to_string()))?;
-    let parameters = space.searched_names();
-    let (searcher, scheduler): (Box<dyn Searcher>, Box<dyn Scheduler>) = match replay {
-        None => {
-            let scheduler = file
-                .scheduler
-                .build(&file.metric, file.mode, &space)
-                .map_err(|e| invalid(e.to_string()))?;
-            let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
-            (Box::new(searcher), scheduler)
-        }
-        Some(policy) => {
-            let scheduler = PolicyReplayScheduler::new(policy).map_err(&invalid)?;
-            let first = policy.first().map(|s| s.config.clone()).unwrap_or_default();
-            (
-                Box::new(FixedSearcher::new(vec![first])),
-                Box::new(scheduler),
-            )
-        }
-    };
-    let tuner = Tuner::new(
-        TunerSettings {
-            metric: file.metric.clone(),
-            mode: file.mode,
-            seed: file.seed,
-            max_failures: file.max_failures,
-            stop: file.stop.clone(),
-        },
-        searcher,
-        scheduler,
-    )
-    .with_checkpoint_retention(file.checkpoint.clone());
+    let (mut tuner, parameters) = build_tuner(&experiment, replay)?;
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
     let kind = executor_kind(
@@ -249,8 +340,42 @@ fn prepare_with(
             .map(|home| PathBuf::from(home).join("rtune_results"))
             .ok_or(SetupError::NoStorage)?,
     };
-    let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
-    let started_at = unix_now();
+    let mut started_at = unix_now();
+    let (dir, journal) = match resume {
+        None => {
+            let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
+            let (journal, _) = Journal::open(dir.path())?;
+            (dir, journal)
+        }
+        Some((path, _)) => {
+            let dir = ExperimentDir::open(path);
+            if let Ok(old) = ExperimentState::read(path) {
+                if let Some(head) = &old.head
+                    && old
+                        .dead_head(&this_host_name().unwrap_or_default(), unix_now())
+                        .is_none()
+                    && old.status == "running"
+                {
+                    return Err(SetupError::StillRunning {
+                        dir: path.to_path_buf(),
+                        pid: head.pid,
+                        host: head.host.clone(),
+                        age: unix_now() - head.heartbeat,
+                    });
+                }
+                started_at = old.started_at;
+            }
+            let (journal, inputs) = Journal::open(path)?;
+            journal::replay(&mut tuner, &inputs, journal.path())?;
+            if !options.overrides.is_empty() || options.executor.is_some() {
+                write_atomic(
+                    &path.join(EXPERIMENT_FILE),
+                    experiment.text_as_run.as_bytes(),
+                )?;
+            }
+            (dir, journal)
+        }
+    };
     let state = ExperimentState {
         format: STATE_FORMAT,
         name: file.name.clone(),
@@ -263,18 +388,24 @@ fn prepare_with(
         total_trials: tuner.total_trials(),
         started_at,
         finished_at: None,
-        trials: Vec::new(),
+        trials: tuner.trials().to_vec(),
         placements: Default::default(),
+        head: None,
     };
     let mut reporter = Reporter::new(options.terminal, file.output.report_interval_s);
     let total = tuner
         .total_trials()
         .map_or("an open number of".to_string(), |n| n.to_string());
     reporter.start(&format!(
-        "rtune {}: experiment {} started at {}\n  {total} trials, searcher {}, scheduler {}, metric {} ({})\n  {}\n  results: {}",
+        "rtune {}: experiment {} {} at {}\n  {total} trials, searcher {}, scheduler {}, metric {} ({})\n  {}\n  results: {}",
         env!("CARGO_PKG_VERSION"),
         file.name,
-        local_time(started_at),
+        if resume.is_some() {
+            "resumed"
+        } else {
+            "started"
+        },
+        local_time(unix_now()),
         tuner.searcher_name(),
         tuner.scheduler_name(),
         file.metric,
@@ -301,17 +432,81 @@ fn prepare_with(
             resources: file.trial.resources.clone(),
             cwd,
             stop_grace: Duration::from_secs_f64(file.trial.stop_grace_s),
+            report_timeout: file.trial.report_timeout_s.map(Duration::from_secs_f64),
         },
         reporter,
         bind,
         advertise_host,
         secret: new_secret(),
+        journal,
+        resume: resume.map(|(_, errored)| errored),
+        limits: RunLimits {
+            time_budget: file.time_budget_s.map(Duration::from_secs_f64),
+            fail_fast: file.fail_fast,
+        },
     };
     Ok(Prepared {
         experiment,
         parts,
         concurrency,
     })
+}
+
+/// The core of an experiment as its file describes it (or, with `replay`, one trial following a
+/// policy): what a run drives and what a resume replays the journal into.
+fn build_tuner(
+    experiment: &Experiment,
+    replay: Option<&[PolicyStep]>,
+) -> Result<(Tuner, Vec<String>), SetupError> {
+    let file = &experiment.file;
+    let invalid = |message: String| SetupError::Invalid {
+        path: experiment.path.clone(),
+        message,
+    };
+    let space =
+        SearchSpace::from_json(&experiment.space_json()).map_err(|e| invalid(e.to_string()))?;
+    let parameters = space.searched_names();
+    let (searcher, scheduler): (Box<dyn Searcher>, Box<dyn Scheduler>) = match replay {
+        None => {
+            let scheduler = file
+                .scheduler
+                .build(&file.metric, file.mode, &space)
+                .map_err(|e| invalid(e.to_string()))?;
+            let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
+            (Box::new(searcher), scheduler)
+        }
+        Some(policy) => {
+            let scheduler = PolicyReplayScheduler::new(policy).map_err(&invalid)?;
+            let first = policy.first().map(|s| s.config.clone()).unwrap_or_default();
+            (
+                Box::new(FixedSearcher::new(vec![first])),
+                Box::new(scheduler),
+            )
+        }
+    };
+    let tuner = Tuner::new(
+        TunerSettings {
+            metric: file.metric.clone(),
+            mode: file.mode,
+            seed: file.seed,
+            max_failures: file.max_failures,
+            stop: file.stop.clone(),
+        },
+        searcher,
+        scheduler,
+    )
+    .with_checkpoint_retention(file.checkpoint.clone());
+    Ok((tuner, parameters))
+}
+
+/// The state an experiment's journal leads to: its file's core with every journal line replayed
+/// (what `rtune resume` starts from; tests compare it with the live snapshot).
+pub fn replay_journal(dir: &Path) -> Result<Tuner, SetupError> {
+    let experiment = experiment::load(&dir.join(EXPERIMENT_FILE), &[])?;
+    let (mut tuner, _) = build_tuner(&experiment, None)?;
+    let (journal, inputs) = Journal::open(dir)?;
+    journal::replay(&mut tuner, &inputs, journal.path())?;
+    Ok(tuner)
 }
 
 /// A TOML string literal for an override built from a command-line flag.
@@ -392,7 +587,7 @@ pub fn build_executor(
 }
 
 /// This machine's host name, which trials on other nodes connect to.
-fn this_host_name() -> Result<String, String> {
+pub fn this_host_name() -> Result<String, String> {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
     let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };

@@ -22,7 +22,7 @@ use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::PolicyStep;
-use rtune_core::tuner::Trial;
+use rtune_core::tuner::{HistoryEntry, Trial};
 use rtune_core::{CheckpointId, Config, Decision, Mode, TrialId, TrialResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -36,8 +36,8 @@ pub const LINEAGE_FILE: &str = "lineage.jsonl";
 /// Inside a trial directory: the trial's config by iteration.
 pub const POLICY_FILE: &str = "policy.json";
 
-/// The version of `experiment_state.json`'s layout.
-pub const STATE_FORMAT: u32 = 1;
+/// The version of `experiment_state.json`'s layout (2: `head`, INTERRUPTED, `policy`).
+pub const STATE_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -90,6 +90,59 @@ pub struct ExperimentState {
     /// Where each trial's latest run was placed (`local cpu=1 gpu=0`, a SLURM step, ...).
     #[serde(default)]
     pub placements: BTreeMap<String, String>,
+    /// The process running the experiment, and when it last wrote this file: a reader can tell
+    /// a live experiment from one whose head died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadInfo>,
+}
+
+/// Who runs an experiment: `rtune status` says "not running" when this process is gone or its
+/// heartbeat is old.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub pid: u32,
+    pub host: String,
+    /// Unix time of the latest write of the snapshot; rewritten at least every
+    /// [`HEARTBEAT_S`] seconds while the experiment runs.
+    pub heartbeat: f64,
+}
+
+/// How often a running head rewrites the snapshot even when nothing changed.
+pub const HEARTBEAT_S: f64 = 10.0;
+
+impl ExperimentState {
+    /// For a `running` snapshot: why its head is not running any more, if it is not (the
+    /// process is gone from this host, or the heartbeat is older than three periods).
+    pub fn dead_head(&self, this_host: &str, now: f64) -> Option<String> {
+        if self.status != "running" {
+            return None;
+        }
+        let head = self.head.as_ref()?;
+        let age = now - head.heartbeat;
+        let gone = head.host == this_host && !process_alive(head.pid);
+        if gone || age > 3.0 * HEARTBEAT_S {
+            Some(format!(
+                "the experiment is NOT running: its head (pid {} on {}) {}; its last heartbeat \
+                 was {:.0} s ago\nhint: continue it with `rtune resume <dir>`",
+                head.pid,
+                head.host,
+                if gone { "is gone" } else { "stopped writing" },
+                age.max(0.0)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether a process with this pid exists (signal 0 checks without sending anything).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
+    let status = unsafe { libc::kill(pid, 0) };
+    status == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl ExperimentState {
@@ -330,6 +383,38 @@ impl TrialFiles {
         }
     }
 
+    /// Rewrite result.json and progress.csv from a trial's history (what the journal says it
+    /// reported and what still counts): after a resume, rolled-back results are gone and results
+    /// the old head counted but had not written yet are there.
+    pub fn rewrite_results(&self, history: &[HistoryEntry]) -> Result<(), StorageError> {
+        let mut json = String::new();
+        for entry in history {
+            let mut line = entry.result.metrics.clone();
+            line.insert("done".into(), entry.done.into());
+            line.insert("config".into(), Value::Object(entry.config.clone()));
+            json.push_str(&Value::Object(line).to_string());
+            json.push('\n');
+        }
+        let mut csv = String::new();
+        if let Some(first) = history.first() {
+            let mut columns: Vec<String> = first.result.metrics.keys().cloned().collect();
+            columns.push("done".into());
+            csv.push_str(
+                &columns
+                    .iter()
+                    .map(|c| csv_field(c))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            csv.push('\n');
+            for entry in history {
+                csv.push_str(&csv_row(&columns, &entry.result, entry.done));
+            }
+        }
+        write_atomic(&self.result_path(), json.as_bytes())?;
+        write_atomic(&self.progress_path(), csv.as_bytes())
+    }
+
     /// Append one result to result.json (JSON lines with `done` and `config`) and progress.csv.
     pub fn append_result(
         &self,
@@ -371,17 +456,23 @@ impl TrialFiles {
                 columns
             }
         };
-        let row: Vec<String> = columns
-            .iter()
-            .map(|c| match c.as_str() {
-                "done" => done.to_string(),
-                _ => result.metrics.get(c).map(csv_value).unwrap_or_default(),
-            })
-            .collect();
-        text.push_str(&row.join(","));
-        text.push('\n');
+        text.push_str(&csv_row(&columns, result, done));
         append_text(&path, &text)
     }
+}
+
+/// One progress.csv line (with its newline) for these columns.
+fn csv_row(columns: &[String], result: &TrialResult, done: bool) -> String {
+    let row: Vec<String> = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "done" => done.to_string(),
+            _ => result.metrics.get(c).map(csv_value).unwrap_or_default(),
+        })
+        .collect();
+    let mut line = row.join(",");
+    line.push('\n');
+    line
 }
 
 fn json_f64(value: f64) -> Value {
@@ -432,9 +523,14 @@ fn append_text(path: &Path, text: &str) -> Result<(), StorageError> {
         .append(true)
         .open(path)
         .map_err(io_error("open", path))?;
+    let before = file.metadata().map_err(io_error("open", path))?.len();
     // One write call per line, so concurrent readers never see a line's first half only.
-    file.write_all(text.as_bytes())
-        .map_err(io_error("write", path))
+    if let Err(e) = file.write_all(text.as_bytes()) {
+        // A full disk: leave no half line behind.
+        let _ = file.set_len(before);
+        return Err(io_error("write", path)(e));
+    }
+    Ok(())
 }
 
 fn append_json_line(path: &Path, value: &Value) -> Result<(), StorageError> {
@@ -621,6 +717,7 @@ mod tests {
             finished_at: None,
             trials: Vec::new(),
             placements: BTreeMap::new(),
+            head: None,
         };
         dir.write_state(&state).expect("write");
         assert_eq!(ExperimentState::read(dir.path()).expect("read"), state);

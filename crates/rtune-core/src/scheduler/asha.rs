@@ -68,6 +68,7 @@ struct Bracket {
     rungs: Vec<Rung>,
 }
 
+#[derive(Debug)]
 pub struct AshaScheduler {
     config: AshaConfig,
     metric: String,

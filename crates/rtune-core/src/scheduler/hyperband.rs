@@ -110,6 +110,7 @@ impl Bracket {
     }
 }
 
+#[derive(Debug)]
 pub struct HyperBandScheduler {
     config: HyperBandConfig,
     metric: String,

@@ -54,6 +54,7 @@ impl Default for MedianStoppingConfig {
     }
 }
 
+#[derive(Debug)]
 pub struct MedianStoppingScheduler {
     config: MedianStoppingConfig,
     metric: String,

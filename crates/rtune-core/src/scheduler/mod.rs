@@ -126,7 +126,7 @@ impl<'a> SchedulerContext<'a> {
 /// The scheduler interface, after Ray Tune's `TrialScheduler`: hooks that return decisions.
 ///
 /// Implementations must be deterministic given the context's RNG: no clock, no I/O.
-pub trait Scheduler: Send {
+pub trait Scheduler: Send + std::fmt::Debug {
     /// Short name for logs (`asha`, `fifo`, ...).
     fn name(&self) -> &'static str;
 

@@ -85,6 +85,7 @@ struct MemberState {
     last_value: Option<f64>,
 }
 
+#[derive(Debug)]
 pub struct PbtScheduler {
     config: PbtConfig,
     metric: String,

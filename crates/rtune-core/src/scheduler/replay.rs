@@ -19,6 +19,7 @@ pub struct PolicyStep {
 }
 
 /// Switches a trial's config at the iterations of a recorded policy.
+#[derive(Debug)]
 pub struct PolicyReplayScheduler {
     /// The steps after the first, in iteration order.
     changes: Vec<PolicyStep>,
