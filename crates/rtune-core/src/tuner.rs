@@ -1482,15 +1482,16 @@ mod tests {
     }
 
     impl Journaled {
-        fn feed(&mut self, mut input: Input) -> Output {
+        fn feed(&mut self, input: Input) -> Output {
+            // What is applied is what is written, as the runner does: through the journal's
+            // text (a float may not survive it bit for bit otherwise).
+            let line = serde_json::to_string(&input).expect("serialize");
+            let mut input: Input = serde_json::from_str(&line).expect("parse back");
             let output = self.tuner.apply(&input).expect("input fits the state");
             if let (Input::Next { started, .. }, Output::Launch(launch)) = (&mut input, &output) {
                 *started = launch.clone();
             }
-            // What is replayed is what was written: go through the journal's text.
-            let line = serde_json::to_string(&input).expect("serialize");
-            self.inputs
-                .push(serde_json::from_str(&line).expect("parse back"));
+            self.inputs.push(input);
             output
         }
     }
@@ -1590,7 +1591,11 @@ mod tests {
         t.resume(ErroredTrials::Keep, 10.0);
         let effects = t.drain_effects();
         let ta = &t.trials()[0];
-        assert_eq!(ta.status, TrialStatus::Pending);
+        assert_eq!(
+            ta.status,
+            TrialStatus::Paused,
+            "it resumes from its checkpoint"
+        );
         assert_eq!(ta.iteration, 1);
         assert_eq!(
             ta.history().len(),
@@ -1605,6 +1610,8 @@ mod tests {
         assert!(effects.iter().any(
             |e| matches!(e, Effect::Warning { trial, message } if *trial == b.trial && message.contains("from scratch"))
         ));
+        let first = t.next_to_run(11.0).expect("b again, PENDING first");
+        assert_eq!((first.trial, first.run, first.restore), (b.trial, 1, None));
         let again = t.next_to_run(11.0).expect("a again");
         assert_eq!((again.trial, again.run), (a.trial, 1));
         assert_eq!(again.restore.map(|c| c.iteration), Some(1));
