@@ -214,8 +214,14 @@ pub fn replay(tuner: &mut Tuner, inputs: &[Input], path: &Path) -> Result<(), Jo
         let output = tuner
             .apply(input)
             .map_err(|e: TunerError| diverged(e.to_string()))?;
+        // Compared as the journal holds it: through JSON text, like `started` itself.
+        let as_written = |launch: &Option<rtune_core::tuner::Launch>| {
+            serde_json::to_string(launch)
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        };
         if let (Input::Next { started, .. }, Output::Launch(launch)) = (input, &output)
-            && started != launch
+            && as_written(started) != as_written(launch)
         {
             return Err(diverged(format!(
                 "the journal started {}, the core starts {}",
