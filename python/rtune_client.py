@@ -454,7 +454,8 @@ def _make_callback_class() -> type:
             decision = CONTINUE
             if self.session.rank == 0:
                 report = dict(metrics or {})
-                report.setdefault("epoch", state.epoch)
+                if "epoch" not in report and getattr(state, "epoch", None) is not None:
+                    report["epoch"] = state.epoch
                 report.setdefault("global_step", state.global_step)
                 ckpt = None
                 if self.checkpoint:
