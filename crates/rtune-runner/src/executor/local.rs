@@ -19,6 +19,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::resources::{NodeResources, detect_cpus, detect_gpus};
+use super::trial_env;
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
 };
@@ -169,11 +170,7 @@ impl LocalExecutor {
         launch: &TrialLaunch,
         gpu_indices: &[usize],
     ) -> Result<Vec<(u32, Child, i32)>, ExecutorError> {
-        let master_port = if launch.workers > 1 {
-            Some(free_port()?)
-        } else {
-            None
-        };
+        let master_port = free_port()?;
         let gpus_per_worker = launch.resources.gpu as usize;
         let mut started: Vec<(u32, Child, i32)> = Vec::new();
         for rank in 0..launch.workers {
@@ -564,7 +561,7 @@ fn spawn_worker(
     launch: &TrialLaunch,
     rank: u32,
     gpus: &[&str],
-    master_port: Option<u16>,
+    master_port: u16,
 ) -> Result<(Child, i32), ExecutorError> {
     let program = &launch.command[0];
     let stdout = open_log(&rank_log_path(&launch.stdout, rank))?;
@@ -579,24 +576,32 @@ fn spawn_worker(
         .process_group(0)
         .kill_on_drop(false);
     for (key, value) in &launch.env {
-        command.env(key, value);
+        if value.is_empty() {
+            command.env_remove(key); // `KEY = ""` in [trial.env] unsets it
+        } else {
+            command.env(key, value);
+        }
     }
-    // An empty list hides every GPU, so a CPU-only trial cannot grab one by accident.
-    command.env("CUDA_VISIBLE_DEVICES", gpus.join(","));
-    if !launch.env.iter().any(|(key, _)| key == "OMP_NUM_THREADS") {
-        let threads = launch.resources.cpu.ceil().max(1.0);
-        command.env("OMP_NUM_THREADS", format!("{threads}"));
-    }
+    // What the executor sets itself, unless the launch environment sets or unsets it: a
+    // complete torch.distributed set for every trial, one worker included (what torchrun gives a
+    // single process too; accelerate reads LOCAL_RANK as "distributed" and then needs the rest).
     let world = launch.workers.to_string();
-    command
-        .env("RANK", rank.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("WORLD_SIZE", &world)
-        .env("LOCAL_WORLD_SIZE", &world);
-    if let Some(port) = master_port {
-        command
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string());
+    let threads = launch.resources.cpu.ceil().max(1.0);
+    let defaults = [
+        // An empty list hides every GPU, so a CPU-only trial cannot grab one by accident.
+        ("CUDA_VISIBLE_DEVICES", gpus.join(",")),
+        ("OMP_NUM_THREADS", format!("{threads}")),
+        ("RANK", rank.to_string()),
+        ("LOCAL_RANK", rank.to_string()),
+        ("WORLD_SIZE", world.clone()),
+        ("LOCAL_WORLD_SIZE", world),
+        ("MASTER_ADDR", "127.0.0.1".to_string()),
+        ("MASTER_PORT", master_port.to_string()),
+    ];
+    for (key, value) in defaults {
+        if !trial_env::mentions(&launch.env, key) {
+            command.env(key, value);
+        }
     }
     let child = command.spawn().map_err(|source| ExecutorError::Spawn {
         program: program.clone(),
@@ -1114,7 +1119,9 @@ mod tests {
         assert_eq!(env["WORLD_SIZE"], "1");
         assert_eq!(env["LOCAL_WORLD_SIZE"], "1");
         assert_eq!(env["RTUNE_TEST_VALUE"], "a b=c");
-        assert!(!env.contains_key("MASTER_PORT"));
+        // One worker gets the whole torch.distributed set, as from torchrun.
+        assert_eq!(env["MASTER_ADDR"], "127.0.0.1");
+        assert!(env["MASTER_PORT"].parse::<u16>().is_ok());
         assert!(env.contains_key("PATH"), "rtune's environment is inherited");
         let pwd = PathBuf::from(read(&dir.path().join("pwd.txt")).trim());
         assert_eq!(
@@ -1135,6 +1142,37 @@ mod tests {
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "0");
         assert_eq!(read(&dir.path().join("t0/stdout.log")), "out\nagain\n");
+    }
+
+    #[tokio::test]
+    async fn trial_env_overrides_and_unsets_what_the_executor_sets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut ex, mut rx) = executor(4.0, &["0"], None);
+        let mut l = launch(dir.path(), 0, "env > env.txt");
+        l.resources = res(1.0, 1);
+        for (key, value) in [
+            ("LOCAL_RANK", ""),
+            ("MASTER_PORT", "29555"),
+            ("CUDA_VISIBLE_DEVICES", ""),
+            ("PATH_UNSET_BY_TEST", "x"),
+            ("PATH_UNSET_BY_TEST", ""),
+            ("HOME", ""),
+        ] {
+            l.env.push((key.into(), value.into()));
+        }
+        ex.start(l).expect("start");
+        assert!(next_exit(&mut rx).await.2);
+        let env = env_file(&dir.path().join("env.txt"));
+        assert!(!env.contains_key("LOCAL_RANK"), "{env:?}");
+        assert!(!env.contains_key("CUDA_VISIBLE_DEVICES"), "{env:?}");
+        assert!(!env.contains_key("PATH_UNSET_BY_TEST"), "{env:?}");
+        assert!(
+            !env.contains_key("HOME"),
+            "inherited variables can be unset too"
+        );
+        assert_eq!(env["MASTER_PORT"], "29555");
+        assert_eq!(env["RANK"], "0");
+        assert_eq!(env["MASTER_ADDR"], "127.0.0.1");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod resources;
 pub mod slurm;
 pub mod slurm_common;
 pub mod slurm_jobs;
+pub mod trial_env;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,7 +49,9 @@ pub struct TrialLaunch {
     pub run: u32,
     /// Program and arguments; the program is looked up on PATH.
     pub command: Vec<String>,
-    /// Extra environment for every worker (on top of rtune's own environment).
+    /// Extra environment for every worker (on top of rtune's own environment). It replaces
+    /// what the executor would set (`RANK`, `CUDA_VISIBLE_DEVICES`, ...); an empty value removes
+    /// the variable; the last value of a key counts (see [`trial_env`]).
     pub env: Vec<(String, String)>,
     /// Number of worker processes (e.g. one per GPU for data-parallel training).
     pub workers: u32,

@@ -32,6 +32,7 @@ use super::slurm_common::{
     master_port, parse_srun_task_line, process_environment, run_list_steps, run_name,
     run_slurm_command, slurm_command_result, worker_wrapper,
 };
+use super::trial_env;
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
 };
@@ -622,11 +623,14 @@ impl SlurmExecutor {
         args.extend(self.srun_args.iter().cloned());
         args.push("sh".to_string());
         args.push("-c".to_string());
-        args.push(worker_wrapper(
-            launch.workers,
-            launch.resources.gpu == 0,
-            &launch.stdout,
-            &launch.stderr,
+        args.push(trial_env::with_overrides(
+            worker_wrapper(
+                launch.workers,
+                launch.resources.gpu == 0,
+                &launch.stdout,
+                &launch.stderr,
+            ),
+            &launch.env,
         ));
         args.push("rtune-worker".to_string());
         args.extend(launch.command.iter().cloned());
@@ -635,27 +639,28 @@ impl SlurmExecutor {
 
     /// The environment of a run's tasks.
     fn step_env(&self, launch: &TrialLaunch, shares: &[NodeShare]) -> Vec<(String, String)> {
-        let mut env = self.base_env.clone();
-        env.extend(launch.env.iter().cloned());
-        let mut set_default = |key: &str, value: String| {
-            if !launch.env.iter().any(|(k, _)| k == key) {
-                env.push((key.to_string(), value));
-            }
-        };
-        set_default(
+        // [trial.env] replaces or (with an empty value) unsets what rtune would set; RANK & co.
+        // are set by the worker wrapper, which re-applies [trial.env] last (trial_env).
+        let mut env = trial_env::merge(&self.base_env, &launch.env);
+        let mut defaults = vec![(
             "OMP_NUM_THREADS",
             format!("{}", launch.resources.cpu.ceil().max(1.0)),
-        );
+        )];
         if let Some(first) = shares.first() {
             let job_key = self.allocation.job_id.parse::<u64>().unwrap_or(0);
-            env.push((
-                "MASTER_ADDR".to_string(),
+            defaults.push((
+                "MASTER_ADDR",
                 self.allocation.nodes[first.node].addr.clone(),
             ));
-            env.push((
-                "MASTER_PORT".to_string(),
+            defaults.push((
+                "MASTER_PORT",
                 master_port(job_key, launch.trial, launch.run).to_string(),
             ));
+        }
+        for (key, value) in defaults {
+            if !trial_env::mentions(&launch.env, key) {
+                env.push((key.to_string(), value));
+            }
         }
         env
     }
@@ -1179,6 +1184,31 @@ mod tests {
         assert_eq!(
             ex.describe(&shares, 2, 1, 3),
             "n2 cpu=4 gpus=2 + n1 cpu=2 gpus=1 workers=3"
+        );
+
+        // [trial.env] replaces or (empty) unsets what the executor sets, in the step's
+        // environment and, for the variables the task wrapper sets itself, after it.
+        let mut launch = launch;
+        for (key, value) in [
+            ("MASTER_PORT", "29500"),
+            ("OMP_NUM_THREADS", ""),
+            ("LOCAL_RANK", ""),
+            ("HOME", ""),
+        ] {
+            launch.env.push((key.into(), value.into()));
+        }
+        let env = ex.step_env(&launch, &shares);
+        let has = |k: &str| env.iter().any(|(n, _)| n == k);
+        assert!(!has("OMP_NUM_THREADS") && !has("LOCAL_RANK") && !has("HOME"));
+        assert!(env.iter().any(|(k, v)| k == "MASTER_PORT" && v == "29500"));
+        assert!(!env.iter().any(|(k, v)| k == "MASTER_PORT" && v != "29500"));
+        let args = ex.srun_args(&launch, &shares, "rtune-trial_00003-run2");
+        let wrapper = &args[15];
+        assert!(
+            wrapper.ends_with(
+                "unset LOCAL_RANK\nexport MASTER_PORT='29500'\nunset OMP_NUM_THREADS\nexec \"$@\"\n"
+            ),
+            "{wrapper}"
         );
     }
 

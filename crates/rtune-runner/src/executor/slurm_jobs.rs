@@ -29,6 +29,7 @@ use super::slurm_common::{
     check_program, clean_environment, process_environment, run_name, run_slurm_command,
     shell_quote, worker_wrapper,
 };
+use super::trial_env;
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
 };
@@ -185,11 +186,14 @@ pub fn sbatch_script(launch: &TrialLaunch, job_name: &str, config: &SlurmJobsCon
         "--input=none".to_string(),
         "sh".to_string(),
         "-c".to_string(),
-        shell_quote(&worker_wrapper(
-            launch.workers,
-            launch.resources.gpu == 0,
-            &launch.stdout,
-            &launch.stderr,
+        shell_quote(&trial_env::with_overrides(
+            worker_wrapper(
+                launch.workers,
+                launch.resources.gpu == 0,
+                &launch.stdout,
+                &launch.stderr,
+            ),
+            &launch.env,
         )),
         "rtune-worker".to_string(),
     ];
@@ -260,9 +264,10 @@ impl SlurmJobsExecutor {
     }
 
     fn job_env(&self, launch: &TrialLaunch) -> Vec<(String, String)> {
-        let mut env = self.base_env.clone();
-        env.extend(launch.env.iter().cloned());
-        if !launch.env.iter().any(|(k, _)| k == "OMP_NUM_THREADS") {
+        // [trial.env] replaces or (with an empty value) unsets what rtune would set; the worker
+        // wrapper re-applies it after setting RANK & co. and the script's MASTER_ADDR/PORT.
+        let mut env = trial_env::merge(&self.base_env, &launch.env);
+        if !trial_env::mentions(&launch.env, "OMP_NUM_THREADS") {
             env.push((
                 "OMP_NUM_THREADS".to_string(),
                 format!("{}", launch.resources.cpu.ceil().max(1.0)),

@@ -1,0 +1,27 @@
+"""Where the `rtune` command installed with this package is."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import sysconfig
+
+
+def find_rtune_bin() -> str:
+    """The path of the `rtune` binary that came with this package (in the environment's scripts
+    directory), or else the one on PATH. Raises FileNotFoundError when there is none."""
+    name = "rtune" + (sysconfig.get_config_var("EXE") or "")
+    candidates = [os.path.join(sysconfig.get_path("scripts"), name)]
+    user = sysconfig.get_path("scripts", scheme=f"{os.name}_user") if os.name != "nt" else None
+    if user:
+        candidates.append(os.path.join(user, name))
+    candidates.append(os.path.join(os.path.dirname(sys.executable), name))
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"cannot find the rtune binary (looked in {', '.join(candidates)} "
+                            "and on PATH): reinstall the rtune package")

@@ -1,0 +1,1 @@
+../rtune_client.py
