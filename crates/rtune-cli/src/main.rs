@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dashboard;
+
 #[derive(Parser)]
 #[command(
     name = "rtune",
@@ -44,6 +46,10 @@ enum Command {
     Submit(SubmitArgs),
     /// How many trials an allocation of this shape runs at once, with the arithmetic.
     Plan(PlanArgs),
+    /// Serve a live web page of experiments: trials, learning curves, importance, lineage, ...
+    Dashboard(dashboard::DashboardArgs),
+    /// Write the dashboard's views as one self-contained HTML file (or the main plots as SVG).
+    Report(dashboard::ReportArgs),
 }
 
 /// The allocation's shape, shared by `submit` and `plan`.
@@ -280,6 +286,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay(args),
         Command::Submit(args) => submit(args),
         Command::Plan(args) => plan(args),
+        Command::Dashboard(args) => dashboard::dashboard(args),
+        Command::Report(args) => dashboard::report(args),
     }
 }
 

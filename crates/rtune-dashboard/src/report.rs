@@ -1,0 +1,81 @@
+//! `rtune report`: the dashboard's page with the experiments' data inlined (one file that opens
+//! without a network), or the three main plots as SVG files.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::DashboardError;
+use crate::experiment::Experiment;
+use crate::importance::{ForestOptions, importance};
+use crate::page::{self, PageData};
+use crate::svg;
+
+/// The data the report inlines: per experiment its snapshot and importance.
+pub fn report_json(dirs: &[PathBuf]) -> Result<(String, String), DashboardError> {
+    let mut experiments = Vec::new();
+    let mut names = Vec::new();
+    for dir in dirs {
+        let e = Experiment::open(dir)?;
+        let imp = importance(
+            &e.final_values(),
+            &e.header().parameters,
+            ForestOptions::default(),
+        );
+        names.push(e.header().name);
+        experiments.push(json!({"snapshot": e.snapshot(), "importance": imp}));
+    }
+    let json = serde_json::to_string(&json!({ "experiments": experiments }))?;
+    Ok((names.join(", "), json))
+}
+
+/// Write the self-contained HTML report of `dirs` to `out`.
+pub fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), DashboardError> {
+    let (title, json) = report_json(dirs)?;
+    let html = page::render(&title, PageData::Static { json: &json });
+    write(out, html.as_bytes())
+}
+
+/// The picture formats of `rtune report --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlotFormat {
+    Svg,
+}
+
+/// Write learning-curves, best-so-far and parallel-coordinates pictures of the experiment in
+/// `dir` into the directory `out`; returns the files written.
+pub fn write_plots(
+    dir: &Path,
+    out: &Path,
+    format: PlotFormat,
+) -> Result<Vec<PathBuf>, DashboardError> {
+    let e = Experiment::open(dir)?;
+    let s = e.snapshot();
+    std::fs::create_dir_all(out).map_err(|source| DashboardError::Io {
+        action: "create",
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let plots = [
+        ("learning-curves", svg::learning_curves(&s)),
+        ("best-so-far", svg::best_so_far(&s)),
+        ("parallel-coordinates", svg::parallel_coordinates(&s)),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in plots {
+        let path = match format {
+            PlotFormat::Svg => out.join(format!("{name}.svg")),
+        };
+        write(&path, text.as_bytes())?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), DashboardError> {
+    std::fs::write(path, bytes).map_err(|source| DashboardError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
