@@ -16,6 +16,7 @@ use crate::{BenchError, Benchmark, Step, number};
 
 const MODEL: &[u8] = include_bytes!("../../../benchmarks/yahpo/lcbench/model.onnx");
 const ENCODING: &str = include_str!("../../../benchmarks/yahpo/lcbench/encoding.json");
+const CONFIG_SPACE: &str = include_str!("../../../benchmarks/yahpo/lcbench/config_space.json");
 
 /// Epochs of a full training run.
 pub const EPOCHS: u32 = 52;
@@ -57,7 +58,21 @@ fn surrogate() -> Result<&'static Surrogate, BenchError> {
             .get("OpenML_task_id")
             .cloned()
             .ok_or("encoding.json has no OpenML_task_id")?;
-        tasks.remove("#na#");
+        // The benchmark's tasks are the 34 of config_space.json (the encoding also knows a
+        // 35th the data set left out).
+        let space: Value =
+            serde_json::from_str(CONFIG_SPACE).map_err(|e| format!("config_space.json: {e}"))?;
+        let choices: Vec<String> = space["hyperparameters"]
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h["name"] == "OpenML_task_id"))
+            .and_then(|h| h["choices"].as_array())
+            .map(|c| {
+                c.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .ok_or("config_space.json has no OpenML_task_id choices")?;
+        tasks.retain(|task, _| choices.contains(task));
         Ok(Surrogate { model, tasks })
     });
     loaded.as_ref().map_err(|message| {
@@ -122,7 +137,10 @@ impl LcBench {
         let outputs = s.model.run(inputs)?;
         let out = outputs
             .first()
-            .and_then(|t| t.as_f32().filter(|d| t.shape() == [n, 6] && d.len() == n * 6))
+            .and_then(|t| {
+                t.as_f32()
+                    .filter(|d| t.shape() == [n, 6] && d.len() == n * 6)
+            })
             .ok_or_else(|| {
                 BenchError::Model(crate::onnx::OnnxError::MissingOutput(
                     "output [n, 6]".into(),

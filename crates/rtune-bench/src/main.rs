@@ -18,7 +18,10 @@ use rtune_bench::{LcBench, by_name};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "rtune-bench", about = "Benchmark functions of rtune's simulator")]
+#[command(
+    name = "rtune-bench",
+    about = "Benchmark functions of rtune's simulator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -148,7 +151,12 @@ fn decode(u: &[f64; 7]) -> [f32; 7] {
 }
 
 /// Scores (sign * metric at epoch 52; lower is better) of points of the unit cube.
-fn scores(bench: &LcBench, points: &[[f64; 7]], column: usize, sign: f64) -> Result<Vec<f64>, String> {
+fn scores(
+    bench: &LcBench,
+    points: &[[f64; 7]],
+    column: usize,
+    sign: f64,
+) -> Result<Vec<f64>, String> {
     let rows: Vec<[f32; 8]> = points
         .iter()
         .map(|u| {

@@ -178,7 +178,9 @@ impl Tensor {
                 } else {
                     t.raw_data
                         .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                        .map(|b| {
+                            i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                        })
                         .collect()
                 };
                 Tensor::I64 { shape, data }
@@ -301,7 +303,11 @@ fn attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> 
 }
 
 /// The `i`-th input, which must be present.
-fn arg<'a>(node: &NodeProto, args: &[Option<&'a Tensor>], i: usize) -> Result<&'a Tensor, OnnxError> {
+fn arg<'a>(
+    node: &NodeProto,
+    args: &[Option<&'a Tensor>],
+    i: usize,
+) -> Result<&'a Tensor, OnnxError> {
     args.get(i)
         .copied()
         .flatten()
@@ -564,7 +570,12 @@ fn concat(node: &NodeProto, parts: &[&Tensor], axis: i64) -> Result<Tensor, Onnx
     }
 }
 
-fn gather(node: &NodeProto, data: &Tensor, indices: &Tensor, axis: i64) -> Result<Tensor, OnnxError> {
+fn gather(
+    node: &NodeProto,
+    data: &Tensor,
+    indices: &Tensor,
+    axis: i64,
+) -> Result<Tensor, OnnxError> {
     let axis = normalize_axis(node, axis, data.shape().len())?;
     let (outer, len, inner) = split(data.shape(), axis);
     let idx = ints(node, indices)?
@@ -629,7 +640,14 @@ fn slice(node: &NodeProto, args: &[Option<&Tensor>]) -> Result<Tensor, OnnxError
         let (outer, len, inner) = split(out.shape(), axis);
         let mut shape = out.shape().to_vec();
         shape[axis] = e - s;
-        fn cut<T: Copy>(d: &[T], outer: usize, len: usize, inner: usize, s: usize, e: usize) -> Vec<T> {
+        fn cut<T: Copy>(
+            d: &[T],
+            outer: usize,
+            len: usize,
+            inner: usize,
+            s: usize,
+            e: usize,
+        ) -> Vec<T> {
             let mut v = Vec::with_capacity(outer * (e - s) * inner);
             for o in 0..outer {
                 v.extend_from_slice(&d[(o * len + s) * inner..(o * len + e) * inner]);
@@ -672,14 +690,18 @@ fn gemm(node: &NodeProto, args: &[Option<&Tensor>]) -> Result<Tensor, OnnxError>
     let (av, bv) = (floats(node, a)?, floats(node, b)?);
     // Both operands as row-major [m,k] and [n,k], so each output is one contiguous dot product.
     let a_rows: Vec<f32> = if trans_a {
-        (0..m).flat_map(|i| (0..k).map(move |p| av[p * ac + i])).collect()
+        (0..m)
+            .flat_map(|i| (0..k).map(move |p| av[p * ac + i]))
+            .collect()
     } else {
         av.to_vec()
     };
     let b_rows: Vec<f32> = if trans_b {
         bv.to_vec()
     } else {
-        (0..n).flat_map(|j| (0..k).map(move |p| bv[p * bc + j])).collect()
+        (0..n)
+            .flat_map(|j| (0..k).map(move |p| bv[p * bc + j]))
+            .collect()
     };
     let mut out = vec![0f32; m * n];
     for i in 0..m {
@@ -692,7 +714,13 @@ fn gemm(node: &NodeProto, args: &[Option<&Tensor>]) -> Result<Tensor, OnnxError>
         let cv = floats(node, c)?;
         let shape = broadcast_shape(node, c.shape(), &[m, n])?;
         if shape != [m, n] {
-            return Err(node_error(node, format!("C of shape {:?} does not broadcast to [{m}, {n}]", c.shape())));
+            return Err(node_error(
+                node,
+                format!(
+                    "C of shape {:?} does not broadcast to [{m}, {n}]",
+                    c.shape()
+                ),
+            ));
         }
         for (o, ci) in out.iter_mut().zip(broadcast_indices(c.shape(), &[m, n])) {
             *o += beta * cv[ci];
@@ -737,7 +765,10 @@ fn batch_norm(node: &NodeProto, args: &[Option<&Tensor>]) -> Result<Tensor, Onnx
     }
     let (outer, channels, inner) = split(&shape, 1);
     if [scale.len(), bias.len(), mean.len(), var.len()] != [channels; 4] {
-        return Err(node_error(node, format!("parameters do not have {channels} channels")));
+        return Err(node_error(
+            node,
+            format!("parameters do not have {channels} channels"),
+        ));
     }
     let data = floats(node, x)?;
     let mut out = Vec::with_capacity(data.len());
@@ -822,7 +853,10 @@ mod tests {
     #[test]
     fn unknown_operators_and_garbage_are_errors() {
         let err = eval_node(&node("Conv"), &[]).expect_err("unsupported");
-        assert!(err.to_string().contains("operator Conv is not supported"), "{err}");
+        assert!(
+            err.to_string().contains("operator Conv is not supported"),
+            "{err}"
+        );
         assert!(Model::from_bytes(b"\xff\xff\xff").is_err());
     }
 }

@@ -135,7 +135,9 @@ mod tests {
         for (x1, x2) in [(-PI, 12.275), (PI, 2.275), (9.42478, 2.475)] {
             assert!((MfBranin::value(x1, x2, 1.0) - MfBranin::OPTIMUM).abs() < 1e-5);
         }
-        assert!((MfHartmann6::value(&MfHartmann6::ARGMIN, 1.0) - MfHartmann6::OPTIMUM).abs() < 1e-5);
+        assert!(
+            (MfHartmann6::value(&MfHartmann6::ARGMIN, 1.0) - MfHartmann6::OPTIMUM).abs() < 1e-5
+        );
         // Lower fidelities are biased: the same point scores differently.
         assert!((MfBranin::value(PI, 2.275, 0.1) - MfBranin::OPTIMUM).abs() > 0.1);
         assert!(MfHartmann6::value(&MfHartmann6::ARGMIN, 0.1) > MfHartmann6::OPTIMUM);
@@ -150,7 +152,7 @@ mod tests {
         let curve = MfBranin.curve(&config).expect("curve");
         assert_eq!(curve.len(), 27);
         assert_eq!(curve[26].elapsed_s, 27.0);
-        let err = MfHartmann6.curve(&config).expect_err("missing x1..x6");
-        assert!(err.to_string().contains("no `x1`"), "{err}");
+        let err = MfHartmann6.curve(&config).expect_err("missing x3..x6");
+        assert!(err.to_string().contains("no `x3`"), "{err}");
     }
 }

@@ -107,8 +107,12 @@ fn lcbench_matches_yahpo_gym_and_onnxruntime() {
     }
     eprintln!("largest relative differences from yahpo_gym: {worst:?} ({OBJECTIVES:?})");
     for (k, name) in OBJECTIVES.iter().enumerate() {
+        // `time` is exp() of a scaled network output, so float32 rounding differences in the
+        // network (summation order) grow by the scale (~30): measured up to 1.2e-3 relative.
+        // Everything else is measured within 4e-6.
+        let tolerance = if *name == "time" { 5e-3 } else { 1e-4 };
         assert!(
-            worst[k] < 1e-4,
+            worst[k] < tolerance,
             "{name}: rtune differs from yahpo_gym by up to {:.2e} (relative)",
             worst[k]
         );
