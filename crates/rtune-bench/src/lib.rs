@@ -1,0 +1,108 @@
+//! Benchmark functions of (config, fidelity) for rtune's simulator executor and for judging
+//! searchers: the YAHPO Gym `lcbench` surrogate ([`lcbench`], evaluated by a small ONNX
+//! interpreter, [`onnx`]) and synthetic multi-fidelity functions with known optima
+//! ([`synthetic`]).
+//!
+//! A benchmark gives a config's learning curve: for each iteration 1..=max, the simulated
+//! seconds since the start of training and the metrics a trial would report. The simulator
+//! turns the curve into reports in virtual time.
+
+pub mod lcbench;
+pub mod onnx;
+pub mod synthetic;
+
+use serde_json::{Map, Value};
+
+pub use lcbench::LcBench;
+pub use synthetic::{MfBranin, MfHartmann6};
+
+/// One iteration of a simulated training run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Simulated seconds from the start of training to the end of this iteration. A surrogate
+    /// may predict a curve that is not monotone; the simulator never lets time go backwards.
+    pub elapsed_s: f64,
+    /// The metrics reported after this iteration.
+    pub metrics: Map<String, Value>,
+}
+
+/// Why a benchmark cannot be built or evaluated.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("unknown benchmark `{0}`; known: lcbench, mf-branin, mf-hartmann6")]
+    Unknown(String),
+    #[error("lcbench: unknown task `{task}`; the tasks are the OpenML task ids {known}")]
+    UnknownTask { task: String, known: String },
+    #[error("lcbench needs a task: the OpenML task id, e.g. \"3945\"")]
+    NoTask,
+    #[error("{benchmark}: the config has no `{parameter}` ({expected})")]
+    Missing {
+        benchmark: &'static str,
+        parameter: String,
+        expected: String,
+    },
+    #[error("{benchmark}: `{parameter}` = {value} is not {expected}")]
+    Invalid {
+        benchmark: &'static str,
+        parameter: String,
+        value: Value,
+        expected: String,
+    },
+    #[error("the surrogate model cannot be run: {0}")]
+    Model(#[from] onnx::OnnxError),
+}
+
+/// A benchmark function of (config, fidelity).
+pub trait Benchmark: Send + Sync {
+    /// For logs: `lcbench task 3945`, `mf-branin`.
+    fn describe(&self) -> String;
+    /// Iterations of a full training run (the highest fidelity).
+    fn max_iterations(&self) -> u32;
+    /// The config at iteration `iteration` (1..=max_iterations): the simulated seconds of
+    /// training up to the end of that iteration and the metrics reported there. An error names
+    /// a missing or out-of-range parameter.
+    fn evaluate(&self, config: &Map<String, Value>, iteration: u32) -> Result<Step, BenchError>;
+    /// The config's whole learning curve, iterations 1..=max_iterations.
+    fn curve(&self, config: &Map<String, Value>) -> Result<Vec<Step>, BenchError> {
+        (1..=self.max_iterations())
+            .map(|i| self.evaluate(config, i))
+            .collect()
+    }
+    /// The search space the benchmark is defined on, in the experiment file's `[space]` syntax
+    /// (JSON form), for documentation and for the benchmark script.
+    fn space(&self) -> Value;
+}
+
+/// The benchmark called `name` (`lcbench`, `mf-branin`, `mf-hartmann6`); `instance` is
+/// lcbench's OpenML task id.
+pub fn by_name(name: &str, instance: Option<&str>) -> Result<Box<dyn Benchmark>, BenchError> {
+    match name {
+        "lcbench" => Ok(Box::new(LcBench::new(instance.ok_or(BenchError::NoTask)?)?)),
+        "mf-branin" => Ok(Box::new(MfBranin::default())),
+        "mf-hartmann6" => Ok(Box::new(MfHartmann6::default())),
+        other => Err(BenchError::Unknown(other.to_string())),
+    }
+}
+
+/// A numeric parameter of a config, with an error naming it.
+pub(crate) fn number(
+    benchmark: &'static str,
+    config: &Map<String, Value>,
+    parameter: &str,
+    expected: &str,
+) -> Result<f64, BenchError> {
+    let value = config.get(parameter).ok_or_else(|| BenchError::Missing {
+        benchmark,
+        parameter: parameter.to_string(),
+        expected: expected.to_string(),
+    })?;
+    value
+        .as_f64()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| BenchError::Invalid {
+            benchmark,
+            parameter: parameter.to_string(),
+            value: value.clone(),
+            expected: expected.to_string(),
+        })
+}
