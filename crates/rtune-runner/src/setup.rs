@@ -60,7 +60,7 @@ pub enum SetupError {
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(
-        "cannot find the storage directory: set [output] storage or --storage (HOME is not set)"
+        "cannot find the storage directory: set [output] storage, --storage or RTUNE_STORAGE (HOME is not set)"
     )]
     NoStorage,
 }
@@ -243,12 +243,9 @@ fn prepare_with(
         (host, _) => host.clone(),
     };
 
-    let storage = match (&options.storage, &file.output.storage) {
-        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-        (None, None) => std::env::var_os("HOME")
-            .map(|home| PathBuf::from(home).join("rtune_results"))
-            .ok_or(SetupError::NoStorage)?,
-    };
+    let storage =
+        crate::experiment::storage_dir(options.storage.as_deref(), file.output.storage.as_deref())
+            .ok_or(SetupError::NoStorage)?;
     let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
     let started_at = unix_now();
     let state = ExperimentState {
@@ -301,6 +298,7 @@ fn prepare_with(
             resources: file.trial.resources.clone(),
             cwd,
             stop_grace: Duration::from_secs_f64(file.trial.stop_grace_s),
+            checkpoint_roots: file.trial.checkpoint_roots.clone(),
         },
         reporter,
         bind,
