@@ -43,7 +43,7 @@ enum Command {
     /// (policy.json: the config schedule PBT gave it).
     Replay(ReplayArgs),
     /// Submit the experiment as a SLURM job: rtune runs in it and starts the trials as job steps.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// How many trials an allocation of this shape runs at once, with the arithmetic.
     Plan(PlanArgs),
     /// Serve a live web page of experiments: trials, learning curves, importance, lineage, ...
@@ -81,17 +81,50 @@ struct PlanArgs {
 struct SubmitArgs {
     /// The experiment file (TOML).
     experiment: PathBuf,
-    #[command(flatten)]
-    shape: ShapeArgs,
-    /// Time limit of the job (`--time` of sbatch, e.g. 04:00:00).
+    /// Nodes of the head job. With the job-per-trial layout the head job only runs rtune:
+    /// default 1.
     #[arg(long)]
-    time: String,
-    /// Partition of the job.
+    nodes: Option<u32>,
+    /// CPUs on each node of the head job; with the job-per-trial layout default 1.
+    #[arg(long)]
+    cpus_per_node: Option<u32>,
+    /// GPUs on each node of the head job.
+    #[arg(long, default_value_t = 0)]
+    gpus_per_node: u32,
+    /// Where trials run: `slurm` (job steps of the head job) or `slurm-jobs` (a small head job
+    /// submits one job per trial); default: `[executor] type` in the file, else `slurm`.
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorArg>,
+    /// Time limit of the head job (sbatch --time, e.g. 04:00:00); needed unless --dry-run.
+    #[arg(long)]
+    time: Option<String>,
+    /// sbatch --partition.
     #[arg(long)]
     partition: Option<String>,
-    /// Account of the job.
+    /// sbatch --account.
     #[arg(long)]
     account: Option<String>,
+    /// sbatch --qos.
+    #[arg(long)]
+    qos: Option<String>,
+    /// sbatch --mem (memory per node, e.g. 64G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// sbatch --constraint (node features, e.g. a100).
+    #[arg(long)]
+    constraint: Option<String>,
+    /// sbatch --exclusive (whole nodes).
+    #[arg(long)]
+    exclusive: bool,
+    /// sbatch --mail-type (e.g. END,FAIL).
+    #[arg(long)]
+    mail_type: Option<String>,
+    /// sbatch --mail-user.
+    #[arg(long)]
+    mail_user: Option<String>,
+    /// Any other sbatch option, passed as it is (repeatable): --sbatch-arg=--reservation=big.
+    #[arg(long = "sbatch-arg", value_name = "OPTION", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
     /// Override a value of the experiment file (as for `rtune run`).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -101,10 +134,11 @@ struct SubmitArgs {
     /// Where experiment directories are created (as for `rtune run`).
     #[arg(long)]
     storage: Option<PathBuf>,
-    /// Where the job script and the job log go; default: the current directory.
+    /// Where the job script and the job log go; default: the experiment's directory, which
+    /// `rtune submit` creates (and the run then uses).
     #[arg(long)]
     log_dir: Option<PathBuf>,
-    /// Print the capacity plan and the job script; submit nothing.
+    /// Print the capacity plan and the job script; submit nothing and create nothing.
     #[arg(long)]
     dry_run: bool,
     /// Wait until the job has ended (sbatch --wait); the exit status is the job's.
@@ -123,7 +157,8 @@ struct RunArgs {
     /// The experiment's name (its directory under the storage dir); default: `name` in the file.
     #[arg(long)]
     name: Option<String>,
-    /// Where experiment directories are created; default: `[output] storage`, else ~/rtune_results.
+    /// Where experiment directories are created; default: `[output] storage`, else
+    /// $RTUNE_STORAGE, else ~/rtune_results.
     #[arg(long)]
     storage: Option<PathBuf>,
     /// Where trials run; default: `[executor] type` in the file, else `local`.
@@ -273,6 +308,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A job log or a pipe gets plain text, not colour codes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -284,7 +321,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status(args),
         Command::Best(args) => best(args),
         Command::Replay(args) => replay(args),
-        Command::Submit(args) => submit(args),
+        Command::Submit(args) => submit(*args),
         Command::Plan(args) => plan(args),
         Command::Dashboard(args) => dashboard::dashboard(args),
         Command::Report(args) => dashboard::report(args),
@@ -330,66 +367,181 @@ fn capacity_plan(
 
 fn plan(args: PlanArgs) -> Result<ExitCode> {
     let experiment = rtune_runner::experiment::load(&args.experiment, &args.overrides)?;
+    rtune_runner::experiment::check_search(&experiment)?;
     println!("{}", capacity_plan(&experiment, &shape(&args.shape))?);
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the head job of the job-per-trial layout does, in words.
+fn jobs_layout_plan(
+    experiment: &rtune_runner::experiment::Experiment,
+    shape: &rtune_runner::submit::AllocationShape,
+) -> String {
+    let file = &experiment.file;
+    let r = &file.trial.resources;
+    let gpus = if r.gpu > 0 {
+        format!(" + {} GPU(s)", r.gpu)
+    } else {
+        String::new()
+    };
+    let limit = match file.executor.max_concurrent_trials {
+        Some(max) => format!("at most {max} trial jobs at once (executor.max_concurrent_trials)"),
+        None => "as many trial jobs at once as SLURM starts".to_string(),
+    };
+    format!(
+        "job-per-trial layout: the head job ({} node(s) x {} CPU(s)) runs rtune only; every trial \
+         run is its own sbatch job of {} task(s) x {} CPU(s){gpus}; {limit}",
+        shape.nodes,
+        shape.cpus_per_node,
+        file.trial.workers,
+        r.cpu.ceil()
+    )
+}
+
 fn submit(args: SubmitArgs) -> Result<ExitCode> {
-    use rtune_runner::submit::{HeadJob, head_job_script, log_path};
+    use rtune_runner::submit::{
+        AllocationShape, HeadJob, check_sbatch_option, head_job_script, log_path,
+    };
     let mut overrides = args.overrides.clone();
     if let Some(name) = &args.name {
         overrides.push(format!("name={}", toml_string(name)));
     }
+    if let Some(kind) = args.executor {
+        overrides.push(format!("executor.type={}", toml_string(kind.as_str())));
+    }
     let experiment = rtune_runner::experiment::load(&args.experiment, &overrides)?;
-    let shape = shape(&args.shape);
-    let plan = capacity_plan(&experiment, &shape)?;
-    println!("{plan}");
-
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let absolute = |p: &PathBuf| {
-        if p.is_absolute() {
-            p.clone()
-        } else {
-            cwd.join(p)
+    rtune_runner::experiment::check_search(&experiment)?;
+    let executor = match experiment.file.executor.kind.as_deref() {
+        None | Some("slurm") => "slurm",
+        Some("slurm-jobs") => "slurm-jobs",
+        Some(other) => anyhow::bail!(
+            "{}: executor.type = {other:?} cannot run in a SLURM head job; use \"slurm\" (trials \
+             are job steps) or \"slurm-jobs\" (one job per trial), or --executor",
+            experiment.path.display()
+        ),
+    };
+    let shape = if executor == "slurm-jobs" {
+        AllocationShape {
+            nodes: args.nodes.unwrap_or(1),
+            cpus_per_node: args.cpus_per_node.unwrap_or(1),
+            gpus_per_node: args.gpus_per_node,
+        }
+    } else {
+        match (args.nodes, args.cpus_per_node) {
+            (Some(nodes), Some(cpus_per_node)) => AllocationShape {
+                nodes,
+                cpus_per_node,
+                gpus_per_node: args.gpus_per_node,
+            },
+            _ => anyhow::bail!(
+                "--nodes and --cpus-per-node are needed: the trials run inside the head job's \
+                 allocation (or use the job-per-trial layout: --executor slurm-jobs)"
+            ),
         }
     };
-    let log_dir = absolute(args.log_dir.as_ref().unwrap_or(&cwd));
-    let name = &experiment.file.name;
+    let plan = if executor == "slurm-jobs" {
+        jobs_layout_plan(&experiment, &shape)
+    } else {
+        capacity_plan(&experiment, &shape)?
+    };
+    println!("{plan}");
+    if args.time.is_none() && !args.dry_run {
+        anyhow::bail!(
+            "--time is needed to submit (the head job's time limit, e.g. --time 04:00:00); \
+             --dry-run shows the job without it"
+        );
+    }
+
+    let mut sbatch_options = Vec::new();
+    for (flag, value) in [
+        ("partition", &args.partition),
+        ("account", &args.account),
+        ("qos", &args.qos),
+        ("mem", &args.mem),
+        ("constraint", &args.constraint),
+        ("mail-type", &args.mail_type),
+        ("mail-user", &args.mail_user),
+    ] {
+        if let Some(value) = value {
+            let option = format!("--{flag}={value}");
+            check_sbatch_option(&option).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
+            sbatch_options.push(option);
+        }
+    }
+    if args.exclusive {
+        sbatch_options.push("--exclusive".to_string());
+    }
+    for option in &args.sbatch_args {
+        check_sbatch_option(option).map_err(|e| anyhow::anyhow!("--sbatch-arg: {e}"))?;
+        sbatch_options.push(option.clone());
+    }
+
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let absolute = |p: &std::path::Path| {
+        let p = rtune_runner::experiment::expand_tilde(p);
+        if p.is_absolute() { p } else { cwd.join(p) }
+    };
+    let storage = rtune_runner::experiment::storage_dir(
+        args.storage.as_deref(),
+        experiment.file.output.storage.as_deref(),
+    )
+    .map(|dir| absolute(&dir))
+    .context("cannot find the storage directory: set --storage, [output] storage or RTUNE_STORAGE (HOME is not set)")?;
+    let name = experiment.file.name.clone();
+    // The experiment's directory is made now (the run takes it over), so the job script and
+    // log live with the results; --dry-run creates nothing.
+    let (experiment_dir, log_dir) = match (&args.log_dir, args.dry_run) {
+        (Some(dir), _) => (None, absolute(dir)),
+        (None, true) => (None, storage.join(&name).join("slurm")),
+        (None, false) => {
+            let dir = rtune_runner::storage::ExperimentDir::reserve(&storage, &name)?;
+            let logs = dir.join("slurm");
+            (Some(dir), logs)
+        }
+    };
+    let run_name = experiment_dir
+        .as_ref()
+        .and_then(|dir| dir.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.clone());
     let mut run_args = Vec::new();
     for o in &args.overrides {
         run_args.push("--set".to_string());
         run_args.push(o.clone());
     }
-    if let Some(n) = &args.name {
-        run_args.push("--name".to_string());
-        run_args.push(n.clone());
-    }
-    if let Some(storage) = &args.storage {
-        run_args.push("--storage".to_string());
-        run_args.push(absolute(storage).display().to_string());
-    }
+    run_args.push("--name".to_string());
+    run_args.push(run_name.clone());
+    run_args.push("--storage".to_string());
+    run_args.push(storage.display().to_string());
     let job = HeadJob {
-        job_name: format!("rtune-{name}"),
+        job_name: format!("rtune-{run_name}"),
         shape,
         time: args.time.clone(),
-        partition: args.partition.clone(),
-        account: args.account.clone(),
-        log: log_dir.join(format!("rtune-{name}-%j.log")),
+        sbatch_options,
+        log: log_dir.join(format!("rtune-{run_name}-%j.log")),
         workdir: cwd.clone(),
         rtune: std::env::current_exe().context("cannot find the rtune executable's path")?,
         experiment: absolute(&args.experiment),
+        executor: executor.to_string(),
         run_args,
     };
     let script = head_job_script(&job);
     if args.dry_run {
         println!("\njob script (not submitted: --dry-run):\n{script}");
+        if job.time.is_none() {
+            println!("(no --time: submitting needs one)");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let script_path = log_dir.join(format!("rtune-{name}.sbatch"));
+    let script_path = new_file_path(&log_dir, &format!("rtune-{run_name}"), "sbatch");
     std::fs::write(&script_path, &script)
         .with_context(|| format!("cannot write {}", script_path.display()))?;
+    println!("job script: {}", script_path.display());
+    if let Some(dir) = &experiment_dir {
+        println!("experiment directory: {}", dir.display());
+    }
     let mut sbatch = std::process::Command::new("sbatch");
     sbatch.arg("--parsable");
     if args.wait {
@@ -433,6 +585,23 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `dir/stem.ext`, or `dir/stem-2.ext`, `-3`, ... when taken: an earlier file is never
+/// overwritten.
+fn new_file_path(dir: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
+    let mut attempt = 1u32;
+    loop {
+        let candidate = if attempt == 1 {
+            dir.join(format!("{stem}.{ext}"))
+        } else {
+            dir.join(format!("{stem}-{attempt}.{ext}"))
+        };
+        if !candidate.exists() {
+            return candidate;
+        }
+        attempt += 1;
+    }
 }
 
 /// The job id from `sbatch --parsable` (`id` or `id;cluster`).

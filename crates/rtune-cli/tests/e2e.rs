@@ -134,9 +134,9 @@ fn a_failed_trial_is_retried_from_its_checkpoint() {
         "--set",
         "space.sleep_ms=0",
         "--set",
-        "space.fail_at_epoch=3",
+        "+space.fail_at_epoch=3",
         "--set",
-        "space.fail_run=0",
+        "+space.fail_run=0",
         "--set",
         "max_failures=1",
     ]));

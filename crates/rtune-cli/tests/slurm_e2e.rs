@@ -246,6 +246,82 @@ fn submit_runs_the_experiment_as_a_job_with_start_and_finish_lines() {
 }
 
 #[test]
+fn submit_with_one_job_per_trial_keeps_its_script_and_plain_log_in_the_experiment_dir() {
+    let _cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if !cluster_available("submit_with_one_job_per_trial") {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let storage = work.path().join("results");
+    let submit = || {
+        let mut cmd = Command::new(rtune_exe());
+        cmd.args([
+            "submit",
+            &example("asha.toml"),
+            "--executor",
+            "slurm-jobs",
+            "--time",
+            "00:05:00",
+            "--mail-type",
+            "NONE",
+            "--sbatch-arg=--comment=rtune-submit-test",
+            "--set",
+            "space.sleep_ms=0",
+            "--set",
+            "num_samples=3",
+            "--wait",
+        ])
+        .env("RTUNE_STORAGE", &storage)
+        .current_dir(work.path())
+        .env_remove("SLURM_JOB_ID");
+        cmd
+    };
+    let output = run_ok(&mut submit());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("submitted job "))
+        .expect("the job id is printed")
+        .to_string();
+    let dir = storage.join("asha-example");
+    let log = std::fs::read_to_string(dir.join(format!("slurm/rtune-asha-example-{id}.log")))
+        .expect("the log is in the experiment directory");
+    assert_eq!(check_job_log(&log), id);
+    assert!(!log.contains('\u{1b}'), "no colour codes in a log:\n{log}");
+    let script =
+        std::fs::read_to_string(dir.join("slurm/rtune-asha-example.sbatch")).expect("script");
+    assert!(script.contains("#SBATCH --cpus-per-task=1\n"), "{script}");
+    assert!(
+        script.contains("#SBATCH --comment=rtune-submit-test\n"),
+        "{script}"
+    );
+    assert!(script.contains("--executor slurm-jobs"), "{script}");
+    let rows = trials(&dir);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| field(r, "status") == "TERMINATED"));
+    assert!(
+        !storage.join("asha-example-2").exists(),
+        "the run took the reserved directory"
+    );
+    assert!(!dir.join(".reserved-by-rtune-submit").exists());
+    assert!(
+        !work
+            .path()
+            .join(format!("rtune-asha-example-{id}.log"))
+            .exists(),
+        "nothing in the current directory"
+    );
+
+    // A second submission: its own experiment directory, nothing overwritten.
+    run_ok(&mut submit());
+    assert!(storage.join("asha-example-2/slurm").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("slurm/rtune-asha-example.sbatch")).expect("script"),
+        script
+    );
+}
+
+#[test]
 fn the_sbatch_template_takes_search_space_overrides_from_the_environment() {
     let _cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     if !cluster_available("the_sbatch_template_takes_overrides") {

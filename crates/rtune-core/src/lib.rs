@@ -20,7 +20,7 @@ pub mod trial;
 pub mod tuner;
 
 pub use result::{Mode, TrialResult};
-pub use scheduler::{Action, Decision, InvalidSetting, Scheduler, SchedulerContext};
+pub use scheduler::{Action, Budget, Decision, InvalidSetting, Scheduler, SchedulerContext};
 pub use searcher::{Searcher, Suggestion};
 pub use trial::{CheckpointId, TrialId, TrialStatus};
 pub use tuner::Tuner;

@@ -469,6 +469,16 @@ impl Tuner {
         self.scheduler.name()
     }
 
+    /// The scheduler's fixed end of every trial, if it has one (see [`Scheduler::budget`]).
+    pub fn scheduler_budget(&self) -> Option<crate::scheduler::Budget> {
+        self.scheduler.budget()
+    }
+
+    /// The result key the scheduler measures progress by, if any (see [`Scheduler::time_attr`]).
+    pub fn scheduler_time_attr(&self) -> Option<&str> {
+        self.scheduler.time_attr()
+    }
+
     pub fn searcher_name(&self) -> &'static str {
         self.searcher.name()
     }
@@ -724,6 +734,42 @@ impl Tuner {
         })
     }
 
+    /// Why a pause or exploit of trial `id` must not happen: it was already told to stop, or its
+    /// latest result reached a `[stop]` criterion. Restarting such a trial (from a donor's
+    /// checkpoint, or its own) would train and report iterations past the end of its budget, or
+    /// repeat ones it already reported.
+    fn budget_spent(&self, id: TrialId, action: &Action) -> Option<String> {
+        if !matches!(action, Action::Pause | Action::Exploit { .. }) {
+            return None;
+        }
+        let trial = self.trials.get(id.0 as usize)?;
+        if trial.ending == Some(Ending::Stop) {
+            return Some(format!(
+                "not {}: {} was already told to stop",
+                if matches!(action, Action::Pause) {
+                    "paused"
+                } else {
+                    "exploited"
+                },
+                id.name()
+            ));
+        }
+        let reached = trial
+            .last_result
+            .as_ref()
+            .and_then(|result| self.stop_criterion(result))?;
+        Some(format!(
+            "not {}: {} has reached the end of its budget ({})",
+            if matches!(action, Action::Pause) {
+                "paused"
+            } else {
+                "exploited"
+            },
+            id.name(),
+            reached.reason
+        ))
+    }
+
     fn apply_decisions(&mut self, decisions: Vec<Decision>) {
         for decision in decisions {
             self.apply_decision(decision, false);
@@ -735,6 +781,9 @@ impl Tuner {
     /// action from the reply, other running trials' processes are ended with an effect.
     fn apply_decision(&mut self, mut decision: Decision, reporting: bool) -> Action {
         let id = decision.trial;
+        if let Some(why) = self.budget_spent(id, &decision.action) {
+            decision = Decision::stop(id, why);
+        }
         let Some(trial) = self.trials.get_mut(id.0 as usize) else {
             return Action::Continue;
         };

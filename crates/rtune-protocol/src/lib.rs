@@ -6,7 +6,7 @@
 //! * rtune starts the trial with the environment variables below.
 //! * The trial connects to `RTUNE_ADDR` over TCP and sends one JSON object per line; rtune
 //!   answers each with one JSON line. A client may open one connection per request or keep one
-//!   open; every request carries the secret, the trial id and the run number.
+//!   open; every request carries the run's token, the trial id and the run number.
 //! * The answer to a report says whether to continue. On `stop` or `pause` the trial should exit
 //!   with status 0 promptly; rtune ends its process group anyway after a grace period.
 
@@ -25,7 +25,8 @@ pub mod env {
     pub const PROTOCOL: &str = "RTUNE_PROTOCOL";
     /// `host:port` of rtune's protocol server.
     pub const ADDR: &str = "RTUNE_ADDR";
-    /// The experiment's secret; every request must carry it.
+    /// This run's token (derived from the experiment's secret, the trial id and the run);
+    /// every request must carry it as `secret`.
     pub const SECRET: &str = "RTUNE_SECRET";
     /// The trial's id, e.g. `00003`.
     pub const TRIAL_ID: &str = "RTUNE_TRIAL_ID";
@@ -54,6 +55,7 @@ pub mod env {
 pub struct Request {
     /// Protocol version (1).
     pub v: u32,
+    /// `RTUNE_SECRET`: the token of this trial's run.
     pub secret: String,
     /// `RTUNE_TRIAL_ID`.
     pub trial: String,

@@ -83,6 +83,10 @@ pub struct TrialSection {
     /// (retried per `max_failures`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_timeout_s: Option<f64>,
+    /// Directories (besides the trial's scratch directory) a trial may hand checkpoints over
+    /// from, e.g. a node-local or scratch file system.
+    #[serde(default)]
+    pub checkpoint_roots: Vec<PathBuf>,
 }
 
 fn one_u32() -> u32 {
@@ -225,6 +229,12 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
             });
         }
     };
+    let mut file = file;
+    file.output.storage = file.output.storage.as_deref().map(expand_tilde);
+    file.trial.cwd = file.trial.cwd.as_deref().map(expand_tilde);
+    for root in &mut file.trial.checkpoint_roots {
+        *root = expand_tilde(root);
+    }
     validate(path, &file)?;
     let text_as_run = if overrides.is_empty() {
         text.to_string()
@@ -247,6 +257,78 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
     })
 }
 
+/// The environment variable naming the storage directory when neither `--storage` nor the
+/// experiment file does (clusters: results on a scratch file system).
+pub const STORAGE_ENV: &str = "RTUNE_STORAGE";
+
+/// Where experiment directories go: `--storage` (`option`), else `[output] storage` (`file`),
+/// else `$RTUNE_STORAGE`, else `~/rtune_results`; `~` expanded. None when nothing names one and
+/// `HOME` is not set.
+pub fn storage_dir(option: Option<&Path>, file: Option<&Path>) -> Option<PathBuf> {
+    let from_env = std::env::var_os(STORAGE_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from);
+    let chosen = option
+        .map(Path::to_path_buf)
+        .or_else(|| file.map(Path::to_path_buf))
+        .or(from_env)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|home| !home.is_empty())
+                .map(|home| PathBuf::from(home).join("rtune_results"))
+        })?;
+    Some(expand_tilde(&chosen))
+}
+
+/// `~` and `~/...` as the user's home directory (`HOME`), as a shell would expand them; any other
+/// path is returned as it is. Paths in the experiment file and options given as `--opt=~/x` (which
+/// the shell leaves alone) go through this, so `~` never becomes a directory named `~`.
+pub fn expand_tilde(path: &Path) -> PathBuf {
+    let Ok(rest) = path.strip_prefix("~") else {
+        return path.to_path_buf();
+    };
+    match std::env::var_os("HOME").filter(|home| !home.is_empty()) {
+        Some(home) => PathBuf::from(home).join(rest),
+        None => path.to_path_buf(),
+    }
+}
+
+/// Whether `text` can be a name (of the experiment, a metric, a parameter): not empty or only
+/// spaces, one line, no control characters. Returns what is wrong.
+pub fn check_name(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{text:?} is empty or only spaces"));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{text:?} contains the control character {c:?}; a name is one line of printable \
+             characters"
+        ));
+    }
+    if text.trim() != text {
+        return Err(format!("{text:?} starts or ends with spaces; remove them"));
+    }
+    Ok(())
+}
+
+/// The checks `rtune run` makes before anything starts that need the core: the search space
+/// parses and the scheduler's settings work with it. `rtune plan` and `rtune submit` run these
+/// too, so a job never fails in the queue on what could be checked at submission.
+pub fn check_search(experiment: &Experiment) -> Result<(), ExperimentError> {
+    // Both errors name their key (`space.lr: ...`, `scheduler.max_t: ...`).
+    let invalid = |message: String| ExperimentError::Parse {
+        path: experiment.path.clone(),
+        message,
+    };
+    let space = rtune_core::space::SearchSpace::from_json(&experiment.space_json())
+        .map_err(|e| invalid(e.to_string()))?;
+    let file = &experiment.file;
+    file.scheduler
+        .build(&file.metric, file.mode, &space)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(())
+}
+
 /// Checks serde cannot express. Each names the key to fix.
 fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
     let invalid = |field: &str, message: String| ExperimentError::Invalid {
@@ -254,6 +336,17 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         field: field.to_string(),
         message,
     };
+    check_name(&file.name).map_err(|message| invalid("name", message))?;
+    check_name(&file.metric).map_err(|message| invalid("metric", message))?;
+    for key in file.space.keys() {
+        check_name(key).map_err(|message| invalid(&format!("space.{key}"), message))?;
+    }
+    for key in file.stop.keys() {
+        check_name(key).map_err(|message| invalid(&format!("stop.{key}"), message))?;
+    }
+    if let Some(time_attr) = scheduler_time_attr(&file.scheduler) {
+        check_name(time_attr).map_err(|message| invalid("scheduler.time_attr", message))?;
+    }
     if file.name.is_empty() || file.name.contains(['/', '\\']) || file.name.starts_with('.') {
         return Err(invalid(
             "name",
@@ -367,6 +460,17 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             "must be a positive number of seconds".into(),
         ));
     }
+    for root in &file.trial.checkpoint_roots {
+        if !root.is_absolute() {
+            return Err(invalid(
+                "trial.checkpoint_roots",
+                format!(
+                    "{} is not an absolute path (or ~/...); trials run in other directories",
+                    root.display()
+                ),
+            ));
+        }
+    }
     if file.checkpoint.num_to_keep == Some(0) {
         return Err(invalid(
             "checkpoint.num_to_keep",
@@ -384,6 +488,17 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
     Ok(())
 }
 
+/// The scheduler's `time_attr`, for those that have one.
+fn scheduler_time_attr(spec: &SchedulerSpec) -> Option<&str> {
+    match spec {
+        SchedulerSpec::Fifo(_) => None,
+        SchedulerSpec::Asha(c) => Some(&c.time_attr),
+        SchedulerSpec::Median(c) => Some(&c.time_attr),
+        SchedulerSpec::HyperBand(c) => Some(&c.time_attr),
+        SchedulerSpec::Pbt(c) => Some(&c.time_attr),
+    }
+}
+
 /// `space.lr.loguniform=[1e-5,2e-4]`: set a (nested) key. The value is read as TOML (numbers,
 /// arrays, booleans, inline tables, quoted strings), else taken as a plain string.
 pub fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ExperimentError> {
@@ -395,9 +510,44 @@ pub fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), Experime
         return Err(err("expected KEY=VALUE, e.g. --set num_samples=20".into()));
     };
     let key = key.trim();
+    // `+space.x=...` adds a parameter the file does not have; without `+` a space key must
+    // exist, so a misspelt or renamed parameter is an error instead of a new parameter.
+    let (adding, key) = match key.strip_prefix('+') {
+        Some(rest) => (true, rest.trim()),
+        None => (false, key),
+    };
     let parts: Vec<&str> = key.split('.').map(str::trim).collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(err(format!("`{key}` is not a key path such as space.lr")));
+    }
+    if let ["space", parameter, ..] = parts.as_slice() {
+        let existing: Vec<&str> = table
+            .get("space")
+            .and_then(toml::Value::as_table)
+            .map(|space| space.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let exists = existing.contains(parameter);
+        if !exists && !adding {
+            let hint = match nearest(parameter, &existing) {
+                Some(near) => format!("did you mean `space.{near}`? "),
+                None => String::new(),
+            };
+            return Err(err(format!(
+                "the experiment has no parameter `{parameter}` in [space] (it has: {}); {hint}\
+                 to add a new parameter, write --set +{key}=...",
+                if existing.is_empty() {
+                    "none".to_string()
+                } else {
+                    existing.join(", ")
+                }
+            )));
+        }
+        if exists && adding && parts.len() == 2 {
+            return Err(err(format!(
+                "`+` adds a new parameter, but `{parameter}` is already in [space]; drop the `+` \
+                 to change it"
+            )));
+        }
     }
     let value = parse_value(raw.trim());
     let Some((last, parents)) = parts.split_last() else {
@@ -612,8 +762,174 @@ reduction_factor = 2
     }
 
     #[test]
+    fn a_space_key_must_exist_unless_added_with_plus() {
+        let message = parse_err(FILE, &["space.learning_rate.loguniform=[1e-5,1e-4]"]);
+        assert!(
+            message.contains("no parameter `learning_rate` in [space]")
+                && message.contains("lr, per_device_bs, wd")
+                && message.contains("--set +space.learning_rate"),
+            "{message}"
+        );
+        let message = parse_err(FILE, &["space.wdd=0.1"]);
+        assert!(message.contains("did you mean `space.wd`"), "{message}");
+        let e = parse_ok(
+            FILE,
+            &["+space.epochs=3", "space.lr.loguniform=[1e-5,1e-4]"],
+        );
+        assert_eq!(e.space_json()["epochs"], 3);
+        assert_eq!(e.space_json()["lr"]["loguniform"][0], 1e-5);
+        let message = parse_err(FILE, &["+space.lr=0.1"]);
+        assert!(message.contains("already in [space]"), "{message}");
+        // Keys outside [space] are checked by the file's schema, with or without `+`.
+        assert_eq!(parse_ok(FILE, &["max_failures=2"]).file.max_failures, 2);
+    }
+
+    #[test]
+    fn names_are_non_empty_printable_single_lines() {
+        for (set, field) in [
+            ("name=\"a\\nb\"", "name:"),
+            ("name=\"   \"", "name:"),
+            ("name=\"\"", "name:"),
+            ("metric=\" \"", "metric:"),
+            ("metric=\"loss\\t\"", "metric:"),
+            ("scheduler.time_attr=\"\"", "scheduler.time_attr:"),
+        ] {
+            let message = parse_err(FILE, &[set]);
+            assert!(message.contains(field), "{set}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_tilde_is_the_home_directory_in_every_path() {
+        let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
+            return;
+        };
+        let home = PathBuf::from(home);
+        assert_eq!(expand_tilde(Path::new("~")), home);
+        assert_eq!(expand_tilde(Path::new("~/x/y")), home.join("x/y"));
+        assert_eq!(expand_tilde(Path::new("/a/~")), PathBuf::from("/a/~"));
+        assert_eq!(
+            expand_tilde(Path::new("~other/x")),
+            PathBuf::from("~other/x")
+        );
+        let e = parse_ok(
+            FILE,
+            &[
+                "output.storage=\"~/results\"",
+                "trial.cwd=\"~/work\"",
+                "trial.checkpoint_roots=[\"~/ckpt\"]",
+            ],
+        );
+        assert_eq!(e.file.output.storage, Some(home.join("results")));
+        assert_eq!(e.file.trial.cwd, Some(home.join("work")));
+        assert_eq!(e.file.trial.checkpoint_roots, vec![home.join("ckpt")]);
+        let message = parse_err(FILE, &["trial.checkpoint_roots=[\"rel\"]"]);
+        assert!(message.contains("trial.checkpoint_roots"), "{message}");
+    }
+
+    #[test]
     fn a_syntax_error_names_its_line() {
         let message = parse_err("name = \"x\"\nmetric = \n", &[]);
         assert!(message.contains("line 2"), "{message}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Keys of the experiment file (and some that are not), as dotted paths.
+        const KEYS: &[&str] = &[
+            "name",
+            "metric",
+            "mode",
+            "num_samples",
+            "seed",
+            "max_failures",
+            "stop.loss",
+            "trial.command",
+            "trial.workers",
+            "trial.resources",
+            "trial.resources.cpu",
+            "trial.stop_grace_s",
+            "trial.cwd",
+            "trial.env.X",
+            "trial.checkpoint_roots",
+            "space.lr",
+            "space.lr.loguniform",
+            "space.bs.choice",
+            "space.m.layers.grid",
+            "scheduler.type",
+            "scheduler.max_t",
+            "scheduler.grace_period",
+            "scheduler.time_attr",
+            "scheduler.reduction_factor",
+            "scheduler.perturbation_interval",
+            "scheduler.hyperparam_mutations.lr",
+            "checkpoint.num_to_keep",
+            "executor.type",
+            "executor.cpus",
+            "executor.bind",
+            "output.storage",
+            "bogus",
+        ];
+
+        /// TOML values, well-formed or not.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                "[a-z~/ ]{0,8}".prop_map(|s| format!("{s:?}")),
+                Just("\"asha\"".to_string()),
+                Just("\"pbt\"".to_string()),
+                Just("[1e-5, 1e-3]".to_string()),
+                Just("[1e-3, 1e-5]".to_string()),
+                Just("[]".to_string()),
+                Just("[\"python\", \"t.py\"]".to_string()),
+                Just("{ loguniform = [0, 1] }".to_string()),
+                Just("{ choice = [] }".to_string()),
+                Just("{ uniform = [1, 2], choice = [3] }".to_string()),
+                Just("nan".to_string()),
+                Just("-inf".to_string()),
+                ".{0,10}",
+            ]
+        }
+
+        fn dotted_line() -> impl Strategy<Value = String> {
+            (prop::sample::select(KEYS), value()).prop_map(|(k, v)| format!("{k} = {v}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn any_text_is_read_or_refused_without_a_panic(text in ".{0,300}") {
+                let _ = parse(Path::new("p.toml"), &text, &[]);
+            }
+
+            #[test]
+            fn any_mix_of_keys_and_values_is_checked_without_a_panic(
+                lines in prop::collection::vec(dotted_line(), 0..12)
+            ) {
+                let text = lines.join("\n");
+                if let Ok(experiment) = parse(Path::new("p.toml"), &text, &[]) {
+                    let _ = check_search(&experiment);
+                }
+                // The same lines as --set overrides of a valid file.
+                let sets: Vec<String> = lines.iter().map(|l| l.replacen(" = ", "=", 1)).collect();
+                if let Ok(experiment) = parse(Path::new("p.toml"), FILE, &sets) {
+                    let _ = check_search(&experiment);
+                }
+            }
+
+            #[test]
+            fn any_override_is_applied_or_refused_without_a_panic(
+                arg in prop_oneof![".{0,40}", "[+]?[a-z_.+ ]{0,20}=.{0,20}"]
+            ) {
+                let result = parse(Path::new("p.toml"), FILE, std::slice::from_ref(&arg));
+                if let Err(e) = result {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! * [`run_loop`]: the event loop that owns the experiment's state.
 //! * [`executor`]: where trial processes run (local processes, SLURM).
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
+//! * [`report_checks`]: the reports the run loop refuses (after stop, past max_t, bad checkpoints).
 //! * [`storage`]: the files an experiment leaves on disk.
 //! * [`report`]: tables, the best trial, and the live console.
 //! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
@@ -15,6 +16,7 @@ pub mod experiment;
 pub mod journal;
 pub mod lineage;
 pub mod report;
+pub mod report_checks;
 pub mod run_loop;
 pub mod server;
 pub mod setup;

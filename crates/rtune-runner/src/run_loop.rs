@@ -61,6 +61,9 @@ pub struct TrialTemplate {
     /// `trial.report_timeout_s`: a run that has not reported for this long is failed (and
     /// retried per `max_failures`).
     pub report_timeout: Option<Duration>,
+    /// Directories outside the trial's scratch directory from which it may hand over checkpoints
+    /// (`trial.checkpoint_roots`).
+    pub checkpoint_roots: Vec<PathBuf>,
 }
 
 /// Experiment-wide limits of the run loop (not the core's: they depend on the clock or on
@@ -450,7 +453,11 @@ impl Loop<'_> {
         let mut env = vec![
             (e::PROTOCOL.to_string(), rtune_protocol::VERSION.to_string()),
             (e::ADDR.to_string(), self.addr.clone()),
-            (e::SECRET.to_string(), self.secret.clone()),
+            // This run's token, never the experiment's secret (docs/protocol.md).
+            (
+                e::SECRET.to_string(),
+                crate::server::run_token(&self.secret, trial, launch.run),
+            ),
             (e::TRIAL_ID.to_string(), trial.to_string()),
             (e::TRIAL_NAME.to_string(), trial.name()),
             (e::RUN.to_string(), launch.run.to_string()),
@@ -544,6 +551,15 @@ impl Loop<'_> {
         let Some(current) = self.tuner.trial(trial) else {
             return Response::error(format!("no trial {}", trial.name()));
         };
+        let budget = self.tuner.scheduler_budget();
+        let rules = crate::report_checks::Rules {
+            metric: &self.tuner.settings().metric,
+            time_attr: self.tuner.scheduler_time_attr(),
+            budget: budget.as_ref(),
+        };
+        if let Err(message) = crate::report_checks::check_report(current, &report.metrics, &rules) {
+            return self.refuse(trial, message);
+        }
         let iteration = current.iteration + 1;
         let restored_from = current.restore;
         // The config this result was produced with; the decision it triggers may change the
@@ -553,6 +569,16 @@ impl Loop<'_> {
             Ok(files) => files,
             Err(e) => return Response::error(format!("rtune cannot write the trial's files: {e}")),
         };
+        if let Some(src) = &report.checkpoint
+            && let Err(message) = crate::report_checks::confine_checkpoint(
+                src,
+                &files,
+                self.dir.path(),
+                &self.template.checkpoint_roots,
+            )
+        {
+            return self.refuse(trial, message);
+        }
         // Take the checkpoint over before the tuner counts it, so a checkpoint the tuner knows
         // about always exists on disk.
         let mut has_checkpoint = false;
@@ -623,6 +649,13 @@ impl Loop<'_> {
             self.schedule_end(trial, report.run);
         }
         Response::action(action, reason)
+    }
+
+    /// A report refused by [`crate::report_checks`]: logged, answered with the error, never
+    /// recorded.
+    fn refuse(&mut self, trial: TrialId, message: String) -> Response {
+        self.warn(trial, &format!("report refused: {message}"));
+        Response::error(message)
     }
 
     fn on_timer(&mut self, timer: Timer) {
@@ -815,7 +848,9 @@ impl Loop<'_> {
     }
 
     fn warn(&mut self, trial: TrialId, message: &str) {
-        tracing::warn!("{message}");
+        // The console line below is the warning; a tracing warning as well would print it twice
+        // in a job log, where stdout and stderr meet.
+        tracing::debug!("{message}");
         self.reporter.on_event(&format!("WARNING {message}"));
         if let Err(e) = self.dir.append_event(&json!({
             "time": unix_now(), "trial": trial.to_string(), "event": "warning", "message": message,

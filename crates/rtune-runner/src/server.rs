@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use rtune_core::TrialId;
 use rtune_protocol::{MAX_LINE_BYTES, Request, RequestBody, Response, VERSION};
 use serde_json::Value;
+use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -241,8 +243,9 @@ fn check_request(line: &[u8], secret: &str) -> Result<CheckedReport, Rejection> 
         )));
     };
 
-    // The secret first: nothing else about the request matters if it is not from this
-    // experiment's trials.
+    // The token first: nothing else about the request matters if it is not from this trial's
+    // current process. It is checked against the trial and run the request names, so a token
+    // only ever speaks for the run it was made for.
     let given = match object.get("secret") {
         Some(Value::String(given)) => given,
         Some(other) => {
@@ -263,11 +266,28 @@ fn check_request(line: &[u8], secret: &str) -> Result<CheckedReport, Rejection> 
             });
         }
     };
-    if !secrets_match(given.as_bytes(), secret.as_bytes()) {
+    let claimed_trial = object
+        .get("trial")
+        .and_then(Value::as_str)
+        .and_then(parse_trial_id);
+    let claimed_run = object
+        .get("run")
+        .and_then(Value::as_u64)
+        .and_then(|run| u32::try_from(run).ok());
+    let (Some(claimed_trial), Some(claimed_run)) = (claimed_trial, claimed_run) else {
+        return Err(reject(
+            "`trial` (the digits of RTUNE_TRIAL_ID, like \"00003\") and `run` (RTUNE_RUN, a \
+             number) are needed to check RTUNE_SECRET, which is made for one trial and run",
+        ));
+    };
+    if !token_matches(secret, claimed_trial, claimed_run, given) {
         return Err(Rejection {
-            message: "wrong secret: send the RTUNE_SECRET this trial was started with (a process \
-                      from another experiment?); closing the connection"
-                .into(),
+            message: format!(
+                "wrong secret for {} run {claimed_run}: send the RTUNE_SECRET this process was \
+                 started with; it is valid only for that trial and run (a process of another \
+                 trial, run or experiment?); closing the connection",
+                claimed_trial.name()
+            ),
             close: true,
         });
     }
@@ -338,15 +358,34 @@ fn parse_trial_id(text: &str) -> Option<TrialId> {
     text.parse().ok().map(TrialId)
 }
 
-/// Compares in time that depends only on the expected secret's length, so the answer time says
-/// nothing about how much of a guess was right.
-fn secrets_match(given: &[u8], expected: &[u8]) -> bool {
-    let mut difference = usize::from(given.len() != expected.len());
-    for (i, &byte) in expected.iter().enumerate() {
-        let other = given.get(i).copied().unwrap_or(!byte);
-        difference |= usize::from(byte ^ other);
-    }
-    std::hint::black_box(difference) == 0
+/// Domain separation for run tokens: a token is never valid as anything else.
+const TOKEN_CONTEXT: &[u8] = b"rtune run token v1";
+
+fn token_mac(secret: &str, trial: TrialId, run: u32) -> Hmac<Sha256> {
+    // HMAC takes a key of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    mac.update(TOKEN_CONTEXT);
+    mac.update(&[0]);
+    mac.update(&trial.0.to_be_bytes());
+    mac.update(&run.to_be_bytes());
+    mac
+}
+
+/// The token of one run of one trial: HMAC-SHA256 of the trial id and run number, keyed with
+/// the experiment's secret, as 64 hex digits. Trials get their token as `RTUNE_SECRET` and never
+/// see the experiment's secret, so a trial cannot make the token of another trial or run.
+pub fn run_token(secret: &str, trial: TrialId, run: u32) -> String {
+    hex::encode(token_mac(secret, trial, run).finalize().into_bytes())
+}
+
+/// Whether `given` is the token of `trial`'s run `run`. The comparison takes the same time
+/// however much of a guess is right (the hmac crate's constant-time verify).
+fn token_matches(secret: &str, trial: TrialId, run: u32, given: &str) -> bool {
+    let Ok(bytes) = hex::decode(given) else {
+        return false;
+    };
+    token_mac(secret, trial, run).verify_slice(&bytes).is_ok()
 }
 
 fn contains_non_finite_literal(line: &[u8]) -> bool {
@@ -377,14 +416,37 @@ mod tests {
         }
     }
 
+    /// The token of trial 3 run 0 under the experiment secret "s".
+    fn t3() -> String {
+        run_token("s", TrialId(3), 0)
+    }
+
     #[test]
-    fn secrets_compare_exactly() {
-        assert!(secrets_match(b"abc123", b"abc123"));
-        assert!(!secrets_match(b"abc124", b"abc123"));
-        assert!(!secrets_match(b"abc12", b"abc123"));
-        assert!(!secrets_match(b"abc1234", b"abc123"));
-        assert!(!secrets_match(b"", b"abc123"));
-        assert!(secrets_match(b"", b""));
+    fn a_token_is_valid_only_for_its_trial_run_and_experiment() {
+        let token = run_token("s", TrialId(3), 1);
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(token, run_token("s", TrialId(3), 1), "deterministic");
+        assert!(token_matches("s", TrialId(3), 1, &token));
+        assert!(token_matches("s", TrialId(3), 1, &token.to_uppercase()));
+        assert!(!token_matches("s", TrialId(4), 1, &token), "another trial");
+        assert!(!token_matches("s", TrialId(3), 2, &token), "another run");
+        assert!(
+            !token_matches("t", TrialId(3), 1, &token),
+            "another experiment"
+        );
+        assert!(
+            !token_matches("s", TrialId(3), 1, "s"),
+            "the experiment secret"
+        );
+        assert!(!token_matches("s", TrialId(3), 1, &token[..62]));
+        assert!(!token_matches("s", TrialId(3), 1, ""));
+        assert!(!token_matches("s", TrialId(3), 1, "zz"));
+        // Trial 1 run 23 and trial 12 run 3 must not share a token.
+        assert_ne!(
+            run_token("s", TrialId(1), 23),
+            run_token("s", TrialId(12), 3)
+        );
     }
 
     #[test]
@@ -400,8 +462,11 @@ mod tests {
 
     #[test]
     fn a_valid_report_is_checked_into_its_parts() {
-        let line = br#"{"v":1,"secret":"s","trial":"00007","run":2,"type":"report","metrics":{"loss":0.5},"checkpoint":"/tmp/ck"}"#;
-        let Ok(report) = check_request(line, "s") else {
+        let line = format!(
+            r#"{{"v":1,"secret":"{}","trial":"00007","run":2,"type":"report","metrics":{{"loss":0.5}},"checkpoint":"/tmp/ck"}}"#,
+            run_token("s", TrialId(7), 2)
+        );
+        let Ok(report) = check_request(line.as_bytes(), "s") else {
             panic!("valid report rejected");
         };
         assert_eq!(report.trial, TrialId(7));
@@ -411,43 +476,85 @@ mod tests {
     }
 
     #[test]
+    fn a_trial_cannot_report_as_another_trial_or_run() {
+        // Trial 3's token, naming trial 4 or run 1: refused, and the connection closes.
+        for (trial, run) in [("00004", 0), ("3", 1)] {
+            let line = format!(
+                r#"{{"v":1,"secret":"{}","trial":"{trial}","run":{run},"type":"report","metrics":{{}}}}"#,
+                t3()
+            );
+            let (text, closes) = message(check_request(line.as_bytes(), "s"));
+            assert!(text.contains("wrong secret for trial_0000"), "{text}");
+            assert!(closes);
+        }
+        // The experiment's secret itself is no longer accepted from a trial.
+        let line = br#"{"v":1,"secret":"s","trial":"3","run":0,"type":"report","metrics":{}}"#;
+        assert!(message(check_request(line, "s")).0.contains("wrong secret"));
+    }
+
+    #[test]
     fn each_problem_is_named() {
-        let cases: [(&[u8], &str, bool); 11] = [
-            (b"", "empty line", false),
-            (b"{not json", "not valid JSON", false),
+        let t = t3();
+        let cases: Vec<(String, &str, bool)> = vec![
+            (String::new(), "empty line", false),
+            ("{not json".into(), "not valid JSON", false),
             (
-                br#"{"v":1,"secret":"s","metrics":{"l":NaN}}"#,
+                r#"{"v":1,"secret":"s","metrics":{"l":NaN}}"#.into(),
                 "JSON has no NaN",
                 false,
             ),
-            (b"[1,2]", "got an array", false),
-            (br#"{"v":1}"#, "missing `secret`", true),
-            (br#"{"v":1,"secret":7}"#, "`secret` must be a string", true),
-            (br#"{"v":1,"secret":"x"}"#, "wrong secret", true),
-            (br#"{"secret":"s"}"#, "missing `v`", false),
-            (br#"{"v":2,"secret":"s"}"#, "version 2 is not supported", false),
+            ("[1,2]".into(), "got an array", false),
+            (r#"{"v":1}"#.into(), "missing `secret`", true),
             (
-                br#"{"v":1,"secret":"s","trial":"t3","run":0,"type":"report","metrics":{}}"#,
+                r#"{"v":1,"secret":7}"#.into(),
+                "`secret` must be a string",
+                true,
+            ),
+            (
+                r#"{"v":1,"secret":"x"}"#.into(),
+                "are needed to check RTUNE_SECRET",
+                false,
+            ),
+            (
+                r#"{"v":1,"secret":"x","trial":"3","run":0}"#.into(),
+                "wrong secret",
+                true,
+            ),
+            (
+                format!(r#"{{"secret":"{t}","trial":"3","run":0}}"#),
+                "missing `v`",
+                false,
+            ),
+            (
+                format!(r#"{{"v":2,"secret":"{t}","trial":"3","run":0}}"#),
+                "version 2 is not supported",
+                false,
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"secret":"{t}","trial":"t3","run":0,"type":"report","metrics":{{}}}}"#
+                ),
                 "RTUNE_TRIAL_ID",
                 false,
             ),
             (
-                br#"{"v":1,"secret":"s","trial":"3","run":0,"type":"report","metrics":{},"checkpoint":"ck"}"#,
+                format!(
+                    r#"{{"v":1,"secret":"{t}","trial":"3","run":0,"type":"report","metrics":{{}},"checkpoint":"ck"}}"#
+                ),
                 "relative path",
                 false,
             ),
         ];
         for (line, expected, close) in cases {
-            let (text, closes) = message(check_request(line, "s"));
+            let (text, closes) = message(check_request(line.as_bytes(), "s"));
             assert!(
                 text.contains(expected),
-                "{:?}: {text:?} should contain {expected:?}",
-                String::from_utf8_lossy(line)
+                "{line:?}: {text:?} should contain {expected:?}"
             );
             assert_eq!(closes, close, "{text}");
         }
         let (text, _) = message(check_request(
-            br#"{"v":1,"secret":"s","trial":"3","run":0,"type":"hello"}"#,
+            format!(r#"{{"v":1,"secret":"{t}","trial":"3","run":0,"type":"hello"}}"#).as_bytes(),
             "s",
         ));
         assert!(
@@ -455,9 +562,97 @@ mod tests {
             "{text}"
         );
         let (text, _) = message(check_request(
-            br#"{"v":1,"secret":"s","trial":"3","type":"report","metrics":{}}"#,
+            format!(r#"{{"v":1,"secret":"{t}","trial":"3","type":"report","metrics":{{}}}}"#)
+                .as_bytes(),
             "s",
         ));
         assert!(text.contains("run"), "{text}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, a few levels deep.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                ".{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A request object whose every field is absent, plausible or arbitrary.
+        fn request() -> impl Strategy<Value = Value> {
+            let field = |plausible: Value| {
+                prop_oneof![
+                    2 => Just(Some(plausible)),
+                    1 => Just(None),
+                    1 => json().prop_map(Some),
+                ]
+            };
+            let token = Value::String(run_token("s", TrialId(3), 0));
+            (
+                field(Value::from(1)),
+                field(token),
+                field(Value::from("00003")),
+                field(Value::from(0)),
+                field(Value::from("report")),
+                field(serde_json::json!({"loss": 0.5})),
+                field(Value::from("/tmp/ck")),
+            )
+                .prop_map(|(v, secret, trial, run, ty, metrics, checkpoint)| {
+                    let mut object = serde_json::Map::new();
+                    for (key, value) in [
+                        ("v", v),
+                        ("secret", secret),
+                        ("trial", trial),
+                        ("run", run),
+                        ("type", ty),
+                        ("metrics", metrics),
+                        ("checkpoint", checkpoint),
+                    ] {
+                        if let Some(value) = value {
+                            object.insert(key.to_string(), value);
+                        }
+                    }
+                    Value::Object(object)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            #[test]
+            fn any_bytes_are_answered_without_a_panic(
+                line in prop::collection::vec(any::<u8>(), 0..300)
+            ) {
+                if let Err(rejection) = check_request(&line, "s") {
+                    prop_assert!(!rejection.message.is_empty());
+                }
+            }
+
+            #[test]
+            fn any_request_object_is_answered_without_a_panic(request in request()) {
+                let line = serde_json::to_vec(&request).unwrap_or_default();
+                match check_request(&line, "s") {
+                    // Accepted only with the token of the trial and run it names.
+                    Ok(report) => prop_assert_eq!((report.trial, report.run), (TrialId(3), 0)),
+                    Err(rejection) => prop_assert!(!rejection.message.is_empty()),
+                }
+            }
+        }
     }
 }

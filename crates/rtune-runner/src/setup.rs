@@ -63,7 +63,7 @@ pub enum SetupError {
     #[error(transparent)]
     Run(#[from] RunError),
     #[error(
-        "cannot find the storage directory: set [output] storage or --storage (HOME is not set)"
+        "cannot find the storage directory: set [output] storage, --storage or RTUNE_STORAGE (HOME is not set)"
     )]
     NoStorage,
     #[error(transparent)]
@@ -334,12 +334,9 @@ fn prepare_with(
         (host, _) => host.clone(),
     };
 
-    let storage = match (&options.storage, &file.output.storage) {
-        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-        (None, None) => std::env::var_os("HOME")
-            .map(|home| PathBuf::from(home).join("rtune_results"))
-            .ok_or(SetupError::NoStorage)?,
-    };
+    let storage =
+        crate::experiment::storage_dir(options.storage.as_deref(), file.output.storage.as_deref())
+            .ok_or(SetupError::NoStorage)?;
     let mut started_at = unix_now();
     let (dir, journal) = match resume {
         None => {
@@ -433,6 +430,7 @@ fn prepare_with(
             cwd,
             stop_grace: Duration::from_secs_f64(file.trial.stop_grace_s),
             report_timeout: file.trial.report_timeout_s.map(Duration::from_secs_f64),
+            checkpoint_roots: file.trial.checkpoint_roots.clone(),
         },
         reporter,
         bind,

@@ -167,7 +167,34 @@ pub struct ExperimentDir {
     path: PathBuf,
 }
 
+/// A file in an experiment directory that `rtune submit` made for a run yet to start: the run
+/// (`ExperimentDir::create`) takes the directory and removes the file.
+pub const RESERVED_MARK: &str = ".reserved-by-rtune-submit";
+
 impl ExperimentDir {
+    /// Creates `<storage>/<name>` (or `<name>-2`, ...) for a run that will start later, marked so
+    /// that the first [`ExperimentDir::create`] with that name takes it. Returns its path.
+    pub fn reserve(storage: &Path, name: &str) -> Result<PathBuf, StorageError> {
+        fs::create_dir_all(storage).map_err(io_error("create", storage))?;
+        let mut attempt = 1u32;
+        loop {
+            let candidate = if attempt == 1 {
+                storage.join(name)
+            } else {
+                storage.join(format!("{name}-{attempt}"))
+            };
+            match fs::create_dir(&candidate) {
+                Ok(()) => {
+                    let mark = candidate.join(RESERVED_MARK);
+                    fs::write(&mark, b"").map_err(io_error("write", &mark))?;
+                    return Ok(candidate);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => attempt += 1,
+                Err(e) => return Err(io_error("create", &candidate)(e)),
+            }
+        }
+    }
+
     /// Create `<storage>/<name>`; when that exists already (an earlier run), `<name>-2`, `-3`, ...
     /// so nothing earlier is overwritten. Writes the experiment file as run.
     pub fn create(
@@ -185,6 +212,14 @@ impl ExperimentDir {
             };
             match fs::create_dir(&candidate) {
                 Ok(()) => break candidate,
+                // Reserved by `rtune submit` for this run (its job script and log are there):
+                // the run that removes the mark takes it.
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && fs::remove_file(candidate.join(RESERVED_MARK)).is_ok() =>
+                {
+                    break candidate;
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => attempt += 1,
                 Err(e) => return Err(io_error("create", &candidate)(e)),
             }

@@ -56,12 +56,11 @@ pub struct HeadJob {
     /// `--job-name`.
     pub job_name: String,
     pub shape: AllocationShape,
-    /// `--time`.
-    pub time: String,
-    /// `--partition`.
-    pub partition: Option<String>,
-    /// `--account`.
-    pub account: Option<String>,
+    /// `--time`; None leaves the partition's default limit.
+    pub time: Option<String>,
+    /// More sbatch options, each a whole option as sbatch reads it (`--partition=gpu`,
+    /// `--exclusive`, `--mail-type=END`), written as `#SBATCH` lines in this order.
+    pub sbatch_options: Vec<String>,
     /// The job's log; `%j` stands for the job id.
     pub log: PathBuf,
     /// The directory `rtune run` runs in.
@@ -70,8 +69,28 @@ pub struct HeadJob {
     pub rtune: PathBuf,
     /// The experiment file (absolute).
     pub experiment: PathBuf,
-    /// Arguments after `rtune run EXPERIMENT --executor slurm` (`--set`, `--name`, `--storage`).
+    /// The trial layout: `slurm` (trials are job steps of this job) or `slurm-jobs` (this job
+    /// runs rtune only; every trial run is its own job).
+    pub executor: String,
+    /// Arguments after `rtune run EXPERIMENT --executor EXECUTOR` (`--set`, `--name`,
+    /// `--storage`).
     pub run_args: Vec<String>,
+}
+
+/// Checks an sbatch option given on the command line: one option (starting with `-`), one line.
+pub fn check_sbatch_option(option: &str) -> Result<(), String> {
+    if !option.starts_with('-') {
+        return Err(format!(
+            "{option:?} is not an sbatch option: give it as sbatch reads it, e.g. \
+             --sbatch-arg=--reservation=big or --sbatch-arg=-C=a100"
+        ));
+    }
+    if option.contains(['\n', '\r']) {
+        return Err(format!(
+            "{option:?} spans several lines: give one option per --sbatch-arg"
+        ));
+    }
+    Ok(())
 }
 
 /// The shell functions both the generated head job and slurm/rtune.sbatch use for the first and
@@ -95,14 +114,15 @@ pub fn head_job_script(job: &HeadJob) -> String {
     if job.shape.gpus_per_node > 0 {
         directive(format!("--gpus-per-node={}", job.shape.gpus_per_node));
     }
-    directive(format!("--time={}", job.time));
-    if let Some(partition) = &job.partition {
-        directive(format!("--partition={partition}"));
+    if let Some(time) = &job.time {
+        directive(format!("--time={time}"));
     }
-    if let Some(account) = &job.account {
-        directive(format!("--account={account}"));
+    for option in &job.sbatch_options {
+        directive(option.clone());
     }
     directive(format!("--output={}", job.log.display()));
+    // Never overwrite an earlier job's log (--open-mode=append keeps a requeued job's lines).
+    directive("--open-mode=append".to_string());
     directive(format!("--chdir={}", job.workdir.display()));
     s.push_str(STAMP_FUNCTION);
     s.push('\n');
@@ -114,7 +134,7 @@ pub fn head_job_script(job: &HeadJob) -> String {
         "run".to_string(),
         shell_quote(&job.experiment.display().to_string()),
         "--executor".to_string(),
-        "slurm".to_string(),
+        job.executor.clone(),
     ];
     command.extend(job.run_args.iter().map(|a| shell_quote(a)));
     s.push_str(&command.join(" "));
@@ -178,13 +198,17 @@ mod tests {
                 cpus_per_node: 4,
                 gpus_per_node: 2,
             },
-            time: "01:00:00".into(),
-            partition: Some("gpu".into()),
-            account: None,
+            time: Some("01:00:00".into()),
+            sbatch_options: vec![
+                "--partition=gpu".into(),
+                "--qos=short".into(),
+                "--exclusive".into(),
+            ],
             log: PathBuf::from("/logs/rtune-asha-%j.log"),
             workdir: PathBuf::from("/work"),
             rtune: PathBuf::from("/opt/rtune/bin/rtune"),
             experiment: PathBuf::from("/work/asha.toml"),
+            executor: "slurm".into(),
             run_args: vec!["--set".into(), "space.lr.loguniform=[1e-5, 1e-4]".into()],
         };
         let script = head_job_script(&job);
@@ -194,8 +218,8 @@ mod tests {
             "#SBATCH --cpus-per-task=4\n",
             "#SBATCH --gpus-per-node=2\n",
             "#SBATCH --time=01:00:00\n",
-            "#SBATCH --partition=gpu\n",
-            "#SBATCH --output=/logs/rtune-asha-%j.log\n",
+            "#SBATCH --partition=gpu\n#SBATCH --qos=short\n#SBATCH --exclusive\n",
+            "#SBATCH --output=/logs/rtune-asha-%j.log\n#SBATCH --open-mode=append\n",
             "echo \"===== JOB $SLURM_JOB_ID START : $(stamp) =====\"\n",
             "'/opt/rtune/bin/rtune' run '/work/asha.toml' --executor slurm '--set' \
              'space.lr.loguniform=[1e-5, 1e-4]'\n",
@@ -208,5 +232,20 @@ mod tests {
             log_path(&job.log, "42"),
             PathBuf::from("/logs/rtune-asha-42.log")
         );
+        let no_time = head_job_script(&HeadJob {
+            time: None,
+            executor: "slurm-jobs".into(),
+            ..job
+        });
+        assert!(!no_time.contains("--time"), "{no_time}");
+        assert!(no_time.contains("--executor slurm-jobs"), "{no_time}");
+    }
+
+    #[test]
+    fn sbatch_options_are_single_options() {
+        assert!(check_sbatch_option("--reservation=big").is_ok());
+        assert!(check_sbatch_option("-C").is_ok());
+        assert!(check_sbatch_option("reservation=big").is_err());
+        assert!(check_sbatch_option("--x=1\n#SBATCH --y").is_err());
     }
 }

@@ -17,11 +17,16 @@ use std::time::Duration;
 use rtune_client::{ClientError, Session, TrialAction};
 use rtune_core::TrialId;
 use rtune_protocol::{MAX_LINE_BYTES, Response};
-use rtune_runner::server::{ProtocolServer, ReportEvent, SHUTTING_DOWN};
+use rtune_runner::server::{ProtocolServer, ReportEvent, SHUTTING_DOWN, run_token};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// The token (`RTUNE_SECRET`) of trial `trial`'s run `run` in the test experiment.
+fn token(trial: u32, run: u32) -> String {
+    run_token(SECRET, TrialId(trial), run)
+}
 
 /// A report as the answering task saw it, including the files of a reported checkpoint as they
 /// were when the report arrived (rtune takes the directory over before it answers).
@@ -144,7 +149,10 @@ fn trial_env(
     HashMap::from([
         (env::PROTOCOL, "1".to_string()),
         (env::ADDR, addr.to_string()),
-        (env::SECRET, SECRET.to_string()),
+        (
+            env::SECRET,
+            token(trial.parse().expect("trial id digits"), run),
+        ),
         (env::TRIAL_ID, trial.to_string()),
         (env::TRIAL_NAME, format!("trial_{trial}")),
         (env::RUN, run.to_string()),
@@ -260,7 +268,7 @@ fn a_wrong_secret_is_refused_and_nothing_reaches_the_loop() {
         }
     }
     // The right secret on the same server works, and is the first report the loop sees.
-    vars.insert(rtune_protocol::env::SECRET, SECRET.to_string());
+    vars.insert(rtune_protocol::env::SECRET, token(1, 0));
     let mut good = session(&vars);
     assert_eq!(
         good.report(&metrics(json!({"x": 1}))).expect("report"),
@@ -297,27 +305,28 @@ fn malformed_lines_are_answered_and_the_connection_stays_usable() {
     let error = answer["error"].as_str().expect("error text");
     assert!(error.contains("not valid JSON"), "{error}");
 
-    let v2 = format!(r#"{{"v":2,"secret":"{SECRET}","trial":"1","run":0}}"#);
+    let t = token(1, 0);
+    let v2 = format!(r#"{{"v":2,"secret":"{t}","trial":"1","run":0}}"#);
     let answer = send_line(&mut stream, &mut reader, &v2);
     let error = answer["error"].as_str().expect("error text");
     assert!(error.contains("version 2 is not supported"), "{error}");
 
     let bad_id = format!(
-        r#"{{"v":1,"secret":"{SECRET}","trial":"trial_00001","run":0,"type":"report","metrics":{{}}}}"#
+        r#"{{"v":1,"secret":"{t}","trial":"trial_00001","run":0,"type":"report","metrics":{{}}}}"#
     );
     let answer = send_line(&mut stream, &mut reader, &bad_id);
     let error = answer["error"].as_str().expect("error text");
     assert!(error.contains("RTUNE_TRIAL_ID"), "{error}");
 
-    let no_metrics =
-        format!(r#"{{"v":1,"secret":"{SECRET}","trial":"1","run":0,"type":"report"}}"#);
+    let no_metrics = format!(r#"{{"v":1,"secret":"{t}","trial":"1","run":0,"type":"report"}}"#);
     let answer = send_line(&mut stream, &mut reader, &no_metrics);
     let error = answer["error"].as_str().expect("error text");
     assert!(error.contains("metrics"), "{error}");
 
     // The documented line format, on the same connection.
+    let t4 = token(1, 4);
     let report = format!(
-        r#"{{"v":1,"secret":"{SECRET}","trial":"00001","run":4,"type":"report","metrics":{{"loss":0.25}}}}"#
+        r#"{{"v":1,"secret":"{t4}","trial":"00001","run":4,"type":"report","metrics":{{"loss":0.25}}}}"#
     );
     let answer = send_line(&mut stream, &mut reader, &report);
     assert_eq!(
@@ -687,6 +696,7 @@ fn the_documented_python_example_runs() {
     // Run 1 restores from the paused checkpoint and continues at iteration 4.
     let mut python = python3().expect("python3 was there a moment ago");
     vars.insert(rtune_protocol::env::RUN, "1".to_string());
+    vars.insert(rtune_protocol::env::SECRET, token(7, 1));
     vars.insert(
         rtune_protocol::env::RESTORE_DIR,
         last.to_string_lossy().into_owned(),

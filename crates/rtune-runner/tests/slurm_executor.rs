@@ -655,6 +655,43 @@ async fn job_per_trial_runs_fails_and_stops() {
 }
 
 #[tokio::test]
+async fn slurm_never_reruns_a_trial_job_by_itself() {
+    let _cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if !cluster_available("slurm_never_reruns_a_trial_job_by_itself") {
+        return;
+    }
+    let (mut ex, mut rx) = jobs_executor(None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = fifo(&dir.path().join("ready"));
+    let placement = ex
+        .start(launch(dir.path(), 0, "echo r > ready; exec sleep 1000"))
+        .expect("submit")
+        .description;
+    let id = placement
+        .strip_prefix("job ")
+        .and_then(|p| p.split_whitespace().next())
+        .expect("the placement names the job")
+        .to_string();
+    read(&ready);
+    // What a preemption with requeue or an operator does: SLURM must refuse it, since a rerun
+    // would repeat the run's iterations under the same run number.
+    let out = Command::new("scontrol")
+        .args(["requeue", &id])
+        .output()
+        .expect("scontrol");
+    assert!(
+        !out.status.success(),
+        "SLURM requeued trial job {id}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(job_state(&id), "RUNNING");
+    ex.stop(TrialId(0), Duration::from_secs(5));
+    let (trial, run, success, message) = next_exit(&mut rx, &mut Vec::new()).await;
+    assert_eq!((trial, run, success), (TrialId(0), 1, false), "{message}");
+    ex.release(TrialId(0));
+}
+
+#[tokio::test]
 async fn job_per_trial_waits_in_the_queue_as_pending() {
     let _cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     if !cluster_available("job_per_trial_waits_in_the_queue_as_pending") {

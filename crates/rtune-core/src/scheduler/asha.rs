@@ -20,7 +20,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Decision, InvalidSetting, Scheduler, SchedulerContext};
+use super::{Budget, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::trial::TrialId;
 use crate::{Mode, TrialResult};
 
@@ -274,6 +274,17 @@ pub(crate) fn json_f64(value: f64) -> Value {
 impl Scheduler for AshaScheduler {
     fn name(&self) -> &'static str {
         "asha"
+    }
+
+    fn time_attr(&self) -> Option<&str> {
+        Some(&self.config.time_attr)
+    }
+
+    fn budget(&self) -> Option<Budget> {
+        self.config.stop_last_trials.then(|| Budget {
+            time_attr: self.config.time_attr.clone(),
+            max_t: self.config.max_t,
+        })
     }
 
     fn on_trial_add(&mut self, ctx: &mut SchedulerContext<'_>, trial: TrialId) {

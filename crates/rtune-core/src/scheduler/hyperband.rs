@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::asha::{json_f64, show, value_and_time};
-use super::{Decision, InvalidSetting, Scheduler, SchedulerContext};
+use super::{Budget, Decision, InvalidSetting, Scheduler, SchedulerContext};
 use crate::scheduler::Action;
 use crate::trial::{TrialId, TrialStatus};
 use crate::{Mode, TrialResult};
@@ -336,6 +336,17 @@ impl HyperBandScheduler {
 impl Scheduler for HyperBandScheduler {
     fn name(&self) -> &'static str {
         "hyperband"
+    }
+
+    fn time_attr(&self) -> Option<&str> {
+        Some(&self.config.time_attr)
+    }
+
+    fn budget(&self) -> Option<Budget> {
+        self.config.stop_last_trials.then(|| Budget {
+            time_attr: self.config.time_attr.clone(),
+            max_t: self.config.max_t,
+        })
     }
 
     fn creates_population(&self) -> bool {

@@ -134,6 +134,10 @@ impl Scheduler for MedianStoppingScheduler {
         "median"
     }
 
+    fn time_attr(&self) -> Option<&str> {
+        Some(&self.config.time_attr)
+    }
+
     fn on_trial_result(
         &mut self,
         ctx: &mut SchedulerContext<'_>,

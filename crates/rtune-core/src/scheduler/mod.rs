@@ -163,6 +163,26 @@ pub trait Scheduler: Send + std::fmt::Debug {
     fn choose_trial_to_run(&mut self, ctx: &mut SchedulerContext<'_>) -> Option<TrialId> {
         default_choose_trial_to_run(ctx.trials)
     }
+
+    /// The most any trial may train, when the scheduler fixes it (ASHA and HyperBand with
+    /// `stop_last_trials`): the runner refuses a report beyond it. `None`: no fixed end.
+    fn budget(&self) -> Option<Budget> {
+        None
+    }
+
+    /// The result key the scheduler measures progress by, if it reads one: every result must
+    /// carry it (the runner refuses a report without it).
+    fn time_attr(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A scheduler's fixed end of every trial: it stops a trial once `time_attr` reaches `max_t`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    /// The result key that measures progress (`training_iteration`, `epoch`, ...).
+    pub time_attr: String,
+    pub max_t: f64,
 }
 
 /// PENDING trials oldest first, then PAUSED trials that are ready to resume.

@@ -360,6 +360,10 @@ impl Scheduler for PbtScheduler {
         "pbt"
     }
 
+    fn time_attr(&self) -> Option<&str> {
+        Some(&self.config.time_attr)
+    }
+
     fn creates_population(&self) -> bool {
         true
     }

@@ -34,6 +34,16 @@ use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
 };
 
+/// Locks `mutex`, also after a thread panicked while holding it: every update of the maps and
+/// states behind these locks is a single insert, remove or assignment, so what a panicking holder
+/// left is still consistent, and dropping it would lose a watched job (its trial would never
+/// end).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Job names start with this.
 const JOB_PREFIX: &str = "rtune-";
 /// How long `shutdown` waits for cancelled jobs to end after the grace period.
@@ -133,6 +143,7 @@ pub fn job_outcome(job_id: &str, status: &JobStatus) -> (bool, String) {
         "OUT_OF_MEMORY" => "ran out of memory".to_string(),
         "CANCELLED" => "was cancelled".to_string(),
         "NODE_FAIL" => "lost a node".to_string(),
+        "PREEMPTED" => "was preempted by a higher-priority job".to_string(),
         other => other.to_lowercase(),
     };
     (
@@ -164,6 +175,11 @@ pub fn sbatch_script(launch: &TrialLaunch, job_name: &str, config: &SlurmJobsCon
     directive(format!("--output={}", launch.stdout.display()));
     directive(format!("--error={}", launch.stderr.display()));
     directive("--open-mode=append".to_string());
+    // SLURM must never run a trial's job a second time by itself (after a preemption or node
+    // failure, or `scontrol requeue`): the rerun would repeat the run with the same run number
+    // and report iterations again. The job ends instead, and rtune restarts the trial as a new
+    // run from its latest checkpoint (a failure, retried per max_failures).
+    directive("--no-requeue".to_string());
     if let Some(partition) = &config.partition {
         directive(format!("--partition={partition}"));
     }
@@ -449,19 +465,17 @@ impl Executor for SlurmJobsExecutor {
                 String::new()
             }
         );
-        if let Ok(mut map) = self.watched.lock() {
-            map.insert(
-                job_id.clone(),
-                Watched {
-                    trial: launch.trial,
-                    run: launch.run,
-                    shape,
-                    shared: Arc::clone(&shared),
-                    last_description: format!("job {job_id} PENDING (submitted)"),
-                    misses: 0,
-                },
-            );
-        }
+        lock(&self.watched).insert(
+            job_id.clone(),
+            Watched {
+                trial: launch.trial,
+                run: launch.run,
+                shape,
+                shared: Arc::clone(&shared),
+                last_description: format!("job {job_id} PENDING (submitted)"),
+                misses: 0,
+            },
+        );
         if !self.poller_started {
             self.poller_started = true;
             tokio::spawn(poll_jobs(
@@ -492,7 +506,7 @@ impl Executor for SlurmJobsExecutor {
         slot.stop_requested = true;
         let shared = Arc::clone(&slot.shared);
         tokio::spawn(async move {
-            let pending = shared.state.lock().is_ok_and(|state| *state == "PENDING");
+            let pending = *lock(&shared.state) == "PENDING";
             if pending {
                 // Nothing runs yet: withdraw the job.
                 let _ = slurm_async("scancel", &[&shared.job_id]).await;
@@ -528,15 +542,23 @@ impl Executor for SlurmJobsExecutor {
         // Blocking, like the local executor's shutdown: the runtime may be single-threaded.
         let _ = run_slurm_command("scancel", &["--state=PENDING", &list]);
         let _ = run_slurm_command("scancel", &["--signal=TERM", &list]);
-        let all_final = || match run_slurm_command(
-            "squeue",
-            &["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT],
-        ) {
-            Ok(text) => parse_squeue_jobs(&text)
-                .values()
-                .all(|status| is_final_state(&status.state)),
-            // "Invalid job id": SLURM has forgotten them all.
-            Err(_) => true,
+        // A failed squeue (the controller is busy or restarting) says nothing about the jobs:
+        // keep asking until the deadline rather than take them as ended.
+        let all_final = || {
+            let output = std::process::Command::new("squeue")
+                .args(["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT])
+                .stdin(Stdio::null())
+                .output();
+            match read_squeue(output) {
+                SqueueAnswer::Listed(jobs) => {
+                    jobs.values().all(|status| is_final_state(&status.state))
+                }
+                SqueueAnswer::NoneKnown => true,
+                SqueueAnswer::Failed(why) => {
+                    tracing::debug!("squeue failed while waiting for cancelled jobs: {why}");
+                    false
+                }
+            }
         };
         let deadline = Instant::now() + grace;
         while !all_final() && Instant::now() < deadline {
@@ -544,8 +566,16 @@ impl Executor for SlurmJobsExecutor {
         }
         let _ = run_slurm_command("scancel", &[&list]);
         let deadline = Instant::now() + CANCEL_WAIT;
-        while !all_final() && Instant::now() < deadline {
+        let mut ended = all_final();
+        while !ended && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
+            ended = all_final();
+        }
+        if !ended {
+            tracing::warn!(
+                "cannot confirm that the trial jobs {list} ended (squeue fails or lists them as \
+                 running); check with `squeue -j {list}` and `scancel {list}`"
+            );
         }
         // The watching tasks send the Exited events once the runtime runs again.
     }
@@ -565,8 +595,39 @@ struct Watched {
 
 /// Polls after which a job squeue no longer lists is taken as gone.
 const MISSES_BEFORE_GONE: u32 = 5;
-/// Consecutive failed polls after which every watched job is given up.
-const FAILED_POLLS_BEFORE_GIVING_UP: u32 = 30;
+/// Consecutive failed polls after which rtune warns that it cannot see its jobs (it keeps
+/// asking: a failed squeue says nothing about whether a job ended).
+const FAILED_POLLS_BEFORE_WARNING: u32 = 30;
+
+/// What one `squeue --states=all -j LIST` call says.
+#[derive(Debug, PartialEq)]
+pub enum SqueueAnswer {
+    /// The jobs squeue lists (it leaves out those it has forgotten).
+    Listed(HashMap<String, JobStatus>),
+    /// squeue knows none of the jobs ("Invalid job id"): they ended longer than MinJobAge ago.
+    NoneKnown,
+    /// squeue could not answer (not started, the controller unreachable): nothing is known.
+    Failed(String),
+}
+
+/// Reads the outcome of a `squeue -h --states=all -j LIST -O SQUEUE_FORMAT` call.
+pub fn read_squeue(output: std::io::Result<std::process::Output>) -> SqueueAnswer {
+    match output {
+        Ok(out) if out.status.success() => {
+            SqueueAnswer::Listed(parse_squeue_jobs(&String::from_utf8_lossy(&out.stdout)))
+        }
+        // squeue has no exit code for this case: its message is the only sign.
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("Invalid job id") => {
+            SqueueAnswer::NoneKnown
+        }
+        Ok(out) => SqueueAnswer::Failed(format!(
+            "squeue failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => SqueueAnswer::Failed(format!("cannot run squeue: {e}")),
+    }
+}
 
 /// Follows every submitted job with one `squeue` call per interval (one request to the
 /// controller however many trials run); sends Placed on changes while a job waits or runs, then
@@ -579,10 +640,7 @@ async fn poll_jobs(
     let mut failed_polls = 0u32;
     loop {
         tokio::time::sleep(interval).await;
-        let ids: Vec<String> = match watched.lock() {
-            Ok(map) => map.keys().cloned().collect(),
-            Err(_) => return,
-        };
+        let ids: Vec<String> = lock(&watched).keys().cloned().collect();
         if ids.is_empty() {
             // Only this task holds the map: the executor is gone.
             if Arc::strong_count(&watched) == 1 {
@@ -596,36 +654,33 @@ async fn poll_jobs(
             .stdin(Stdio::null())
             .output()
             .await;
-        let statuses = match output {
-            Ok(out) if out.status.success() => {
+        let statuses = match read_squeue(output) {
+            SqueueAnswer::Listed(jobs) => {
+                if failed_polls >= FAILED_POLLS_BEFORE_WARNING {
+                    tracing::warn!("squeue answers again after {failed_polls} failed polls");
+                }
                 failed_polls = 0;
-                parse_squeue_jobs(&String::from_utf8_lossy(&out.stdout))
+                jobs
             }
-            // Every listed job is unknown (ended longer than MinJobAge ago).
-            Ok(out) if String::from_utf8_lossy(&out.stderr).contains("Invalid job id") => {
+            SqueueAnswer::NoneKnown => {
+                failed_polls = 0;
                 HashMap::new()
             }
-            other => {
+            SqueueAnswer::Failed(why) => {
+                // The jobs may well be running (their trials still report): never take them as
+                // ended on this, or their trials would be restarted while the jobs run on.
                 failed_polls += 1;
-                if failed_polls < FAILED_POLLS_BEFORE_GIVING_UP {
-                    continue;
+                if failed_polls == FAILED_POLLS_BEFORE_WARNING {
+                    tracing::warn!(
+                        "cannot read the state of trial jobs {list} for {failed_polls} polls in a \
+                         row ({why}); still trying"
+                    );
                 }
-                let why = match other {
-                    Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let mut statuses = HashMap::new();
-                for id in &ids {
-                    statuses.insert(id.clone(), Err(why.clone()));
-                }
-                finish_all(&watched, statuses, &events);
                 continue;
             }
         };
         let mut ended: HashMap<String, Result<JobStatus, String>> = HashMap::new();
-        let Ok(mut map) = watched.lock() else {
-            return;
-        };
+        let mut map = lock(&watched);
         for (id, watch) in map.iter_mut() {
             let Some(status) = statuses.get(id) else {
                 watch.misses += 1;
@@ -641,9 +696,7 @@ async fn poll_jobs(
                 continue;
             };
             watch.misses = 0;
-            if let Ok(mut state) = watch.shared.state.lock() {
-                state.clone_from(&status.state);
-            }
+            lock(&watch.shared.state).clone_from(&status.state);
             let running = !status.nodes.is_empty() && status.nodes != "(null)";
             let description = match status.state.as_str() {
                 "PENDING" => format!("job {id} PENDING ({})", status.reason),
@@ -676,9 +729,7 @@ fn finish_all(
     ended: HashMap<String, Result<JobStatus, String>>,
     events: &UnboundedSender<ExecutorEvent>,
 ) {
-    let Ok(mut map) = watched.lock() else {
-        return;
-    };
+    let mut map = lock(watched);
     for (id, outcome) in ended {
         let Some(watch) = map.remove(&id) else {
             continue;
@@ -818,6 +869,7 @@ mod tests {
             "#SBATCH --chdir=/work\n",
             "#SBATCH --output=/r/trial_00003/stdout.log\n",
             "#SBATCH --open-mode=append\n",
+            "#SBATCH --no-requeue\n",
             "#SBATCH --partition=gpu\n",
             "#SBATCH --time=01:00:00\n",
             "exec srun --kill-on-bad-exit=1",
@@ -833,6 +885,85 @@ mod tests {
             "the secret stays out of the script"
         );
         assert!(!script.contains("--account"));
+    }
+
+    #[tokio::test]
+    async fn a_job_submitted_after_a_panic_poisoned_the_lock_is_still_watched() {
+        use std::os::unix::fs::PermissionsExt;
+        let fake = tempfile::tempdir().expect("tempdir");
+        let sbatch = fake.path().join("sbatch");
+        std::fs::write(&sbatch, "#!/bin/sh\necho 999999001\n").expect("write sbatch");
+        std::fs::set_permissions(&sbatch, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
+        let mut executor = SlurmJobsExecutor::new(SlurmJobsConfig::default(), tx)
+            .expect("executor")
+            .with_environment(vec![(
+                "PATH".into(),
+                format!("{}:/usr/bin:/bin", fake.path().display()),
+            )]);
+        let watched = Arc::clone(&executor.watched);
+        let _ = std::thread::spawn(move || {
+            let _held = watched.lock();
+            panic!("a panic while the watched jobs are locked (expected by this test)");
+        })
+        .join();
+        assert!(executor.watched.is_poisoned());
+        let work = tempfile::tempdir().expect("tempdir");
+        let placement = executor
+            .start(TrialLaunch {
+                trial: TrialId(0),
+                run: 0,
+                command: vec!["true".into()],
+                env: Vec::new(),
+                workers: 1,
+                resources: Resources { cpu: 1.0, gpu: 0 },
+                cwd: work.path().to_path_buf(),
+                stdout: work.path().join("stdout.log"),
+                stderr: work.path().join("stderr.log"),
+            })
+            .expect("submitted");
+        assert!(placement.description.contains("999999001"));
+        assert!(
+            lock(&executor.watched).contains_key("999999001"),
+            "the job is followed, so its trial will end"
+        );
+    }
+
+    #[test]
+    fn squeue_answers_are_read_without_guessing() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = |code: i32, stdout: &str, stderr: &str| {
+            Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(code << 8),
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: stderr.as_bytes().to_vec(),
+            })
+        };
+        let SqueueAnswer::Listed(jobs) = read_squeue(output(0, "7|RUNNING|None|n1|0|\n", ""))
+        else {
+            panic!("a listing");
+        };
+        assert_eq!(jobs["7"].state, "RUNNING");
+        assert_eq!(
+            read_squeue(output(
+                1,
+                "",
+                "slurm_load_jobs error: Invalid job id specified"
+            )),
+            SqueueAnswer::NoneKnown
+        );
+        let SqueueAnswer::Failed(why) = read_squeue(output(
+            1,
+            "",
+            "slurm_load_jobs error: Unable to contact slurm controller",
+        )) else {
+            panic!("a failure");
+        };
+        assert!(why.contains("Unable to contact"), "{why}");
+        assert!(matches!(
+            read_squeue(Err(std::io::Error::from(std::io::ErrorKind::NotFound))),
+            SqueueAnswer::Failed(_)
+        ));
     }
 
     #[test]
