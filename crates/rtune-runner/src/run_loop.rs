@@ -258,8 +258,13 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             Some(timer) = timers.recv() => lp.on_timer(timer),
             _ = ticker.tick() => {
                 lp.check_limits();
-                if lp.dirty || unix_now() - lp.last_write >= HEARTBEAT_S {
-                    lp.write_state("running")?;
+                if (lp.dirty || unix_now() - lp.last_write >= HEARTBEAT_S)
+                    && let Err(e) = lp.write_state("running")
+                    && lp.fatal.is_none()
+                {
+                    // A full disk: stop the trials like for the journal (never leave them
+                    // running behind an exited head).
+                    lp.fatal = Some(e);
                 }
                 lp.reporter.tick(unix_now(), lp.state);
             }
