@@ -361,3 +361,65 @@ fn a_trial_that_stops_reporting_is_failed_by_the_report_timeout() {
     let error = std::fs::read_to_string(dir.join("trial_00000/error.txt")).expect("error.txt");
     assert!(error.contains("report_timeout_s"), "{error}");
 }
+
+/// A real full disk (a 256 KiB tmpfs; needs root to mount, skipped otherwise): the head stops
+/// the trials, names the file and the space, leaves no half line and no temporary file, and
+/// `rtune resume` finishes the experiment once there is space.
+#[test]
+fn a_full_disk_stops_the_head_cleanly_and_resume_finishes_after_space_is_freed() {
+    let storage = tempfile::tempdir().expect("tempdir");
+    let mount = storage.path().join("small");
+    std::fs::create_dir_all(&mount).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let dir = mount.join("full");
+    let args = run_args(
+        "asha.toml",
+        &mount,
+        "full",
+        &[
+            "space.sleep_ms=2",
+            "num_samples=8",
+            "space.epochs=30",
+            "scheduler.max_t=30",
+        ],
+    );
+    let output = rtune().args(&args).output().expect("run");
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    assert!(stderr.contains("bytes are free"), "{stderr}");
+    let journal = std::fs::read(dir.join("journal.jsonl")).expect("journal");
+    assert!(journal.ends_with(b"\n"), "no half line in the journal");
+    assert!(
+        !dir.join(".experiment_state.json.tmp").exists(),
+        "no temporary snapshot is left"
+    );
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(remounted, "cannot make space");
+    // Trials that could not write their own checkpoint failed meanwhile: run them again too.
+    let output = rtune()
+        .args(["resume", &dir.display().to_string(), "--resume-errored"])
+        .output()
+        .expect("resume");
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(state(&dir)["status"], "finished");
+}

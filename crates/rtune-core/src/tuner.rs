@@ -1071,7 +1071,13 @@ impl Tuner {
         };
         let point = restore.map_or(0, |c| c.iteration);
         if trial.roll_back_to(point, &metric, mode) {
+            let kept = trial.last_result.clone();
             self.effects.push(Effect::RolledBack { trial: id });
+            let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
+            self.scheduler
+                .on_trial_rollback(&mut ctx, id, kept.as_ref());
+            let outbox = ctx.outbox;
+            self.apply_decisions(outbox);
         }
     }
 

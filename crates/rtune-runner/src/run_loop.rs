@@ -261,8 +261,13 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             Some(timer) = timers.recv() => lp.on_timer(timer),
             _ = ticker.tick() => {
                 lp.check_limits();
-                if lp.dirty || unix_now() - lp.last_write >= HEARTBEAT_S {
-                    lp.write_state("running")?;
+                if (lp.dirty || unix_now() - lp.last_write >= HEARTBEAT_S)
+                    && let Err(e) = lp.write_state("running")
+                    && lp.fatal.is_none()
+                {
+                    // A full disk: stop the trials like for the journal (never leave them
+                    // running behind an exited head).
+                    lp.fatal = Some(e);
                 }
                 lp.reporter.tick(unix_now(), lp.state);
             }
@@ -995,4 +1000,242 @@ fn tail_lines(path: &Path, n: usize) -> String {
     };
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The run loop on its own: a fake executor whose "processes" are threads speaking the real
+    //! protocol (through `rtune-client`) to the loop's server, with scripted behaviour.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rtune_core::scheduler::FifoScheduler;
+    use rtune_core::searcher::FixedSearcher;
+    use rtune_core::tuner::TunerSettings;
+    use rtune_core::{Config, Mode};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::executor::{CapacityPlan, ExecutorError, Placement};
+    use crate::storage::STATE_FORMAT;
+
+    /// Runs each trial as a thread: it reports `epochs` results (`loss = x / epoch`), or fails
+    /// at `fail_at` when its config says so, and exits when told to or when stopped.
+    struct FakeExecutor {
+        slots: usize,
+        running: HashMap<TrialId, Arc<AtomicBool>>,
+        events: mpsc::UnboundedSender<ExecutorEvent>,
+    }
+
+    impl Executor for FakeExecutor {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn check_capacity(&self, _: u32, _: &Resources) -> Result<CapacityPlan, ExecutorError> {
+            Ok(CapacityPlan {
+                concurrent_trials: self.slots as u32,
+                explanation: format!("{} fake slots", self.slots),
+            })
+        }
+        fn has_room(&self, _: u32, _: &Resources) -> bool {
+            self.running.len() < self.slots
+        }
+        fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError> {
+            let stop = Arc::new(AtomicBool::new(false));
+            self.running.insert(launch.trial, stop.clone());
+            let events = self.events.clone();
+            let env: HashMap<String, String> = launch.env.iter().cloned().collect();
+            let (trial, run) = (launch.trial, launch.run);
+            std::thread::spawn(move || {
+                let success = fake_trial(&env, &stop);
+                let message = if success {
+                    "exit code 0"
+                } else {
+                    "exit code 3"
+                };
+                let _ = events.send(ExecutorEvent::Exited {
+                    trial,
+                    run,
+                    success,
+                    message: message.into(),
+                });
+            });
+            Ok(Placement {
+                description: "fake".into(),
+            })
+        }
+        fn stop(&mut self, trial: TrialId, _: Duration) {
+            if let Some(flag) = self.running.get(&trial) {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+        fn release(&mut self, trial: TrialId) {
+            self.running.remove(&trial);
+        }
+        fn shutdown(&mut self, _: Duration) {
+            for flag in self.running.values() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// One fake trial process; true if it "exits 0".
+    fn fake_trial(env: &HashMap<String, String>, stop: &AtomicBool) -> bool {
+        let Ok(Some(mut session)) = rtune_client::Session::from_vars(|k| env.get(k).cloned())
+        else {
+            return false;
+        };
+        let number = |key: &str| session.config().get(key).and_then(Value::as_f64);
+        let x = number("x").unwrap_or(1.0);
+        let fail_at = number("fail_at");
+        let start = session.restore_iteration().unwrap_or(0);
+        for epoch in start + 1..=5 {
+            if stop.load(Ordering::SeqCst) || fail_at == Some(epoch as f64) {
+                return false;
+            }
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("loss".into(), (x / epoch as f64).into());
+            match session.report(&metrics) {
+                Ok(action) if action.should_exit() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn config(pairs: &[(&str, f64)]) -> Config {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
+            .collect()
+    }
+
+    fn tuner(configs: Vec<Config>, max_failures: u32) -> Tuner {
+        Tuner::new(
+            TunerSettings {
+                metric: "loss".into(),
+                mode: Mode::Min,
+                seed: 3,
+                max_failures,
+                stop: [("training_iteration".to_string(), 3.0)].into(),
+            },
+            Box::new(FixedSearcher::new(configs)),
+            Box::new(FifoScheduler),
+        )
+    }
+
+    async fn run_fake(
+        dir: &Path,
+        configs: Vec<Config>,
+        max_failures: u32,
+        limits: RunLimits,
+    ) -> RunOutcome {
+        let (events_tx, executor_events) = mpsc::unbounded_channel();
+        let experiment = ExperimentDir::open(dir);
+        let (journal, _) = Journal::open(dir).expect("journal");
+        let state = ExperimentState {
+            format: STATE_FORMAT,
+            name: "fake".into(),
+            status: "running".into(),
+            metric: "loss".into(),
+            mode: Mode::Min,
+            scheduler: "fifo".into(),
+            searcher: "fixed".into(),
+            parameters: vec!["x".into()],
+            total_trials: Some(configs.len()),
+            started_at: unix_now(),
+            finished_at: None,
+            trials: Vec::new(),
+            placements: Default::default(),
+            head: None,
+        };
+        let parts = RunParts {
+            tuner: tuner(configs, max_failures),
+            executor: Box::new(FakeExecutor {
+                slots: 2,
+                running: HashMap::new(),
+                events: events_tx,
+            }),
+            executor_events,
+            dir: experiment,
+            state,
+            template: TrialTemplate {
+                command: vec!["fake".into()],
+                env: Vec::new(),
+                workers: 1,
+                resources: Resources::default(),
+                cwd: dir.to_path_buf(),
+                stop_grace: Duration::from_secs(5),
+                report_timeout: None,
+            },
+            reporter: Reporter::new(false, 3600.0),
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            advertise_host: None,
+            secret: "s3cret".into(),
+            journal,
+            resume: None,
+            limits,
+        };
+        run(parts).await.expect("the run ends")
+    }
+
+    fn replayed(dir: &Path, configs: Vec<Config>, max_failures: u32) -> Tuner {
+        let mut t = tuner(configs, max_failures);
+        let (journal, inputs) = Journal::open(dir).expect("journal");
+        crate::journal::replay(&mut t, &inputs, journal.path()).expect("replay");
+        t
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn trials_run_to_the_stop_criterion_and_the_journal_rebuilds_the_core() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs: Vec<Config> = (1..=3).map(|x| config(&[("x", f64::from(x))])).collect();
+        let outcome = run_fake(dir.path(), configs.clone(), 0, RunLimits::default()).await;
+        assert!(!outcome.interrupted);
+        assert_eq!(outcome.state.status, "finished");
+        assert!(
+            outcome
+                .state
+                .trials
+                .iter()
+                .all(|t| t.status == TrialStatus::Terminated && t.iteration == 3)
+        );
+        let live = serde_json::to_string(&outcome.state.trials).expect("json");
+        let again = replayed(dir.path(), configs, 0);
+        assert_eq!(live, serde_json::to_string(again.trials()).expect("json"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn failures_are_retried_and_fail_fast_stops_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let failing = config(&[("x", 1.0), ("fail_at", 2.0)]);
+        let configs = vec![failing.clone(), failing.clone(), failing.clone(), failing];
+        let limits = RunLimits {
+            time_budget: None,
+            fail_fast: Some(2),
+        };
+        let outcome = run_fake(dir.path(), configs.clone(), 1, limits).await;
+        let message = outcome.failed_fast.expect("fail_fast stopped it");
+        assert!(
+            message.contains("the first 2 trials all ended in ERROR"),
+            "{message}"
+        );
+        let trials = &outcome.state.trials;
+        assert_eq!(trials[0].status, TrialStatus::Error);
+        assert_eq!(trials[0].runs, 2, "one retry (max_failures = 1)");
+        assert!(
+            trials
+                .iter()
+                .skip(2)
+                .all(|t| t.status != TrialStatus::Error),
+            "later trials were stopped, not run to their failure"
+        );
+        let again = replayed(dir.path(), configs, 1);
+        assert_eq!(
+            serde_json::to_string(trials).expect("json"),
+            serde_json::to_string(again.trials()).expect("json")
+        );
+    }
 }

@@ -363,6 +363,17 @@ fn prepare_with(
                 started_at = old.started_at;
             }
             let (journal, inputs) = Journal::open(path)?;
+            if inputs.is_empty()
+                && ExperimentState::read(path).is_ok_and(|old| !old.trials.is_empty())
+            {
+                return Err(SetupError::Invalid {
+                    path: journal.path().to_path_buf(),
+                    message: "is missing or empty although the experiment has trials (it ran \
+                              under an rtune without journals?), so it cannot be resumed\nhint: \
+                              run it again with `rtune run`"
+                        .into(),
+                });
+            }
             journal::replay(&mut tuner, &inputs, journal.path())?;
             if !options.overrides.is_empty() || options.executor.is_some() {
                 write_atomic(

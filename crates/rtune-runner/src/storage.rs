@@ -55,6 +55,29 @@ pub enum StorageError {
     Checkpoint { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
+    /// A write failed for lack of space: says how much was needed and how much is free.
+    #[error(
+        "cannot write {path}: {source} (needed {needed} more bytes; {free} bytes are free there)\nhint: free some space, then `rtune resume` the experiment"
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: usize,
+        free: u64,
+        source: io::Error,
+    },
+}
+
+/// A write error, told as [`StorageError::NoSpace`] when the disk is full.
+fn write_error(path: &Path, needed: usize, source: io::Error) -> StorageError {
+    if source.raw_os_error() == Some(libc::ENOSPC) {
+        return StorageError::NoSpace {
+            path: path.to_path_buf(),
+            needed,
+            free: crate::journal::free_bytes(path).unwrap_or(0),
+            source,
+        };
+    }
+    io_error("write", path)(source)
 }
 
 fn io_error<'a>(
@@ -563,7 +586,7 @@ fn append_text(path: &Path, text: &str) -> Result<(), StorageError> {
     if let Err(e) = file.write_all(text.as_bytes()) {
         // A full disk: leave no half line behind.
         let _ = file.set_len(before);
-        return Err(io_error("write", path)(e));
+        return Err(write_error(path, text.len(), e));
     }
     Ok(())
 }
@@ -584,8 +607,16 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     {
         let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
-        file.write_all(content).map_err(io_error("write", &tmp))?;
-        file.sync_data().map_err(io_error("flush", &tmp))?;
+        let written = file
+            .write_all(content)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| write_error(path, content.len(), e));
+        if let Err(e) = written {
+            // No empty or partial temporary file is left behind.
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
     }
     fs::rename(&tmp, path).map_err(io_error("replace", path))
 }

@@ -14,7 +14,8 @@
 //! Config keys (all optional): `lr` (default 1e-4), `per_device_bs` (1), `wd` (0.0),
 //! `epochs` (5), `problem`, `seed` (0), `sleep_ms` (0: time per epoch), `fail_at_epoch`
 //! (exit with status 3 at that epoch, for tests), `fail_run` (only fail in this run number),
-//! `checkpoint` (true: whether to save and report a checkpoint each epoch).
+//! `checkpoint` (true: whether to save and report a checkpoint each epoch), `checkpoint_every`
+//! (1: checkpoint only every N-th epoch, so a restart has results to roll back).
 //!
 //! Checkpoints: every epoch writes `state.json` (epoch, distance, id) into a fresh checkpoint dir
 //! and reports it; a restored run continues from the checkpoint's epoch and distance.
@@ -55,6 +56,7 @@ struct Params {
     fail_at_epoch: Option<u64>,
     fail_run: Option<u64>,
     checkpoint: bool,
+    checkpoint_every: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -114,6 +116,7 @@ impl Params {
                     format!("config key `checkpoint` must be true or false, got {v}")
                 })?,
             },
+            checkpoint_every: int("checkpoint_every")?.unwrap_or(1).max(1),
         })
     }
 
@@ -169,7 +172,13 @@ fn read_state(dir: &Path) -> Result<State, String> {
         .map_err(|e| format!("cannot read checkpoint {}: {e}", path.display()))?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| format!("checkpoint {} is not valid JSON: {e}", path.display()))?;
-    match (v["epoch"].as_u64(), v["distance"].as_f64()) {
+    // `distance_bits` keeps the exact value (a JSON float may come back one bit off), so a
+    // restored run continues exactly as an uninterrupted one would.
+    let distance = v["distance_bits"]
+        .as_u64()
+        .map(f64::from_bits)
+        .or_else(|| v["distance"].as_f64());
+    match (v["epoch"].as_u64(), distance) {
         (Some(epoch), Some(distance)) => Ok(State {
             epoch,
             distance,
@@ -184,8 +193,13 @@ fn read_state(dir: &Path) -> Result<State, String> {
 
 fn write_state(dir: &Path, state: &State) -> Result<(), String> {
     let path = dir.join("state.json");
-    let text =
-        json!({ "epoch": state.epoch, "distance": state.distance, "id": state.id }).to_string();
+    let text = json!({
+        "epoch": state.epoch,
+        "distance": state.distance,
+        "distance_bits": state.distance.to_bits(),
+        "id": state.id,
+    })
+    .to_string();
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
@@ -262,7 +276,9 @@ fn run() -> Result<ExitCode, String> {
         }
 
         let action = match session.as_mut() {
-            Some(s) if !params.checkpoint => s.report(&metrics).map_err(|e| e.to_string())?,
+            Some(s) if !params.checkpoint || epoch % params.checkpoint_every != 0 => {
+                s.report(&metrics).map_err(|e| e.to_string())?
+            }
             Some(s) => {
                 let dir = s.new_checkpoint_dir().map_err(|e| e.to_string())?;
                 state.id = format!("{trial_name}/run{run_number}/epoch{epoch}");

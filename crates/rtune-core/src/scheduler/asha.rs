@@ -291,6 +291,24 @@ impl Scheduler for AshaScheduler {
         self.bracket_of(ctx, trial);
     }
 
+    fn on_trial_rollback(
+        &mut self,
+        _ctx: &mut SchedulerContext<'_>,
+        trial: TrialId,
+        kept: Option<&TrialResult>,
+    ) {
+        let until = kept
+            .and_then(|r| r.get(&self.config.time_attr))
+            .unwrap_or(f64::NEG_INFINITY);
+        if let Some(&b) = self.trial_bracket.get(&trial) {
+            for rung in &mut self.brackets[b].rungs {
+                if rung.milestone > until {
+                    rung.recorded.remove(&trial);
+                }
+            }
+        }
+    }
+
     fn on_trial_result(
         &mut self,
         ctx: &mut SchedulerContext<'_>,
@@ -889,6 +907,23 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("scheduler.reduction_factor: must be more than 1")
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_result_is_forgotten_and_the_new_one_counts() {
+        let mut h = Harness::new(config(1.0, 4.0, 2.0), Mode::Max, 2);
+        h.report(0, 1.0, 5.0);
+        // Trial 1 reports a poor rung-1 result, then its run is lost before a checkpoint.
+        assert_eq!(h.report(1, 1.0, 1.0).action, Action::Stop);
+        let mut ctx = SchedulerContext::new(&mut h.rng, &h.trials);
+        h.scheduler.on_trial_rollback(&mut ctx, TrialId(1), None);
+        // Its rerun reaches rung 1 again: judged anew, as if the lost result never happened.
+        let again = h.report(1, 1.0, 9.0);
+        assert_eq!(again.action, Action::Continue, "{}", again.reason);
+        assert_eq!(
+            again.details["recorded"], 1,
+            "only trial 0's result was there"
         );
     }
 }

@@ -138,6 +138,20 @@ impl Scheduler for MedianStoppingScheduler {
         Some(&self.config.time_attr)
     }
 
+    fn on_trial_rollback(
+        &mut self,
+        _ctx: &mut SchedulerContext<'_>,
+        trial: TrialId,
+        kept: Option<&TrialResult>,
+    ) {
+        let until = kept
+            .and_then(|r| r.get(&self.config.time_attr))
+            .unwrap_or(f64::NEG_INFINITY);
+        if let Some(results) = self.results.get_mut(&trial) {
+            results.retain(|&(time, _)| time <= until);
+        }
+    }
+
     fn on_trial_result(
         &mut self,
         ctx: &mut SchedulerContext<'_>,

@@ -156,6 +156,18 @@ pub trait Scheduler: Send + std::fmt::Debug {
     /// A trial failed for good.
     fn on_trial_error(&mut self, _ctx: &mut SchedulerContext<'_>, _trial: TrialId) {}
 
+    /// A trial's results after `kept` (its last result that still counts; `None`: all of them)
+    /// were rolled back: it restarts from an earlier checkpoint (a lost run, a retry) and will
+    /// report those iterations again. Forget what was recorded from them, so nothing is counted
+    /// twice and a rolled-back result never counts. The default keeps nothing per result.
+    fn on_trial_rollback(
+        &mut self,
+        _ctx: &mut SchedulerContext<'_>,
+        _trial: TrialId,
+        _kept: Option<&TrialResult>,
+    ) {
+    }
+
     /// Which existing PENDING or PAUSED trial to run next, if any. `None` lets the tuner ask the
     /// searcher for a new trial. Must not change state when called twice in a row.
     ///

@@ -1606,8 +1606,7 @@ mod tests {
             Mode::Min,
             &space(json!({})),
         )
-        .err()
-        .expect("a typo");
+        .expect_err("a typo");
         assert!(e.to_string().contains("did you mean `loguniform`"), "{e}");
         assert!(
             PbtScheduler::new(PbtConfig::default(), "m", Mode::Min, &space(json!({}))).is_err()

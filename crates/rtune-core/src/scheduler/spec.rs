@@ -132,8 +132,7 @@ mod tests {
         let spec = parse(serde_json::json!({"type": "asha", "grace_period": 0})).expect("reads");
         let error = spec
             .build("loss", Mode::Min, &space)
-            .err()
-            .expect("grace_period 0 is invalid");
+            .expect_err("grace_period 0 is invalid");
         assert_eq!(error.field, "grace_period");
         let fifo = SchedulerSpec::default()
             .build("loss", Mode::Min, &space)
