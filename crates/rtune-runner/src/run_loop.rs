@@ -138,6 +138,8 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     // trials are stopped and the state is written before SLURM's SIGKILL.
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // SIGHUP is what a dropped ssh session or closed terminal sends: the same.
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut interrupted = false;
 
     loop {
@@ -189,6 +191,18 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             }, if !interrupted => {
                 interrupted = true;
                 lp.reporter.on_event("interrupted (SIGTERM, e.g. scancel or the SLURM time limit): stopping every trial");
+                lp.tuner.stop_all("the experiment was interrupted");
+                lp.apply_effects();
+                lp.executor.shutdown(lp.template.stop_grace);
+            }
+            Some(()) = async {
+                match sighup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if !interrupted => {
+                interrupted = true;
+                lp.reporter.on_event("interrupted (SIGHUP, e.g. the ssh session or terminal closed): stopping every trial");
                 lp.tuner.stop_all("the experiment was interrupted");
                 lp.apply_effects();
                 lp.executor.shutdown(lp.template.stop_grace);

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rtune_core::TrialId;
 use tokio::process::Command;
@@ -35,8 +35,6 @@ use super::{
 
 /// Job names start with this.
 const JOB_PREFIX: &str = "rtune-";
-/// How long `shutdown` waits for cancelled jobs to end after the grace period.
-const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 /// Settings of the job-per-trial executor (`[executor]` with `type = "slurm-jobs"`).
 #[derive(Clone, Debug, PartialEq)]
@@ -507,42 +505,12 @@ impl Executor for SlurmJobsExecutor {
     }
 
     fn shutdown(&mut self, grace: Duration) {
-        let jobs: Vec<String> = self
-            .trials
-            .values_mut()
-            .filter(|slot| !slot.shared.finished.load(Ordering::SeqCst))
-            .map(|slot| {
-                slot.stop_requested = true;
-                slot.shared.job_id.clone()
-            })
-            .collect();
-        if jobs.is_empty() {
-            return;
+        // Each stop runs in its own task (TERM now, KILL after the grace); the supervising
+        // tasks send the Exited events as the runs end.
+        let trials: Vec<TrialId> = self.trials.keys().copied().collect();
+        for trial in trials {
+            self.stop(trial, grace);
         }
-        let list = jobs.join(",");
-        // Blocking, like the local executor's shutdown: the runtime may be single-threaded.
-        let _ = run_slurm_command("scancel", &["--state=PENDING", &list]);
-        let _ = run_slurm_command("scancel", &["--signal=TERM", &list]);
-        let all_final = || match run_slurm_command(
-            "squeue",
-            &["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT],
-        ) {
-            Ok(text) => parse_squeue_jobs(&text)
-                .values()
-                .all(|status| is_final_state(&status.state)),
-            // "Invalid job id": SLURM has forgotten them all.
-            Err(_) => true,
-        };
-        let deadline = Instant::now() + grace;
-        while !all_final() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = run_slurm_command("scancel", &[&list]);
-        let deadline = Instant::now() + CANCEL_WAIT;
-        while !all_final() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // The watching tasks send the Exited events once the runtime runs again.
     }
 }
 
