@@ -907,7 +907,7 @@ mod tests {
             return true;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        matches!(parse_stat(&stat), None | Some(('Z' | 'X', _)))
+        shim::parse_proc_stat(&stat).is_none_or(|p| p.is_zombie())
     }
 
     #[test]
