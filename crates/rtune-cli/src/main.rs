@@ -246,6 +246,12 @@ struct BestArgs {
 }
 
 fn main() -> ExitCode {
+    // `rtune __supervise ...`: the shim rtune runs each trial process under (not for users).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if rtune_runner::executor::shim::is_shim_invocation(args.get(1).map(|a| a.as_os_str())) {
+        let code = rtune_runner::executor::shim::main(&args[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     init_logging();
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -620,13 +626,15 @@ fn toml_string(s: &str) -> String {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
+    let rtune_exe = std::env::current_exe().context("cannot find the rtune executable's path")?;
     let options = rtune_runner::setup::RunOptions {
         experiment_path: args.experiment,
         overrides: args.overrides,
         name: args.name,
         storage: args.storage,
         executor: args.executor.map(|e| e.as_str().to_string()),
-        rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
+        rtune_exe: rtune_exe.clone(),
+        supervisor: Some(rtune_exe),
         terminal: std::io::stdout().is_terminal(),
     };
     finish(block_on(rtune_runner::setup::run_experiment(options))??)
@@ -653,12 +661,14 @@ fn resume(args: ResumeArgs) -> Result<ExitCode> {
 }
 
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let rtune_exe = std::env::current_exe().context("cannot find the rtune executable's path")?;
     let options = rtune_runner::setup::ReplayOptions {
         experiment_dir: args.dir,
         trial: args.trial,
         name: args.name,
         storage: args.storage,
-        rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
+        rtune_exe: rtune_exe.clone(),
+        supervisor: Some(rtune_exe),
         terminal: std::io::stdout().is_terminal(),
     };
     finish(block_on(rtune_runner::setup::run_replay(options))??)

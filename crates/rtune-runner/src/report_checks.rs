@@ -50,6 +50,10 @@ pub fn check_report(
         let (told, why) = match ending {
             Ending::Stop => ("stop", "the trial is finished"),
             Ending::Pause => ("pause", "it will restart from its latest checkpoint"),
+            Ending::Interrupt => (
+                "stop",
+                "the experiment was interrupted; `rtune resume` continues it from its latest checkpoint",
+            ),
         };
         return Err(format!(
             "{name} was told to {told} at training_iteration {}; this report is not recorded \

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
 use crate::executor::{
     Executor, ExecutorError, ExecutorEvent, SlurmExecutor, SlurmExecutorConfig, SlurmJobsConfig,
-    SlurmJobsExecutor,
+    SlurmJobsExecutor, Supervisor,
 };
 use crate::experiment::{self, Experiment, ExperimentError};
 use crate::journal::{self, Journal, JournalError};
@@ -43,6 +43,10 @@ pub struct RunOptions {
     pub executor: Option<String>,
     /// The running rtune binary: trial programs are looked up next to it first.
     pub rtune_exe: PathBuf,
+    /// The `rtune` binary whose hidden `__supervise` subcommand runs each local trial process
+    /// (normally `rtune_exe`); None = trial processes start directly and outlive a SIGKILLed
+    /// rtune.
+    pub supervisor: Option<PathBuf>,
     /// Whether stdout is a terminal (live table) or a log file.
     pub terminal: bool,
 }
@@ -211,6 +215,8 @@ pub struct ReplayOptions {
     /// Where the replay's directory is created; default: next to the experiment's directory.
     pub storage: Option<PathBuf>,
     pub rtune_exe: PathBuf,
+    /// As in [`RunOptions::supervisor`].
+    pub supervisor: Option<PathBuf>,
     pub terminal: bool,
 }
 
@@ -262,6 +268,7 @@ pub fn prepare_replay(options: &ReplayOptions) -> Result<Prepared, SetupError> {
         ),
         executor: None,
         rtune_exe: options.rtune_exe.clone(),
+        supervisor: options.supervisor.clone(),
         terminal: options.terminal,
     };
     prepare_with(&run_options, Some(&policy), None)
@@ -300,14 +307,22 @@ fn prepare_with(
     let (mut tuner, parameters) = build_tuner(&experiment, replay)?;
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
+    // Trial processes run under the shim in this very binary (`rtune __supervise`), which ends
+    // them when rtune dies by any signal.
+    let supervisor = options.supervisor.as_ref().map(|program| Supervisor {
+        program: program.clone(),
+        grace: Duration::from_secs_f64(file.trial.stop_grace_s),
+    });
     let kind = executor_kind(
         file.executor.kind.as_deref(),
         std::env::var_os("SLURM_JOB_ID").is_some(),
     );
     let executor =
-        build_executor(kind, &file.executor, events_tx).map_err(|source| SetupError::Capacity {
-            path: path.clone(),
-            source,
+        build_executor(kind, &file.executor, events_tx, supervisor).map_err(|source| {
+            SetupError::Capacity {
+                path: path.clone(),
+                source,
+            }
         })?;
     let plan = executor
         .check_capacity(file.trial.workers, &file.trial.resources)
@@ -556,11 +571,13 @@ pub fn executor_kind(configured: Option<&str>, in_slurm_job: bool) -> &str {
     }
 }
 
-/// Builds the executor `kind` (`local`, `slurm` or `slurm-jobs`) from `[executor]`.
+/// Builds the executor `kind` (`local`, `slurm` or `slurm-jobs`) from `[executor]`. The local
+/// executor runs its trial processes under `supervisor` (the shim in the `rtune` binary).
 pub fn build_executor(
     kind: &str,
     section: &experiment::ExecutorSection,
     events: mpsc::UnboundedSender<ExecutorEvent>,
+    supervisor: Option<Supervisor>,
 ) -> Result<Box<dyn Executor>, ExecutorError> {
     Ok(match kind {
         "slurm" => Box::new(SlurmExecutor::new(
@@ -589,6 +606,7 @@ pub fn build_executor(
                 gpus: section.gpus.clone(),
                 reserve_cpus: section.reserve_cpus,
                 max_concurrent_trials: section.max_concurrent_trials,
+                supervisor,
             },
             events,
         )?),

@@ -72,6 +72,7 @@ cpus = 2
             storage: Some(dir.path().join("results")),
             executor: None,
             rtune_exe: std::path::PathBuf::from(trainer),
+            supervisor: None,
             terminal: false,
         }))
         .expect("the experiment runs");

@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+pub mod procs;
+
 /// The `rtune` binary under test, with the user's log filter removed.
 pub fn rtune() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtune"));

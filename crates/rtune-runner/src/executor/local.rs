@@ -4,6 +4,11 @@
 //! started (data loader processes, shells, `torchrun` children). When a worker exits, whatever
 //! it left behind in its process group is killed before the trial is reported as exited: a
 //! stray process must not keep using the CPUs and GPUs that are about to go to the next trial.
+//!
+//! With a [`Supervisor`] (what `rtune run` uses) each worker runs under the supervising shim
+//! ([`super::shim`]), which also catches processes that left the process group (`setsid`) and
+//! ends the trial when rtune itself dies, even by SIGKILL. The executor then signals the shim,
+//! never the worker: [`shim::STOP_SIGNAL`] to stop, [`shim::KILL_SIGNAL`] to kill at once.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -20,6 +25,8 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::resources::{NodeResources, detect_cpus, detect_gpus};
 use super::trial_env;
+use super::shim::{self, Supervisor};
+use super::slurm_common::check_program;
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
 };
@@ -45,6 +52,9 @@ pub struct LocalExecutorConfig {
     pub reserve_cpus: f64,
     /// Upper bound on trials running at once; None = as many as fit.
     pub max_concurrent_trials: Option<u32>,
+    /// Run every worker under the supervising shim (see the module docs); None = start the
+    /// workers directly (nothing then ends them if rtune is SIGKILLed).
+    pub supervisor: Option<Supervisor>,
 }
 
 /// Runs trial workers as local child processes and books CPUs and GPUs for them.
@@ -57,6 +67,7 @@ pub struct LocalExecutor {
     gpu_taken: Vec<bool>,
     trials: HashMap<TrialId, TrialSlot>,
     events: UnboundedSender<ExecutorEvent>,
+    supervisor: Option<Supervisor>,
 }
 
 /// A started trial, from `start` until `release`.
@@ -74,6 +85,9 @@ struct TrialShared {
     /// Set once every worker is reaped and its process group is empty. After that the process
     /// group ids may be reused by unrelated processes, so nothing may signal them any more.
     finished: AtomicBool,
+    /// How to end the workers at once: SIGKILL to their groups, or [`shim::KILL_SIGNAL`] to
+    /// their shims (a SIGKILLed shim could no longer clean up).
+    kill_signal: i32,
 }
 
 impl LocalExecutor {
@@ -125,6 +139,7 @@ impl LocalExecutor {
             used_cpus: 0.0,
             trials: HashMap::new(),
             events,
+            supervisor: config.supervisor,
         })
     }
 
@@ -179,7 +194,13 @@ impl LocalExecutor {
                 .iter()
                 .map(|&i| self.node.gpus[i].as_str())
                 .collect();
-            match spawn_worker(launch, rank, &worker_gpus, master_port) {
+            match spawn_worker(
+                launch,
+                rank,
+                &worker_gpus,
+                master_port,
+                self.supervisor.as_ref(),
+            ) {
                 Ok((child, pgid)) => started.push((rank, child, pgid)),
                 Err(error) => {
                     for (_, _, pgid) in &started {
@@ -240,6 +261,11 @@ impl Executor for LocalExecutor {
         let process_groups: Vec<i32> = workers.iter().map(|(_, _, pgid)| *pgid).collect();
         let shared = Arc::new(TrialShared {
             finished: AtomicBool::new(false),
+            kill_signal: if self.supervisor.is_some() {
+                shim::KILL_SIGNAL
+            } else {
+                libc::SIGKILL
+            },
         });
         tokio::spawn(supervise(
             launch.trial,
@@ -306,37 +332,12 @@ impl Executor for LocalExecutor {
     }
 
     fn shutdown(&mut self, grace: Duration) {
-        let mut groups: Vec<i32> = Vec::new();
-        for slot in self.trials.values_mut() {
-            if slot.shared.finished.load(Ordering::SeqCst) {
-                continue;
-            }
-            slot.stop_requested = true;
-            groups.extend(slot.process_groups.iter().copied());
+        let trials: Vec<TrialId> = self.trials.keys().copied().collect();
+        for trial in trials {
+            // SIGTERM now, SIGKILL after the grace from a timer task; the supervising tasks
+            // send the Exited events as the workers go.
+            self.stop(trial, grace);
         }
-        // This blocks the (possibly single-threaded) runtime, so tokio cannot reap the workers
-        // meanwhile: liveness is judged by process state, where a zombie counts as gone.
-        for &pgid in &groups {
-            signal_group(pgid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + grace;
-        while groups.iter().any(|&g| group_has_live_members(g)) && Instant::now() < deadline {
-            std::thread::sleep(GROUP_POLL);
-        }
-        let mut survivors: Vec<i32> = groups
-            .into_iter()
-            .filter(|&g| group_has_live_members(g))
-            .collect();
-        for &pgid in &survivors {
-            signal_group(pgid, libc::SIGKILL);
-        }
-        let deadline = Instant::now() + KILL_WAIT;
-        while !survivors.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(GROUP_POLL);
-            survivors.retain(|&g| group_has_live_members(g));
-        }
-        // The supervising tasks reap the workers and send their Exited events once the
-        // runtime runs again.
     }
 }
 
@@ -556,19 +557,42 @@ pub(crate) fn open_log(path: &Path) -> Result<std::fs::File, ExecutorError> {
         .map_err(io)
 }
 
-/// Starts one worker in its own process group; returns the child and its process group id.
+/// Starts one worker in its own process group (under the shim when `supervisor` is given);
+/// returns the child and its process group id.
 fn spawn_worker(
     launch: &TrialLaunch,
     rank: u32,
     gpus: &[&str],
     master_port: u16,
+    supervisor: Option<&Supervisor>,
 ) -> Result<(Child, i32), ExecutorError> {
     let program = &launch.command[0];
+    let mut command = match supervisor {
+        None => {
+            let mut command = Command::new(program);
+            command.args(&launch.command[1..]);
+            command
+        }
+        Some(supervisor) => {
+            // The shim could only report a missing program as a failed run: say it here, as
+            // a direct start would.
+            let path = launch
+                .env
+                .iter()
+                .rev()
+                .find(|(key, _)| key == "PATH")
+                .map(|(_, value)| value.clone())
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_default();
+            check_program(program, &launch.cwd, &[("PATH".to_string(), path)])?;
+            let mut command = Command::new(&supervisor.program);
+            command.args(supervisor.args(std::process::id(), &launch.command));
+            command
+        }
+    };
     let stdout = open_log(&rank_log_path(&launch.stdout, rank))?;
     let stderr = open_log(&rank_log_path(&launch.stderr, rank))?;
-    let mut command = Command::new(program);
     command
-        .args(&launch.command[1..])
         .current_dir(&launch.cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
@@ -604,7 +628,10 @@ fn spawn_worker(
         }
     }
     let child = command.spawn().map_err(|source| ExecutorError::Spawn {
-        program: program.clone(),
+        program: match supervisor {
+            Some(supervisor) => supervisor.program.display().to_string(),
+            None => program.clone(),
+        },
         source,
     })?;
     let pgid = child
@@ -689,12 +716,24 @@ async fn supervise(
     });
 }
 
-/// SIGKILL to the groups after `grace`, unless the trial has finished by then.
+/// After `grace`, unless the trial has finished by then: SIGKILL to the groups (or the kill
+/// request to their shims, and SIGKILL to a shim that has not ended `KILL_WAIT` later).
 async fn kill_after(grace: Duration, groups: Vec<i32>, shared: Arc<TrialShared>) {
     tokio::time::sleep(grace).await;
     if shared.finished.load(Ordering::SeqCst) {
         return;
     }
+    for &pgid in &groups {
+        signal_group(pgid, shared.kill_signal);
+    }
+    if shared.kill_signal == libc::SIGKILL {
+        return;
+    }
+    tokio::time::sleep(KILL_WAIT).await;
+    if shared.finished.load(Ordering::SeqCst) {
+        return;
+    }
+    tracing::warn!("a trial's supervising shim did not end its processes; killing the shim");
     for pgid in groups {
         signal_group(pgid, libc::SIGKILL);
     }
@@ -776,19 +815,8 @@ pub(crate) fn group_has_live_members(pgid: i32) -> bool {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             return false;
         };
-        matches!(parse_stat(&stat), Some((state, group)) if group == pgid && state != 'Z' && state != 'X')
+        matches!(shim::parse_proc_stat(&stat), Some(p) if p.pgrp == pgid && !p.is_zombie())
     })
-}
-
-/// State and process group from a `/proc/<pid>/stat` line: `pid (comm) S ppid pgrp ...`,
-/// where comm may itself contain spaces and parentheses.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _parent = fields.next()?;
-    let group = fields.next()?.parse().ok()?;
-    Some((state, group))
 }
 
 #[cfg(test)]
@@ -819,6 +847,7 @@ mod tests {
             gpus: Some(gpus.iter().map(|g| g.to_string()).collect()),
             reserve_cpus: 0.0,
             max_concurrent_trials: max,
+            supervisor: None,
         };
         (LocalExecutor::new(config, tx).expect("valid config"), rx)
     }
@@ -883,7 +912,7 @@ mod tests {
             return true;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        matches!(parse_stat(&stat), None | Some(('Z' | 'X', _)))
+        shim::parse_proc_stat(&stat).is_none_or(|p| p.is_zombie())
     }
 
     #[test]
@@ -1007,12 +1036,6 @@ mod tests {
                 "{config:?}"
             );
         }
-    }
-
-    #[test]
-    fn parses_proc_stat() {
-        assert_eq!(parse_stat("42 (a (b) c) S 1 40 40 0"), Some(('S', 40)));
-        assert_eq!(parse_stat("garbage"), None);
     }
 
     #[tokio::test]
@@ -1357,5 +1380,41 @@ mod tests {
         assert_eq!(events[0].3, "killed by signal 15 (SIGTERM)");
         assert_eq!(events[1].3, "killed by signal 9 (SIGKILL)");
         ex.shutdown(Duration::from_millis(100)); // again: nothing left, returns at once
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_the_grace_period() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut ex, mut rx) = executor(8.0, &[], None);
+        let pipe = dir.path().join("ready.fifo");
+        fifo(&pipe);
+        ex.start(launch(dir.path(), 0, "exec sleep 1000"))
+            .expect("start");
+        ex.start(launch(
+            dir.path(),
+            1,
+            "trap '' TERM; echo ready > ready.fifo; sleep 1000",
+        ))
+        .expect("start");
+        assert_eq!(read(&pipe).trim(), "ready");
+        // A blocking shutdown would return only after an hour; this one returns at once, and
+        // the runtime (a single thread here) goes on: trial 0 ends by the SIGTERM.
+        ex.shutdown(Duration::from_secs(3600));
+        let event = next_exit(&mut rx).await;
+        assert_eq!(
+            event,
+            (
+                TrialId(0),
+                1,
+                false,
+                "killed by signal 15 (SIGTERM)".to_string()
+            )
+        );
+        // Trial 1 ignores SIGTERM and its SIGKILL is an hour away: it still runs.
+        assert!(rx.try_recv().is_err());
+        let group = ex.trials[&TrialId(1)].process_groups[0];
+        assert!(group_has_live_members(group));
+        signal_group(group, libc::SIGKILL);
+        assert_eq!(next_exit(&mut rx).await.3, "killed by signal 9 (SIGKILL)");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod resources;
+pub mod shim;
 pub mod slurm;
 pub mod slurm_common;
 pub mod slurm_jobs;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use local::{LocalExecutor, LocalExecutorConfig, plan_capacity};
 pub use resources::{NodeResources, detect, parse_visible_devices};
+pub use shim::Supervisor;
 pub use slurm::{Allocation, AllocationNode, SlurmExecutor, SlurmExecutorConfig, plan_allocation};
 pub use slurm_jobs::{SlurmJobsConfig, SlurmJobsExecutor};
 
@@ -168,7 +170,10 @@ pub struct CapacityPlan {
     pub explanation: String,
 }
 
-/// Runs trial processes somewhere. Methods are called from inside a tokio runtime.
+/// Runs trial processes somewhere. Methods are called from inside a tokio runtime, from the run
+/// loop's task: none of them may block (wait for processes, sleep, run a command to its end).
+/// What takes time (escalating to SIGKILL, cancelling jobs) runs in tasks the executor spawns,
+/// and its outcome reaches the loop as [`ExecutorEvent`]s, so the loop keeps answering reports.
 pub trait Executor: Send {
     /// Short name for logs, e.g. "local".
     fn name(&self) -> &'static str;
@@ -186,6 +191,9 @@ pub trait Executor: Send {
     fn stop(&mut self, trial: TrialId, grace: Duration);
     /// The loop saw its Exited event: free its CPUs/GPUs.
     fn release(&mut self, trial: TrialId);
-    /// End everything still running (SIGTERM, SIGKILL after grace), blocking until gone.
+    /// Start ending everything still running: what [`Executor::stop`] does, for every trial
+    /// (SIGTERM now, SIGKILL after `grace`). Returns at once, without waiting for anything;
+    /// each run's end arrives as its usual [`ExecutorEvent::Exited`], so the caller waits for
+    /// those (answering reports meanwhile). Idempotent.
     fn shutdown(&mut self, grace: Duration);
 }

@@ -24,13 +24,12 @@ use tokio::process::Command;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::local::{
-    describe_exit, group_has_live_members, open_log, plural, signal_group, validate_launch,
-    validate_request,
+    describe_exit, open_log, plural, signal_group, validate_launch, validate_request,
 };
 use super::slurm_common::{
     check_program, clean_environment, expand_hostlist, expand_id_list, field, key_values,
-    master_port, parse_srun_task_line, process_environment, run_list_steps, run_name,
-    run_slurm_command, slurm_command_result, worker_wrapper,
+    master_port, parse_srun_task_line, process_environment, run_name, run_slurm_command,
+    slurm_command_result, worker_wrapper,
 };
 use super::trial_env;
 use super::{
@@ -787,56 +786,12 @@ impl Executor for SlurmExecutor {
     }
 
     fn shutdown(&mut self, grace: Duration) {
-        let running: Vec<Arc<StepShared>> = self
-            .trials
-            .values_mut()
-            .filter(|slot| !slot.shared.finished.load(Ordering::SeqCst))
-            .map(|slot| {
-                slot.stop_requested = true;
-                slot.shared.stop_requested.store(true, Ordering::SeqCst);
-                Arc::clone(&slot.shared)
-            })
-            .collect();
-        if running.is_empty() {
-            return;
+        // Each stop runs in its own task (TERM now, KILL after the grace); the supervising
+        // tasks send the Exited events as the runs end.
+        let trials: Vec<TrialId> = self.trials.keys().copied().collect();
+        for trial in trials {
+            self.stop(trial, grace);
         }
-        // Blocking, like the local executor's shutdown: the runtime may be single-threaded.
-        let signal_all = |signal: &str| {
-            let steps = run_list_steps(&self.allocation.job_id).unwrap_or_default();
-            for shared in &running {
-                let ids: Vec<&str> = steps
-                    .iter()
-                    .filter(|(_, name)| *name == shared.step_name)
-                    .map(|(id, _)| id.as_str())
-                    .collect();
-                if ids.is_empty() {
-                    // No step yet (srun still waiting to create it): srun cancels its request.
-                    signal_group(shared.srun_group, libc::SIGTERM);
-                }
-                for id in ids {
-                    let _ = run_slurm_command("scancel", &[&format!("--signal={signal}"), id]);
-                }
-            }
-        };
-        signal_all("TERM");
-        let all_gone = || {
-            running
-                .iter()
-                .all(|s| !group_has_live_members(s.srun_group))
-        };
-        let deadline = Instant::now() + grace;
-        while !all_gone() && Instant::now() < deadline {
-            std::thread::sleep(STEP_POLL);
-        }
-        if !all_gone() {
-            signal_all("KILL");
-        }
-        let deadline = Instant::now() + STEP_GONE_WAIT;
-        while !all_gone() && Instant::now() < deadline {
-            std::thread::sleep(STEP_POLL);
-        }
-        // The supervising tasks reap srun, make sure the steps are gone and send the Exited
-        // events once the runtime runs again.
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rtune_core::TrialId;
 use tokio::process::Command;
@@ -46,8 +46,6 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Job names start with this.
 const JOB_PREFIX: &str = "rtune-";
-/// How long `shutdown` waits for cancelled jobs to end after the grace period.
-const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 /// Settings of the job-per-trial executor (`[executor]` with `type = "slurm-jobs"`).
 #[derive(Clone, Debug, PartialEq)]
@@ -526,58 +524,12 @@ impl Executor for SlurmJobsExecutor {
     }
 
     fn shutdown(&mut self, grace: Duration) {
-        let jobs: Vec<String> = self
-            .trials
-            .values_mut()
-            .filter(|slot| !slot.shared.finished.load(Ordering::SeqCst))
-            .map(|slot| {
-                slot.stop_requested = true;
-                slot.shared.job_id.clone()
-            })
-            .collect();
-        if jobs.is_empty() {
-            return;
+        // Each stop runs in its own task (TERM now, KILL after the grace); the supervising
+        // tasks send the Exited events as the runs end.
+        let trials: Vec<TrialId> = self.trials.keys().copied().collect();
+        for trial in trials {
+            self.stop(trial, grace);
         }
-        let list = jobs.join(",");
-        // Blocking, like the local executor's shutdown: the runtime may be single-threaded.
-        let _ = run_slurm_command("scancel", &["--state=PENDING", &list]);
-        let _ = run_slurm_command("scancel", &["--signal=TERM", &list]);
-        // A failed squeue (the controller is busy or restarting) says nothing about the jobs:
-        // keep asking until the deadline rather than take them as ended.
-        let all_final = || {
-            let output = std::process::Command::new("squeue")
-                .args(["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT])
-                .stdin(Stdio::null())
-                .output();
-            match read_squeue(output) {
-                SqueueAnswer::Listed(jobs) => {
-                    jobs.values().all(|status| is_final_state(&status.state))
-                }
-                SqueueAnswer::NoneKnown => true,
-                SqueueAnswer::Failed(why) => {
-                    tracing::debug!("squeue failed while waiting for cancelled jobs: {why}");
-                    false
-                }
-            }
-        };
-        let deadline = Instant::now() + grace;
-        while !all_final() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = run_slurm_command("scancel", &[&list]);
-        let deadline = Instant::now() + CANCEL_WAIT;
-        let mut ended = all_final();
-        while !ended && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            ended = all_final();
-        }
-        if !ended {
-            tracing::warn!(
-                "cannot confirm that the trial jobs {list} ended (squeue fails or lists them as \
-                 running); check with `squeue -j {list}` and `scancel {list}`"
-            );
-        }
-        // The watching tasks send the Exited events once the runtime runs again.
     }
 }
 
