@@ -31,6 +31,7 @@ impl Searcher for Two {
 
 /// Like a synchronous PBT releasing its barrier: every result of trial 1 exploits trial 0 (from
 /// trial 1's checkpoint), whatever trial 0's state.
+#[derive(Debug)]
 struct ExploitTrialZero;
 
 impl Scheduler for ExploitTrialZero {

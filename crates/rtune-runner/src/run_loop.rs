@@ -1169,6 +1169,7 @@ mod tests {
                 cwd: dir.to_path_buf(),
                 stop_grace: Duration::from_secs(5),
                 report_timeout: None,
+                checkpoint_roots: Vec::new(),
             },
             reporter: Reporter::new(false, 3600.0),
             bind: "127.0.0.1:0".parse().expect("addr"),

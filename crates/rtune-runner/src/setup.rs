@@ -132,6 +132,8 @@ pub async fn resume_experiment(options: ResumeOptions) -> Result<RunOutcome, Set
         storage: None,
         executor: options.executor.clone(),
         rtune_exe: options.rtune_exe.clone(),
+        // Resumed trials are supervised like those of `rtune run`.
+        supervisor: Some(options.rtune_exe.clone()),
         terminal: options.terminal,
     };
     let prepared = prepare_with(&run_options, None, Some((&options.dir, options.errored)))?;
