@@ -86,3 +86,38 @@ fn bohb_example_fits_on_asha_rungs() {
         "{rungs:?}"
     );
 }
+
+#[test]
+fn a_bad_searcher_setting_is_named_before_anything_runs() {
+    let storage = tempfile::tempdir().expect("tempdir");
+    for (set, expected) in [
+        (
+            "searcher.gamma=2",
+            "searcher.gamma: must be a fraction between 0 and 1",
+        ),
+        (
+            "searcher.points_to_evaluate=[{lr=1.0}]",
+            "searcher.points_to_evaluate[0].lr: 1.0 is outside the space's loguniform",
+        ),
+    ] {
+        let output = rtune()
+            .args([
+                "run",
+                &example("tpe.toml"),
+                "--storage",
+                storage.path().to_str().expect("utf-8 path"),
+                "--set",
+                set,
+            ])
+            .output()
+            .expect("rtune runs");
+        assert!(!output.status.success(), "{}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{}", text(&output));
+        assert!(stderr.contains("tpe.toml"), "{}", text(&output));
+    }
+    assert!(
+        !storage.path().join("tpe-example").exists(),
+        "nothing was created"
+    );
+}

@@ -535,6 +535,40 @@ reduction_factor = 2
     }
 
     #[test]
+    fn the_searcher_section_reads_with_its_keys_and_names_typos() {
+        use rtune_core::searcher::SearcherSpec;
+        assert_eq!(parse_ok(FILE, &[]).file.searcher.name(), "random");
+        let text = format!(
+            "{FILE}\n[searcher]\ntype = \"tpe\"\nn_initial = 5\ngamma = 0.2\nmultivariate = false\npoints_to_evaluate = [{{ lr = 1e-4, wd = 0.01 }}, {{ per_device_bs = 2 }}]\n"
+        );
+        let e = parse_ok(&text, &[]);
+        let SearcherSpec::Tpe(tpe) = &e.file.searcher else {
+            panic!("not tpe: {:?}", e.file.searcher);
+        };
+        assert_eq!(
+            (tpe.n_initial, tpe.gamma, tpe.multivariate),
+            (5, 0.2, false)
+        );
+        assert_eq!(tpe.n_candidates, 24, "defaults for the keys not given");
+        assert_eq!(tpe.points_to_evaluate.len(), 2);
+        assert_eq!(tpe.points_to_evaluate[0]["lr"], 1e-4);
+        let e = parse_ok(FILE, &["searcher.type=\"bohb\"", "searcher.min_points=5"]);
+        assert_eq!(e.file.searcher.name(), "bohb");
+        let typo = text.replace("n_initial", "n_intial");
+        let message = parse_err(&typo, &[]);
+        assert!(message.contains("did you mean `n_initial`"), "{message}");
+        // The line of the `[searcher]` table (serde reads a tagged table as a whole).
+        let line = typo
+            .lines()
+            .position(|l| l.starts_with("[searcher]"))
+            .expect("the line")
+            + 1;
+        assert!(message.contains(&format!("line {line},")), "{message}");
+        let message = parse_err(FILE, &["searcher.type=\"tpee\""]);
+        assert!(message.contains("did you mean `tpe`"), "{message}");
+    }
+
+    #[test]
     fn a_wrong_mode_suggests_the_valid_one() {
         let message = parse_err(&FILE.replace("\"min\"", "\"mni\""), &[]);
         assert!(message.contains("did you mean `min`"), "{message}");
