@@ -159,8 +159,15 @@ impl Encoding {
 /// One coordinate of one kernel.
 #[derive(Clone, Debug)]
 enum Part {
-    Normal { mu: f64, sigma: f64 },
-    Categorical { ln_p: Vec<f64> },
+    /// `ln_z`: the log of the kernel's mass inside the domain (its truncation), computed once.
+    Normal {
+        mu: f64,
+        sigma: f64,
+        ln_z: f64,
+    },
+    Categorical {
+        ln_p: Vec<f64>,
+    },
 }
 
 /// A Parzen estimator: a weighted mixture of product kernels.
@@ -197,14 +204,18 @@ impl Parzen {
                     let min_sigma = range / (n as f64 + 1.0).min(100.0);
                     let sigma = (SIGMA0 * range * shrink).max(min_sigma);
                     for (k, point) in points.iter().enumerate() {
+                        let mu = point[j].clamp(*low, *high);
                         kernels[k].push(Part::Normal {
-                            mu: point[j].clamp(*low, *high),
+                            mu,
                             sigma,
+                            ln_z: ln_mass(mu, sigma, *low, *high),
                         });
                     }
+                    let mu = (low + high) / 2.0;
                     kernels[n].push(Part::Normal {
-                        mu: (low + high) / 2.0,
+                        mu,
                         sigma: range,
+                        ln_z: ln_mass(mu, range, *low, *high),
                     });
                 }
                 Dim::Categorical { values } => {
@@ -250,7 +261,7 @@ impl Parzen {
                     kernel = self.pick_kernel(rng);
                 }
                 match (&self.kernels[kernel][j], dim) {
-                    (Part::Normal { mu, sigma }, Dim::Numeric { low, high, .. }) => {
+                    (Part::Normal { mu, sigma, .. }, Dim::Numeric { low, high, .. }) => {
                         truncated_normal(*mu, *sigma, *low, *high, rng)
                     }
                     (Part::Categorical { ln_p }, _) => {
@@ -287,7 +298,7 @@ impl Parzen {
         let part_ln = |part: &Part, dim: &Dim, u: f64| -> f64 {
             match (part, dim) {
                 (
-                    Part::Normal { mu, sigma },
+                    Part::Normal { mu, sigma, ln_z },
                     Dim::Numeric {
                         low,
                         high,
@@ -295,21 +306,18 @@ impl Parzen {
                         half_step,
                         ..
                     },
-                ) => {
-                    let ln_z = ln_mass(*mu, *sigma, *low, *high);
-                    match half_step {
-                        None => ln_normal_pdf(u, *mu, *sigma) - ln_z,
-                        Some(h) => {
-                            let (lo, hi) = if *log {
-                                let x = u.exp().round();
-                                ((x - h).max(f64::MIN_POSITIVE).ln(), (x + h).ln())
-                            } else {
-                                (u - h, u + h)
-                            };
-                            ln_mass(*mu, *sigma, lo.max(*low), hi.min(*high)) - ln_z
-                        }
+                ) => match half_step {
+                    None => ln_normal_pdf(u, *mu, *sigma) - ln_z,
+                    Some(h) => {
+                        let (lo, hi) = if *log {
+                            let x = u.exp().round();
+                            ((x - h).max(f64::MIN_POSITIVE).ln(), (x + h).ln())
+                        } else {
+                            (u - h, u + h)
+                        };
+                        ln_mass(*mu, *sigma, lo.max(*low), hi.min(*high)) - ln_z
                     }
-                }
+                },
                 (Part::Categorical { ln_p }, _) => ln_p
                     .get(u.max(0.0) as usize)
                     .copied()
