@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::SchedulerSpec;
+use rtune_core::searcher::SearcherSpec;
 use rtune_core::tuner::CheckpointRetention;
 use rtune_core::{Config, Mode};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,9 @@ pub struct ExperimentFile {
     pub space: toml::Table,
     #[serde(default)]
     pub scheduler: SchedulerSpec,
+    /// `[searcher]`: what proposes configurations (random search by default).
+    #[serde(default)]
+    pub searcher: SearcherSpec,
     /// `[checkpoint]`: which checkpoints of each trial are kept.
     #[serde(default)]
     pub checkpoint: CheckpointRetention,
@@ -710,6 +714,40 @@ reduction_factor = 2
         let message = parse_err(FILE, &["scheduler.grace_perod=2"]);
         assert!(message.contains("did you mean `grace_period`"), "{message}");
         assert!(message.contains("after the --set overrides"), "{message}");
+    }
+
+    #[test]
+    fn the_searcher_section_reads_with_its_keys_and_names_typos() {
+        use rtune_core::searcher::SearcherSpec;
+        assert_eq!(parse_ok(FILE, &[]).file.searcher.name(), "random");
+        let text = format!(
+            "{FILE}\n[searcher]\ntype = \"tpe\"\nn_initial = 5\ngamma = 0.2\nmultivariate = false\npoints_to_evaluate = [{{ lr = 1e-4, wd = 0.01 }}, {{ per_device_bs = 2 }}]\n"
+        );
+        let e = parse_ok(&text, &[]);
+        let SearcherSpec::Tpe(tpe) = &e.file.searcher else {
+            panic!("not tpe: {:?}", e.file.searcher);
+        };
+        assert_eq!(
+            (tpe.n_initial, tpe.gamma, tpe.multivariate),
+            (5, 0.2, false)
+        );
+        assert_eq!(tpe.n_candidates, 24, "defaults for the keys not given");
+        assert_eq!(tpe.points_to_evaluate.len(), 2);
+        assert_eq!(tpe.points_to_evaluate[0]["lr"], 1e-4);
+        let e = parse_ok(FILE, &["searcher.type=\"bohb\"", "searcher.min_points=5"]);
+        assert_eq!(e.file.searcher.name(), "bohb");
+        let typo = text.replace("n_initial", "n_intial");
+        let message = parse_err(&typo, &[]);
+        assert!(message.contains("did you mean `n_initial`"), "{message}");
+        // The line of the `[searcher]` table (serde reads a tagged table as a whole).
+        let line = typo
+            .lines()
+            .position(|l| l.starts_with("[searcher]"))
+            .expect("the line")
+            + 1;
+        assert!(message.contains(&format!("line {line},")), "{message}");
+        let message = parse_err(FILE, &["searcher.type=\"tpee\""]);
+        assert!(message.contains("did you mean `tpe`"), "{message}");
     }
 
     #[test]

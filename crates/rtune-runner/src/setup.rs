@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
-use rtune_core::searcher::{FixedSearcher, RandomSearcher, Searcher};
+use rtune_core::searcher::{FixedSearcher, Searcher, SearcherContext};
 use rtune_core::space::SearchSpace;
 use rtune_core::tuner::{ErroredTrials, Tuner, TunerSettings};
 use tokio::sync::mpsc;
@@ -498,8 +498,18 @@ fn build_tuner(
                 .scheduler
                 .build(&file.metric, file.mode, &space)
                 .map_err(|e| invalid(e.to_string()))?;
-            let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
-            (Box::new(searcher), scheduler)
+            let searcher = file
+                .searcher
+                .build(&SearcherContext {
+                    space: &space,
+                    num_samples: file.num_samples,
+                    seed: file.seed,
+                    metric: &file.metric,
+                    mode: file.mode,
+                    scheduler: &file.scheduler,
+                })
+                .map_err(|e| invalid(e.to_string()))?;
+            (searcher, scheduler)
         }
         Some(policy) => {
             let scheduler = PolicyReplayScheduler::new(policy).map_err(&invalid)?;
