@@ -24,9 +24,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use super::resources::{NodeResources, detect_cpus, detect_gpus};
-use super::trial_env;
 use super::shim::{self, Supervisor};
 use super::slurm_common::check_program;
+use super::trial_env;
 use super::{
     CapacityPlan, Executor, ExecutorError, ExecutorEvent, Placement, Resources, TrialLaunch,
 };
