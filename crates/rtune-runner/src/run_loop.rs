@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rtune_core::scheduler::PolicyStep;
 use rtune_core::tuner::{Effect, Exit, Launch, Tuner};
@@ -75,11 +75,10 @@ pub struct RunOutcome {
     pub interrupted: bool,
 }
 
-/// Seconds since the Unix epoch: the only clock the core ever sees.
+/// Seconds since the Unix epoch: the only clock the core ever sees. It follows tokio's clock,
+/// so under the simulator (a paused runtime) it is virtual time (see [`crate::clock`]).
 pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::clock::unix_now()
 }
 
 struct RunningTrial {
@@ -107,6 +106,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     } = parts;
 
     let (report_tx, mut reports) = mpsc::unbounded_channel::<ReportEvent>();
+    executor.attach_reports(report_tx.clone());
     let local = ProtocolServer::start(bind, secret.clone(), report_tx).await?;
     let addr = match &advertise_host {
         Some(host) => format!("{host}:{}", local.port()),
