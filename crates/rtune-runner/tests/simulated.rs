@@ -111,7 +111,7 @@ fn asha_on_branin_runs_in_virtual_time_and_repeats_exactly() {
             full += 1;
         }
     }
-    assert!(full >= 1 && full < 40, "{full} trials ran to the end");
+    assert!((1..40).contains(&full), "{full} trials ran to the end");
 
     // Same seed, same benchmark: the same decisions at the same simulated times.
     let a = decisions(&first);
