@@ -6,9 +6,10 @@
 //! hand-written scenarios.
 //!
 //! * [`space`]: search spaces (`uniform`, `loguniform`, `choice`, `grid`, ...) and sampling.
-//! * [`searcher`]: what proposes configurations (random, grid).
+//! * [`searcher`]: what proposes configurations (random, grid, TPE, BOHB).
 //! * [`scheduler`]: what decides about running trials (FIFO, ASHA, median stopping, ...).
 //! * [`trial`]: trial ids, statuses and the legal transitions between them.
+//! * [`synthetic`]: multi-fidelity test functions with known optima (Branin, Hartmann-6).
 //! * [`tuner`]: the controller that joins them; the runner feeds it events and carries out what
 //!   it asks for.
 
@@ -16,6 +17,7 @@ pub mod result;
 pub mod scheduler;
 pub mod searcher;
 pub mod space;
+pub mod synthetic;
 pub mod trial;
 pub mod tuner;
 

@@ -363,6 +363,23 @@ impl SearchSpace {
         config
     }
 
+    /// A full nested config from one value per searched parameter (in [`Self::parameters`]
+    /// order) and the constants, in file order: what a model-based searcher proposes. Missing
+    /// values (a shorter slice) become `null`.
+    pub fn config_from_values(&self, values: &[Value]) -> Config {
+        let mut config = Config::new();
+        for entry in &self.entries {
+            match entry {
+                Entry::Constant(path, value) => set_path(&mut config, path, value.clone()),
+                Entry::Searched(index) => {
+                    let value = values.get(*index).cloned().unwrap_or(Value::Null);
+                    set_path(&mut config, &self.parameters[*index].path, value);
+                }
+            }
+        }
+        config
+    }
+
     /// The searched parameter with this dotted name.
     pub fn parameter(&self, dotted: &str) -> Option<&Parameter> {
         self.parameters.iter().find(|p| p.name() == dotted)

@@ -192,6 +192,13 @@ pub enum Effect {
     DeleteCheckpoint(CheckpointId),
     /// Something a user should read: a trial restarting from scratch, a pause skipped, ...
     Warning { trial: TrialId, message: String },
+    /// A model-based searcher proposed this trial's config, for this reason (the decisions log).
+    Proposal {
+        trial: TrialId,
+        searcher: &'static str,
+        reason: String,
+        details: Value,
+    },
 }
 
 pub struct Tuner {
@@ -339,26 +346,39 @@ impl Tuner {
             return None;
         }
         let id = TrialId(u32::try_from(self.trials.len()).ok()?);
-        match self.searcher.suggest(id, &mut self.rng) {
-            Suggestion::Config(config) => {
-                self.trials.push(Trial::new_pending(id, config));
-                let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
-                self.scheduler.on_trial_add(&mut ctx, id);
-                let outbox = ctx.outbox;
-                self.apply_decisions(outbox);
-                self.effects.push(Effect::Status {
-                    trial: id,
-                    status: TrialStatus::Pending,
-                    reason: format!("created by the {} searcher", self.searcher.name()),
-                });
-                Some(id)
+        let (config, why) = match self.searcher.suggest(id, &mut self.rng) {
+            Suggestion::Config(config) => (config, None),
+            Suggestion::Explained(proposal) => {
+                (proposal.config, Some((proposal.reason, proposal.details)))
             }
-            Suggestion::NotNow => None,
+            Suggestion::NotNow => return None,
             Suggestion::Finished => {
                 self.searcher_finished = true;
-                None
+                return None;
             }
+        };
+        self.trials.push(Trial::new_pending(id, config));
+        let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
+        self.scheduler.on_trial_add(&mut ctx, id);
+        let outbox = ctx.outbox;
+        self.apply_decisions(outbox);
+        let searcher = self.searcher.name();
+        let mut reason = format!("created by the {searcher} searcher");
+        if let Some((why, details)) = why {
+            reason = format!("{reason}: {why}");
+            self.effects.push(Effect::Proposal {
+                trial: id,
+                searcher,
+                reason: why,
+                details,
+            });
         }
+        self.effects.push(Effect::Status {
+            trial: id,
+            status: TrialStatus::Pending,
+            reason,
+        });
+        Some(id)
     }
 
     /// A running trial reported `metrics` at time `now`, with a checkpoint if `checkpoint`.
@@ -443,6 +463,8 @@ impl Tuner {
         }
         trial.last_result = Some(result.clone());
         let ending = trial.ending;
+        // Model-based searchers learn from every report, intermediate ones included.
+        self.searcher.on_trial_result(id, &result);
         if checkpoint {
             self.collect_checkpoints(id);
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::SchedulerSpec;
+use rtune_core::searcher::SearcherSpec;
 use rtune_core::tuner::CheckpointRetention;
 use rtune_core::{Config, Mode};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,9 @@ pub struct ExperimentFile {
     pub space: toml::Table,
     #[serde(default)]
     pub scheduler: SchedulerSpec,
+    /// `[searcher]`: what proposes configurations (random search by default).
+    #[serde(default)]
+    pub searcher: SearcherSpec,
     /// `[checkpoint]`: which checkpoints of each trial are kept.
     #[serde(default)]
     pub checkpoint: CheckpointRetention,

@@ -662,6 +662,19 @@ impl Loop<'_> {
                     }
                 }
                 Effect::Warning { trial, message } => self.warn(trial, &message),
+                Effect::Proposal {
+                    trial,
+                    searcher,
+                    reason,
+                    details,
+                } => {
+                    if let Err(e) = self
+                        .dir
+                        .append_proposal(trial, searcher, &reason, &details, now)
+                    {
+                        tracing::error!("cannot write the decisions log: {e}");
+                    }
+                }
             }
         }
         // `state.trials` is brought up to date when the state is written (`write_state`), not

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
-use rtune_core::searcher::{FixedSearcher, RandomSearcher, Searcher};
+use rtune_core::searcher::{FixedSearcher, Searcher, SearcherContext};
 use rtune_core::space::SearchSpace;
 use rtune_core::tuner::{Tuner, TunerSettings};
 use tokio::sync::mpsc;
@@ -206,8 +206,18 @@ fn prepare_with(
                 .scheduler
                 .build(&file.metric, file.mode, &space)
                 .map_err(|e| invalid(e.to_string()))?;
-            let searcher = RandomSearcher::new(space, file.num_samples, file.seed);
-            (Box::new(searcher), scheduler)
+            let searcher = file
+                .searcher
+                .build(&SearcherContext {
+                    space: &space,
+                    num_samples: file.num_samples,
+                    seed: file.seed,
+                    metric: &file.metric,
+                    mode: file.mode,
+                    scheduler: &file.scheduler,
+                })
+                .map_err(|e| invalid(e.to_string()))?;
+            (searcher, scheduler)
         }
         Some(policy) => {
             let scheduler = PolicyReplayScheduler::new(policy).map_err(&invalid)?;

@@ -4,7 +4,7 @@
 //! <storage>/<name>/
 //!   experiment.toml          the experiment file as run (overrides applied)
 //!   experiment_state.json    the state snapshot: every trial, written atomically
-//!   decisions.jsonl          every scheduler decision with its reason
+//!   decisions.jsonl          every scheduler decision and searcher proposal, with its reason
 //!   events.jsonl             status changes and warnings
 //!   lineage.jsonl            PBT exploits (only when there are any)
 //!   trial_00000/
@@ -173,6 +173,28 @@ impl ExperimentDir {
         line.insert("time".into(), json_f64(now));
         line.insert("training_iteration".into(), iteration.into());
         append_json_line(&self.path.join(DECISIONS_FILE), &Value::Object(line))
+    }
+
+    /// Append a searcher's proposal of a trial's config, with why, to decisions.jsonl
+    /// (`"action": "propose"`).
+    pub fn append_proposal(
+        &self,
+        trial: TrialId,
+        searcher: &str,
+        reason: &str,
+        details: &Value,
+        now: f64,
+    ) -> Result<(), StorageError> {
+        let line = serde_json::json!({
+            "trial": trial,
+            "action": "propose",
+            "searcher": searcher,
+            "reason": reason,
+            "details": details,
+            "time": json_f64(now),
+            "training_iteration": 0,
+        });
+        append_json_line(&self.path.join(DECISIONS_FILE), &line)
     }
 
     pub fn append_event(&self, event: &Value) -> Result<(), StorageError> {

@@ -76,7 +76,9 @@ mod tests {
             match searcher.suggest(TrialId(i as u32), &mut unrelated) {
                 Suggestion::Config(c) => configs.push(c),
                 Suggestion::Finished => break,
-                Suggestion::NotNow => panic!("a random searcher always has an answer"),
+                Suggestion::NotNow | Suggestion::Explained(_) => {
+                    panic!("a random searcher always has a plain answer")
+                }
             }
         }
         configs

@@ -1,0 +1,749 @@
+//! Model-based searchers (TPE, BOHB) driven through the real tuner and schedulers on the
+//! synthetic functions, in virtual time: every test is deterministic (seeded, no clock).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use rtune_core::scheduler::{Action, SchedulerSpec};
+use rtune_core::searcher::{Searcher, SearcherContext, SearcherSpec, Suggestion};
+use rtune_core::space::SearchSpace;
+use rtune_core::synthetic::SyntheticFunction;
+use rtune_core::tuner::{Effect, Exit, Tuner, TunerSettings};
+use rtune_core::{Config, CoreRng, Mode, TrialId, TrialResult};
+use serde_json::{Value, json};
+
+/// One call into a searcher, as the tuner made it.
+#[derive(Clone, Debug)]
+enum Call {
+    Suggest(TrialId),
+    Result(TrialId, TrialResult),
+    Complete(TrialId),
+}
+
+/// The calls a searcher got, each with the suggestion it gave (for `suggest`).
+type CallLog = Vec<(Call, Option<Suggestion>)>;
+
+/// A searcher that records the calls it gets and the suggestions it gives.
+struct Recording {
+    inner: Box<dyn Searcher>,
+    log: Arc<Mutex<CallLog>>,
+}
+
+impl Searcher for Recording {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn suggest(&mut self, trial: TrialId, rng: &mut CoreRng) -> Suggestion {
+        let s = self.inner.suggest(trial, rng);
+        self.log
+            .lock()
+            .unwrap()
+            .push((Call::Suggest(trial), Some(s.clone())));
+        s
+    }
+    fn on_trial_result(&mut self, trial: TrialId, result: &TrialResult) {
+        self.inner.on_trial_result(trial, result);
+        self.log
+            .lock()
+            .unwrap()
+            .push((Call::Result(trial, result.clone()), None));
+    }
+    fn on_trial_complete(&mut self, trial: TrialId, last: Option<&TrialResult>) {
+        self.inner.on_trial_complete(trial, last);
+        self.log.lock().unwrap().push((Call::Complete(trial), None));
+    }
+    fn total_trials(&self) -> Option<usize> {
+        self.inner.total_trials()
+    }
+}
+
+fn spec<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).unwrap()
+}
+
+fn build(
+    searcher: &Value,
+    scheduler: &SchedulerSpec,
+    space: &SearchSpace,
+    num_samples: usize,
+    seed: u64,
+) -> Box<dyn Searcher> {
+    let spec: SearcherSpec = spec(searcher.clone());
+    spec.build(&SearcherContext {
+        space,
+        num_samples,
+        seed,
+        metric: "loss",
+        mode: Mode::Min,
+        scheduler,
+    })
+    .unwrap()
+}
+
+/// What a simulated experiment found.
+struct Outcome {
+    /// The best value at full fidelity (iteration `max_t`).
+    best: f64,
+    /// Every trial's config, by trial id.
+    configs: Vec<Config>,
+    /// The searcher's proposals: (trial, reason, details).
+    proposals: Vec<(TrialId, String, Value)>,
+    calls: CallLog,
+}
+
+/// Run an experiment on `objective` in virtual time: `workers` trials at once, each result one
+/// time unit, the running trials taking turns (so results of different trials interleave, as
+/// with real parallel workers), until `budget` iterations have been trained. A trial's result
+/// at iteration `r` is the function at fidelity `r / max_t`.
+#[allow(clippy::too_many_arguments)]
+fn simulate(
+    objective: &dyn Fn(&Config, f64) -> f64,
+    space: &SearchSpace,
+    searcher: &Value,
+    scheduler: Value,
+    num_samples: usize,
+    seed: u64,
+    workers: usize,
+    budget: usize,
+    max_t: u64,
+) -> Outcome {
+    let scheduler: SchedulerSpec = spec(scheduler);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recording = Recording {
+        inner: build(searcher, &scheduler, space, num_samples, seed),
+        log: log.clone(),
+    };
+    let mut tuner = Tuner::new(
+        TunerSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed,
+            max_failures: 0,
+            stop: Default::default(),
+        },
+        Box::new(recording),
+        scheduler.build("loss", Mode::Min, space).unwrap(),
+    );
+    let mut running: VecDeque<TrialId> = VecDeque::new();
+    let mut proposals = Vec::new();
+    let mut best = f64::INFINITY;
+    let mut used = 0;
+    let mut now = 0.0;
+    let mut collect = |tuner: &mut Tuner, running: &mut VecDeque<TrialId>, now: f64| loop {
+        let effects = tuner.drain_effects();
+        if effects.is_empty() {
+            break;
+        }
+        for effect in effects {
+            match effect {
+                Effect::Proposal {
+                    trial,
+                    reason,
+                    details,
+                    ..
+                } => proposals.push((trial, reason, details)),
+                Effect::EndProcess { trial } => {
+                    running.retain(|r| *r != trial);
+                    tuner.on_exit(trial, Exit::Success, now).unwrap();
+                }
+                _ => {}
+            }
+        }
+    };
+    while used < budget {
+        while running.len() < workers {
+            match tuner.next_to_run(now) {
+                Some(launch) => running.push_back(launch.trial),
+                None => break,
+            }
+        }
+        collect(&mut tuner, &mut running, now);
+        let Some(id) = running.pop_front() else {
+            break;
+        };
+        let trial = tuner.trial(id).unwrap();
+        let r = trial.iteration + 1;
+        let value = objective(&trial.config, r as f64 / max_t as f64);
+        used += 1;
+        now += 1.0;
+        if r == max_t {
+            best = best.min(value);
+        }
+        let mut metrics = serde_json::Map::new();
+        metrics.insert("loss".into(), json!(value));
+        let reply = tuner.on_result(id, metrics, true, now).unwrap();
+        if reply.action != Action::Continue || r >= max_t {
+            tuner.on_exit(id, Exit::Success, now).unwrap();
+        } else {
+            running.push_back(id);
+        }
+        collect(&mut tuner, &mut running, now);
+    }
+    let configs = tuner.trials().iter().map(|t| t.config.clone()).collect();
+    let calls = log.lock().unwrap().clone();
+    Outcome {
+        best,
+        configs,
+        proposals,
+        calls,
+    }
+}
+
+fn synthetic(f: SyntheticFunction) -> (SearchSpace, impl Fn(&Config, f64) -> f64) {
+    let space = SearchSpace::from_json(&f.space()).unwrap();
+    (space, move |c: &Config, z: f64| {
+        f.evaluate_config(c, z).unwrap()
+    })
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Median regret over `seeds` of one searcher/scheduler combination.
+#[allow(clippy::too_many_arguments)]
+fn median_regret(
+    f: SyntheticFunction,
+    searcher: &Value,
+    scheduler: &Value,
+    num_samples: usize,
+    workers: usize,
+    budget: usize,
+    max_t: u64,
+    seeds: u64,
+) -> f64 {
+    let (space, objective) = synthetic(f);
+    median(
+        (0..seeds)
+            .map(|seed| {
+                let out = simulate(
+                    &objective,
+                    &space,
+                    searcher,
+                    scheduler.clone(),
+                    num_samples,
+                    seed,
+                    workers,
+                    budget,
+                    max_t,
+                );
+                out.best - f.optimum()
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn tpe_beats_random_search_on_branin_and_hartmann6() {
+    let fifo = json!({"type": "fifo"});
+    for (f, trials, workers) in [
+        (SyntheticFunction::Branin, 50, 1),
+        (SyntheticFunction::Hartmann6, 80, 1),
+        (SyntheticFunction::Hartmann6, 80, 4),
+    ] {
+        let random = median_regret(
+            f,
+            &json!({"type": "random"}),
+            &fifo,
+            trials,
+            workers,
+            trials,
+            1,
+            10,
+        );
+        let tpe = median_regret(
+            f,
+            &json!({"type": "tpe"}),
+            &fifo,
+            trials,
+            workers,
+            trials,
+            1,
+            10,
+        );
+        println!(
+            "{} {workers} workers: median regret random {random:.4}, tpe {tpe:.4}",
+            f.name()
+        );
+        assert!(
+            tpe < 0.5 * random,
+            "{} with {workers} workers: TPE's median regret {tpe} is not clearly below random search's {random}",
+            f.name()
+        );
+    }
+}
+
+#[test]
+fn bohb_and_tpe_with_asha_beat_random_search_with_asha_on_the_multi_fidelity_functions() {
+    let asha = json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3});
+    // (function, budget in full trainings, how far below random+ASHA BOHB must be)
+    for (f, full_budgets, bohb_margin) in [
+        (SyntheticFunction::Branin, 20, 0.9),
+        (SyntheticFunction::Hartmann6, 40, 0.6),
+    ] {
+        let budget = full_budgets * 27;
+        let regret =
+            |searcher: Value| median_regret(f, &searcher, &asha, 10_000, 4, budget, 27, 10);
+        let random = regret(json!({"type": "random"}));
+        let bohb = regret(json!({"type": "bohb"}));
+        let tpe = regret(json!({"type": "tpe"}));
+        println!(
+            "{}: median regret random+asha {random:.4}, bohb+asha {bohb:.4}, tpe+asha {tpe:.4}",
+            f.name()
+        );
+        assert!(
+            bohb < bohb_margin * random,
+            "{}: BOHB+ASHA's median regret {bohb} is not below {bohb_margin} x random+ASHA's {random}",
+            f.name()
+        );
+        assert!(
+            tpe < 0.5 * random,
+            "{}: TPE+ASHA's median regret {tpe} is not clearly below random+ASHA's {random}",
+            f.name()
+        );
+    }
+}
+
+#[test]
+fn tpe_and_bohb_work_with_every_scheduler_and_explain_every_proposal() {
+    let f = SyntheticFunction::Branin;
+    let (space, objective) = synthetic(f);
+    let schedulers = [
+        json!({"type": "fifo"}),
+        json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}),
+        json!({"type": "hyperband", "max_t": 9, "reduction_factor": 3}),
+        json!({"type": "median", "grace_period": 2}),
+        json!({"type": "pbt", "perturbation_interval": 3}),
+    ];
+    for scheduler in schedulers {
+        for searcher in [
+            json!({"type": "tpe", "n_initial": 4}),
+            json!({"type": "bohb", "constant_liar": true}),
+        ] {
+            let out = simulate(
+                &objective,
+                &space,
+                &searcher,
+                scheduler.clone(),
+                24,
+                7,
+                3,
+                24 * 9,
+                9,
+            );
+            let context = format!("{searcher} with {scheduler}");
+            assert!(!out.configs.is_empty(), "{context}: no trials");
+            assert_eq!(out.proposals.len(), out.configs.len(), "{context}");
+            for (i, c) in out.configs.iter().enumerate() {
+                let x0 = c["x0"].as_f64().unwrap();
+                let x1 = c["x1"].as_f64().unwrap();
+                assert!(
+                    (-5.0..=10.0).contains(&x0) && (0.0..=15.0).contains(&x1),
+                    "{context}: {c:?}"
+                );
+                let (trial, reason, details) = &out.proposals[i];
+                assert_eq!(trial.0 as usize, i);
+                assert!(
+                    !reason.is_empty() && details["model"].is_string(),
+                    "{context}: {reason}"
+                );
+            }
+            if scheduler["type"] != "pbt" && scheduler["type"] != "hyperband" {
+                // Past the initial configs, the model proposed most of them. (PBT and HyperBand
+                // create every trial before any result: those can only be random.)
+                let modelled = out
+                    .proposals
+                    .iter()
+                    .filter(|(_, _, d)| d["model"] == searcher["type"])
+                    .count();
+                assert!(modelled >= 4, "{context}: {modelled} model proposals");
+            }
+        }
+    }
+}
+
+#[test]
+fn bohb_fits_on_the_highest_rung_with_enough_results_and_says_so() {
+    let f = SyntheticFunction::Hartmann6;
+    let (space, objective) = synthetic(f);
+    let asha = json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3});
+    let out = simulate(
+        &objective,
+        &space,
+        &json!({"type": "bohb"}),
+        asha,
+        1000,
+        3,
+        4,
+        40 * 27,
+        27,
+    );
+    let rungs: Vec<f64> = out
+        .proposals
+        .iter()
+        .filter_map(|(_, _, d)| d["rung"].as_f64())
+        .collect();
+    assert!(!rungs.is_empty());
+    // Only ASHA's rungs, starting low and climbing as results accumulate.
+    assert!(
+        rungs.iter().all(|r| [1.0, 3.0, 9.0, 27.0].contains(r)),
+        "{rungs:?}"
+    );
+    assert_eq!(rungs[0], 1.0);
+    assert!(rungs.iter().any(|r| *r >= 9.0), "never climbed: {rungs:?}");
+    assert!(rungs.windows(2).all(|w| w[1] >= w[0]), "{rungs:?}");
+    let (_, reason, details) = out
+        .proposals
+        .iter()
+        .find(|(_, _, d)| d["model"] == "bohb")
+        .unwrap();
+    assert!(
+        reason.starts_with("bohb: best of 64 candidates"),
+        "{reason}"
+    );
+    assert!(reason.contains("rung training_iteration = "), "{reason}");
+    // Hartmann-6 has 6 parameters: a rung needs 2 x (6 + 1) results.
+    assert!(details["observations"].as_u64().unwrap() >= 14, "{details}");
+    assert!(details["ln_l_over_g"].is_number(), "{details}");
+    let random = out
+        .proposals
+        .iter()
+        .filter(|(_, r, _)| r.starts_with("random"))
+        .count();
+    assert!(random > 0, "a third of BOHB's proposals are random");
+}
+
+#[test]
+fn the_same_calls_rebuild_the_same_searcher() {
+    let f = SyntheticFunction::Hartmann6;
+    let (space, objective) = synthetic(f);
+    let asha = json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3});
+    for searcher in [
+        json!({"type": "tpe", "constant_liar": true, "n_initial": 5}),
+        json!({"type": "bohb"}),
+        json!({"type": "tpe", "multivariate": false, "n_initial": 5}),
+    ] {
+        let a = simulate(
+            &objective,
+            &space,
+            &searcher,
+            asha.clone(),
+            60,
+            11,
+            4,
+            200,
+            9,
+        );
+        let b = simulate(
+            &objective,
+            &space,
+            &searcher,
+            asha.clone(),
+            60,
+            11,
+            4,
+            200,
+            9,
+        );
+        assert_eq!(a.configs, b.configs, "{searcher}");
+        assert_eq!(a.proposals, b.proposals, "{searcher}");
+        let c = simulate(
+            &objective,
+            &space,
+            &searcher,
+            asha.clone(),
+            60,
+            12,
+            4,
+            200,
+            9,
+        );
+        assert_ne!(a.configs, c.configs, "{searcher}: the seed matters");
+        // A fresh searcher fed the recorded calls in order answers every suggestion the same,
+        // whatever the tuner's RNG holds.
+        let scheduler: SchedulerSpec = spec(asha.clone());
+        let mut fresh = build(&searcher, &scheduler, &space, 60, 11);
+        let mut unrelated = <CoreRng as rand::SeedableRng>::seed_from_u64(999);
+        let mut suggestions = 0;
+        for (call, answered) in &a.calls {
+            match call {
+                Call::Suggest(id) => {
+                    assert_eq!(Some(fresh.suggest(*id, &mut unrelated)), *answered);
+                    suggestions += 1;
+                }
+                Call::Result(id, result) => fresh.on_trial_result(*id, result),
+                Call::Complete(id) => fresh.on_trial_complete(*id, None),
+            }
+        }
+        assert!(suggestions > 20, "{searcher}: {suggestions}");
+    }
+}
+
+/// A space with every kind of domain the model handles, and an objective with a known best.
+fn mixed() -> (SearchSpace, impl Fn(&Config, f64) -> f64) {
+    let table = json!({
+        "lr": {"loguniform": [1e-5, 1e-1]},
+        "model": {"layers": {"randint": [1, 9]}, "act": {"choice": ["relu", "tanh", "gelu"]}},
+        "bs": {"qrandint": [16, 128, 16]},
+        "width": {"lograndint": [8, 1024]},
+        "drop": {"quniform": [0.0, 0.5, 0.1]},
+        "epochs": 3,
+    });
+    let space = SearchSpace::from_json(table.as_object().unwrap()).unwrap();
+    let objective = |c: &Config, _z: f64| {
+        let lr = c["lr"].as_f64().unwrap();
+        let layers = c["model"]["layers"].as_i64().unwrap() as f64;
+        let act = if c["model"]["act"] == "tanh" {
+            0.0
+        } else {
+            1.0
+        };
+        let bs = c["bs"].as_i64().unwrap() as f64;
+        let width = c["width"].as_i64().unwrap() as f64;
+        let drop = c["drop"].as_f64().unwrap();
+        (lr.log10() + 3.0).powi(2)
+            + 0.1 * (layers - 6.0).powi(2)
+            + act
+            + ((bs - 64.0) / 64.0).abs()
+            + (width.log2() - 7.0).abs() * 0.3
+            + (drop - 0.2).abs()
+    };
+    (space, objective)
+}
+
+#[test]
+fn log_int_and_choice_domains_are_proposed_as_their_own_kind_and_learnt() {
+    let (space, objective) = mixed();
+    let fifo = json!({"type": "fifo"});
+    let mut tpe_regret = Vec::new();
+    let mut random_regret = Vec::new();
+    for seed in 0..6 {
+        let out = simulate(
+            &objective,
+            &space,
+            &json!({"type": "tpe"}),
+            fifo.clone(),
+            80,
+            seed,
+            1,
+            80,
+            1,
+        );
+        for c in &out.configs {
+            let lr = &c["lr"];
+            assert!(
+                lr.is_f64() && (1e-5..=1e-1).contains(&lr.as_f64().unwrap()),
+                "{c:?}"
+            );
+            let layers = c["model"]["layers"].as_i64().expect("an integer");
+            assert!((1..9).contains(&layers), "{c:?}");
+            assert!(["relu", "tanh", "gelu"].contains(&c["model"]["act"].as_str().unwrap()));
+            let bs = c["bs"].as_i64().expect("an integer");
+            assert!(bs % 16 == 0 && (16..=128).contains(&bs), "{c:?}");
+            let width = c["width"].as_i64().expect("an integer");
+            assert!((8..1024).contains(&width), "{c:?}");
+            let drop = c["drop"].as_f64().unwrap();
+            assert!(
+                ((drop * 10.0).round() - drop * 10.0).abs() < 1e-9 && (0.0..=0.5).contains(&drop)
+            );
+            assert_eq!(c["epochs"], json!(3));
+        }
+        // The model's proposals (after 10 random ones) mostly pick the best choice.
+        let late: Vec<&Config> = out.configs[40..].iter().collect();
+        let tanh = late.iter().filter(|c| c["model"]["act"] == "tanh").count();
+        assert!(
+            tanh * 2 > late.len(),
+            "seed {seed}: tanh {tanh} of {}",
+            late.len()
+        );
+        tpe_regret.push(out.best);
+        let random = simulate(
+            &objective,
+            &space,
+            &json!({"type": "random"}),
+            fifo.clone(),
+            80,
+            seed,
+            1,
+            80,
+            1,
+        );
+        random_regret.push(random.best);
+    }
+    let (tpe, random) = (median(tpe_regret), median(random_regret));
+    assert!(tpe < 0.5 * random, "tpe {tpe}, random {random}");
+}
+
+#[test]
+fn points_to_evaluate_come_first_and_partial_points_are_completed() {
+    let (space, objective) = mixed();
+    let searcher = json!({"type": "tpe", "points_to_evaluate": [
+        {"lr": 1e-3, "model": {"layers": 6, "act": "tanh"}, "bs": 64, "width": 128, "drop": 0.2},
+        {"lr": 1e-4, "model.act": "gelu"},
+    ]});
+    let out = simulate(
+        &objective,
+        &space,
+        &searcher,
+        json!({"type": "fifo"}),
+        12,
+        5,
+        2,
+        12,
+        1,
+    );
+    assert_eq!(
+        Value::Object(out.configs[0].clone()),
+        json!({"lr": 1e-3, "model": {"layers": 6, "act": "tanh"}, "bs": 64, "width": 128, "drop": 0.2, "epochs": 3})
+    );
+    assert_eq!(out.configs[1]["lr"], json!(1e-4));
+    assert_eq!(out.configs[1]["model"]["act"], json!("gelu"));
+    assert!(out.configs[1]["model"]["layers"].is_i64());
+    assert_eq!(
+        out.proposals[0].1,
+        "warm start: searcher.points_to_evaluate[0]"
+    );
+    assert_eq!(
+        out.proposals[1].1,
+        "warm start: searcher.points_to_evaluate[1], 4 parameters drawn at random"
+    );
+    assert_eq!(out.proposals[2].1, "random initial config 3 of 10");
+    // The best point is the optimum of the objective: it is the incumbent.
+    assert!(out.best.abs() < 1e-9, "{}", out.best);
+}
+
+fn build_error(searcher: Value, space: Value, num_samples: usize) -> String {
+    let space = SearchSpace::from_json(space.as_object().unwrap()).unwrap();
+    let spec: SearcherSpec = match serde_json::from_value(searcher) {
+        Ok(spec) => spec,
+        Err(e) => return e.to_string(),
+    };
+    match spec.build(&SearcherContext {
+        space: &space,
+        num_samples,
+        seed: 0,
+        metric: "loss",
+        mode: Mode::Min,
+        scheduler: &SchedulerSpec::default(),
+    }) {
+        Ok(_) => panic!("built"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_settings_name_the_key_to_fix() {
+    let space = json!({"lr": {"loguniform": [1e-5, 1e-1]}, "act": {"choice": ["relu", "tanh"]}, "n": {"randint": [1, 4]}});
+    let cases = [
+        (
+            json!({"type": "tpe", "gamma": 1.5}),
+            "searcher.gamma: must be a fraction between 0 and 1",
+        ),
+        (
+            json!({"type": "bohb", "n_candidates": 0}),
+            "searcher.n_candidates: must be at least 1",
+        ),
+        (
+            json!({"type": "tpe", "random_fraction": -0.1}),
+            "searcher.random_fraction: must be between 0 and 1",
+        ),
+        (
+            json!({"type": "tpe", "prior_weight": 0.0}),
+            "searcher.prior_weight: must be more than 0",
+        ),
+        (
+            json!({"type": "bohb", "min_points": 1}),
+            "searcher.min_points: must be at least 2",
+        ),
+        (
+            json!({"type": "tpe", "points_to_evaluate": [{"lr": 1e-3}, {"lr": 1.0}]}),
+            "searcher.points_to_evaluate[1].lr: 1.0 is outside the space's loguniform [0.00001, 0.1]",
+        ),
+        (
+            json!({"type": "tpe", "points_to_evaluate": [{"act": "gelu"}]}),
+            "searcher.points_to_evaluate[0].act: \"gelu\" is not one of the choices [\"relu\", \"tanh\"]",
+        ),
+        (
+            json!({"type": "tpe", "points_to_evaluate": [{"n": 2.5}]}),
+            "searcher.points_to_evaluate[0].n: 2.5 is outside the space's randint [1, 4] (high excluded)",
+        ),
+        (
+            json!({"type": "tpe", "points_to_evaluate": [{"lrr": 1e-3}]}),
+            "searcher.points_to_evaluate[0].lrr: not a searched parameter; the searched parameters are lr, act, n",
+        ),
+        (
+            json!({"type": "tpe", "points_to_evaluate": [{}, {}, {}]}),
+            "searcher.points_to_evaluate: holds 3 points but num_samples is 2",
+        ),
+        (
+            json!({"type": "tpe", "gamma_": 0.1}),
+            "unknown field `gamma_`",
+        ),
+        (json!({"type": "tpee"}), "unknown variant `tpee`"),
+    ];
+    for (searcher, expected) in cases {
+        let message = build_error(searcher.clone(), space.clone(), 2);
+        assert!(message.contains(expected), "{searcher}: {message}");
+    }
+    let message = build_error(json!({"type": "bohb"}), json!({"g": {"grid": [1, 2]}}), 2);
+    assert!(
+        message.starts_with(
+            "space.g: the bohb searcher models every parameter and cannot expand a grid"
+        ),
+        "{message}"
+    );
+}
+
+/// The searcher's own cost per proposal. Not a test of speed (the machine may be busy): run it
+/// with `cargo test --release -p rtune-core --test searchers -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn proposal_cost() {
+    let f = SyntheticFunction::Hartmann6;
+    let (space, objective) = synthetic(f);
+    let fifo = SchedulerSpec::default();
+    for (kind, n) in [("tpe", 100), ("tpe", 1000), ("bohb", 100), ("bohb", 1000)] {
+        let mut searcher = build(
+            &json!({"type": kind, "random_fraction": 0.0}),
+            &fifo,
+            &space,
+            n + 50,
+            1,
+        );
+        let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
+        for i in 0..n as u32 {
+            let Suggestion::Explained(p) = searcher.suggest(TrialId(i), &mut rng) else {
+                panic!("a proposal");
+            };
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("loss".into(), json!(objective(&p.config, 1.0)));
+            metrics.insert("training_iteration".into(), json!(1));
+            searcher.on_trial_result(
+                TrialId(i),
+                &TrialResult {
+                    trial: TrialId(i),
+                    metrics,
+                    has_checkpoint: false,
+                },
+            );
+            searcher.on_trial_complete(TrialId(i), None);
+        }
+        let start = std::time::Instant::now();
+        for i in 0..20 {
+            let id = TrialId(n as u32 + i);
+            let Suggestion::Explained(p) = searcher.suggest(id, &mut rng) else {
+                panic!("a proposal");
+            };
+            assert_eq!(p.details["model"], kind);
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0 / 20.0;
+        println!("{kind}: {ms:.3} ms per proposal with {n} observations (6 parameters)");
+    }
+}
