@@ -382,6 +382,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "target" / "bench-search"))
     p.add_argument("--reuse", action="store_true", help="keep successful runs from an earlier --out")
     p.add_argument("--runs-only", action="store_true", help="only run, no reference optima or table")
+    p.add_argument("--table-only", action="store_true",
+                   help="with --reuse: no new runs, the table from the runs there")
     args = p.parse_args()
 
     tasks = [t for t in args.tasks.split(",") if t]
@@ -406,6 +408,8 @@ def main():
         results = [done[(m, t, s, w)] for (m, t, s, w, *_rest) in jobs if (m, t, s, w) in done]
         jobs = [j for j in jobs if tuple(j[:4]) not in done]
         print(f"reusing {len(results)} runs from {runs_file}")
+    if args.table_only:
+        jobs = []
     print(f"{len(jobs)} runs: {len(methods)} methods x {len(tasks)} tasks x {args.seeds} seeds x "
           f"workers {workers_list}, budget {args.budget:g} full trainings ({budget_epochs} epochs), "
           f"{args.jobs} at once", flush=True)
