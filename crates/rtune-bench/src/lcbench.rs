@@ -76,7 +76,7 @@ fn surrogate() -> Result<&'static Surrogate, BenchError> {
         Ok(Surrogate { model, tasks })
     });
     loaded.as_ref().map_err(|message| {
-        BenchError::Model(crate::onnx::OnnxError::Tensor {
+        BenchError::from(crate::onnx::OnnxError::Tensor {
             name: "lcbench".into(),
             message: message.clone(),
         })
@@ -142,7 +142,7 @@ impl LcBench {
                     .filter(|d| t.shape() == [n, 6] && d.len() == n * 6)
             })
             .ok_or_else(|| {
-                BenchError::Model(crate::onnx::OnnxError::MissingOutput(
+                BenchError::from(crate::onnx::OnnxError::MissingOutput(
                     "output [n, 6]".into(),
                 ))
             })?;
@@ -171,7 +171,7 @@ impl LcBench {
                 return Err(BenchError::Invalid {
                     benchmark: "lcbench",
                     parameter: name.to_string(),
-                    value: config.get(name).cloned().unwrap_or(Value::Null),
+                    value: config.get(name).map_or_else(String::new, Value::to_string),
                     expected: expected.to_string(),
                 });
             }

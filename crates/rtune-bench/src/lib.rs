@@ -45,11 +45,12 @@ pub enum BenchError {
     Invalid {
         benchmark: &'static str,
         parameter: String,
-        value: Value,
+        /// The value as written in the config (JSON).
+        value: String,
         expected: String,
     },
     #[error("the surrogate model cannot be run: {0}")]
-    Model(#[from] onnx::OnnxError),
+    Model(Box<onnx::OnnxError>),
 }
 
 /// A benchmark function of (config, fidelity).
@@ -78,13 +79,19 @@ pub trait Benchmark: Send + Sync {
 pub fn by_name(name: &str, instance: Option<&str>) -> Result<Box<dyn Benchmark>, BenchError> {
     match name {
         "lcbench" => Ok(Box::new(LcBench::new(instance.ok_or(BenchError::NoTask)?)?)),
-        "mf-branin" => Ok(Box::new(MfBranin::default())),
-        "mf-hartmann6" => Ok(Box::new(MfHartmann6::default())),
+        "mf-branin" => Ok(Box::new(MfBranin)),
+        "mf-hartmann6" => Ok(Box::new(MfHartmann6)),
         other => Err(BenchError::Unknown(other.to_string())),
     }
 }
 
 /// A numeric parameter of a config, with an error naming it.
+impl From<onnx::OnnxError> for BenchError {
+    fn from(e: onnx::OnnxError) -> Self {
+        BenchError::Model(Box::new(e))
+    }
+}
+
 pub(crate) fn number(
     benchmark: &'static str,
     config: &Map<String, Value>,
@@ -102,7 +109,7 @@ pub(crate) fn number(
         .ok_or_else(|| BenchError::Invalid {
             benchmark,
             parameter: parameter.to_string(),
-            value: value.clone(),
+            value: value.to_string(),
             expected: expected.to_string(),
         })
 }

@@ -39,6 +39,8 @@ pub struct ExperimentFile {
     /// error instead of running every sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_fast: Option<u32>,
+    /// Required except with the simulated executor, whose trials are not processes.
+    #[serde(default)]
     pub trial: TrialSection,
     /// The search space, kept as a table: [`rtune_core::space::SearchSpace`] parses it.
     #[serde(default)]
@@ -66,7 +68,9 @@ fn one() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct TrialSection {
     /// Program and arguments. A bare program name is looked up next to the rtune binary first
-    /// (built-in trainables), then on PATH.
+    /// (built-in trainables), then on PATH. Not used (and may be left out) with the simulated
+    /// executor.
+    #[serde(default)]
     pub command: Vec<String>,
     /// Extra environment variables for every trial process.
     #[serde(default)]
@@ -91,6 +95,21 @@ pub struct TrialSection {
     /// from, e.g. a node-local or scratch file system.
     #[serde(default)]
     pub checkpoint_roots: Vec<PathBuf>,
+}
+
+impl Default for TrialSection {
+    fn default() -> Self {
+        TrialSection {
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            resources: Resources::default(),
+            workers: 1,
+            cwd: None,
+            stop_grace_s: default_stop_grace(),
+            report_timeout_s: None,
+            checkpoint_roots: Vec::new(),
+        }
+    }
 }
 
 fn one_u32() -> u32 {
@@ -134,6 +153,11 @@ pub struct ExecutorSection {
     pub sbatch_args: Vec<String>,
     /// `slurm-jobs`: seconds between looks at each job's state (default 2).
     pub poll_interval_s: Option<f64>,
+    /// `simulated`: the benchmark function trials run on: `lcbench`, `mf-branin` or
+    /// `mf-hartmann6` (crate rtune-bench).
+    pub benchmark: Option<String>,
+    /// `simulated`: the benchmark's instance; for lcbench the OpenML task id, e.g. "3945".
+    pub instance: Option<String>,
 }
 
 /// `[output]`: where results go and how the console reports.
@@ -369,7 +393,8 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
     if file.num_samples == 0 {
         return Err(invalid("num_samples", "must be at least 1".into()));
     }
-    if file.trial.command.first().is_none_or(|p| p.is_empty()) {
+    let simulated = file.executor.kind.as_deref() == Some("simulated");
+    if !simulated && file.trial.command.first().is_none_or(|p| p.is_empty()) {
         return Err(invalid(
             "trial.command",
             "must name a program, e.g. command = [\"python\", \"train.py\"]".into(),
@@ -416,12 +441,41 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         ));
     }
     if let Some(kind) = &file.executor.kind
-        && !["local", "slurm", "slurm-jobs"].contains(&kind.as_str())
+        && !["local", "slurm", "slurm-jobs", "simulated"].contains(&kind.as_str())
     {
         return Err(invalid(
             "executor.type",
-            format!("`{kind}` is not an executor; use \"local\", \"slurm\" or \"slurm-jobs\""),
+            format!(
+                "`{kind}` is not an executor; use \"local\", \"slurm\", \"slurm-jobs\" or \"simulated\""
+            ),
         ));
+    }
+    match (&file.executor.benchmark, simulated) {
+        (None, true) => {
+            return Err(invalid(
+                "executor.benchmark",
+                "the simulated executor needs a benchmark: \"lcbench\" (with executor.instance, an \
+                 OpenML task id such as \"3945\"), \"mf-branin\" or \"mf-hartmann6\""
+                    .into(),
+            ));
+        }
+        (Some(name), true) => {
+            if let Err(e) = rtune_bench::by_name(name, file.executor.instance.as_deref()) {
+                let field = match e {
+                    rtune_bench::BenchError::Unknown(_) => "executor.benchmark",
+                    _ => "executor.instance",
+                };
+                return Err(invalid(field, e.to_string()));
+            }
+        }
+        (Some(_), false) => {
+            return Err(invalid(
+                "executor.benchmark",
+                "is for the simulated executor; set executor.type = \"simulated\" or remove it"
+                    .into(),
+            ));
+        }
+        (None, false) => {}
     }
     let kind = file.executor.kind.as_deref().unwrap_or("local");
     if kind != "local" && (file.executor.cpus.is_some() || file.executor.gpus.is_some()) {

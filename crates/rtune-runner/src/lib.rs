@@ -3,7 +3,9 @@
 //! * [`experiment`]: the experiment file, read strictly, with `--set` overrides.
 //! * [`setup`]: from the command line's options to a checked, ready experiment.
 //! * [`run_loop`]: the event loop that owns the experiment's state.
-//! * [`executor`]: where trial processes run (local processes, SLURM).
+//! * [`executor`]: where trial processes run (local processes, SLURM, or simulated in virtual
+//!   time on a benchmark function).
+//! * [`clock`]: the time the run loop sees: real, or virtual under the simulator.
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`report_checks`]: the reports the run loop refuses (after stop, past max_t, bad checkpoints).
 //! * [`storage`]: the files an experiment leaves on disk.
@@ -11,6 +13,7 @@
 //! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
 //! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
 
+pub mod clock;
 pub mod executor;
 pub mod experiment;
 pub mod journal;

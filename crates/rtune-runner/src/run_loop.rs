@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use rtune_core::tuner::{Effect, ErroredTrials, Exit, Input, Launch, Output, Tuner};
 use rtune_core::{Action, CheckpointId, TrialId, TrialStatus};
 use rtune_protocol::{Response, TrialAction};
 use serde_json::json;
 use tokio::sync::mpsc;
+// tokio's Instant follows the simulator's virtual clock (a paused runtime), std's would not.
+use tokio::time::Instant;
 
 use crate::executor::{Executor, ExecutorEvent, Resources, TrialLaunch};
 use crate::journal::{Journal, JournalError};
@@ -106,11 +108,10 @@ pub struct RunOutcome {
     pub failed_fast: Option<String>,
 }
 
-/// Seconds since the Unix epoch: the only clock the core ever sees.
+/// Seconds since the Unix epoch: the only clock the core ever sees. It follows tokio's clock,
+/// so under the simulator (a paused runtime) it is virtual time (see [`crate::clock`]).
 pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::clock::unix_now()
 }
 
 struct RunningTrial {
@@ -145,6 +146,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     } = parts;
 
     let (report_tx, mut reports) = mpsc::unbounded_channel::<ReportEvent>();
+    executor.attach_reports(report_tx.clone());
     let local = ProtocolServer::start(bind, secret.clone(), report_tx).await?;
     let addr = match &advertise_host {
         Some(host) => format!("{host}:{}", local.port()),

@@ -7,6 +7,7 @@
 use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
@@ -17,8 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
 use crate::executor::{
-    Executor, ExecutorError, ExecutorEvent, SlurmExecutor, SlurmExecutorConfig, SlurmJobsConfig,
-    SlurmJobsExecutor, Supervisor,
+    Executor, ExecutorError, ExecutorEvent, SimulatedExecutor, SlurmExecutor, SlurmExecutorConfig,
+    SlurmJobsConfig, SlurmJobsExecutor, Supervisor,
 };
 use crate::experiment::{self, Experiment, ExperimentError};
 use crate::journal::{self, Journal, JournalError};
@@ -137,6 +138,7 @@ pub async fn resume_experiment(options: ResumeOptions) -> Result<RunOutcome, Set
         terminal: options.terminal,
     };
     let prepared = prepare_with(&run_options, None, Some((&options.dir, options.errored)))?;
+    start_virtual_time(&prepared.experiment)?;
     let outcome = run_loop::run(prepared.parts).await?;
     Ok(outcome)
 }
@@ -199,6 +201,7 @@ pub struct Prepared {
 /// Load the experiment, check it, create its directory and run it to the end.
 pub async fn run_experiment(options: RunOptions) -> Result<RunOutcome, SetupError> {
     let prepared = prepare(&options)?;
+    start_virtual_time(&prepared.experiment)?;
     let outcome = run_loop::run(prepared.parts).await?;
     Ok(outcome)
 }
@@ -225,8 +228,29 @@ pub struct ReplayOptions {
 /// Replay one trial's policy (see [`ReplayOptions`]) to the end.
 pub async fn run_replay(options: ReplayOptions) -> Result<RunOutcome, SetupError> {
     let prepared = prepare_replay(&options)?;
+    start_virtual_time(&prepared.experiment)?;
     let outcome = run_loop::run(prepared.parts).await?;
     Ok(outcome)
+}
+
+/// With the simulated executor the run happens in virtual time: this pauses the runtime's clock,
+/// which then jumps from event to event (see [`crate::executor::simulated`]). That needs a
+/// current-thread runtime whose clock is not paused yet (one simulated run per runtime).
+fn start_virtual_time(experiment: &Experiment) -> Result<(), SetupError> {
+    if experiment.file.executor.kind.as_deref() != Some("simulated") {
+        return Ok(());
+    }
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if !matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::CurrentThread)) {
+        return Err(SetupError::Invalid {
+            path: experiment.path.clone(),
+            message: "the simulated executor runs on a current-thread tokio runtime (as the rtune \
+                      command does)"
+                .into(),
+        });
+    }
+    tokio::time::pause();
+    Ok(())
 }
 
 /// A replay is an experiment of one trial: the experiment's own file, with a searcher that hands
@@ -338,10 +362,13 @@ fn prepare_with(
         Some(dir) => dir.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
-    check_program(&command, &cwd).map_err(invalid)?;
+    // Simulated trials run inside rtune: there is no program to check.
+    if kind != "simulated" {
+        check_program(&command, &cwd).map_err(invalid)?;
+    }
     // Under SLURM the trials run on other nodes: listen on every interface and tell them this
     // machine's name. The secret keeps everyone else out.
-    let on_slurm = kind != "local";
+    let on_slurm = kind == "slurm" || kind == "slurm-jobs";
     let bind = match (&file.executor.bind, on_slurm) {
         (None, true) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
         (bind, _) => bind_address(bind.as_deref()).map_err(invalid)?,
@@ -583,8 +610,9 @@ pub fn executor_kind(configured: Option<&str>, in_slurm_job: bool) -> &str {
     }
 }
 
-/// Builds the executor `kind` (`local`, `slurm` or `slurm-jobs`) from `[executor]`. The local
-/// executor runs its trial processes under `supervisor` (the shim in the `rtune` binary).
+/// Builds the executor `kind` (`local`, `slurm`, `slurm-jobs` or `simulated`) from `[executor]`.
+/// The local executor runs its trial processes under `supervisor` (the shim in the `rtune`
+/// binary).
 pub fn build_executor(
     kind: &str,
     section: &experiment::ExecutorSection,
@@ -592,6 +620,18 @@ pub fn build_executor(
     supervisor: Option<Supervisor>,
 ) -> Result<Box<dyn Executor>, ExecutorError> {
     Ok(match kind {
+        "simulated" => {
+            let name = section.benchmark.as_deref().ok_or_else(|| {
+                ExecutorError::Invalid("the simulated executor needs executor.benchmark".into())
+            })?;
+            let benchmark = rtune_bench::by_name(name, section.instance.as_deref())
+                .map_err(|e| ExecutorError::Invalid(e.to_string()))?;
+            Box::new(SimulatedExecutor::new(
+                Arc::from(benchmark),
+                section.max_concurrent_trials.unwrap_or(1),
+                events,
+            )?)
+        }
         "slurm" => Box::new(SlurmExecutor::new(
             SlurmExecutorConfig {
                 job_id: None,

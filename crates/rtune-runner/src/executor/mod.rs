@@ -8,6 +8,7 @@
 pub mod local;
 pub mod resources;
 pub mod shim;
+pub mod simulated;
 pub mod slurm;
 pub mod slurm_common;
 pub mod slurm_jobs;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use local::{LocalExecutor, LocalExecutorConfig, plan_capacity};
 pub use resources::{NodeResources, detect, parse_visible_devices};
 pub use shim::Supervisor;
+pub use simulated::SimulatedExecutor;
 pub use slurm::{Allocation, AllocationNode, SlurmExecutor, SlurmExecutorConfig, plan_allocation};
 pub use slurm_jobs::{SlurmJobsConfig, SlurmJobsExecutor};
 
@@ -191,6 +193,14 @@ pub trait Executor: Send {
     fn stop(&mut self, trial: TrialId, grace: Duration);
     /// The loop saw its Exited event: free its CPUs/GPUs.
     fn release(&mut self, trial: TrialId);
+    /// The run loop's report channel, given once before the first `start`: executors whose
+    /// trials run inside rtune (the simulator) report through it instead of the protocol
+    /// server. Executors of real processes ignore it.
+    fn attach_reports(
+        &mut self,
+        _reports: tokio::sync::mpsc::UnboundedSender<crate::server::ReportEvent>,
+    ) {
+    }
     /// Start ending everything still running: what [`Executor::stop`] does, for every trial
     /// (SIGTERM now, SIGKILL after `grace`). Returns at once, without waiting for anything;
     /// each run's end arrives as its usual [`ExecutorEvent::Exited`], so the caller waits for
