@@ -39,9 +39,10 @@ def test_pbt_exploits_train_with_the_explored_hyperparameters(rtune_bin: Path, s
     for trial in trials:
         res = results(trial)
         # Every trial trains all epochs, and the Trainer's epoch is rtune's iteration: after an
-        # exploit the target continues at the donor's epoch, with full epochs.
-        assert [r["training_iteration"] for r in res] == list(range(1, EPOCHS + 1)), trial
-        assert [round(r["epoch"], 6) for r in res] == [float(i) for i in range(1, EPOCHS + 1)], trial
+        # exploit the target continues at the donor's epoch (its checkpoint may be behind the
+        # target's own iteration), with full epochs.
+        assert res[-1]["training_iteration"] == EPOCHS, trial
+        assert all(round(r["epoch"], 6) == r["training_iteration"] for r in res), trial
         lines = trace(trial)
         for run in sorted({line["run"] for line in lines}):
             first = min((line for line in lines if line["run"] == run), key=lambda l: l["step"])

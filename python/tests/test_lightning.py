@@ -51,8 +51,10 @@ def test_lightning_callback_under_pbt(rtune_bin: Path, tmp_path: Path) -> None:
     exploits = 0
     for trial in sorted(exp.glob("trial_*")):
         res = results(trial)
-        assert [r["training_iteration"] for r in res] == [1, 2, 3, 4], trial
-        assert [r["epoch"] for r in res] == [1, 2, 3, 4], trial
+        # Every trial trains to the end, and Lightning's epoch is rtune's iteration (after an
+        # exploit both continue from the donor's checkpoint, which may be behind the target).
+        assert res[-1]["training_iteration"] == 4, trial
+        assert all(r["epoch"] == r["training_iteration"] for r in res), trial
         lines = [json.loads(l) for l in (trial / "lr_trace.jsonl").read_text().splitlines()]
         for run in sorted({l["run"] for l in lines}):
             first = min((l for l in lines if l["run"] == run), key=lambda l: l["step"])
