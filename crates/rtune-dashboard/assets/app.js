@@ -704,7 +704,7 @@
     const root = svg('svg', { width: W, height: H, 'font-size': 11, 'font-family': 'sans-serif' });
     for (let k = 0; k <= 8; k++) {
       const t = t0 + span * k / 8, x = X(t);
-      root.append(svg('line', { x1: x, x2: x, y1: top - 4, y2: H, stroke: '#eee' }), svg('text', { x, y: 14, 'text-anchor': 'middle' }, '+' + (t - t0).toFixed(0) + ' s'));
+      root.append(svg('line', { x1: x, x2: x, y1: top - 4, y2: H, stroke: '#eee' }), svg('text', { x, y: 14, 'text-anchor': 'middle' }, '+' + (t - t0).toFixed(span < 20 ? 1 : 0) + ' s'));
     }
     for (const n of names) {
       root.append(svg('text', { x: 4, y: laneY.get(n) + 11, 'font-weight': 'bold' }, n));
