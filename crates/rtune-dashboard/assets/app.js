@@ -580,13 +580,13 @@
       return { map: (v) => { const i = cats.indexOf(fmtValue(v)); return i < 0 ? null : (cats.length === 1 ? 0.5 : i / n); }, labels: cats.map((c, i) => [cats.length === 1 ? 0.5 : i / n, c]) };
     });
     const metricScale = scales[params.length];
-    ctx.globalAlpha = rows.length > 2000 ? 0.15 : 0.6;
-    ctx.lineWidth = 1;
+    ctx.globalAlpha = rows.length > 2000 ? 0.15 : 0.85;
+    ctx.lineWidth = rows.length > 200 ? 1 : 1.6;
     const order = rows.slice().sort((a, b) => score(a.best[0]) - score(b.best[0]));
     for (const t of order) {
       const u = metricScale.map(t.best[0]);
       const good = cur.header.mode === 'max' ? u : 1 - u;
-      ctx.strokeStyle = 'hsl(' + (220 - 40 * good).toFixed(0) + ',80%,' + (80 - 50 * good).toFixed(0) + '%)';
+      ctx.strokeStyle = 'hsl(' + (200 + 40 * good).toFixed(0) + ',85%,' + (85 - 62 * good).toFixed(0) + '%)';
       ctx.beginPath();
       let started = false;
       names.forEach((p, k) => {
