@@ -66,8 +66,11 @@ pub fn dashboard(args: DashboardArgs) -> Result<ExitCode> {
     runtime.block_on(rtune_dashboard::serve(
         options,
         |url| {
-            println!("rtune dashboard: {url}");
-            println!("(Ctrl-C to stop)");
+            // Whoever started us may read only the URL and close the pipe: not an error.
+            use std::io::Write as _;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "rtune dashboard: {url}  (Ctrl-C to stop)");
+            let _ = out.flush();
         },
         async {
             let _ = tokio::signal::ctrl_c().await;

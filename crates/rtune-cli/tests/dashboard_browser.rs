@@ -90,8 +90,8 @@ fn start_dashboard(dir: &Path) -> (KillOnDrop, String) {
         .read_line(&mut line)
         .expect("rtune dashboard prints its URL");
     let url = line
-        .trim()
         .strip_prefix("rtune dashboard: ")
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_string();
     (KillOnDrop(child), url)
@@ -164,7 +164,10 @@ fn dashboard_during_and_after_an_asha_run_and_its_report() {
     let mut run = rtune()
         .args(["run", &example("asha.toml"), "--storage"])
         .arg(storage.path())
-        .args(["--set", "sleep_ms=300", "--set", "num_samples=10"])
+        // One trial at a time, 0.8 s per iteration: the run lasts long enough (about 20 s) for
+        // the page to load while it runs.
+        .args(["--set", "space.sleep_ms=800", "--set", "num_samples=8"])
+        .args(["--set", "executor.max_concurrent_trials=1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -177,7 +180,12 @@ fn dashboard_during_and_after_an_asha_run_and_its_report() {
     let page = check_page(
         &url,
         "asha-live",
-        &["--expect-new-result", "--wait-finished"],
+        &[
+            "--expect-new-result",
+            "--wait-finished",
+            "--timeout-ms",
+            "300000",
+        ],
     );
     let status = run.wait().expect("rtune run ends");
     assert!(status.success(), "rtune run failed: {status}");

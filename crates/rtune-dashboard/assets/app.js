@@ -580,13 +580,13 @@
       return { map: (v) => { const i = cats.indexOf(fmtValue(v)); return i < 0 ? null : (cats.length === 1 ? 0.5 : i / n); }, labels: cats.map((c, i) => [cats.length === 1 ? 0.5 : i / n, c]) };
     });
     const metricScale = scales[params.length];
-    ctx.globalAlpha = rows.length > 2000 ? 0.15 : 0.6;
-    ctx.lineWidth = 1;
+    ctx.globalAlpha = rows.length > 2000 ? 0.15 : 0.85;
+    ctx.lineWidth = rows.length > 200 ? 1 : 1.6;
     const order = rows.slice().sort((a, b) => score(a.best[0]) - score(b.best[0]));
     for (const t of order) {
       const u = metricScale.map(t.best[0]);
       const good = cur.header.mode === 'max' ? u : 1 - u;
-      ctx.strokeStyle = 'hsl(' + (220 - 40 * good).toFixed(0) + ',80%,' + (80 - 50 * good).toFixed(0) + '%)';
+      ctx.strokeStyle = 'hsl(' + (200 + 40 * good).toFixed(0) + ',85%,' + (85 - 62 * good).toFixed(0) + '%)';
       ctx.beginPath();
       let started = false;
       names.forEach((p, k) => {
@@ -704,7 +704,7 @@
     const root = svg('svg', { width: W, height: H, 'font-size': 11, 'font-family': 'sans-serif' });
     for (let k = 0; k <= 8; k++) {
       const t = t0 + span * k / 8, x = X(t);
-      root.append(svg('line', { x1: x, x2: x, y1: top - 4, y2: H, stroke: '#eee' }), svg('text', { x, y: 14, 'text-anchor': 'middle' }, '+' + (t - t0).toFixed(0) + ' s'));
+      root.append(svg('line', { x1: x, x2: x, y1: top - 4, y2: H, stroke: '#eee' }), svg('text', { x, y: 14, 'text-anchor': 'middle' }, '+' + (t - t0).toFixed(span < 20 ? 1 : 0) + ' s'));
     }
     for (const n of names) {
       root.append(svg('text', { x: 4, y: laneY.get(n) + 11, 'font-weight': 'bold' }, n));

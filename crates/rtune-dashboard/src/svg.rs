@@ -281,6 +281,9 @@ pub fn best_steps(s: &Snapshot) -> Vec<(f64, f64)> {
     out
 }
 
+/// An axis of the parallel coordinates: a value to 0..1 (None: not on this axis).
+type Scale = Box<dyn Fn(&Value) -> Option<f64>>;
+
 /// One axis per searched parameter and one for the metric (each trial's best), one line per
 /// trial, coloured from best (dark) to worst (light).
 pub fn parallel_coordinates(s: &Snapshot) -> String {
@@ -300,7 +303,7 @@ pub fn parallel_coordinates(s: &Snapshot) -> String {
     let ax_x = |k: usize| LEFT + k as f64 * (W - LEFT - RIGHT - 40.0) / (axes - 1).max(1) as f64;
     let (top, bottom) = (TOP + 10.0, H - BOTTOM);
     // Each axis maps a value to 0..1.
-    let mut scales: Vec<Box<dyn Fn(&Value) -> Option<f64>>> = Vec::new();
+    let mut scales: Vec<Scale> = Vec::new();
     let mut labels: Vec<Vec<(f64, String)>> = Vec::new();
     for p in params {
         let values: Vec<&Value> = rows.iter().filter_map(|(ps, _)| ps.get(p)).collect();
