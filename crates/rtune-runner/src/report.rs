@@ -420,7 +420,7 @@ impl Reporter {
         }
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => println!("{text}"),
+            None => print_line(text),
         }
     }
 
@@ -499,8 +499,17 @@ impl Reporter {
             human_duration(end - state.started_at),
             status_counts(state),
         );
-        println!("{text}");
+        print_line(&text);
     }
+}
+
+/// Writes one line to stdout, ignoring a closed stdout: after SIGHUP from a closed terminal or a
+/// dropped ssh session the console is gone, and `println!` would panic there, killing the head
+/// before it has stopped the trials and written the state.
+fn print_line(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
 }
 
 /// Seconds since the Unix epoch.
