@@ -41,6 +41,7 @@ fn run(dir: &Path, text: &str, name: &str) -> Result<PathBuf, SetupError> {
         storage: Some(dir.join("results")),
         executor: None,
         rtune_exe: PathBuf::from("/nonexistent/rtune"),
+        supervisor: None,
         terminal: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
