@@ -300,7 +300,7 @@ fn fast(extra: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
         "space.sleep_ms=15",
         "max_failures=0",
-        "space.checkpoint_every=3",
+        "+space.checkpoint_every=3",
     ]
     .iter()
     .map(|s| (*s).to_string())
