@@ -11,10 +11,11 @@ pub mod lcbench;
 pub mod onnx;
 pub mod synthetic;
 
+use rtune_core::synthetic::SyntheticFunction;
 use serde_json::{Map, Value};
 
 pub use lcbench::LcBench;
-pub use synthetic::{MfBranin, MfHartmann6};
+pub use synthetic::Synthetic;
 
 /// One iteration of a simulated training run.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,8 +80,8 @@ pub trait Benchmark: Send + Sync {
 pub fn by_name(name: &str, instance: Option<&str>) -> Result<Box<dyn Benchmark>, BenchError> {
     match name {
         "lcbench" => Ok(Box::new(LcBench::new(instance.ok_or(BenchError::NoTask)?)?)),
-        "mf-branin" => Ok(Box::new(MfBranin)),
-        "mf-hartmann6" => Ok(Box::new(MfHartmann6)),
+        "mf-branin" => Ok(Box::new(Synthetic(SyntheticFunction::Branin))),
+        "mf-hartmann6" => Ok(Box::new(Synthetic(SyntheticFunction::Hartmann6))),
         other => Err(BenchError::Unknown(other.to_string())),
     }
 }

@@ -273,7 +273,11 @@ fn every_trial_in_error_exits_3_and_lists_the_error_files() {
         "fifo.toml",
         storage.path(),
         "fails",
-        &["space.sleep_ms=1", "num_samples=2", "+space.fail_at_epoch=1"],
+        &[
+            "space.sleep_ms=1",
+            "num_samples=2",
+            "+space.fail_at_epoch=1",
+        ],
     );
     let output = rtune().args(&args).output().expect("run");
     assert_eq!(output.status.code(), Some(3), "{}", text(&output));

@@ -16,8 +16,8 @@ num_samples = 40
 seed = 7
 
 [space]
-x1 = { uniform = [-5.0, 10.0] }
-x2 = { uniform = [0.0, 15.0] }
+x0 = { uniform = [-5.0, 10.0] }
+x1 = { uniform = [0.0, 15.0] }
 
 [scheduler]
 type = "asha"
@@ -166,13 +166,13 @@ max_concurrent_trials = 2
 #[test]
 fn a_config_without_the_benchmark_parameters_fails_its_trials_with_a_clear_error() {
     let text = BRANIN_ASHA
-        .replace("x2 = { uniform = [0.0, 15.0] }", "y = 1")
+        .replace("x1 = { uniform = [0.0, 15.0] }", "y = 1")
         .replace("num_samples = 40", "num_samples = 2");
     let tmp = tempfile::tempdir().unwrap();
     let dir = run(tmp.path(), &text, "bad").expect("the run itself completes");
     let error = std::fs::read_to_string(dir.join("trial_00000/error.txt")).unwrap();
     assert!(
-        error.contains("mf-branin: the config has no `x2`"),
+        error.contains("mf-branin: the config has no `x1`"),
         "{error}"
     );
 
