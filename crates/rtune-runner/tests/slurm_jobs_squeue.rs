@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rtune_core::TrialId;
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use rtune_runner::executor::{
     Executor, ExecutorEvent, Resources, SlurmJobsConfig, SlurmJobsExecutor, TrialLaunch,
 };
@@ -64,6 +66,32 @@ fn launch(dir: &Path, trial: u32) -> TrialLaunch {
     }
 }
 
+/// A job-per-trial executor that looks at the queue every 5 ms, and its events.
+fn polling_every_5_ms() -> (SlurmJobsExecutor, UnboundedReceiver<ExecutorEvent>) {
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let config = SlurmJobsConfig {
+        poll_interval: Duration::from_millis(5),
+        ..SlurmJobsConfig::default()
+    };
+    (SlurmJobsExecutor::new(config, tx).unwrap(), events)
+}
+
+/// The next run's end: (success, message).
+async fn next_exit(events: &mut UnboundedReceiver<ExecutorEvent>) -> (bool, String) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .expect("an event within 120 s")
+            .expect("the channel is open");
+        if let ExecutorEvent::Exited {
+            success, message, ..
+        } = event
+        {
+            return (success, message);
+        }
+    }
+}
+
 #[test]
 fn a_failing_squeue_never_ends_a_job() {
     let fake = tempfile::tempdir().unwrap();
@@ -86,26 +114,12 @@ fn a_failing_squeue_never_ends_a_job() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let config = SlurmJobsConfig {
-            poll_interval: Duration::from_millis(5),
-            ..SlurmJobsConfig::default()
-        };
-        let mut executor = SlurmJobsExecutor::new(config, tx).unwrap();
+        let (mut executor, mut events) = polling_every_5_ms();
         executor.start(launch(work.path(), 0)).unwrap();
-        let exited = loop {
-            let event = tokio::time::timeout(Duration::from_secs(120), events.recv())
-                .await
-                .expect("an event within 120 s")
-                .expect("the channel is open");
-            if let ExecutorEvent::Exited {
-                success, message, ..
-            } = event
-            {
-                break (success, message);
-            }
-        };
-        assert_eq!(exited, (true, "exit code 0".to_string()));
+        assert_eq!(
+            next_exit(&mut events).await,
+            (true, "exit code 0".to_string())
+        );
         assert!(squeue_calls(fake.path()) > 35);
         executor.release(TrialId(0));
     });
@@ -114,28 +128,11 @@ fn a_failing_squeue_never_ends_a_job() {
     // end still comes from the poller, which must see through 3 failed squeue calls until the
     // job is listed as ended (a failed look used to count as "every job ended").
     set_failures(fake.path(), 3);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     runtime.block_on(async {
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-        let config = SlurmJobsConfig {
-            poll_interval: Duration::from_millis(5),
-            ..SlurmJobsConfig::default()
-        };
-        let mut executor = SlurmJobsExecutor::new(config, tx).unwrap();
+        let (mut executor, mut events) = polling_every_5_ms();
         executor.start(launch(work.path(), 1)).unwrap();
         executor.shutdown(Duration::from_secs(60));
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(120), events.recv())
-                .await
-                .expect("an event within 120 s")
-                .expect("the channel is open");
-            if matches!(event, ExecutorEvent::Exited { .. }) {
-                break;
-            }
-        }
+        next_exit(&mut events).await;
         let calls = squeue_calls(fake.path());
         assert!(
             calls >= 4,
