@@ -41,6 +41,8 @@ pub enum DashboardError {
         address: String,
         source: std::io::Error,
     },
+    #[error("cannot draw random bytes for the access token from the operating system: {0}")]
+    Random(getrandom::Error),
     #[error("{0}")]
     Json(#[from] serde_json::Error),
 }
