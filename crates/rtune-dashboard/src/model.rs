@@ -196,15 +196,21 @@ impl DecisionLine {
     }
 }
 
-/// One line of `events.jsonl`: a status change or a warning.
+/// One line of `events.jsonl`: a status change, a run's placement or a warning.
 #[derive(Clone, Debug, Serialize)]
 pub struct EventLine {
     pub time: f64,
     pub trial: Option<u32>,
-    /// `status` or `warning`.
+    /// `status`, `placement` or `warning`.
     pub event: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The run of a `placement` event (each start of a trial is a new run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<u32>,
+    /// Where the run was placed (`n1 cpu=2 gpus=1`, `job 12 PENDING (Resources)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
     /// The reason of a status change, the message of a warning.
     pub message: String,
 }
@@ -223,6 +229,10 @@ struct RawEvent {
     reason: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    run: Option<u32>,
+    #[serde(default)]
+    placement: Option<String>,
 }
 
 /// A trial named as `00003`, `3` or `trial_00003`.
@@ -242,6 +252,8 @@ impl EventLine {
             trial: raw.trial.as_ref().and_then(trial_number),
             event: raw.event,
             status: raw.status,
+            run: raw.run,
+            placement: raw.placement,
             message: raw.reason.or(raw.message).unwrap_or_default(),
         })
     }
@@ -320,6 +332,13 @@ mod tests {
         )?;
         assert_eq!(ev.trial, Some(2));
         assert_eq!(ev.message, "stopped by the scheduler");
+        let pl = EventLine::parse(
+            r#"{"time":1764010000.3,"trial":"00002","event":"placement","run":2,"placement":"n1 cpu=2 gpus=1"}"#,
+        )?;
+        assert_eq!(
+            (pl.event.as_str(), pl.run, pl.placement.as_deref()),
+            ("placement", Some(2), Some("n1 cpu=2 gpus=1"))
+        );
         let l = LineageLine::parse(
             r#"{"time":1.0,"target":"trial_00002","donor":"trial_00001","donor_iteration":1,"target_iteration":1,"old_config":{"lr":2.0},"new_config":{"lr":7.0},"change":"lr=7"}"#,
         )?;

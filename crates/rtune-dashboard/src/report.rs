@@ -1,5 +1,5 @@
 //! `rtune report`: the dashboard's page with the experiments' data inlined (one file that opens
-//! without a network), or the three main plots as SVG files.
+//! without a network), or the three main plots as SVG or PNG files.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use crate::DashboardError;
 use crate::experiment::Experiment;
 use crate::importance::{ForestOptions, importance};
 use crate::page::{self, PageData};
+use crate::raster::Rasterizer;
 use crate::svg;
 
 /// The data the report inlines: per experiment its snapshot and importance.
@@ -40,6 +41,8 @@ pub fn write_report(dirs: &[PathBuf], out: &Path) -> Result<(), DashboardError> 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlotFormat {
     Svg,
+    /// The SVG drawn at [`crate::raster::PNG_SCALE`] pixels per unit (1800 x 1000).
+    Png,
 }
 
 /// Write learning-curves, best-so-far and parallel-coordinates pictures of the experiment in
@@ -61,12 +64,24 @@ pub fn write_plots(
         ("best-so-far", svg::best_so_far(&s)),
         ("parallel-coordinates", svg::parallel_coordinates(&s)),
     ];
+    let rasterizer = (format == PlotFormat::Png).then(Rasterizer::new);
     let mut written = Vec::new();
     for (name, text) in plots {
-        let path = match format {
-            PlotFormat::Svg => out.join(format!("{name}.svg")),
+        let path = match &rasterizer {
+            None => {
+                let path = out.join(format!("{name}.svg"));
+                write(&path, text.as_bytes())?;
+                path
+            }
+            Some(r) => {
+                let png = r
+                    .png(&text)
+                    .map_err(|source| DashboardError::Render { plot: name, source })?;
+                let path = out.join(format!("{name}.png"));
+                write(&path, &png)?;
+                path
+            }
         };
-        write(&path, text.as_bytes())?;
         written.push(path);
     }
     Ok(written)
