@@ -3,30 +3,47 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::DashboardError;
-use crate::experiment::Experiment;
-use crate::importance::{ForestOptions, importance};
+use crate::experiment::{Experiment, Snapshot};
+use crate::importance::{ForestOptions, Importance, importance};
 use crate::page::{self, PageData};
 use crate::raster::Rasterizer;
 use crate::svg;
 
-/// The data the report inlines: per experiment its snapshot and importance.
+/// One experiment in the report's data.
+#[derive(Serialize)]
+struct ReportExperiment {
+    snapshot: Snapshot,
+    importance: Option<Vec<Importance>>,
+}
+
+#[derive(Serialize)]
+struct ReportData {
+    experiments: Vec<ReportExperiment>,
+}
+
+/// The data the report inlines: per experiment its snapshot and importance. Serialized straight
+/// from the snapshots (no intermediate JSON tree: with a million results that tree alone is
+/// hundreds of MB).
 pub fn report_json(dirs: &[PathBuf]) -> Result<(String, String), DashboardError> {
     let mut experiments = Vec::new();
     let mut names = Vec::new();
     for dir in dirs {
         let e = Experiment::open(dir)?;
-        let imp = importance(
+        let importance = importance(
             &e.final_values(),
             &e.header().parameters,
             ForestOptions::default(),
         );
         names.push(e.header().name);
-        experiments.push(json!({"snapshot": e.snapshot(), "importance": imp}));
+        experiments.push(ReportExperiment {
+            snapshot: e.snapshot(),
+            importance,
+        });
     }
-    let json = serde_json::to_string(&json!({ "experiments": experiments }))?;
+    let json = serde_json::to_string(&ReportData { experiments })?;
     Ok((names.join(", "), json))
 }
 
