@@ -121,12 +121,12 @@ impl ResultPoint {
             .and_then(|p| de.end().map(|()| p));
         match fast {
             Ok(p) if p.iteration.is_some() && (p.value.is_some() || !metric.contains('.')) => {
-                return Ok(ResultPoint {
+                Ok(ResultPoint {
                     iteration: p.iteration.unwrap_or(0.0).max(0.0) as u64,
                     value: p.value.unwrap_or(f64::NAN),
                     time_total_s: p.time_total_s.unwrap_or(f64::NAN),
                     timestamp: p.timestamp.unwrap_or(f64::NAN),
-                });
+                })
             }
             // A dotted metric inside a nested object, or a line without training_iteration:
             // the general reading below finds it or says what is wrong.
