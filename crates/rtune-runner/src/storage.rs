@@ -5,7 +5,7 @@
 //!   experiment.toml          the experiment file as run (overrides applied)
 //!   experiment_state.json    the state snapshot: every trial, written atomically
 //!   decisions.jsonl          every scheduler decision and searcher proposal, with its reason
-//!   events.jsonl             status changes and warnings
+//!   events.jsonl             status changes, placements of runs and warnings
 //!   lineage.jsonl            PBT exploits (only when there are any)
 //!   trial_00000/
 //!     params.json  result.json  progress.csv  stdout.log  stderr.log  error.txt  policy.json
