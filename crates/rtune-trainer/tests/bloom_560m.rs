@@ -16,8 +16,9 @@
 //! `RTUNE_REQUIRE_PYTHON=1` (CI), where that is a failure, as is a missing torch/transformers.
 //!
 //! Cost: about 1.1 GB on disk (a temporary directory), at most about 4 GiB of memory in either
-//! process (they do not overlap; measured peak 3.9 GiB), 6.8 minutes on the 2-core development
-//! machine while four other builds ran (load average 14).
+//! process (they do not overlap; measured peak 3.9 GiB), 73 s of CPU time (user + system, both
+//! processes; 6.8 minutes of wall time on the 2-core development machine while four other
+//! builds ran, load average 14).
 
 use burn::prelude::*;
 use rtune_trainer::config::BloomConfig;
