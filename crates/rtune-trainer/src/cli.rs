@@ -466,6 +466,11 @@ fn epoch_metrics(result: &EpochResult, trainer: &Trainer) -> Map<String, Value> 
     metrics.insert("train_loss".into(), result.train_loss.into());
     metrics.insert("step".into(), result.step.into());
     metrics.insert("lr".into(), trainer.hyperparameters.lr.into());
+    if let Some(scaler) = &trainer.loss_scaler {
+        // f16: the loss scale now and the steps skipped so far because of overflows.
+        metrics.insert("loss_scale".into(), scaler.scale.into());
+        metrics.insert("skipped_steps".into(), scaler.skipped_steps.into());
+    }
     metrics
 }
 
