@@ -27,6 +27,8 @@ pub struct BenchConfig {
     pub steps: usize,
     /// Untimed steps first.
     pub warmup_steps: usize,
+    /// Compute precision.
+    pub precision: crate::precision::Precision,
 }
 
 /// Figures of one benchmark run.
@@ -75,6 +77,7 @@ pub fn run(bench: &BenchConfig, device: Device) -> Result<BenchResult, TrainErro
         max_grad_norm: 0.0,
     };
     let mut trainer = Trainer::new(config, model, hp, device)?;
+    trainer.set_precision(bench.precision);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let total = bench.warmup_steps + bench.steps;
     let mut first_loss = f64::NAN;

@@ -4,6 +4,7 @@ use crate::bench::{BenchConfig, run as run_bench};
 use crate::config::BloomConfig;
 use crate::data::{Encoded, TextTokenizer, encode_example, training_texts};
 use crate::model::Bloom;
+use crate::precision::Precision;
 use crate::squad::{QaExample, SquadError, load_squad, write_synthetic_dataset};
 use crate::train::{EpochResult, Hyperparameters, TrainError, Trainer, files};
 use crate::trial::{Next, TrialError, TrialSession, connect};
@@ -165,6 +166,10 @@ pub struct TrainArgs {
     /// Device to train on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// Compute precision: f32, or bf16 / f16 over f32 master weights (f16 with dynamic loss
+    /// scaling). On the CPU (burn's flex backend) bf16 and f16 run, but slower than f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// `bench` options (defaults: the tiny config).
@@ -197,6 +202,10 @@ pub struct BenchArgs {
     /// Device to train on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// Compute precision: f32, or bf16 / f16 over f32 master weights (f16 with dynamic loss
+    /// scaling). On the CPU (burn's flex backend) bf16 and f16 run, but slower than f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// Runs the parsed command.
@@ -224,10 +233,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 batch: args.batch,
                 steps: args.steps,
                 warmup_steps: args.warmup,
+                precision: args.precision,
             };
             let result = run_bench(&config, training_device(args.device)?)?;
             println!(
-                "bench: layers={} hidden={} heads={} vocab={} seq={} batch={} params={} AdamW f32 device={:?} threads={}",
+                "bench: layers={} hidden={} heads={} vocab={} seq={} batch={} params={} AdamW precision={} device={:?} threads={}",
                 config.layers,
                 config.hidden,
                 config.heads,
@@ -235,6 +245,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 config.seq,
                 config.batch,
                 result.parameters,
+                args.precision.name(),
                 args.device,
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -423,6 +434,7 @@ pub fn train_with_session(
         ));
     };
 
+    trainer.set_precision(args.precision);
     let train_set = encode_all(&tokenizer, &train_examples, max_length)?;
     let eval_set = encode_all(&tokenizer, &eval_examples, max_length)?;
     let pad = tokenizer.pad_id;
@@ -454,6 +466,11 @@ fn epoch_metrics(result: &EpochResult, trainer: &Trainer) -> Map<String, Value> 
     metrics.insert("train_loss".into(), result.train_loss.into());
     metrics.insert("step".into(), result.step.into());
     metrics.insert("lr".into(), trainer.hyperparameters.lr.into());
+    if let Some(scaler) = &trainer.loss_scaler {
+        // f16: the loss scale now and the steps skipped so far because of overflows.
+        metrics.insert("loss_scale".into(), scaler.scale.into());
+        metrics.insert("skipped_steps".into(), scaler.skipped_steps.into());
+    }
     metrics
 }
 

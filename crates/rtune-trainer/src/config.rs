@@ -74,6 +74,16 @@ impl BloomConfig {
         }
     }
 
+    /// The architecture of bigscience/bloom-560m (24 blocks, hidden 1024, 16 heads, vocabulary
+    /// 250,880; end-of-sequence id 2, padding id 3), as its `config.json` gives it.
+    pub fn bloom_560m() -> Self {
+        Self {
+            eos_token_id: Some(2),
+            pad_token_id: Some(3),
+            ..Self::new(24, 1024, 16, 250_880)
+        }
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.n_head.max(1)

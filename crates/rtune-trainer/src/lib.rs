@@ -5,6 +5,7 @@
 //! * [`data`]: SQuAD loading, a synthetic SQuAD generator, causal-LM preprocessing, tokenizers.
 //! * [`train`]: AdamW with HF Trainer's linear schedule, gradient accumulation, evaluation and
 //!   exact-resume checkpoints.
+//! * [`precision`]: f32 / bf16 / f16 compute over f32 master weights, f16 loss scaling.
 //! * [`trial`]: the only module that talks to rtune.
 
 pub mod bench;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod model;
+pub mod precision;
 pub mod squad;
 pub mod train;
 pub mod trial;

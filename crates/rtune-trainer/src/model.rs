@@ -8,6 +8,7 @@
 use crate::config::{BloomConfig, alibi_slopes};
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::{log_softmax, sigmoid, softmax};
 use burn::tensor::module::{embedding, layer_norm, linear};
 
@@ -24,9 +25,19 @@ pub struct Dense {
     pub bias: Param<Tensor<1>>,
 }
 
+/// `tensor` (an f32 parameter) in the compute dtype `dtype` (see [`crate::precision`]).
+fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
+    if dtype == FloatDType::F32 {
+        tensor
+    } else {
+        tensor.cast(dtype)
+    }
+}
+
 impl Dense {
-    fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        linear(input, self.weight.val(), Some(self.bias.val()))
+    fn forward<const D: usize>(&self, input: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
+        let weight = in_dtype(self.weight.val(), dtype);
+        linear(input, weight, Some(in_dtype(self.bias.val(), dtype)))
     }
 }
 
@@ -40,8 +51,19 @@ pub struct Norm {
 }
 
 impl Norm {
-    fn forward<const D: usize>(&self, input: Tensor<D>, epsilon: f64) -> Tensor<D> {
-        layer_norm(input, self.weight.val(), Some(self.bias.val()), epsilon)
+    fn forward<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        epsilon: f64,
+        dtype: FloatDType,
+    ) -> Tensor<D> {
+        let weight = in_dtype(self.weight.val(), dtype);
+        layer_norm(
+            input,
+            weight,
+            Some(in_dtype(self.bias.val(), dtype)),
+            epsilon,
+        )
     }
 }
 
@@ -184,6 +206,8 @@ pub struct Bloom {
 pub struct BatchMask {
     /// `[batch, heads, seq, seq]`: ALiBi bias plus [`MASKED`] for future and padding keys.
     pub bias: Tensor<4>,
+    /// The compute dtype of the forward pass (f32 unless [`BatchMask::with_precision`]).
+    pub dtype: FloatDType,
 }
 
 impl BatchMask {
@@ -225,7 +249,26 @@ impl BatchMask {
             }
         }
         let bias = Tensor::<4>::from_data(TensorData::new(bias, [batch, n_head, seq, seq]), device);
-        Self { bias }
+        Self {
+            bias,
+            dtype: FloatDType::F32,
+        }
+    }
+
+    /// The same mask for a forward pass in `precision`'s compute dtype.
+    pub fn with_precision(self, precision: crate::precision::Precision) -> Self {
+        let dtype = precision.dtype();
+        // float16 has no -1e9: the masked entries become its lowest finite value (as HF's
+        // `finfo(dtype).min`), not -inf, so fully masked padding rows stay finite.
+        let bias = if dtype == FloatDType::F16 {
+            self.bias.clamp_min(f64::from(half::f16::MIN.to_f32()))
+        } else {
+            self.bias
+        };
+        Self {
+            bias: in_dtype(bias, dtype),
+            dtype,
+        }
     }
 }
 
@@ -240,12 +283,13 @@ impl Block {
     ) -> Tensor<3> {
         let [b, s, hidden] = x.dims();
         let head_dim = hidden / n_head;
-        let ln = self.input_layernorm.forward(x.clone(), eps);
+        let dt = mask.dtype;
+        let ln = self.input_layernorm.forward(x.clone(), eps, dt);
         let residual = if residual_post_ln { ln.clone() } else { x };
         let fused = self
             .self_attention
             .query_key_value
-            .forward(ln)
+            .forward(ln, dt)
             .reshape([b, s, n_head, 3, head_dim]);
         let part = |j: usize| {
             fused
@@ -263,14 +307,14 @@ impl Block {
             .add(mask.bias.clone());
         let probs = softmax_last(scores);
         let context = probs.matmul(value).swap_dims(1, 2).reshape([b, s, hidden]);
-        let x = residual + self.self_attention.dense.forward(context);
-        let ln = self.post_attention_layernorm.forward(x.clone(), eps);
+        let x = residual + self.self_attention.dense.forward(context, dt);
+        let ln = self.post_attention_layernorm.forward(x.clone(), eps, dt);
         let residual = if residual_post_ln { ln.clone() } else { x };
         residual
             + self
                 .mlp
                 .dense_4h_to_h
-                .forward(bloom_gelu(self.mlp.dense_h_to_4h.forward(ln)))
+                .forward(bloom_gelu(self.mlp.dense_h_to_4h.forward(ln, dt)), dt)
     }
 }
 
@@ -560,18 +604,20 @@ impl Bloom {
     /// Final hidden states `[batch, seq, hidden]` for `ids` under `mask`.
     pub fn hidden_states(&self, ids: Tensor<2, Int>, mask: &BatchMask) -> Tensor<3> {
         let eps = self.epsilon;
-        let x = embedding(self.word_embeddings.val(), ids);
-        let mut x = self.word_embeddings_layernorm.forward(x, eps);
+        let dt = mask.dtype;
+        let x = in_dtype(embedding(self.word_embeddings.val(), ids), dt);
+        let mut x = self.word_embeddings_layernorm.forward(x, eps, dt);
         for block in &self.h {
             x = block.forward(x, mask, self.n_head, eps, self.residual_post_layernorm);
         }
-        self.ln_f.forward(x, eps)
+        self.ln_f.forward(x, eps, dt)
     }
 
-    /// Logits `[batch, seq, vocab]` (tied lm_head).
+    /// Logits `[batch, seq, vocab]` (tied lm_head), in f32 whatever the compute dtype.
     pub fn logits(&self, ids: Tensor<2, Int>, mask: &BatchMask) -> Tensor<3> {
         let hidden = self.hidden_states(ids, mask);
-        linear(hidden, self.word_embeddings.val().transpose(), None)
+        let lm_head = in_dtype(self.word_embeddings.val(), mask.dtype).transpose();
+        in_f32(linear(hidden, lm_head, None), mask.dtype)
     }
 
     /// Mean causal-LM cross entropy over the positions whose label is not `-100`, as HF
@@ -593,10 +639,21 @@ impl Bloom {
         let count = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [count]), &device);
         let selected = hidden.select(0, rows);
-        let logits = linear(selected, self.word_embeddings.val().transpose(), None);
+        let lm_head = in_dtype(self.word_embeddings.val(), mask.dtype).transpose();
+        // The cross entropy runs in f32 (as under PyTorch's autocast).
+        let logits = in_f32(linear(selected, lm_head, None), mask.dtype);
         let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [count, 1]), &device);
         let picked = target_log_probs(logits, targets);
         Some(picked.sum().neg().div_scalar(count as f64).reshape([1]))
+    }
+}
+
+/// `tensor`, computed in `dtype`, back in f32.
+fn in_f32<const D: usize>(tensor: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
+    if dtype == FloatDType::F32 {
+        tensor
+    } else {
+        tensor.cast(FloatDType::F32)
     }
 }
 

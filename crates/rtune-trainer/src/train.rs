@@ -4,6 +4,7 @@
 use crate::config::{BloomConfig, ConfigError};
 use crate::data::{Batch, Encoded, TextTokenizer, TokenizerError};
 use crate::model::{BatchMask, Bloom, param_id, parameter_specs, tensor_values};
+use crate::precision::{LossScaler, Precision};
 use crate::weights::{WeightsError, load_model, save_model};
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -208,6 +209,12 @@ pub struct TrainerState {
     /// Metrics of the last epoch.
     #[serde(default)]
     pub last_metrics: serde_json::Map<String, serde_json::Value>,
+    /// The compute precision of the run (informational, like `hyperparameters`).
+    #[serde(default)]
+    pub precision: Precision,
+    /// The f16 loss scaler's state, so that a resumed f16 run continues with its scale.
+    #[serde(default)]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// Result of one epoch.
@@ -235,6 +242,10 @@ pub struct Trainer {
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
+    /// Compute precision (see [`crate::precision`]); f32 unless [`Trainer::set_precision`].
+    pub precision: Precision,
+    /// The dynamic loss scaler of an f16 run.
+    pub loss_scaler: Option<LossScaler>,
     optimizer: ModuleOptimizer,
     data_rng: ChaCha8Rng,
     device: Device,
@@ -284,10 +295,27 @@ impl Trainer {
             hyperparameters,
             step: 0,
             epoch: 0,
+            precision: Precision::F32,
+            loss_scaler: None,
             optimizer,
             data_rng,
             device,
         })
+    }
+
+    /// Trains (and evaluates) in `precision` from now on; the master weights stay f32. A
+    /// restored f16 run keeps its loss scale.
+    pub fn set_precision(&mut self, precision: Precision) {
+        if precision != self.precision || self.loss_scaler.is_none() {
+            self.loss_scaler = self
+                .loss_scaler
+                .take()
+                .filter(|_| precision == Precision::F16);
+            if self.loss_scaler.is_none() {
+                self.loss_scaler = precision.loss_scaler();
+            }
+        }
+        self.precision = precision;
     }
 
     /// Total optimizer steps of the run for `train_examples` examples.
@@ -346,7 +374,8 @@ impl Trainer {
             batch.seq,
             self.config.n_head,
             device,
-        );
+        )
+        .with_precision(self.precision);
         (ids, mask)
     }
 
@@ -375,14 +404,32 @@ impl Trainer {
                 return Err(TrainError::Diverged(value, self.step));
             }
             losses.push(value);
-            let grads =
-                GradientsParams::from_grads(loss.div_scalar(accumulation).backward(), &self.model);
+            // f16: the loss scaled up before the backward pass (the gradients unscaled below).
+            let scale = self.loss_scaler.as_ref().map_or(1.0, |s| s.scale);
+            let grads = GradientsParams::from_grads(
+                loss.mul_scalar(scale / accumulation).backward(),
+                &self.model,
+            );
             accumulator.accumulate(&self.model, grads);
         }
         if losses.is_empty() {
             return Ok(None);
         }
         let mut grads = accumulator.grads();
+        if let Some(scaler) = self.loss_scaler.as_mut() {
+            let finite = scaler.unscale(&mut grads, &self.config);
+            if !scaler.update(finite) {
+                // Overflow: the step is skipped (the weights and moments stay as they were)
+                // but counted, as transformers' Trainer counts it.
+                tracing::debug!(
+                    scale = scaler.scale,
+                    step = self.step,
+                    "f16 overflow: step skipped"
+                );
+                self.step += 1;
+                return Ok(Some(losses.iter().sum::<f64>() / losses.len() as f64));
+            }
+        }
         self.clip_global_norm(&mut grads, self.hyperparameters.max_grad_norm);
         let lr = self.hyperparameters.lr_at(self.step, total_steps);
         let model = self.model.clone();
@@ -486,6 +533,8 @@ impl Trainer {
             data_rng: RngState::capture(&self.data_rng),
             hyperparameters: self.hyperparameters.clone(),
             last_metrics,
+            precision: self.precision,
+            loss_scaler: self.loss_scaler.clone(),
         };
         let state_path = dir.join(files::STATE);
         let text =
@@ -524,6 +573,8 @@ impl Trainer {
             hyperparameters,
             step: state.step,
             epoch: state.epoch,
+            precision: state.precision,
+            loss_scaler: state.loss_scaler,
             optimizer,
             data_rng,
             device,

@@ -161,3 +161,81 @@ pub fn save_model(model: &Bloom, config: &BloomConfig, path: &Path) -> Result<()
         }
     })
 }
+
+/// Writes a Hugging Face BLOOM model directory with random weights: `config.json` (the config
+/// as [`BloomConfig::to_hf_json`] writes it, with `torch_dtype` float16 like
+/// bigscience/bloom-560m) and `model.safetensors` in F16 with the names a bigscience/bloom-*
+/// download uses (no `transformer.` prefix, no separate `lm_head.weight`).
+///
+/// The values are seeded (ChaCha8): matrices N(0, 0.02) as HF's `initializer_range`, biases
+/// N(0, 0.02), layer norms weight 1 + N(0, 0.1) and bias N(0, 0.1), so that every parameter
+/// (biases and norms included) shapes the output. Memory: the F16 bytes of all parameters (2
+/// bytes per parameter, 1.1 GB for bloom-560m) until the file is written.
+pub fn write_random_hf_model_dir(
+    dir: &Path,
+    config: &BloomConfig,
+    seed: u64,
+) -> Result<(), WeightsError> {
+    use rand::{Rng, SeedableRng};
+    let io = |path: &Path| {
+        let shown = path.display().to_string();
+        move |source| WeightsError::Io {
+            path: shown.clone(),
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let config_path = dir.join(crate::train::files::CONFIG);
+    let mut json = config.to_hf_json();
+    if let Some(map) = json.as_object_mut() {
+        map.insert("torch_dtype".into(), "float16".into());
+    }
+    let text = serde_json::to_string_pretty(&json).map_err(|error| WeightsError::Format {
+        path: config_path.display().to_string(),
+        message: error.to_string(),
+    })?;
+    std::fs::write(&config_path, text).map_err(io(&config_path))?;
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut normal = move |std: f64| {
+        let u1: f64 = rng.random::<f64>().max(1e-12);
+        let u2: f64 = rng.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std
+    };
+    let entries: Vec<(String, Vec<usize>, Vec<u8>)> = parameter_specs(config)
+        .into_iter()
+        .map(|spec| {
+            let count: usize = spec.hf_shape.iter().product();
+            let is_norm = spec.name.contains("layernorm") || spec.name.starts_with("ln_f");
+            let (base, std) = match (is_norm, spec.name.ends_with(".weight")) {
+                (true, true) => (1.0, 0.1),
+                (true, false) => (0.0, 0.1),
+                (false, _) => (0.0, 0.02),
+            };
+            let bytes = (0..count)
+                .flat_map(|_| half::f16::from_f64(base + normal(std)).to_le_bytes())
+                .collect();
+            (spec.name, spec.hf_shape, bytes)
+        })
+        .collect();
+    let model_path = dir.join(crate::train::files::MODEL);
+    let shown = model_path.display().to_string();
+    let mut views = Vec::with_capacity(entries.len());
+    for (name, shape, bytes) in &entries {
+        let view = safetensors::tensor::TensorView::new(Dtype::F16, shape.clone(), bytes).map_err(
+            |error| WeightsError::Format {
+                path: shown.clone(),
+                message: error.to_string(),
+            },
+        )?;
+        views.push((name.as_str(), view));
+    }
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize_to_file(views, Some(metadata), &model_path).map_err(|error| {
+        WeightsError::Format {
+            path: shown,
+            message: error.to_string(),
+        }
+    })
+}
