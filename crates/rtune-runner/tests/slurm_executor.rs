@@ -151,6 +151,11 @@ async fn next_exit(
                 success,
                 message,
             } => return (trial, run, success, message),
+            ExecutorEvent::Lost {
+                trial,
+                run,
+                message,
+            } => return (trial, run, false, message),
             ExecutorEvent::Placed { description, .. } => placed.push(description),
         }
     }
