@@ -755,6 +755,7 @@ fn continue_chain(
     outcome: &rtune_runner::run_loop::RunOutcome,
     chain: Option<&ChainSettings>,
 ) -> Option<ExitCode> {
+    use rtune_runner::executor::slurm_common::{clean_environment, process_environment};
     use rtune_runner::submit::{CONTINUED_EXIT, next_job_file};
     let chain = chain?;
     if !(outcome.interrupted && outcome.time_limit) {
@@ -776,6 +777,9 @@ fn continue_chain(
         .arg(&chain.script)
         .arg(&left)
         .arg(&this_job)
+        // Not this job's shape (SLURM_CPUS_PER_TASK, ...): the script states its own options.
+        .env_clear()
+        .envs(clean_environment(process_environment()))
         .stdin(std::process::Stdio::null())
         .output();
     let id = match output {
