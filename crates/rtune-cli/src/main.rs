@@ -146,9 +146,10 @@ struct SubmitArgs {
     wait: bool,
     /// How long before the head job's time limit SLURM warns rtune (--signal=B:USR1@SECONDS):
     /// rtune then pauses the trials, writes the state and submits the next head job, which
-    /// resumes the experiment. SLURM may send the warning up to a minute early.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
-    signal_grace: u32,
+    /// resumes the experiment. Default 300, at most a fifth of --time. SLURM may send the
+    /// warning up to a minute early.
+    #[arg(long, value_name = "SECONDS")]
+    signal_grace: Option<u32>,
     /// How many more head jobs may continue the experiment after the first reaches its time
     /// limit.
     #[arg(
@@ -558,8 +559,13 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| storage.join(&run_name));
     let resume_script = new_file_path(&log_dir, &format!("rtune-{run_name}-resume"), "sbatch");
+    let grace = match &args.time {
+        Some(time) => rtune_runner::submit::signal_grace(args.signal_grace, time)
+            .map_err(anyhow::Error::msg)?,
+        None => 0,
+    };
     let chain = args.time.as_ref().map(|_| rtune_runner::submit::Chain {
-        grace_s: args.signal_grace,
+        grace_s: grace,
         max_resubmits: (!args.until_done).then_some(args.max_resubmits),
         experiment_dir: chain_dir,
         resume_script: resume_script.clone(),

@@ -193,7 +193,7 @@ fn an_experiment_spans_several_head_jobs_past_their_time_limits() {
     }
     let storage = tempfile::tempdir().expect("tempdir");
     let dir = storage.path().join("chain");
-    // Two trials of 55 epochs x 2 s (110 s each, side by side) with one-minute head jobs warned
+    // Four trials of 55 epochs x 2 s (110 s each, side by side) with one-minute head jobs warned
     // 40 s before their limit: a head job trains for at most ~50 s (SLURM looks at time limits
     // every 30 s), so at least three head jobs are needed.
     let output = run_ok(
@@ -269,7 +269,8 @@ fn an_experiment_spans_several_head_jobs_past_their_time_limits() {
     assert_eq!(s["status"], "finished", "{s}");
     let mut best: Option<(f64, String)> = None;
     let trials = s["trials"].as_array().expect("trials");
-    assert_eq!(trials.len(), 2);
+    // num_samples = 2 x the grid of 2 wd values.
+    assert_eq!(trials.len(), 4);
     for (i, trial) in trials.iter().enumerate() {
         assert_eq!(trial["status"], "TERMINATED", "{trial}");
         let name = format!("trial_{i:05}");

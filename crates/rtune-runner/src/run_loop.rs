@@ -781,7 +781,7 @@ impl Loop<'_> {
     /// it would have.
     fn on_lost(&mut self, trial: TrialId, run: u32, message: String) {
         self.executor.release(trial);
-        if !self.running.get(&trial).is_some_and(|r| r.run == run) {
+        if self.running.get(&trial).is_none_or(|r| r.run != run) {
             return;
         }
         let timed_out = self.running.remove(&trial).and_then(|r| r.timed_out);

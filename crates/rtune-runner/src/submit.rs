@@ -95,6 +95,48 @@ pub struct Chain {
     pub resume_script: PathBuf,
 }
 
+/// Seconds of a SLURM time limit as `--time` takes it: `minutes`, `minutes:seconds`,
+/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`, `days-hours:minutes:seconds`.
+/// None for anything else (`UNLIMITED`, a typo: sbatch then says what is wrong).
+pub fn time_limit_seconds(time: &str) -> Option<u64> {
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (days, rest) = match time.trim().split_once('-') {
+        Some((d, rest)) => (Some(number(d)?), rest),
+        None => (None, time.trim()),
+    };
+    let parts: Vec<u64> = rest.split(':').map(number).collect::<Option<_>>()?;
+    let seconds = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    Some(seconds)
+}
+
+/// The warning's lead before the time limit: `given` (`--signal-grace`), which must be shorter
+/// than the limit, else 300 s, but at most a fifth of the limit, so a short job still works for
+/// most of its time.
+pub fn signal_grace(given: Option<u32>, time: &str) -> Result<u32, String> {
+    let limit = time_limit_seconds(time);
+    match (given, limit) {
+        (Some(grace), Some(limit)) if u64::from(grace) >= limit => Err(format!(
+            "--signal-grace {grace} is not shorter than the time limit --time {time} ({limit} s): \
+             give a smaller --signal-grace"
+        )),
+        (Some(grace), _) => Ok(grace),
+        (None, Some(limit)) => Ok(u32::try_from((limit / 5).min(300)).unwrap_or(300)),
+        (None, None) => Ok(300),
+    }
+}
+
 /// The exit status of rtune (and its head job) when it stopped for the job's time limit and
 /// submitted the next head job: the experiment goes on there. Not 0 (it is not done here) and
 /// not an error: EX_TEMPFAIL, "try again later", which the next job does.
@@ -338,6 +380,25 @@ mod tests {
         });
         assert!(!no_time.contains("--time"), "{no_time}");
         assert!(no_time.contains("--executor slurm-jobs"), "{no_time}");
+    }
+
+    #[test]
+    fn reads_time_limits_and_chooses_the_warning() {
+        assert_eq!(time_limit_seconds("1"), Some(60));
+        assert_eq!(time_limit_seconds("30:15"), Some(1815));
+        assert_eq!(time_limit_seconds("04:00:00"), Some(14400));
+        assert_eq!(time_limit_seconds("2-12"), Some(216_000));
+        assert_eq!(time_limit_seconds("1-00:30"), Some(88200));
+        assert_eq!(time_limit_seconds("1-00:00:10"), Some(86410));
+        assert_eq!(time_limit_seconds("UNLIMITED"), None);
+        assert_eq!(time_limit_seconds("1:2:3:4"), None);
+        assert_eq!(time_limit_seconds(""), None);
+        assert_eq!(signal_grace(None, "04:00:00"), Ok(300));
+        assert_eq!(signal_grace(None, "00:05:00"), Ok(60));
+        assert_eq!(signal_grace(Some(40), "1"), Ok(40));
+        let err = signal_grace(Some(60), "1").expect_err("not shorter");
+        assert!(err.contains("--signal-grace 60"), "{err}");
+        assert_eq!(signal_grace(None, "UNLIMITED"), Ok(300));
     }
 
     #[test]
