@@ -1312,6 +1312,9 @@ mod tests {
     struct QueuedExecutor {
         queue_wait: Duration,
         epoch: Duration,
+        /// Run 0 of every trial is taken away (as a SLURM requeue) after its first report, and
+        /// then tries to report once more; the answers to those stale reports go here.
+        lose_first_runs: Option<Arc<std::sync::Mutex<Vec<Response>>>>,
         running: HashMap<TrialId, tokio::task::JoinHandle<()>>,
         events: mpsc::UnboundedSender<ExecutorEvent>,
         reports: Option<mpsc::UnboundedSender<ReportEvent>>,
@@ -1340,6 +1343,7 @@ mod tests {
             let events = self.events.clone();
             let (trial, run) = (launch.trial, launch.run);
             let (queue_wait, epoch) = (self.queue_wait, self.epoch);
+            let stale = self.lose_first_runs.clone().filter(|_| run == 0);
             let task = tokio::spawn(async move {
                 tokio::time::sleep(queue_wait).await;
                 let _ = events.send(ExecutorEvent::Placed {
@@ -1364,7 +1368,35 @@ mod tests {
                     if reports.send(report).is_err() {
                         break;
                     }
-                    match answer.await {
+                    let response = answer.await;
+                    if let Some(stale) = &stale
+                        && epoch_no == 1
+                    {
+                        let message = "job 7 was requeued by SLURM".to_string();
+                        let _ = events.send(ExecutorEvent::Lost {
+                            trial,
+                            run,
+                            message,
+                        });
+                        tokio::time::sleep(epoch).await;
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        let mut metrics = serde_json::Map::new();
+                        metrics.insert("loss".into(), 0.0.into());
+                        let report = ReportEvent {
+                            trial,
+                            run,
+                            metrics,
+                            checkpoint: None,
+                            reply,
+                        };
+                        if reports.send(report).is_ok()
+                            && let Ok(response) = answer.await
+                        {
+                            stale.lock().expect("lock").push(response);
+                        }
+                        return;
+                    }
+                    match response {
                         Ok(response) if response.action.is_some_and(|a| !a.should_exit()) => {}
                         _ => break,
                     }
@@ -1397,6 +1429,7 @@ mod tests {
             Box::new(QueuedExecutor {
                 queue_wait: Duration::from_secs(500),
                 epoch: Duration::from_secs(3),
+                lose_first_runs: None,
                 running: HashMap::new(),
                 events,
                 reports: None,
@@ -1432,6 +1465,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_run_restarts_as_a_new_run_and_its_old_token_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs = vec![config(&[("x", 1.0)])];
+        let stale = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answers = Arc::clone(&stale);
+        let executor = move |events| -> Box<dyn Executor> {
+            Box::new(QueuedExecutor {
+                queue_wait: Duration::from_secs(1),
+                epoch: Duration::from_secs(3),
+                lose_first_runs: Some(answers),
+                running: HashMap::new(),
+                events,
+                reports: None,
+            })
+        };
+        // max_failures = 0: counted as a failure, the loss would end the trial in ERROR.
+        let outcome = run_with(
+            dir.path(),
+            configs.clone(),
+            0,
+            RunLimits::default(),
+            executor,
+        )
+        .await;
+        let trial = &outcome.state.trials[0];
+        assert_eq!(trial.status, TrialStatus::Terminated, "{:?}", trial.error);
+        assert_eq!((trial.runs, trial.failures), (2, 0));
+        let iterations: Vec<u64> = trial
+            .history()
+            .iter()
+            .map(|h| h.result.iteration())
+            .collect();
+        assert_eq!(
+            iterations,
+            [1, 2, 3],
+            "the lost run's result is rolled back"
+        );
+        let answers = stale.lock().expect("lock");
+        assert_eq!(answers.len(), 1);
+        assert!(
+            !answers[0].ok,
+            "the old run's report is refused: {:?}",
+            answers[0]
+        );
+        let again = replayed(dir.path(), configs, 0);
+        assert_eq!(
+            serde_json::to_string(&outcome.state.trials).expect("json"),
+            serde_json::to_string(again.trials()).expect("json")
+        );
     }
 
     fn replayed(dir: &Path, configs: Vec<Config>, max_failures: u32) -> Tuner {
