@@ -653,10 +653,12 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
     println!("log: {}", log_path(&job.log, &id).display());
     let status = child.wait().context("cannot wait for sbatch")?;
     println!("job {id} ended: {status}");
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    // sbatch --wait exits with the job's status: 75 when the experiment went on in a new head
+    // job (see CONTINUED_EXIT).
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
     })
 }
 
