@@ -53,6 +53,8 @@ def main():
         with open(os.path.join(tdir, "params.json"), "w") as f:
             json.dump(config, f)
         events.write(json.dumps({"time": t0, "trial": f"{i:05d}", "event": "status", "status": "RUNNING", "reason": "started"}) + "\n")
+        events.write(json.dumps({"time": t0, "trial": f"{i:05d}", "event": "placement", "run": 0,
+                                 "placement": placements[f"{i:05d}"]}) + "\n")
         best = None
         lines = []
         for it in range(1, stop_at + 1):

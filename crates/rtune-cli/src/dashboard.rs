@@ -31,15 +31,17 @@ pub enum ReportFormat {
     Html,
     /// Learning curves, best so far and parallel coordinates as SVG files in a directory.
     Svg,
+    /// The same three plots as PNG pictures (1800 x 1000 pixels) in a directory.
+    Png,
 }
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
-    /// Experiment directories (one for --format svg).
+    /// Experiment directories (one for --format svg or png).
     #[arg(required = true)]
     dirs: Vec<PathBuf>,
-    /// Where to write: the HTML file (default report.html), or for --format svg the directory
-    /// (default plots).
+    /// Where to write: the HTML file (default report.html), or for --format svg and png the
+    /// directory (default plots).
     #[arg(short, long)]
     output: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
@@ -86,15 +88,17 @@ pub fn report(args: ReportArgs) -> Result<ExitCode> {
             rtune_dashboard::write_report(&args.dirs, &out)?;
             println!("wrote {}", out.display());
         }
-        ReportFormat::Svg => {
+        ReportFormat::Svg | ReportFormat::Png => {
+            let (name, format) = match args.format {
+                ReportFormat::Png => ("png", rtune_dashboard::PlotFormat::Png),
+                _ => ("svg", rtune_dashboard::PlotFormat::Svg),
+            };
             anyhow::ensure!(
                 args.dirs.len() == 1,
-                "--format svg draws one experiment: pass one directory (or write an HTML report of several)"
+                "--format {name} draws one experiment: pass one directory (or write an HTML report of several)"
             );
             let out = args.output.unwrap_or_else(|| PathBuf::from("plots"));
-            for path in
-                rtune_dashboard::write_plots(&args.dirs[0], &out, rtune_dashboard::PlotFormat::Svg)?
-            {
+            for path in rtune_dashboard::write_plots(&args.dirs[0], &out, format)? {
                 println!("wrote {}", path.display());
             }
         }

@@ -225,4 +225,22 @@ fn dashboard_of_a_finished_pbt_run_shows_its_lineage() {
         lineage["elements"].as_u64().unwrap_or(0) >= exploits as u64 + 2,
         "{lineage}"
     );
+    // The resource timeline: one bar per run of each trial (4 trials share 2 slots, so trials
+    // are paused and resumed), each naming its run.
+    let events = common::json_lines(&dir.join("events.jsonl"));
+    let mut most = 0;
+    for trial in 0..4u32 {
+        let placed: Vec<u64> = events
+            .iter()
+            .filter(|e| e["event"] == "placement" && e["trial"] == format!("{trial:05}"))
+            .filter_map(|e| e["run"].as_u64())
+            .collect();
+        let bars: Vec<u64> = page["timelineBars"][trial.to_string()]
+            .as_array()
+            .map(|runs| runs.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        assert_eq!(bars, placed, "trial {trial}: bars {page}");
+        most = most.max(bars.len());
+    }
+    assert!(most > 1, "no trial has several runs: {page}");
 }

@@ -409,9 +409,15 @@ fn a_full_disk_stops_the_head_cleanly_and_resume_finishes_after_space_is_freed()
     assert!(stderr.contains("bytes are free"), "{stderr}");
     let journal = std::fs::read(dir.join("journal.jsonl")).expect("journal");
     assert!(journal.ends_with(b"\n"), "no half line in the journal");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
     assert!(
-        !dir.join(".experiment_state.json.tmp").exists(),
-        "no temporary snapshot is left"
+        leftovers.is_empty(),
+        "no temporary snapshot is left: {leftovers:?}"
     );
     let remounted = std::process::Command::new("mount")
         .args(["-o", "remount,size=64m"])

@@ -652,40 +652,77 @@
   }
 
   // ---------- resource timeline
+  // The lane of a placement: its node(s), and the GPUs when the placement names them (the local
+  // executor's `gpu=0,1`; SLURM's `gpus=1` is a count, so a SLURM run's lane is its node). A
+  // SLURM job still waiting in the queue (`job 12 PENDING (Resources)`) is in the queue's lane;
+  // once it runs (`job 12 n1 cpu=2 gpus=1`), on its node's.
   function lane(placement) {
     if (!placement) return 'unplaced';
-    const words = placement.split(/\s+/);
-    if (words[0] === 'job') return 'SLURM job queue';
-    const gpu = placement.match(/gpus?=([\d,]+)/);
-    return words[0] + (gpu ? ' · GPU ' + gpu[1] : '');
+    let p = placement;
+    const job = p.match(/^job \S+ (.*)$/);
+    if (job) {
+      if (/^[A-Z_]+ \(/.test(job[1])) return 'SLURM job queue';
+      p = job[1];
+    }
+    const nodes = p.split(' + ').map((part) => part.trim().split(/\s+/)[0]);
+    const gpu = p.match(/\bgpu=([\d,]+)/);
+    return nodes.join(' + ') + (gpu ? ' · GPU ' + gpu[1] : '');
+  }
+
+  // One bar per run of a trial (a trial paused and resumed, or restarted after a failure, runs
+  // several times, possibly elsewhere): from its RUNNING status to the next status, in the lane
+  // of the run's placement (events.jsonl's `placement` events). A queued SLURM job that starts
+  // moves its run from the queue's lane to its node's: the bar is split there. Files written
+  // before placements were logged per run fall back to the trial's latest placement.
+  function timelineBars(last) {
+    const byTrial = new Map();
+    for (const e of cur.events) {
+      if ((e.event !== 'status' && e.event !== 'placement') || e.trial === null || e.trial === undefined) continue;
+      if (!byTrial.has(e.trial)) byTrial.set(e.trial, []);
+      byTrial.get(e.trial).push(e);
+    }
+    const latest = new Map(cur.trials.map((t) => [t.id, t.placement]));
+    const bars = [];
+    for (const [id, evs] of byTrial) {
+      // Stable: events of the same time keep the file's order (RUNNING before its placement).
+      evs.sort((a, b) => a.time - b.time);
+      const perRun = evs.some((e) => e.event === 'placement');
+      let open = null;
+      let queued = null; // a placement logged before its RUNNING status
+      const close = (to, end) => { if (open) { bars.push({ ...open, to, end }); open = null; } };
+      for (const e of evs) {
+        if (e.event === 'placement') {
+          if (!open) { queued = e; continue; }
+          if (open.placement === null) { open.placement = e.placement; open.run = e.run; continue; }
+          if (e.placement === open.placement) continue;
+          const { from, run } = open;
+          close(e.time, 'MOVED');
+          open = { id, from: Math.max(from, e.time), placement: e.placement, run: e.run ?? run };
+        } else if (e.status === 'RUNNING') {
+          if (!open) {
+            open = { id, from: e.time, placement: queued ? queued.placement : null, run: queued ? queued.run : null };
+            queued = null;
+          }
+        } else {
+          close(e.time, e.status);
+        }
+      }
+      close(last, 'RUNNING');
+      if (!perRun) for (let k = bars.length - 1; k >= 0 && bars[k].id === id; k--) bars[k].placement = latest.get(id) || null;
+    }
+    return bars;
   }
 
   function renderTimeline() {
     const box = $('timeline');
     box.textContent = '';
     const t0 = cur.header.started_at;
-    const byTrial = new Map();
-    for (const e of cur.events) {
-      if (e.event !== 'status' || e.trial === null || e.trial === undefined) continue;
-      if (!byTrial.has(e.trial)) byTrial.set(e.trial, []);
-      byTrial.get(e.trial).push(e);
-    }
     const last = cur.header.finished_at || cur.events.reduce((m, e) => Math.max(m, e.time), Math.max(t0, CONFIG.live ? Date.now() / 1000 : 0));
-    const placement = new Map(cur.trials.map((t) => [t.id, t.placement]));
-    const bars = [];
-    for (const [id, evs] of byTrial) {
-      evs.sort((a, b) => a.time - b.time);
-      let startAt = null;
-      for (const e of evs) {
-        if (e.status === 'RUNNING') { if (startAt === null) startAt = e.time; }
-        else if (startAt !== null) { bars.push({ id, from: startAt, to: e.time, end: e.status }); startAt = null; }
-      }
-      if (startAt !== null) bars.push({ id, from: startAt, to: last, end: 'RUNNING' });
-    }
+    const bars = timelineBars(last);
     if (!bars.length) { box.append(el('div', { class: 'empty', text: 'No trial has started yet.' })); return; }
     const lanes = new Map();
     for (const b of bars.sort((a, b) => a.from - b.from)) {
-      const name = lane(placement.get(b.id));
+      const name = lane(b.placement);
       if (!lanes.has(name)) lanes.set(name, []);
       const rows = lanes.get(name);
       let r = rows.findIndex((end) => end <= b.from);
@@ -710,15 +747,17 @@
       root.append(svg('text', { x: 4, y: laneY.get(n) + 11, 'font-weight': 'bold' }, n));
       root.append(svg('line', { x1: 0, x2: W, y1: laneY.get(n) - 4, y2: laneY.get(n) - 4, stroke: '#ccc' }));
     }
-    const endColour = { TERMINATED: '#60a5fa', ERROR: '#ef4444', PAUSED: '#f59e0b', RUNNING: '#22c55e', PENDING: '#94a3b8' };
+    const endColour = { TERMINATED: '#60a5fa', ERROR: '#ef4444', PAUSED: '#f59e0b', RUNNING: '#22c55e', PENDING: '#94a3b8', MOVED: '#cbd5e1' };
     for (const b of bars) {
       const yy = laneY.get(b.lane) + b.row * rowH;
-      const r = svg('rect', { x: X(b.from), y: yy, width: Math.max(1, X(b.to) - X(b.from)), height: rowH - 2, fill: endColour[b.end] || '#60a5fa', stroke: colour(b.id), 'data-trial': b.id });
-      r.append(svg('title', {}, trialName(b.id) + ': +' + (b.from - t0).toFixed(1) + ' s to +' + (b.to - t0).toFixed(1) + ' s, then ' + b.end + ' (' + (placement.get(b.id) || 'no placement') + ')'));
+      const attrs = { x: X(b.from), y: yy, width: Math.max(1, X(b.to) - X(b.from)), height: rowH - 2, fill: endColour[b.end] || '#60a5fa', stroke: colour(b.id), 'data-trial': b.id };
+      if (b.run !== null && b.run !== undefined) attrs['data-run'] = b.run;
+      const r = svg('rect', attrs);
+      r.append(svg('title', {}, trialName(b.id) + (b.run !== null && b.run !== undefined ? ' run ' + b.run : '') + ': +' + (b.from - t0).toFixed(1) + ' s to +' + (b.to - t0).toFixed(1) + ' s, then ' + b.end + ' (' + (b.placement || 'no placement') + ')'));
       root.append(r);
     }
     box.append(root);
-    box.append(el('div', { class: 'note', text: 'Bar colour: how the run ended (blue terminated, amber paused, red error, green still running). Placements are each trial\'s latest.' }));
+    box.append(el('div', { class: 'note', text: 'One bar per run of a trial, in the lane where that run was placed. Bar colour: how the run ended (blue terminated, amber paused, red error, grey moved from the SLURM queue to its node, green still running).' }));
   }
 
   // ---------- PBT lineage

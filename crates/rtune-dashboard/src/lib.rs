@@ -1,5 +1,6 @@
 //! See an experiment: `rtune dashboard` serves a live web page for experiment directories, and
-//! `rtune report` writes the same page as one self-contained HTML file (or the main plots as SVG).
+//! `rtune report` writes the same page as one self-contained HTML file (or the main plots as SVG
+//! or PNG).
 //!
 //! Everything is read from the files an experiment writes (docs/file-formats.md): [`model`] is
 //! the one place that knows their layout, [`tail`] reads append-only files by byte offset, and
@@ -12,6 +13,7 @@ pub mod experiment;
 pub mod importance;
 pub mod model;
 pub mod page;
+pub mod raster;
 pub mod report;
 pub mod server;
 pub mod svg;
@@ -40,6 +42,13 @@ pub enum DashboardError {
     Bind {
         address: String,
         source: std::io::Error,
+    },
+    #[error("cannot draw random bytes for the access token from the operating system: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot draw the {plot} plot: {source}")]
+    Render {
+        plot: &'static str,
+        source: raster::RasterError,
     },
     #[error("{0}")]
     Json(#[from] serde_json::Error),

@@ -114,6 +114,27 @@ pub struct ResultPoint {
 
 impl ResultPoint {
     pub fn parse(line: &str, metric: &str) -> Result<ResultPoint, String> {
+        // Most lines carry the metric at the top level: read only the four keys used and skip
+        // the rest (a result line often repeats the whole config), without building a tree.
+        let mut de = serde_json::Deserializer::from_str(line);
+        let fast = serde::de::DeserializeSeed::deserialize(FastPoint { metric }, &mut de)
+            .and_then(|p| de.end().map(|()| p));
+        match fast {
+            Ok(p) if p.iteration.is_some() && (p.value.is_some() || !metric.contains('.')) => {
+                Ok(ResultPoint {
+                    iteration: p.iteration.unwrap_or(0.0).max(0.0) as u64,
+                    value: p.value.unwrap_or(f64::NAN),
+                    time_total_s: p.time_total_s.unwrap_or(f64::NAN),
+                    timestamp: p.timestamp.unwrap_or(f64::NAN),
+                })
+            }
+            // A dotted metric inside a nested object, or a line without training_iteration:
+            // the general reading below finds it or says what is wrong.
+            _ => Self::parse_tree(line, metric),
+        }
+    }
+
+    fn parse_tree(line: &str, metric: &str) -> Result<ResultPoint, String> {
         let value: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let object = value.as_object().ok_or("not a JSON object")?;
         let number = |key: &str| dotted(object, key).and_then(Value::as_f64);
@@ -125,6 +146,87 @@ impl ResultPoint {
             time_total_s: number("time_total_s").unwrap_or(f64::NAN),
             timestamp: number("timestamp").unwrap_or(f64::NAN),
         })
+    }
+}
+
+/// What [`ResultPoint::parse`]'s fast path found in a result line: the numbers of its keys.
+#[derive(Default)]
+struct FastFields {
+    iteration: Option<f64>,
+    value: Option<f64>,
+    time_total_s: Option<f64>,
+    timestamp: Option<f64>,
+}
+
+/// Reads a result line's object, keeping the numbers of `training_iteration`, `time_total_s`,
+/// `timestamp` and the metric (a top-level key), skipping every other value unparsed.
+struct FastPoint<'m> {
+    metric: &'m str,
+}
+
+#[derive(Clone, Copy)]
+enum FastKey {
+    Iteration,
+    Metric,
+    TimeTotal,
+    Timestamp,
+    Other,
+}
+
+struct FastKeySeed<'m>(&'m str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FastKeySeed<'_> {
+    type Value = FastKey;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<FastKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for FastKeySeed<'_> {
+    type Value = FastKey;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<FastKey, E> {
+        Ok(match key {
+            k if k == self.0 => FastKey::Metric,
+            "training_iteration" => FastKey::Iteration,
+            "time_total_s" => FastKey::TimeTotal,
+            "timestamp" => FastKey::Timestamp,
+            _ => FastKey::Other,
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FastPoint<'_> {
+    type Value = FastFields;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<FastFields, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FastPoint<'_> {
+    type Value = FastFields;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastFields, A::Error> {
+        let mut out = FastFields::default();
+        while let Some(key) = map.next_key_seed(FastKeySeed(self.metric))? {
+            let slot = match key {
+                FastKey::Iteration => &mut out.iteration,
+                FastKey::Metric => &mut out.value,
+                FastKey::TimeTotal => &mut out.time_total_s,
+                FastKey::Timestamp => &mut out.timestamp,
+                FastKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            // A number, or anything else (null, a string) that is not one.
+            *slot = map.next_value::<Value>()?.as_f64();
+        }
+        Ok(out)
     }
 }
 
@@ -196,15 +298,21 @@ impl DecisionLine {
     }
 }
 
-/// One line of `events.jsonl`: a status change or a warning.
+/// One line of `events.jsonl`: a status change, a run's placement or a warning.
 #[derive(Clone, Debug, Serialize)]
 pub struct EventLine {
     pub time: f64,
     pub trial: Option<u32>,
-    /// `status` or `warning`.
+    /// `status`, `placement` or `warning`.
     pub event: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The run of a `placement` event (each start of a trial is a new run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<u32>,
+    /// Where the run was placed (`n1 cpu=2 gpus=1`, `job 12 PENDING (Resources)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
     /// The reason of a status change, the message of a warning.
     pub message: String,
 }
@@ -223,6 +331,10 @@ struct RawEvent {
     reason: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    run: Option<u32>,
+    #[serde(default)]
+    placement: Option<String>,
 }
 
 /// A trial named as `00003`, `3` or `trial_00003`.
@@ -242,6 +354,8 @@ impl EventLine {
             trial: raw.trial.as_ref().and_then(trial_number),
             event: raw.event,
             status: raw.status,
+            run: raw.run,
+            placement: raw.placement,
             message: raw.reason.or(raw.message).unwrap_or_default(),
         })
     }
@@ -320,6 +434,13 @@ mod tests {
         )?;
         assert_eq!(ev.trial, Some(2));
         assert_eq!(ev.message, "stopped by the scheduler");
+        let pl = EventLine::parse(
+            r#"{"time":1764010000.3,"trial":"00002","event":"placement","run":2,"placement":"n1 cpu=2 gpus=1"}"#,
+        )?;
+        assert_eq!(
+            (pl.event.as_str(), pl.run, pl.placement.as_deref()),
+            ("placement", Some(2), Some("n1 cpu=2 gpus=1"))
+        );
         let l = LineageLine::parse(
             r#"{"time":1.0,"target":"trial_00002","donor":"trial_00001","donor_iteration":1,"target_iteration":1,"old_config":{"lr":2.0},"new_config":{"lr":7.0},"change":"lr=7"}"#,
         )?;
@@ -330,6 +451,16 @@ mod tests {
         )?;
         assert_eq!((p.iteration, p.value), (3, 1.5));
         assert!(ResultPoint::parse("[1]", "x").is_err());
+        assert!(ResultPoint::parse(r#"{"loss":1}"#, "loss").is_err());
+        assert!(ResultPoint::parse(r#"{"training_iteration":1} x"#, "loss").is_err());
+        // A metric nested in an object, named by its dotted path; a missing one is NaN.
+        let nested = ResultPoint::parse(
+            r#"{"eval":{"loss":0.25},"training_iteration":2,"cfg":{"training_iteration":9}}"#,
+            "eval.loss",
+        )?;
+        assert_eq!((nested.iteration, nested.value), (2, 0.25));
+        let missing = ResultPoint::parse(r#"{"training_iteration":2,"loss":null}"#, "loss")?;
+        assert!(missing.value.is_nan() && missing.timestamp.is_nan());
         Ok(())
     }
 

@@ -325,15 +325,7 @@ async fn trial_file(
 
 /// A random token for a dashboard reachable beyond this machine (from the OS's random source).
 pub fn new_token() -> Result<String, DashboardError> {
-    use std::io::Read;
-    let path = PathBuf::from("/dev/urandom");
     let mut bytes = [0u8; 16];
-    std::fs::File::open(&path)
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| DashboardError::Io {
-            action: "read",
-            path,
-            source,
-        })?;
+    getrandom::fill(&mut bytes).map_err(DashboardError::Random)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

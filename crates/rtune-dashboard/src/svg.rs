@@ -150,6 +150,8 @@ fn document(body: &str) -> String {
 }
 
 /// Each trial's metric by training_iteration, with the scheduler's stops (×) and PBT exploits (◆).
+/// Lines are translucent by `stroke-opacity`, not `opacity`: a group opacity makes a rasterizer
+/// draw each of 10,000 lines on its own full-size layer (minutes for `--format png`).
 pub fn learning_curves(s: &Snapshot) -> String {
     let points = || {
         s.curves.values().flat_map(|c| {
@@ -177,7 +179,7 @@ pub fn learning_curves(s: &Snapshot) -> String {
         if !d.is_empty() {
             let _ = write!(
                 body,
-                r##"<path d="{d}" fill="none" stroke="{}" stroke-width="1.2" opacity="0.8"><title>trial_{id:05}</title></path>"##,
+                r##"<path d="{d}" fill="none" stroke="{}" stroke-width="1.2" stroke-opacity="0.8"><title>trial_{id:05}</title></path>"##,
                 colour(n)
             );
         }
@@ -363,7 +365,7 @@ pub fn parallel_coordinates(s: &Snapshot) -> String {
         let light = (200.0 * (1.0 - goodness)) as u8;
         let _ = write!(
             body,
-            r##"<path d="{d}" fill="none" stroke="rgb({light},{},{})" stroke-width="1.2" opacity="0.8"/>"##,
+            r##"<path d="{d}" fill="none" stroke="rgb({light},{},{})" stroke-width="1.2" stroke-opacity="0.8"/>"##,
             light / 2 + 60,
             255 - light / 4
         );

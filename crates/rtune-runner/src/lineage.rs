@@ -14,7 +14,7 @@ use rtune_core::{Config, TrialId};
 use serde_json::{Map, Value, json};
 
 use crate::report::{TableFormat, short_number};
-use crate::storage::{ExperimentState, LINEAGE_FILE, POLICY_FILE, StorageError, csv_field};
+use crate::storage::{ExperimentState, LINEAGE_FILE, POLICY_FILE, StorageError, csv_line};
 
 /// One line of `lineage.jsonl`.
 #[derive(Clone, Debug, PartialEq)]
@@ -337,18 +337,12 @@ fn render_exploits(state: &ExperimentState, exploits: &[Exploit], format: TableF
 fn grid(header: &[String], rows: &[Vec<String>], format: TableFormat) -> String {
     let mut text = match format {
         TableFormat::Csv => {
-            let line = |cells: &[String]| {
-                cells
-                    .iter()
-                    .map(|c| csv_field(c))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            let mut text = line(header);
+            let mut text = csv_line(header);
             for row in rows {
-                text.push('\n');
-                text.push_str(&line(row));
+                text.push_str(&csv_line(row));
             }
+            // The caller ends the table with its own newline.
+            text.pop();
             text
         }
         _ => {

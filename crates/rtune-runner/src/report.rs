@@ -15,7 +15,7 @@ use rtune_core::{Mode, TrialStatus};
 use serde_json::{Map, Value, json};
 
 use crate::executor::is_queued_placement;
-use crate::storage::{ExperimentState, csv_field};
+use crate::storage::{ExperimentState, csv_line};
 
 /// The formats of `rtune status --format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,30 +75,24 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
             text
         }
         TableFormat::Csv => {
-            let mut text = header(state)
-                .iter()
-                .map(|h| csv_field(h))
-                .collect::<Vec<_>>()
-                .join(",");
-            text.push('\n');
+            let mut text = csv_line(&header(state));
             for trial in trials {
-                let mut row = vec![csv_field(&trial.display_name()), shown_status(state, trial)];
+                let mut row = vec![trial.display_name(), shown_status(state, trial)];
                 if !state.placements.is_empty() {
-                    row.push(csv_field(placement(state, trial)));
+                    row.push(placement(state, trial).to_string());
                 }
                 for name in &state.parameters {
                     row.push(
                         lookup(&trial.config, name).map_or(String::new(), |v| match v {
-                            Value::String(s) => csv_field(s),
-                            other => csv_field(&other.to_string()),
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
                         }),
                     );
                 }
                 row.push(trial.iteration.to_string());
                 row.push(format!("{:.3}", trial.time_total_s));
                 row.push(last_metric(state, trial).map_or(String::new(), |v| v.to_string()));
-                text.push_str(&row.join(","));
-                text.push('\n');
+                text.push_str(&csv_line(&row));
             }
             text
         }

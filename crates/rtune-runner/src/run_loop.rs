@@ -430,9 +430,7 @@ impl Loop<'_> {
                             timed_out: None,
                         },
                     );
-                    self.state
-                        .placements
-                        .insert(trial.to_string(), placement.description);
+                    self.record_placement(trial, run, placement.description);
                 }
                 Err(message) => {
                     // The trial could not even start (missing program, unwritable dir): that is
@@ -740,7 +738,7 @@ impl Loop<'_> {
             } => {
                 // A queued SLURM job started (or still waits, for a new reason).
                 if self.running.get(&trial).is_some_and(|r| r.run == run) {
-                    self.state.placements.insert(trial.to_string(), description);
+                    self.record_placement(trial, run, description);
                     self.dirty = true;
                     if running {
                         self.mark_started(trial, run, started_at);
@@ -947,6 +945,18 @@ impl Loop<'_> {
         {
             tracing::error!("{}: cannot write error.txt: {e}", trial.name());
         }
+    }
+
+    /// Where a run of a trial was placed (or moved to: a queued SLURM job that started): the
+    /// state keeps the latest, events.jsonl every one, so a timeline can show each run.
+    fn record_placement(&mut self, trial: TrialId, run: u32, description: String) {
+        if let Err(e) = self.dir.append_event(&json!({
+            "time": unix_now(), "trial": trial.to_string(), "event": "placement",
+            "run": run, "placement": description,
+        })) {
+            tracing::error!("cannot write the events log: {e}");
+        }
+        self.state.placements.insert(trial.to_string(), description);
     }
 
     fn warn(&mut self, trial: TrialId, message: &str) {

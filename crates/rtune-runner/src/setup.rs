@@ -4,7 +4,6 @@
 //! The order matters for users: every mistake in the file, the space, the scheduler or the
 //! resources is reported before a directory is created or a process started.
 
-use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,6 +91,8 @@ pub enum SetupError {
         host: String,
         age: f64,
     },
+    #[error("cannot draw the experiment's secret from the operating system's random source: {0}")]
+    Random(getrandom::Error),
 }
 
 impl SetupError {
@@ -490,7 +491,7 @@ fn prepare_with(
         reporter,
         bind,
         advertise_host,
-        secret: new_secret(),
+        secret: new_secret()?,
         journal,
         resume: resume.map(|(_, errored)| errored),
         limits: RunLimits {
@@ -667,12 +668,8 @@ pub fn build_executor(
 
 /// This machine's host name, which trials on other nodes connect to.
 pub fn this_host_name() -> Result<String, String> {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
-    let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    match std::str::from_utf8(&buffer[..end]) {
-        Ok(name) if status == 0 && !name.is_empty() => Ok(name.to_string()),
+    match gethostname::gethostname().into_string() {
+        Ok(name) if !name.is_empty() => Ok(name),
         _ => Err(
             "cannot read this machine's host name for trials on other nodes; \
                   set executor.advertise_host"
@@ -691,9 +688,7 @@ fn check_program(command: &[String], cwd: &Path) -> Result<(), String> {
     let found = if program.contains('/') {
         cwd.join(program).is_file()
     } else {
-        std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-        })
+        which::which_in(program, std::env::var_os("PATH"), cwd).is_ok()
     };
     if found {
         Ok(())
@@ -730,16 +725,10 @@ fn bind_address(bind: Option<&str>) -> Result<SocketAddr, String> {
 }
 
 /// 128 random bits from the OS, as hex: the experiment's secret.
-fn new_secret() -> String {
+fn new_secret() -> Result<String, SetupError> {
     let mut bytes = [0u8; 16];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        // No /dev/urandom (not Linux): fall back to time and process id, still per-experiment.
-        let seed = unix_now().to_bits() ^ u64::from(std::process::id()).rotate_left(32);
-        bytes[..8].copy_from_slice(&seed.to_le_bytes());
-        bytes[8..].copy_from_slice(&seed.rotate_left(17).to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut bytes).map_err(SetupError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -795,8 +784,9 @@ mod tests {
 
     #[test]
     fn secrets_differ_and_bind_addresses_parse() {
-        assert_ne!(new_secret(), new_secret());
-        assert_eq!(new_secret().len(), 32);
+        let secret = new_secret().expect("secret");
+        assert_ne!(secret, new_secret().expect("secret"));
+        assert_eq!(secret.len(), 32);
         assert_eq!(
             bind_address(None).expect("default"),
             "127.0.0.1:0".parse().expect("addr")

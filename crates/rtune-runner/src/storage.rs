@@ -5,7 +5,7 @@
 //!   experiment.toml          the experiment file as run (overrides applied)
 //!   experiment_state.json    the state snapshot: every trial, written atomically
 //!   decisions.jsonl          every scheduler decision and searcher proposal, with its reason
-//!   events.jsonl             status changes and warnings
+//!   events.jsonl             status changes, placements of runs and warnings
 //!   lineage.jsonl            PBT exploits (only when there are any)
 //!   trial_00000/
 //!     params.json  result.json  progress.csv  stdout.log  stderr.log  error.txt  policy.json
@@ -17,8 +17,8 @@
 //! renamed over the old one, so they are never half-written.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::PolicyStep;
@@ -479,14 +479,7 @@ impl TrialFiles {
         if let Some(first) = history.first() {
             let mut columns: Vec<String> = first.result.metrics.keys().cloned().collect();
             columns.push("done".into());
-            csv.push_str(
-                &columns
-                    .iter()
-                    .map(|c| csv_field(c))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
-            csv.push('\n');
+            csv.push_str(&csv_line(&columns));
             for entry in history {
                 csv.push_str(&csv_row(&columns, &entry.result, entry.done));
             }
@@ -513,26 +506,21 @@ impl TrialFiles {
     /// CSV cannot grow columns); nested values are written as JSON.
     fn append_progress(&self, result: &TrialResult, done: bool) -> Result<(), StorageError> {
         let path = self.progress_path();
-        let existing_header = File::open(&path).ok().and_then(|f| {
-            let mut first = String::new();
-            io::BufReader::new(f).read_line(&mut first).ok()?;
-            let first = first.trim_end();
-            (!first.is_empty()).then(|| parse_csv_header(first))
-        });
+        // The header may hold quoted newlines, so it is read as a CSV record, not as a line.
+        let existing_header = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_path(&path)
+            .ok()
+            .and_then(|mut reader| reader.records().next()?.ok())
+            .map(|record| record.iter().map(str::to_string).collect::<Vec<_>>())
+            .filter(|columns| !columns.is_empty());
         let mut text = String::new();
         let columns: Vec<String> = match existing_header {
             Some(columns) => columns,
             None => {
                 let mut columns: Vec<String> = result.metrics.keys().cloned().collect();
                 columns.push("done".into());
-                text.push_str(
-                    &columns
-                        .iter()
-                        .map(|c| csv_field(c))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                text.push('\n');
+                text.push_str(&csv_line(&columns));
                 columns
             }
         };
@@ -550,51 +538,38 @@ fn csv_row(columns: &[String], result: &TrialResult, done: bool) -> String {
             _ => result.metrics.get(c).map(csv_value).unwrap_or_default(),
         })
         .collect();
-    let mut line = row.join(",");
-    line.push('\n');
-    line
+    csv_line(&row)
 }
 
 fn json_f64(value: f64) -> Value {
     serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
 }
 
-/// A CSV field, quoted when it needs to be.
-pub fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
+/// One CSV record with its newline, quoted where a field needs it (RFC 4180, as the csv crate
+/// writes it).
+pub fn csv_line<T: AsRef<[u8]>>(fields: &[T]) -> String {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    // Writing into memory cannot fail, and every field is UTF-8 text, so neither fallback is
+    // ever taken; they only keep a panic out of the write path.
+    if writer.write_record(fields).is_err() {
+        return "\n".to_string();
     }
+    writer
+        .into_inner()
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| "\n".to_string())
 }
 
+/// A metric value as CSV text: strings as they are, anything else as JSON; null is empty.
 fn csv_value(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
-        Value::String(s) => csv_field(s),
-        other => csv_field(&other.to_string()),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
-}
-
-/// Column names of a header line written by [`csv_field`].
-fn parse_csv_header(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            (c, _) => field.push(c),
-        }
-    }
-    fields.push(field);
-    fields
 }
 
 fn append_text(path: &Path, text: &str) -> Result<(), StorageError> {
@@ -620,27 +595,28 @@ fn append_json_line(path: &Path, value: &Value) -> Result<(), StorageError> {
 }
 
 /// Write a file so that readers see either the old or the new content, never a part: write a
-/// temporary file next to it, flush it to disk, rename it over the target.
+/// temporary file next to it (`.<name>.<random>.tmp`), flush it to disk, rename it over the
+/// target. On any error the temporary file is removed (tempfile's drop), so none is left.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    {
-        let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
-        let written = file
-            .write_all(content)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| write_error(path, content.len(), e));
-        if let Err(e) = written {
-            // No empty or partial temporary file is left behind.
-            drop(file);
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-    }
-    fs::rename(&tmp, path).map_err(io_error("replace", path))
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| write_error(path, content.len(), e))?;
+    tmp.write_all(content)
+        .and_then(|()| tmp.as_file().sync_data())
+        .map_err(|e| write_error(path, content.len(), e))?;
+    tmp.persist(path)
+        .map_err(|e| io_error("replace", path)(e.error))?;
+    Ok(())
 }
 
 /// Copy a directory tree to `target` via a temporary sibling, so `target` appears complete or
@@ -739,6 +715,55 @@ mod tests {
             csv,
             "loss,note,training_iteration,done\n1.5,\"a,b\",1,false\n1.0,,2,true\n"
         );
+    }
+
+    #[test]
+    fn csv_columns_with_commas_quotes_and_newlines_survive_appends() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = dir.trial(TrialId(0)).expect("trial dir");
+        let config = Config::new();
+        let odd = [("a \"b\"", json!(1)), ("c,\nd", json!("x\ny"))];
+        files
+            .append_result(&result(0, &odd), &config, false)
+            .expect("first");
+        // The second append must read the existing header back as the same two columns.
+        files
+            .append_result(&result(0, &odd), &config, true)
+            .expect("second");
+        let text = fs::read_to_string(files.progress_path()).expect("progress.csv");
+        let rows: Vec<Vec<String>> = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .map(|r| r.expect("record").iter().map(str::to_string).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![vec!["1", "x\ny", "false"], vec!["1", "x\ny", "true"]]
+        );
+        let header = csv::Reader::from_reader(text.as_bytes())
+            .headers()
+            .expect("header")
+            .clone();
+        assert_eq!(
+            header.iter().collect::<Vec<_>>(),
+            ["a \"b\"", "c,\nd", "done"]
+        );
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"old").expect("first");
+        write_atomic(&path, b"new").expect("second");
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+        let missing = dir.path().join("no-such-dir").join("x.json");
+        assert!(write_atomic(&missing, b"x").is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //
 //   node check-page.mjs --url URL --shots DIR --prefix NAME [--expect-new-result] [--wait-finished]
 //
-// Prints one JSON line: {"count": N, "best": V, "bestTrial": "...", "views": [...], "errors": [...]}.
+// Prints one JSON line: {"count": N, "best": V, "bestTrial": "...", "views": [...], "timelineBars":
+// {"3": [run, ...], ...}, "errors": [...]}.
 // Exits 1 when the page logged errors or a check failed (with the reason on stderr).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -83,6 +84,12 @@ try {
     bestTrial: document.getElementById('best-trial').dataset.trial || null,
     status: document.getElementById('exp-status').textContent,
     points: Number(document.body.dataset.points),
+    // The resource timeline's bars (one per run) by trial id, and the runs they name.
+    timelineBars: Array.from(document.querySelectorAll('#timeline rect[data-trial]')).reduce((m, r) => {
+      const id = r.dataset.trial;
+      (m[id] = m[id] || []).push(r.dataset.run === undefined ? null : Number(r.dataset.run));
+      return m;
+    }, {}),
   }));
   for (const e of errors) fail(e);
   console.log(JSON.stringify({ ...summary, firstRenderMs, views, errors }));

@@ -265,11 +265,9 @@ pub fn check_program(
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str())
         .unwrap_or("");
-    if std::env::split_paths(path).any(|dir| dir.join(program).is_file()) {
-        Ok(())
-    } else {
-        Err(not_found())
-    }
+    which::which_in(program, Some(path), cwd)
+        .map(|_| ())
+        .map_err(|_| not_found())
 }
 
 /// Runs a SLURM command (`scontrol`, `squeue`, `scancel`, `sbatch`) and returns its standard
