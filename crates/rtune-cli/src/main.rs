@@ -21,7 +21,7 @@ mod dashboard;
         An experiment file (TOML) names the training command, the search space, the metric and \
         the scheduler; `rtune run` runs the trials as processes and writes every result to disk.",
     after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune resume ~/rtune_results/asha-example\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json\n  rtune plan examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4\n  rtune submit examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4 --time 01:00:00\n\n\
-Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
+Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  75   a head job written by `rtune submit` stopped for its time limit and submitted the next head job, which continues the experiment\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -144,6 +144,24 @@ struct SubmitArgs {
     /// Wait until the job has ended (sbatch --wait); the exit status is the job's.
     #[arg(long)]
     wait: bool,
+    /// How long before the head job's time limit SLURM warns rtune (--signal=B:USR1@SECONDS):
+    /// rtune then pauses the trials, writes the state and submits the next head job, which
+    /// resumes the experiment. Default 300, at most a fifth of --time. SLURM may send the
+    /// warning up to a minute early.
+    #[arg(long, value_name = "SECONDS")]
+    signal_grace: Option<u32>,
+    /// How many more head jobs may continue the experiment after the first reaches its time
+    /// limit.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 3,
+        conflicts_with = "until_done"
+    )]
+    max_resubmits: u32,
+    /// Submit new head jobs until the experiment is done (no --max-resubmits limit).
+    #[arg(long)]
+    until_done: bool,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +182,20 @@ struct RunArgs {
     /// Where trials run; default: `[executor] type` in the file, else `local`.
     #[arg(long, value_enum)]
     executor: Option<ExecutorArg>,
+    #[command(flatten)]
+    chain: ChainArgs,
+}
+
+/// What a head job written by `rtune submit` passes to rtune for time-limit chaining (not for
+/// users: the generated job scripts set them).
+#[derive(clap::Args)]
+struct ChainArgs {
+    /// On SIGUSR1 (the time limit is near), submit this job script to continue the experiment.
+    #[arg(long, hide = true, value_name = "SCRIPT")]
+    resubmit: Option<PathBuf>,
+    /// How many more head jobs may be submitted: a number or `unlimited`.
+    #[arg(long, hide = true, value_name = "N", requires = "resubmit")]
+    resubmits_left: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -183,6 +215,8 @@ struct ResumeArgs {
     /// Run trials that ended in ERROR again, from their latest checkpoint.
     #[arg(long)]
     resume_errored: bool,
+    #[command(flatten)]
+    chain: ChainArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -406,7 +440,7 @@ fn jobs_layout_plan(
 
 fn submit(args: SubmitArgs) -> Result<ExitCode> {
     use rtune_runner::submit::{
-        AllocationShape, HeadJob, check_sbatch_option, head_job_script, log_path,
+        AllocationShape, HeadJob, check_sbatch_option, head_job_script, log_path, resume_job_script,
     };
     let mut overrides = args.overrides.clone();
     if let Some(name) = &args.name {
@@ -519,6 +553,23 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
     run_args.push(run_name.clone());
     run_args.push("--storage".to_string());
     run_args.push(storage.display().to_string());
+    // The next head jobs resume the experiment's directory; their script sits next to the
+    // first job's.
+    let chain_dir = experiment_dir
+        .clone()
+        .unwrap_or_else(|| storage.join(&run_name));
+    let resume_script = new_file_path(&log_dir, &format!("rtune-{run_name}-resume"), "sbatch");
+    let grace = match &args.time {
+        Some(time) => rtune_runner::submit::signal_grace(args.signal_grace, time)
+            .map_err(anyhow::Error::msg)?,
+        None => 0,
+    };
+    let chain = args.time.as_ref().map(|_| rtune_runner::submit::Chain {
+        grace_s: grace,
+        max_resubmits: (!args.until_done).then_some(args.max_resubmits),
+        experiment_dir: chain_dir,
+        resume_script: resume_script.clone(),
+    });
     let job = HeadJob {
         job_name: format!("rtune-{run_name}"),
         shape,
@@ -530,10 +581,18 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
         experiment: absolute(&args.experiment),
         executor: executor.to_string(),
         run_args,
+        chain,
     };
     let script = head_job_script(&job);
+    let resume = resume_job_script(&job);
     if args.dry_run {
         println!("\njob script (not submitted: --dry-run):\n{script}");
+        if let Some(resume) = &resume {
+            println!(
+                "\nscript of the head jobs that continue it after a time limit ({}):\n{resume}",
+                resume_script.display()
+            );
+        }
         if job.time.is_none() {
             println!("(no --time: submitting needs one)");
         }
@@ -545,6 +604,14 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
     std::fs::write(&script_path, &script)
         .with_context(|| format!("cannot write {}", script_path.display()))?;
     println!("job script: {}", script_path.display());
+    if let Some(resume) = &resume {
+        std::fs::write(&resume_script, resume)
+            .with_context(|| format!("cannot write {}", resume_script.display()))?;
+        println!(
+            "continues after the time limit with: {}",
+            resume_script.display()
+        );
+    }
     if let Some(dir) = &experiment_dir {
         println!("experiment directory: {}", dir.display());
     }
@@ -586,10 +653,12 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
     println!("log: {}", log_path(&job.log, &id).display());
     let status = child.wait().context("cannot wait for sbatch")?;
     println!("job {id} ended: {status}");
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    // sbatch --wait exits with the job's status: 75 when the experiment went on in a new head
+    // job (see CONTINUED_EXIT).
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
     })
 }
 
@@ -637,7 +706,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         supervisor: Some(rtune_exe),
         terminal: std::io::stdout().is_terminal(),
     };
-    finish(block_on(rtune_runner::setup::run_experiment(options))??)
+    let chain = chain_settings(&args.chain)?;
+    let outcome = block_on(rtune_runner::setup::run_experiment(options))??;
+    continue_chain(&outcome, chain.as_ref()).map_or_else(|| finish(outcome), Ok)
 }
 
 fn resume(args: ResumeArgs) -> Result<ExitCode> {
@@ -657,7 +728,103 @@ fn resume(args: ResumeArgs) -> Result<ExitCode> {
         rtune_exe: std::env::current_exe().context("cannot find the rtune executable's path")?,
         terminal: std::io::stdout().is_terminal(),
     };
-    finish(block_on(rtune_runner::setup::resume_experiment(options))??)
+    let chain = chain_settings(&args.chain)?;
+    let outcome = block_on(rtune_runner::setup::resume_experiment(options))??;
+    continue_chain(&outcome, chain.as_ref()).map_or_else(|| finish(outcome), Ok)
+}
+
+/// `--resubmit SCRIPT --resubmits-left N|unlimited`, checked.
+struct ChainSettings {
+    script: PathBuf,
+    /// None: unlimited.
+    left: Option<u32>,
+}
+
+fn chain_settings(args: &ChainArgs) -> Result<Option<ChainSettings>> {
+    let Some(script) = &args.resubmit else {
+        return Ok(None);
+    };
+    let left = match args.resubmits_left.as_deref() {
+        None | Some("unlimited") => None,
+        Some(n) => Some(n.parse::<u32>().map_err(|_| {
+            anyhow::anyhow!("--resubmits-left {n:?}: give a whole number or `unlimited`")
+        })?),
+    };
+    Ok(Some(ChainSettings {
+        script: script.clone(),
+        left,
+    }))
+}
+
+/// A head job stopped for its time limit (SIGUSR1) submits the next head job, which resumes
+/// the experiment: exit status 75 (`CONTINUED_EXIT`). None when there is nothing to continue
+/// (then `finish` says how the run ended; with no resubmits left that is "interrupted").
+fn continue_chain(
+    outcome: &rtune_runner::run_loop::RunOutcome,
+    chain: Option<&ChainSettings>,
+) -> Option<ExitCode> {
+    use rtune_runner::executor::slurm_common::{clean_environment, process_environment};
+    use rtune_runner::submit::{CONTINUED_EXIT, next_job_file};
+    let chain = chain?;
+    if !(outcome.interrupted && outcome.time_limit) {
+        return None;
+    }
+    if chain.left == Some(0) {
+        eprintln!(
+            "the job's time limit is near and no more head jobs may be submitted \
+             (rtune submit --max-resubmits)"
+        );
+        return None;
+    }
+    let left = chain
+        .left
+        .map_or_else(|| "unlimited".to_string(), |n| (n - 1).to_string());
+    let this_job = std::env::var("SLURM_JOB_ID").unwrap_or_default();
+    let output = std::process::Command::new("sbatch")
+        .arg("--parsable")
+        .arg(&chain.script)
+        .arg(&left)
+        .arg(&this_job)
+        // Not this job's shape (SLURM_CPUS_PER_TASK, ...): the script states its own options.
+        .env_clear()
+        .envs(clean_environment(process_environment()))
+        .stdin(std::process::Stdio::null())
+        .output();
+    let id = match output {
+        Ok(out) if out.status.success() => parse_job_id(&String::from_utf8_lossy(&out.stdout)),
+        Ok(out) => Err(anyhow::anyhow!(
+            "sbatch refused {}: {}",
+            chain.script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(anyhow::anyhow!("cannot run sbatch: {e}")),
+    };
+    match id {
+        Ok(id) => {
+            if !this_job.is_empty()
+                && let Some(dir) = chain.script.parent()
+                && let Err(e) = std::fs::write(next_job_file(dir, &this_job), format!("{id}\n"))
+            {
+                eprintln!(
+                    "warning: cannot note the next job in {}: {e}",
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "stopped for the job's time limit; everything so far is in {}\nthe experiment \
+                 continues in job {id} (rtune resume; {left} more head jobs allowed after it)",
+                outcome.dir.display()
+            );
+            Some(ExitCode::from(CONTINUED_EXIT))
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot submit the next head job: {e}\ncontinue with: rtune resume {}",
+                outcome.dir.display()
+            );
+            None
+        }
+    }
 }
 
 fn replay(args: ReplayArgs) -> Result<ExitCode> {

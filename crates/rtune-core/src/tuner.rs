@@ -235,6 +235,10 @@ pub struct Launch {
 pub enum Exit {
     Success,
     Failure(String),
+    /// The run was taken away through no fault of its own (SLURM requeued or preempted its
+    /// job, its node failed): the trial restarts as a new run from its latest checkpoint (from
+    /// scratch without one), and this is not counted as a failure.
+    Lost(String),
 }
 
 /// What the runner answers a report with.
@@ -321,6 +325,10 @@ pub enum Input {
         metrics: serde_json::Map<String, Value>,
         checkpoint: bool,
     },
+    /// A trial's run, which waited after it was started (a queued SLURM job), now really runs:
+    /// its time (`time_this_iter_s`, `time_total_s`) counts from `now`, not from its start
+    /// ([`Tuner::on_started`]). Runs that start at once have no such input.
+    Started { now: f64, trial: TrialId, run: u32 },
     /// A trial's run ended ([`Tuner::on_exit`]).
     Exit {
         now: f64,
@@ -396,6 +404,11 @@ impl Tuner {
                 self.check_run(*trial, *run)?;
                 self.on_result(*trial, metrics.clone(), *checkpoint, *now)
                     .map(Output::Reply)
+            }
+            Input::Started { now, trial, run } => {
+                self.check_run(*trial, *run)?;
+                self.on_started(*trial, *now)?;
+                Ok(Output::Done)
             }
             Input::Exit {
                 now,
@@ -957,6 +970,26 @@ impl Tuner {
         }
     }
 
+    /// A running trial's processes really started at `now` (its job left SLURM's queue): the
+    /// time between its start by the core and `now` was queue time, never training time, so its
+    /// next result's `time_this_iter_s` counts from `now`. The runner sends it before the run's
+    /// first report.
+    pub fn on_started(&mut self, id: TrialId, now: f64) -> Result<(), TunerError> {
+        let trial = self
+            .trials
+            .get_mut(id.0 as usize)
+            .ok_or(TunerError::UnknownTrial(id))?;
+        if trial.status != TrialStatus::Running {
+            return Err(TunerError::NotRunning {
+                trial: id,
+                status: trial.status,
+                event: "start",
+            });
+        }
+        trial.last_report_at = Some(now);
+        Ok(())
+    }
+
     /// A trial's process ended. Returns an error if the trial was not running.
     pub fn on_exit(&mut self, id: TrialId, exit: Exit, _now: f64) -> Result<(), TunerError> {
         let max_failures = self.settings.max_failures;
@@ -1007,6 +1040,30 @@ impl Tuner {
                 }
             }
             (None, Exit::Success) => (TrialStatus::Terminated, "completed".to_string()),
+            (None, Exit::Lost(message)) => {
+                // Its own latest checkpoint; else, after an exploit, the donor's it started from.
+                trial.restore = trial.latest_checkpoint().or(trial.restore);
+                let from = match trial.restore {
+                    Some(c) => format!("from its checkpoint at iteration {}", c.iteration),
+                    None => {
+                        self.effects.push(Effect::Warning {
+                            trial: id,
+                            message: format!(
+                                "{}'s run was lost ({message}) before its first checkpoint: it \
+                                 restarts from scratch",
+                                trial.id.name()
+                            ),
+                        });
+                        "from scratch".to_string()
+                    }
+                };
+                (
+                    TrialStatus::Pending,
+                    format!(
+                        "its run was lost ({message}); it restarts as a new run {from} (not a failure)"
+                    ),
+                )
+            }
             (None, Exit::Failure(message)) => {
                 trial.failures += 1;
                 trial.error = Some(message.clone());
@@ -1374,6 +1431,49 @@ mod tests {
         assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Error);
         assert!(t.next_to_run(7.0).is_none());
         assert!(t.is_finished());
+    }
+
+    #[test]
+    fn a_lost_run_restarts_from_its_checkpoint_without_counting_as_a_failure() {
+        // max_failures = 0: a failure would make it an ERROR at once.
+        let mut t = tuner(1, 0);
+        let a = t.next_to_run(0.0).unwrap();
+        t.on_result(a.trial, metrics(1.0), true, 1.0).unwrap();
+        t.on_result(a.trial, metrics(1.0), false, 2.0).unwrap();
+        t.on_exit(a.trial, Exit::Lost("job 7 requeued".into()), 3.0)
+            .unwrap();
+        let trial = t.trial(a.trial).unwrap();
+        assert_eq!(trial.status, TrialStatus::Pending);
+        assert_eq!(trial.failures, 0);
+        assert_eq!(trial.iteration, 1, "iteration 2 is rolled back");
+        let again = t.next_to_run(4.0).unwrap();
+        assert_eq!(again.run, 1);
+        assert_eq!(again.restore.map(|c| c.iteration), Some(1));
+        for expected in [2, 3] {
+            let r = t.on_result(a.trial, metrics(0.5), false, 5.0).unwrap();
+            assert_eq!(r.result.iteration(), expected);
+        }
+        t.on_exit(a.trial, Exit::Success, 6.0).unwrap();
+        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Terminated);
+        let iterations: Vec<u64> = t
+            .trial(a.trial)
+            .unwrap()
+            .history()
+            .iter()
+            .map(|h| h.result.iteration())
+            .collect();
+        assert_eq!(iterations, [1, 2, 3]);
+    }
+
+    #[test]
+    fn queue_time_before_a_run_starts_is_not_training_time() {
+        let mut t = tuner(1, 0);
+        let a = t.next_to_run(100.0).unwrap();
+        // The job waited in the queue for 50 s, then trained for 3 s.
+        t.on_started(a.trial, 150.0).unwrap();
+        let r = t.on_result(a.trial, metrics(1.0), false, 153.0).unwrap();
+        assert_eq!(r.result.get("time_this_iter_s"), Some(3.0));
+        assert_eq!(r.result.get("time_total_s"), Some(3.0));
     }
 
     #[test]

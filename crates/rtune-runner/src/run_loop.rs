@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 // tokio's Instant follows the simulator's virtual clock (a paused runtime), std's would not.
 use tokio::time::Instant;
 
-use crate::executor::{Executor, ExecutorEvent, Resources, TrialLaunch};
+use crate::executor::{Executor, ExecutorEvent, Placement, Resources, TrialLaunch};
 use crate::journal::{Journal, JournalError};
 use crate::report::Reporter;
 use crate::server::{ProtocolServer, ReportEvent};
@@ -104,6 +104,9 @@ pub struct RunOutcome {
     pub dir: PathBuf,
     pub state: ExperimentState,
     pub interrupted: bool,
+    /// The interrupt was SIGUSR1, SLURM's warning that the head job's time limit is near
+    /// (`rtune submit` asks for it): the head may submit its successor.
+    pub time_limit: bool,
     /// Set when `fail_fast` ended the experiment: the common error of the first trials.
     pub failed_fast: Option<String>,
 }
@@ -116,7 +119,12 @@ pub fn unix_now() -> f64 {
 
 struct RunningTrial {
     run: u32,
-    /// When it last reported (or started): for `report_timeout_s`.
+    /// When the core started it (`Input::Next`), in [`unix_now`] seconds.
+    submitted_at: f64,
+    /// Whether its processes run: false while its job waits in SLURM's queue. Queue time is
+    /// neither training time nor silence (`report_timeout_s`).
+    started: bool,
+    /// When it last reported (or its processes started): for `report_timeout_s`.
     last_report: Instant,
     /// Set once `report_timeout_s` ended it: its exit is a failure with this message.
     timed_out: Option<String>,
@@ -208,7 +216,10 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let mut sighup = signal(SignalKind::hangup()).ok();
+    // SIGUSR1: the head job's time limit is near (`--signal=B:USR1@grace` of `rtune submit`).
+    let mut sigusr1 = signal(SignalKind::user_defined1()).ok();
     let mut interrupted = false;
+    let mut time_limit = false;
 
     loop {
         if !interrupted && lp.fatal.is_none() {
@@ -285,6 +296,11 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
                 interrupted = true;
                 lp.interrupt("interrupted (SIGHUP: the terminal or ssh session went away)");
             }
+            Some(()) = next_signal(&mut sigusr1), if !interrupted => {
+                interrupted = true;
+                time_limit = true;
+                lp.interrupt("stopped for the job's time limit (SIGUSR1 from SLURM)");
+            }
         }
     }
     lp.executor.shutdown(lp.template.stop_grace);
@@ -301,6 +317,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         dir: dir.path().to_path_buf(),
         state,
         interrupted,
+        time_limit,
         failed_fast,
     })
 }
@@ -400,17 +417,20 @@ impl Loop<'_> {
             self.apply_effects();
             let trial = launch.trial;
             let run = launch.run;
+            let submitted_at = unix_now();
             match self.start(launch) {
                 Ok(placement) => {
                     self.running.insert(
                         trial,
                         RunningTrial {
                             run,
+                            submitted_at,
+                            started: !placement.queued,
                             last_report: Instant::now(),
                             timed_out: None,
                         },
                     );
-                    self.record_placement(trial, run, placement);
+                    self.record_placement(trial, run, placement.description);
                 }
                 Err(message) => {
                     // The trial could not even start (missing program, unwritable dir): that is
@@ -429,7 +449,7 @@ impl Loop<'_> {
         }
     }
 
-    fn start(&mut self, launch: Launch) -> Result<String, String> {
+    fn start(&mut self, launch: Launch) -> Result<Placement, String> {
         let trial = launch.trial;
         let files = self
             .dir
@@ -497,7 +517,7 @@ impl Loop<'_> {
                 stderr: files.stderr_path(),
             })
             .map_err(|e| e.to_string())?;
-        Ok(placement.description)
+        Ok(placement)
     }
 
     /// An exploit's target gets its own copy of the donor's checkpoint as soon as the exploit is
@@ -540,7 +560,14 @@ impl Loop<'_> {
             );
         }
         match self.running.get_mut(&trial) {
-            Some(r) if r.run == report.run => r.last_report = Instant::now(),
+            Some(r) if r.run == report.run => {
+                r.last_report = Instant::now();
+                if !r.started {
+                    // It reported before the executor saw its job start (between two polls):
+                    // its time counts from this report on.
+                    self.mark_started(trial, report.run, None);
+                }
+            }
             Some(r) => {
                 return Response::error(format!(
                     "{} run {} is not the current run ({}); this process should exit",
@@ -694,15 +721,28 @@ impl Loop<'_> {
                 success,
                 message,
             } => (trial, run, success, message),
+            ExecutorEvent::Lost {
+                trial,
+                run,
+                message,
+            } => {
+                self.on_lost(trial, run, message);
+                return;
+            }
             ExecutorEvent::Placed {
                 trial,
                 run,
                 description,
+                running,
+                started_at,
             } => {
                 // A queued SLURM job started (or still waits, for a new reason).
                 if self.running.get(&trial).is_some_and(|r| r.run == run) {
                     self.record_placement(trial, run, description);
                     self.dirty = true;
+                    if running {
+                        self.mark_started(trial, run, started_at);
+                    }
                 }
                 return;
             }
@@ -733,6 +773,59 @@ impl Loop<'_> {
         self.dirty = true;
     }
 
+    /// SLURM took a run away (requeue, preemption, node failure): the trial restarts as a new
+    /// run (a new run number, so the old run's token is refused from now on) from its latest
+    /// checkpoint; not a failure. A trial that was being stopped, paused or interrupted ends as
+    /// it would have.
+    fn on_lost(&mut self, trial: TrialId, run: u32, message: String) {
+        self.executor.release(trial);
+        if self.running.get(&trial).is_none_or(|r| r.run != run) {
+            return;
+        }
+        let timed_out = self.running.remove(&trial).and_then(|r| r.timed_out);
+        self.reporter.on_event(&format!(
+            "{}: its run {run} was lost: {message}",
+            trial.name()
+        ));
+        let exit = match timed_out {
+            Some(why) => Exit::Failure(self.failure_message(trial, &why)),
+            None => Exit::Lost(message),
+        };
+        self.feed(Input::Exit {
+            now: unix_now(),
+            trial,
+            run,
+            exit,
+        });
+        self.apply_effects();
+        self.dirty = true;
+    }
+
+    /// A run that waited in the queue really runs now (or at `started_at`, when the executor
+    /// knows better and it lies between the run's submission and now): its time and its
+    /// `report_timeout_s` count from there. Once per run.
+    fn mark_started(&mut self, trial: TrialId, run: u32, started_at: Option<f64>) {
+        let now = unix_now();
+        let Some(r) = self
+            .running
+            .get_mut(&trial)
+            .filter(|r| r.run == run && !r.started)
+        else {
+            return;
+        };
+        r.started = true;
+        r.last_report = Instant::now();
+        let at = started_at
+            .filter(|t| t.is_finite() && *t >= r.submitted_at && *t <= now)
+            .unwrap_or(now);
+        self.feed(Input::Started {
+            now: at,
+            trial,
+            run,
+        });
+        self.apply_effects();
+    }
+
     /// Ctrl-C, SIGTERM, SIGHUP: journal the interrupt, end every running trial.
     fn interrupt(&mut self, what: &str) {
         self.reporter
@@ -752,7 +845,9 @@ impl Loop<'_> {
             let silent: Vec<TrialId> = self
                 .running
                 .iter()
-                .filter(|(_, r)| r.timed_out.is_none() && r.last_report.elapsed() >= timeout)
+                .filter(|(_, r)| {
+                    r.started && r.timed_out.is_none() && r.last_report.elapsed() >= timeout
+                })
                 .map(|(&t, _)| t)
                 .collect();
             for trial in silent {
@@ -1088,6 +1183,7 @@ mod tests {
             });
             Ok(Placement {
                 description: "fake".into(),
+                queued: false,
             })
         }
         fn stop(&mut self, trial: TrialId, _: Duration) {
@@ -1157,6 +1253,23 @@ mod tests {
         max_failures: u32,
         limits: RunLimits,
     ) -> RunOutcome {
+        let executor = |events| -> Box<dyn Executor> {
+            Box::new(FakeExecutor {
+                slots: 2,
+                running: HashMap::new(),
+                events,
+            })
+        };
+        run_with(dir, configs, max_failures, limits, executor).await
+    }
+
+    async fn run_with(
+        dir: &Path,
+        configs: Vec<Config>,
+        max_failures: u32,
+        limits: RunLimits,
+        executor: impl FnOnce(mpsc::UnboundedSender<ExecutorEvent>) -> Box<dyn Executor>,
+    ) -> RunOutcome {
         let (events_tx, executor_events) = mpsc::unbounded_channel();
         let experiment = ExperimentDir::open(dir);
         let (journal, _) = Journal::open(dir).expect("journal");
@@ -1178,11 +1291,7 @@ mod tests {
         };
         let parts = RunParts {
             tuner: tuner(configs, max_failures),
-            executor: Box::new(FakeExecutor {
-                slots: 2,
-                running: HashMap::new(),
-                events: events_tx,
-            }),
+            executor: executor(events_tx),
             executor_events,
             dir: experiment,
             state,
@@ -1205,6 +1314,219 @@ mod tests {
             limits,
         };
         run(parts).await.expect("the run ends")
+    }
+
+    /// Runs each trial in virtual time (a paused tokio clock) as a job that first waits
+    /// `queue_wait` in a queue, then reports every `epoch` until told to exit; reports go
+    /// straight to the run loop (as the simulator's do).
+    struct QueuedExecutor {
+        queue_wait: Duration,
+        epoch: Duration,
+        /// Run 0 of every trial is taken away (as a SLURM requeue) after its first report, and
+        /// then tries to report once more; the answers to those stale reports go here.
+        lose_first_runs: Option<Arc<std::sync::Mutex<Vec<Response>>>>,
+        running: HashMap<TrialId, tokio::task::JoinHandle<()>>,
+        events: mpsc::UnboundedSender<ExecutorEvent>,
+        reports: Option<mpsc::UnboundedSender<ReportEvent>>,
+    }
+
+    impl Executor for QueuedExecutor {
+        fn name(&self) -> &'static str {
+            "queued"
+        }
+        fn check_capacity(&self, _: u32, _: &Resources) -> Result<CapacityPlan, ExecutorError> {
+            Ok(CapacityPlan {
+                concurrent_trials: 2,
+                explanation: "2 queued slots".into(),
+            })
+        }
+        fn has_room(&self, _: u32, _: &Resources) -> bool {
+            self.running.len() < 2
+        }
+        fn attach_reports(&mut self, reports: mpsc::UnboundedSender<ReportEvent>) {
+            self.reports = Some(reports);
+        }
+        fn start(&mut self, launch: TrialLaunch) -> Result<Placement, ExecutorError> {
+            let Some(reports) = self.reports.clone() else {
+                return Err(ExecutorError::Invalid("no report channel".into()));
+            };
+            let events = self.events.clone();
+            let (trial, run) = (launch.trial, launch.run);
+            let (queue_wait, epoch) = (self.queue_wait, self.epoch);
+            let stale = self.lose_first_runs.clone().filter(|_| run == 0);
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(queue_wait).await;
+                let _ = events.send(ExecutorEvent::Placed {
+                    trial,
+                    run,
+                    description: "fake node".into(),
+                    running: true,
+                    started_at: None,
+                });
+                for epoch_no in 1..=5u32 {
+                    tokio::time::sleep(epoch).await;
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let mut metrics = serde_json::Map::new();
+                    metrics.insert("loss".into(), (1.0 / f64::from(epoch_no)).into());
+                    let report = ReportEvent {
+                        trial,
+                        run,
+                        metrics,
+                        checkpoint: None,
+                        reply,
+                    };
+                    if reports.send(report).is_err() {
+                        break;
+                    }
+                    let response = answer.await;
+                    if let Some(stale) = &stale
+                        && epoch_no == 1
+                    {
+                        let message = "job 7 was requeued by SLURM".to_string();
+                        let _ = events.send(ExecutorEvent::Lost {
+                            trial,
+                            run,
+                            message,
+                        });
+                        tokio::time::sleep(epoch).await;
+                        let (reply, answer) = tokio::sync::oneshot::channel();
+                        let mut metrics = serde_json::Map::new();
+                        metrics.insert("loss".into(), 0.0.into());
+                        let report = ReportEvent {
+                            trial,
+                            run,
+                            metrics,
+                            checkpoint: None,
+                            reply,
+                        };
+                        if reports.send(report).is_ok()
+                            && let Ok(response) = answer.await
+                        {
+                            stale.lock().expect("lock").push(response);
+                        }
+                        return;
+                    }
+                    match response {
+                        Ok(response) if response.action.is_some_and(|a| !a.should_exit()) => {}
+                        _ => break,
+                    }
+                }
+                let _ = events.send(ExecutorEvent::Exited {
+                    trial,
+                    run,
+                    success: true,
+                    message: "exit code 0".into(),
+                });
+            });
+            self.running.insert(trial, task);
+            Ok(Placement {
+                description: "queued".into(),
+                queued: true,
+            })
+        }
+        fn stop(&mut self, _: TrialId, _: Duration) {}
+        fn release(&mut self, trial: TrialId) {
+            self.running.remove(&trial);
+        }
+        fn shutdown(&mut self, _: Duration) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_a_job_waits_in_the_queue_is_not_training_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs: Vec<Config> = (1..=2).map(|x| config(&[("x", f64::from(x))])).collect();
+        let executor = |events| -> Box<dyn Executor> {
+            Box::new(QueuedExecutor {
+                queue_wait: Duration::from_secs(500),
+                epoch: Duration::from_secs(3),
+                lose_first_runs: None,
+                running: HashMap::new(),
+                events,
+                reports: None,
+            })
+        };
+        let outcome = run_with(
+            dir.path(),
+            configs.clone(),
+            0,
+            RunLimits::default(),
+            executor,
+        )
+        .await;
+        assert_eq!(outcome.state.status, "finished");
+        let again = replayed(dir.path(), configs, 0);
+        for trials in [&outcome.state.trials[..], again.trials()] {
+            for trial in trials {
+                assert_eq!(trial.status, TrialStatus::Terminated);
+                let times: Vec<(f64, f64)> = trial
+                    .history()
+                    .iter()
+                    .map(|h| {
+                        let get = |k| h.result.get(k).unwrap_or(f64::NAN);
+                        (get("time_this_iter_s"), get("time_total_s"))
+                    })
+                    .collect();
+                // Three epochs of 3 s each; the 500 s in the queue count nowhere.
+                let expected = [(3.0, 3.0), (3.0, 6.0), (3.0, 9.0)];
+                assert_eq!(times.len(), 3, "{times:?}");
+                for ((this, total), (want_this, want_total)) in times.iter().zip(expected) {
+                    assert!((this - want_this).abs() < 0.01, "{times:?}");
+                    assert!((total - want_total).abs() < 0.01, "{times:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_run_restarts_as_a_new_run_and_its_old_token_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let configs = vec![config(&[("x", 1.0)])];
+        let stale = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answers = Arc::clone(&stale);
+        let executor = move |events| -> Box<dyn Executor> {
+            Box::new(QueuedExecutor {
+                queue_wait: Duration::from_secs(1),
+                epoch: Duration::from_secs(3),
+                lose_first_runs: Some(answers),
+                running: HashMap::new(),
+                events,
+                reports: None,
+            })
+        };
+        // max_failures = 0: counted as a failure, the loss would end the trial in ERROR.
+        let outcome = run_with(
+            dir.path(),
+            configs.clone(),
+            0,
+            RunLimits::default(),
+            executor,
+        )
+        .await;
+        let trial = &outcome.state.trials[0];
+        assert_eq!(trial.status, TrialStatus::Terminated, "{:?}", trial.error);
+        assert_eq!((trial.runs, trial.failures), (2, 0));
+        let iterations: Vec<u64> = trial
+            .history()
+            .iter()
+            .map(|h| h.result.iteration())
+            .collect();
+        assert_eq!(
+            iterations,
+            [1, 2, 3],
+            "the lost run's result is rolled back"
+        );
+        let answers = stale.lock().expect("lock");
+        assert_eq!(answers.len(), 1);
+        assert!(
+            !answers[0].ok,
+            "the old run's report is refused: {:?}",
+            answers[0]
+        );
+        let again = replayed(dir.path(), configs, 0);
+        assert_eq!(
+            serde_json::to_string(&outcome.state.trials).expect("json"),
+            serde_json::to_string(again.trials()).expect("json")
+        );
     }
 
     fn replayed(dir: &Path, configs: Vec<Config>, max_failures: u32) -> Tuner {

@@ -75,6 +75,76 @@ pub struct HeadJob {
     /// Arguments after `rtune run EXPERIMENT --executor EXECUTOR` (`--set`, `--name`,
     /// `--storage`).
     pub run_args: Vec<String>,
+    /// Time-limit chaining; None: the experiment ends with the job's time limit.
+    pub chain: Option<Chain>,
+}
+
+/// How a head job continues past its time limit: SLURM warns it `grace_s` seconds before the
+/// limit (`--signal=B:USR1@grace_s`), rtune pauses the trials, writes the state and submits
+/// `resume_script`, which runs `rtune resume` on the experiment's directory in a new job with the
+/// same options.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chain {
+    /// Seconds before the time limit at which SLURM sends SIGUSR1.
+    pub grace_s: u32,
+    /// How many more head jobs may follow this one; None: until the experiment is done.
+    pub max_resubmits: Option<u32>,
+    /// The experiment's directory (what the next jobs resume).
+    pub experiment_dir: PathBuf,
+    /// The script of the next jobs (written next to the first job's script).
+    pub resume_script: PathBuf,
+}
+
+/// Seconds of a SLURM time limit as `--time` takes it: `minutes`, `minutes:seconds`,
+/// `hours:minutes:seconds`, `days-hours`, `days-hours:minutes`, `days-hours:minutes:seconds`.
+/// None for anything else (`UNLIMITED`, a typo: sbatch then says what is wrong).
+pub fn time_limit_seconds(time: &str) -> Option<u64> {
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (days, rest) = match time.trim().split_once('-') {
+        Some((d, rest)) => (Some(number(d)?), rest),
+        None => (None, time.trim()),
+    };
+    let parts: Vec<u64> = rest.split(':').map(number).collect::<Option<_>>()?;
+    let seconds = match (days, parts.as_slice()) {
+        (None, [m]) => m * 60,
+        (None, [m, s]) => m * 60 + s,
+        (None, [h, m, s]) => h * 3600 + m * 60 + s,
+        (Some(d), [h]) => d * 86400 + h * 3600,
+        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
+        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+        _ => return None,
+    };
+    Some(seconds)
+}
+
+/// The warning's lead before the time limit: `given` (`--signal-grace`), which must be shorter
+/// than the limit, else 300 s, but at most a fifth of the limit, so a short job still works for
+/// most of its time.
+pub fn signal_grace(given: Option<u32>, time: &str) -> Result<u32, String> {
+    let limit = time_limit_seconds(time);
+    match (given, limit) {
+        (Some(grace), Some(limit)) if u64::from(grace) >= limit => Err(format!(
+            "--signal-grace {grace} is not shorter than the time limit --time {time} ({limit} s): \
+             give a smaller --signal-grace"
+        )),
+        (Some(grace), _) => Ok(grace),
+        (None, Some(limit)) => Ok(u32::try_from((limit / 5).min(300)).unwrap_or(300)),
+        (None, None) => Ok(300),
+    }
+}
+
+/// The exit status of rtune (and its head job) when it stopped for the job's time limit and
+/// submitted the next head job: the experiment goes on there. Not 0 (it is not done here) and
+/// not an error: EX_TEMPFAIL, "try again later", which the next job does.
+pub const CONTINUED_EXIT: u8 = 75;
+
+/// The file in which a head job that resubmitted names its successor, for its log's FINISH line.
+pub fn next_job_file(slurm_dir: &Path, job_id: &str) -> PathBuf {
+    slurm_dir.join(format!("job-{job_id}.next"))
 }
 
 /// Checks an sbatch option given on the command line: one option (starting with `-`), one line.
@@ -102,8 +172,35 @@ pub const STAMP_FUNCTION: &str = "stamp() { date '+%Y-%m-%d %H:%M:%S %:::z'; }";
 /// so it traps SIGTERM (a trap, unlike an ignored signal, is not inherited by rtune).
 pub const TERM_TRAP: &str = "trap 'echo \"received SIGTERM; rtune is stopping the trials\"' TERM";
 
-/// The head job's batch script.
+/// The head job's batch script: `rtune run` (the first job of a chain).
 pub fn head_job_script(job: &HeadJob) -> String {
+    let mut command = vec![
+        shell_quote(&job.rtune.display().to_string()),
+        "run".to_string(),
+        shell_quote(&job.experiment.display().to_string()),
+        "--executor".to_string(),
+        job.executor.clone(),
+    ];
+    command.extend(job.run_args.iter().map(|a| shell_quote(a)));
+    job_script(job, &command, false)
+}
+
+/// The script of the jobs that continue a chain: `rtune resume` on the experiment's directory,
+/// with the first job's options. Its arguments: how many more jobs may follow (`unlimited` or a
+/// number) and the previous job's id.
+pub fn resume_job_script(job: &HeadJob) -> Option<String> {
+    let chain = job.chain.as_ref()?;
+    let command = vec![
+        shell_quote(&job.rtune.display().to_string()),
+        "resume".to_string(),
+        shell_quote(&chain.experiment_dir.display().to_string()),
+        "--executor".to_string(),
+        job.executor.clone(),
+    ];
+    Some(job_script(job, &command, true))
+}
+
+fn job_script(job: &HeadJob, rtune_command: &[String], continues: bool) -> String {
     let mut s = String::from("#!/bin/bash\n");
     s.push_str("# The head job of an rtune experiment, written by `rtune submit`.\n");
     let mut directive = |option: String| s.push_str(&format!("#SBATCH {option}\n"));
@@ -124,23 +221,66 @@ pub fn head_job_script(job: &HeadJob) -> String {
     // Never overwrite an earlier job's log (--open-mode=append keeps a requeued job's lines).
     directive("--open-mode=append".to_string());
     directive(format!("--chdir={}", job.workdir.display()));
+    let Some(chain) = &job.chain else {
+        s.push_str(STAMP_FUNCTION);
+        s.push('\n');
+        s.push_str(TERM_TRAP);
+        s.push('\n');
+        s.push_str("echo \"===== JOB $SLURM_JOB_ID START : $(stamp) =====\"\n");
+        s.push_str(&rtune_command.join(" "));
+        s.push_str("\nstatus=$?\n");
+        s.push_str("echo \"rtune exited with status $status\"\n");
+        s.push_str("echo \"===== JOB $SLURM_JOB_ID FINISH : $(stamp) =====\"\n");
+        s.push_str("exit $status\n");
+        return s;
+    };
+    // `B:` sends the warning to this shell only; it passes it on to rtune.
+    directive(format!("--signal=B:USR1@{}", chain.grace_s));
     s.push_str(STAMP_FUNCTION);
     s.push('\n');
     s.push_str(TERM_TRAP);
     s.push('\n');
-    s.push_str("echo \"===== JOB $SLURM_JOB_ID START : $(stamp) =====\"\n");
-    let mut command = vec![
-        shell_quote(&job.rtune.display().to_string()),
-        "run".to_string(),
-        shell_quote(&job.experiment.display().to_string()),
-        "--executor".to_string(),
-        job.executor.clone(),
-    ];
-    command.extend(job.run_args.iter().map(|a| shell_quote(a)));
+    let limit = chain
+        .max_resubmits
+        .map_or_else(|| "unlimited".to_string(), |n| n.to_string());
+    if continues {
+        s.push_str("resubmits_left=$1\nprevious=$2\n");
+    } else {
+        s.push_str(&format!("resubmits_left={limit}\nprevious=\n"));
+    }
+    s.push_str(
+        "echo \"===== JOB $SLURM_JOB_ID START : $(stamp) =====${previous:+ (continues job $previous)}\"\n",
+    );
+    let next_file = next_job_file(
+        chain.resume_script.parent().unwrap_or(Path::new(".")),
+        "$SLURM_JOB_ID",
+    );
+    let mut command = rtune_command.to_vec();
+    command.extend([
+        "--resubmit".to_string(),
+        shell_quote(&chain.resume_script.display().to_string()),
+        "--resubmits-left".to_string(),
+        "\"$resubmits_left\"".to_string(),
+    ]);
+    // rtune starts with SIGUSR1 ignored, so a warning that comes before it listens cannot kill
+    // it; it runs in the background so that this shell can pass the warning on.
+    s.push_str("trap '' USR1\n");
     s.push_str(&command.join(" "));
-    s.push_str("\nstatus=$?\n");
+    s.push_str(" &\npid=$!\n");
+    s.push_str(
+        "trap 'echo \"received SIGUSR1: the time limit is near; rtune pauses the trials and submits the next job\"; kill -USR1 $pid 2>/dev/null' USR1\n",
+    );
+    // `wait` returns early for every trapped signal: wait until rtune has really exited.
+    s.push_str("while kill -0 $pid 2>/dev/null; do wait $pid; done\nwait $pid\nstatus=$?\n");
     s.push_str("echo \"rtune exited with status $status\"\n");
-    s.push_str("echo \"===== JOB $SLURM_JOB_ID FINISH : $(stamp) =====\"\n");
+    s.push_str(&format!(
+        "next=$(cat {} 2>/dev/null)\n",
+        shell_quote(&next_file.display().to_string())
+            .replace("$SLURM_JOB_ID", "'\"$SLURM_JOB_ID\"'")
+    ));
+    s.push_str(
+        "echo \"===== JOB $SLURM_JOB_ID FINISH : $(stamp) =====${next:+ (continued by job $next)}\"\n",
+    );
     s.push_str("exit $status\n");
     s
 }
@@ -210,6 +350,7 @@ mod tests {
             experiment: PathBuf::from("/work/asha.toml"),
             executor: "slurm".into(),
             run_args: vec!["--set".into(), "space.lr.loguniform=[1e-5, 1e-4]".into()],
+            chain: None,
         };
         let script = head_job_script(&job);
         for line in [
@@ -239,6 +380,25 @@ mod tests {
         });
         assert!(!no_time.contains("--time"), "{no_time}");
         assert!(no_time.contains("--executor slurm-jobs"), "{no_time}");
+    }
+
+    #[test]
+    fn reads_time_limits_and_chooses_the_warning() {
+        assert_eq!(time_limit_seconds("1"), Some(60));
+        assert_eq!(time_limit_seconds("30:15"), Some(1815));
+        assert_eq!(time_limit_seconds("04:00:00"), Some(14400));
+        assert_eq!(time_limit_seconds("2-12"), Some(216_000));
+        assert_eq!(time_limit_seconds("1-00:30"), Some(88200));
+        assert_eq!(time_limit_seconds("1-00:00:10"), Some(86410));
+        assert_eq!(time_limit_seconds("UNLIMITED"), None);
+        assert_eq!(time_limit_seconds("1:2:3:4"), None);
+        assert_eq!(time_limit_seconds(""), None);
+        assert_eq!(signal_grace(None, "04:00:00"), Ok(300));
+        assert_eq!(signal_grace(None, "00:05:00"), Ok(60));
+        assert_eq!(signal_grace(Some(40), "1"), Ok(40));
+        let err = signal_grace(Some(60), "1").expect_err("not shorter");
+        assert!(err.contains("--signal-grace 60"), "{err}");
+        assert_eq!(signal_grace(None, "UNLIMITED"), Ok(300));
     }
 
     #[test]

@@ -151,6 +151,11 @@ async fn next_exit(
                 success,
                 message,
             } => return (trial, run, success, message),
+            ExecutorEvent::Lost {
+                trial,
+                run,
+                message,
+            } => return (trial, run, false, message),
             ExecutorEvent::Placed { description, .. } => placed.push(description),
         }
     }
@@ -655,9 +660,9 @@ async fn job_per_trial_runs_fails_and_stops() {
 }
 
 #[tokio::test]
-async fn slurm_never_reruns_a_trial_job_by_itself() {
+async fn a_requeued_trial_job_is_a_lost_run_and_never_runs_again() {
     let _cluster = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
-    if !cluster_available("slurm_never_reruns_a_trial_job_by_itself") {
+    if !cluster_available("a_requeued_trial_job_is_a_lost_run") {
         return;
     }
     let (mut ex, mut rx) = jobs_executor(None);
@@ -673,21 +678,45 @@ async fn slurm_never_reruns_a_trial_job_by_itself() {
         .expect("the placement names the job")
         .to_string();
     read(&ready);
-    // What a preemption with requeue or an operator does: SLURM must refuse it, since a rerun
-    // would repeat the run's iterations under the same run number.
+    // What a preemption with requeue, a node failure or an operator does.
     let out = Command::new("scontrol")
         .args(["requeue", &id])
         .output()
         .expect("scontrol");
     assert!(
-        !out.status.success(),
-        "SLURM requeued trial job {id}: {}",
-        String::from_utf8_lossy(&out.stdout)
+        out.status.success(),
+        "scontrol requeue {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(job_state(&id), "RUNNING");
-    ex.stop(TrialId(0), Duration::from_secs(5));
-    let (trial, run, success, message) = next_exit(&mut rx, &mut Vec::new()).await;
-    assert_eq!((trial, run, success), (TrialId(0), 1, false), "{message}");
+    // The run is lost (not failed), exactly once.
+    let (trial, run, message) = loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("an event within 60 s")
+            .expect("open");
+        match event {
+            ExecutorEvent::Lost {
+                trial,
+                run,
+                message,
+            } => break (trial, run, message),
+            ExecutorEvent::Placed { .. } => {}
+            other => panic!("expected Lost, got {other:?}"),
+        }
+    };
+    assert_eq!((trial, run), (TrialId(0), 1), "{message}");
+    assert!(message.contains("requeued"), "{message}");
+    // rtune cancelled the requeued job: SLURM never runs the old run again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = job_state(&id);
+        assert_ne!(state, "RUNNING", "the requeued job ran again");
+        if state == "CANCELLED" || state == "gone" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {id} is {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ex.release(TrialId(0));
 }
 

@@ -946,7 +946,7 @@ mod tests {
             );
             let expected = match exit {
                 Exit::Success => TrialStatus::Terminated,
-                Exit::Failure(_) => TrialStatus::Error,
+                Exit::Failure(_) | Exit::Lost(_) => TrialStatus::Error,
             };
             assert_eq!(tuner.trials()[1].status, expected);
             assert_eq!(tuner.trials()[1].iteration, 3);

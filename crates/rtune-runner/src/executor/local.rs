@@ -296,7 +296,10 @@ impl Executor for LocalExecutor {
         if launch.workers > 1 {
             description.push_str(&format!(" workers={}", launch.workers));
         }
-        Ok(Placement { description })
+        Ok(Placement {
+            description,
+            queued: false,
+        })
     }
 
     fn stop(&mut self, trial: TrialId, grace: Duration) {

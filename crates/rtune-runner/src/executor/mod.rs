@@ -74,6 +74,10 @@ pub struct TrialLaunch {
 pub struct Placement {
     /// For example `local cpu=1 gpu=0,1`.
     pub description: String,
+    /// The run's processes do not run yet (a job waiting in SLURM's queue): the executor sends
+    /// [`ExecutorEvent::Placed`] with `running: true` once they do, and the run's time counts
+    /// from then. False for executors whose processes start in `start`.
+    pub queued: bool,
 }
 
 /// Whether a placement description says the run still waits in SLURM's queue
@@ -98,6 +102,18 @@ pub enum ExecutorEvent {
         /// `worker <rank>: ` when the trial has several workers.
         message: String,
     },
+    /// The run was taken away through no fault of the trial (SLURM requeued or preempted its
+    /// job, its node failed) and its processes are gone: sent instead of `Exited`, exactly once.
+    /// The run loop restarts the trial as a new run from its latest checkpoint, not counted as
+    /// a failure.
+    Lost {
+        /// The trial.
+        trial: TrialId,
+        /// The run number given in its [`TrialLaunch`].
+        run: u32,
+        /// What happened, e.g. `job 12 was requeued by SLURM (...)`.
+        message: String,
+    },
     /// Where a started run actually runs changed: a job that waited in SLURM's queue started on
     /// its nodes, for example. Only executors whose runs can wait after `start` send it (the
     /// job-per-trial executor); the run loop shows the new description in the trials table.
@@ -108,6 +124,11 @@ pub enum ExecutorEvent {
         run: u32,
         /// The new placement, e.g. `job 12 PENDING (Resources)` or `job 12 n1 cpu=2 gpus=1`.
         description: String,
+        /// The run's processes run now (the job left the queue): queue time ends here.
+        running: bool,
+        /// When they started, in Unix seconds, if the executor knows it more precisely than
+        /// the moment it noticed (SLURM's start time of the job).
+        started_at: Option<f64>,
     },
 }
 

@@ -251,6 +251,7 @@ impl Executor for SimulatedExecutor {
         self.shared.queue_changed.notify_one();
         Ok(Placement {
             description: format!("simulated {}", self.benchmark.describe()),
+            queued: false,
         })
     }
 

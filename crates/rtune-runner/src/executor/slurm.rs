@@ -760,7 +760,10 @@ impl Executor for SlurmExecutor {
                 stop_requested: false,
             },
         );
-        Ok(Placement { description })
+        Ok(Placement {
+            description,
+            queued: false,
+        })
     }
 
     fn stop(&mut self, trial: TrialId, grace: Duration) {

@@ -88,6 +88,11 @@ pub struct JobStatus {
     pub exit_code: String,
     /// The job's nodes (`n[1-2]`), `(null)` or empty while pending.
     pub nodes: String,
+    /// How often SLURM has requeued the job (`scontrol requeue`, a preemption or a node failure
+    /// with requeueing): more than 0 means the run rtune started was taken away.
+    pub restarts: u32,
+    /// When the job started running, in Unix seconds (None while it waits).
+    pub start_time: Option<f64>,
 }
 
 /// Whether a job in this state will not change any more.
@@ -150,6 +155,31 @@ pub fn job_outcome(job_id: &str, status: &JobStatus) -> (bool, String) {
     )
 }
 
+/// Whether the job's run was taken away through no fault of the trial: SLURM requeued the job
+/// (it then waits to run the same script again), or it ended preempted or with a failed node.
+/// The run loop restarts such a trial as a new run from its checkpoint, not as a failure.
+pub fn lost_run(job_id: &str, status: &JobStatus) -> Option<String> {
+    if status.restarts > 0 {
+        return Some(format!(
+            "job {job_id} was requeued by SLURM (scontrol requeue, a preemption or a node \
+             failure); rtune cancelled the requeued job"
+        ));
+    }
+    match status.state.as_str() {
+        "PREEMPTED" => Some(format!(
+            "job {job_id} was preempted by a higher-priority job"
+        )),
+        "NODE_FAIL" | "BOOT_FAIL" => {
+            Some(format!("job {job_id} {}: its node failed", status.state))
+        }
+        _ => None,
+    }
+}
+
+/// The exit code of a trial job that SLURM requeued and started again before rtune cancelled it:
+/// the script exits at once without running the trial again.
+pub const REQUEUED_RERUN_EXIT: i32 = 75;
+
 /// The batch script of one trial run.
 ///
 /// The environment (with the experiment's secret) is not in the script: `sbatch` exports its own
@@ -173,11 +203,13 @@ pub fn sbatch_script(launch: &TrialLaunch, job_name: &str, config: &SlurmJobsCon
     directive(format!("--output={}", launch.stdout.display()));
     directive(format!("--error={}", launch.stderr.display()));
     directive("--open-mode=append".to_string());
-    // SLURM must never run a trial's job a second time by itself (after a preemption or node
-    // failure, or `scontrol requeue`): the rerun would repeat the run with the same run number
-    // and report iterations again. The job ends instead, and rtune restarts the trial as a new
-    // run from its latest checkpoint (a failure, retried per max_failures).
-    directive("--no-requeue".to_string());
+    // SLURM may requeue the job (a preemption, a node failure, `scontrol requeue`): rtune sees
+    // the job's restart count, cancels the requeued job and starts the trial as a new run (with
+    // a new token) from its latest checkpoint, not counted as a failure. A requeued job must
+    // never run this run again (it would repeat its iterations with the old run's token): the
+    // guard below ends a rerun that starts before rtune has cancelled it. `--requeue` lets
+    // `scontrol requeue` work on clusters whose default is not to requeue.
+    directive("--requeue".to_string());
     if let Some(partition) = &config.partition {
         directive(format!("--partition={partition}"));
     }
@@ -187,6 +219,12 @@ pub fn sbatch_script(launch: &TrialLaunch, job_name: &str, config: &SlurmJobsCon
     if let Some(account) = &config.account {
         directive(format!("--account={account}"));
     }
+    s.push_str(&format!(
+        "if [ \"${{SLURM_RESTART_COUNT:-0}}\" != 0 ]; then\n  \
+         echo \"rtune: job $SLURM_JOB_ID was requeued by SLURM; rtune restarts {} as a new run from its checkpoint\" >&2\n  \
+         exit {REQUEUED_RERUN_EXIT}\nfi\n",
+        launch.trial.name()
+    ));
     // Rank 0 runs on the first node, where the batch script runs; the port depends on the job,
     // so jobs sharing a node differ.
     s.push_str(
@@ -491,6 +529,7 @@ impl Executor for SlurmJobsExecutor {
         );
         Ok(Placement {
             description: format!("job {job_id} PENDING (submitted)"),
+            queued: true,
         })
     }
 
@@ -603,6 +642,8 @@ async fn poll_jobs(
         let list = ids.join(",");
         let output = Command::new("squeue")
             .args(["-h", "--states=all", "-j", &list, "-O", SQUEUE_FORMAT])
+            // Start times as Unix seconds.
+            .env("SLURM_TIME_FORMAT", "%s")
             .stdin(Stdio::null())
             .output()
             .await;
@@ -631,7 +672,7 @@ async fn poll_jobs(
                 continue;
             }
         };
-        let mut ended: HashMap<String, Result<JobStatus, String>> = HashMap::new();
+        let mut ended: HashMap<String, Ending> = HashMap::new();
         let mut map = lock(&watched);
         for (id, watch) in map.iter_mut() {
             let Some(status) = statuses.get(id) else {
@@ -639,7 +680,7 @@ async fn poll_jobs(
                 if watch.misses >= MISSES_BEFORE_GONE {
                     ended.insert(
                         id.clone(),
-                        Err(format!(
+                        Ending::Gone(format!(
                             "job {id} is no longer known to SLURM (it ended more than MinJobAge \
                              ago, before rtune looked)"
                         )),
@@ -648,6 +689,15 @@ async fn poll_jobs(
                 continue;
             };
             watch.misses = 0;
+            if let Some(message) = lost_run(id, status) {
+                // The run is over; SLURM must not run it again (a requeued job waits for its
+                // begin time; the script's guard ends it should it start first).
+                if !is_final_state(&status.state) {
+                    cancel_requeued(id.clone());
+                }
+                ended.insert(id.clone(), Ending::Lost(message));
+                continue;
+            }
             lock(&watch.shared.state).clone_from(&status.state);
             let running = !status.nodes.is_empty() && status.nodes != "(null)";
             let description = match status.state.as_str() {
@@ -664,10 +714,12 @@ async fn poll_jobs(
                     trial: watch.trial,
                     run: watch.run,
                     description,
+                    running,
+                    started_at: status.start_time.filter(|_| running),
                 });
             }
             if is_final_state(&status.state) {
-                ended.insert(id.clone(), Ok(status.clone()));
+                ended.insert(id.clone(), Ending::Final(status.clone()));
             }
         }
         drop(map);
@@ -675,10 +727,30 @@ async fn poll_jobs(
     }
 }
 
-/// Sends the Exited events of jobs that ended (or were given up) and stops following them.
+/// How a followed job's run ended.
+enum Ending {
+    /// The job reached a final state.
+    Final(JobStatus),
+    /// SLURM took the run away (requeue, preemption, node failure): see [`lost_run`].
+    Lost(String),
+    /// squeue no longer lists the job.
+    Gone(String),
+}
+
+/// Cancels a job SLURM requeued, so it never runs its old run again.
+fn cancel_requeued(job_id: String) {
+    tokio::spawn(async move {
+        if let Err(e) = slurm_async("scancel", &[&job_id]).await {
+            tracing::warn!("cannot cancel requeued job {job_id}: {e}");
+        }
+    });
+}
+
+/// Sends the Exited (or Lost) events of jobs that ended (or were given up) and stops following
+/// them.
 fn finish_all(
     watched: &std::sync::Mutex<HashMap<String, Watched>>,
-    ended: HashMap<String, Result<JobStatus, String>>,
+    ended: HashMap<String, Ending>,
     events: &UnboundedSender<ExecutorEvent>,
 ) {
     let mut map = lock(watched);
@@ -686,26 +758,42 @@ fn finish_all(
         let Some(watch) = map.remove(&id) else {
             continue;
         };
-        let (success, message) = match outcome {
-            Ok(status) => job_outcome(&id, &status),
-            Err(why) => (false, why),
-        };
         watch.shared.finished.store(true, Ordering::SeqCst);
-        let _ = events.send(ExecutorEvent::Exited {
-            trial: watch.trial,
-            run: watch.run,
-            success,
-            message,
-        });
+        let (trial, run) = (watch.trial, watch.run);
+        let event = match outcome {
+            Ending::Final(status) => {
+                let (success, message) = job_outcome(&id, &status);
+                ExecutorEvent::Exited {
+                    trial,
+                    run,
+                    success,
+                    message,
+                }
+            }
+            Ending::Lost(message) => ExecutorEvent::Lost {
+                trial,
+                run,
+                message,
+            },
+            Ending::Gone(message) => ExecutorEvent::Exited {
+                trial,
+                run,
+                success: false,
+                message,
+            },
+        };
+        let _ = events.send(event);
     }
 }
 
 /// The fields rtune reads from `squeue -O`, `|`-separated.
-const SQUEUE_FORMAT: &str = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|";
+const SQUEUE_FORMAT: &str =
+    "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,StartTime:|";
 
-/// Parses `squeue -h -O JobID:|,State:|,Reason:|,NodeList:|,exit_code:|` lines. squeue gives the
-/// exit code as a wait status (768 = exit code 3, 9 = killed by signal 9); it becomes `3:0` /
-/// `0:9` as `scontrol` writes it.
+/// Parses `squeue -h -O JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,StartTime:|`
+/// lines (start times as Unix seconds: `SLURM_TIME_FORMAT=%s`). squeue gives the exit code as a
+/// wait status (768 = exit code 3, 9 = killed by signal 9); it becomes `3:0` / `0:9` as
+/// `scontrol` writes it.
 pub fn parse_squeue_jobs(text: &str) -> HashMap<String, JobStatus> {
     text.lines()
         .filter_map(|line| {
@@ -721,6 +809,11 @@ pub fn parse_squeue_jobs(text: &str) -> HashMap<String, JobStatus> {
                     reason: fields[2].to_string(),
                     exit_code: format!("{}:{}", (wait_status >> 8) & 0xff, wait_status & 0x7f),
                     nodes: fields[3].to_string(),
+                    restarts: fields.get(5).and_then(|f| f.parse().ok()).unwrap_or(0),
+                    start_time: fields
+                        .get(6)
+                        .and_then(|f| f.parse::<f64>().ok())
+                        .filter(|t| *t > 0.0),
                 },
             ))
         })
@@ -738,6 +831,8 @@ mod tests {
             reason: reason.to_string(),
             exit_code: exit.to_string(),
             nodes: String::new(),
+            restarts: 0,
+            start_time: None,
         }
     }
 
@@ -753,7 +848,9 @@ mod tests {
                 state: "FAILED".into(),
                 reason: "NonZeroExitCode".into(),
                 exit_code: "3:0".into(),
-                nodes: "n1".into()
+                nodes: "n1".into(),
+                restarts: 0,
+                start_time: None,
             }
         );
         assert_eq!(jobs["172"].nodes, "n[1-2]");
@@ -761,6 +858,24 @@ mod tests {
         assert_eq!(jobs["173"].exit_code, "0:0");
         assert_eq!(jobs["174"].exit_code, "0:9");
         assert_eq!(jobs.len(), 4);
+    }
+
+    #[test]
+    fn reads_restart_counts_and_start_times() {
+        let jobs = parse_squeue_jobs(
+            "180|PENDING|BeginTime||0|1|1795868146|\n181|RUNNING|None|n2|0|0|1795868150|\n\
+             182|PENDING|Resources||0|0|N/A|\n",
+        );
+        assert_eq!(jobs["180"].restarts, 1);
+        assert_eq!(jobs["181"].restarts, 0);
+        assert_eq!(jobs["181"].start_time, Some(1_795_868_150.0));
+        assert_eq!(jobs["182"].start_time, None);
+        let lost = lost_run("180", &jobs["180"]).expect("a requeued job's run is lost");
+        assert!(lost.contains("requeued"), "{lost}");
+        assert_eq!(lost_run("181", &jobs["181"]), None);
+        assert!(lost_run("9", &status("PREEMPTED", "None", "0:15")).is_some());
+        assert!(lost_run("9", &status("NODE_FAIL", "None", "0:9")).is_some());
+        assert_eq!(lost_run("9", &status("FAILED", "None", "3:0")), None);
     }
 
     #[test]
@@ -821,7 +936,8 @@ mod tests {
             "#SBATCH --chdir=/work\n",
             "#SBATCH --output=/r/trial_00003/stdout.log\n",
             "#SBATCH --open-mode=append\n",
-            "#SBATCH --no-requeue\n",
+            "#SBATCH --requeue\n",
+            "if [ \"${SLURM_RESTART_COUNT:-0}\" != 0 ]; then\n",
             "#SBATCH --partition=gpu\n",
             "#SBATCH --time=01:00:00\n",
             "exec srun --kill-on-bad-exit=1",
