@@ -1211,6 +1211,17 @@ mod tests {
         let x = number("x").unwrap_or(1.0);
         let fail_at = number("fail_at");
         let start = session.restore_iteration().unwrap_or(0);
+        if number("hold").is_some() {
+            // A trial that never ends by itself: only the run loop's stop ends it, so a test
+            // does not depend on how fast the threads of other trials run.
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("loss".into(), x.into());
+            let _ = session.report(&metrics);
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return false;
+        }
         for epoch in start + 1..=5 {
             if stop.load(Ordering::SeqCst) || fail_at == Some(epoch as f64) {
                 return false;
@@ -1559,7 +1570,11 @@ mod tests {
     async fn failures_are_retried_and_fail_fast_stops_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let failing = config(&[("x", 1.0), ("fail_at", 2.0)]);
-        let configs = vec![failing.clone(), failing.clone(), failing.clone(), failing];
+        // Retries go before new trials, so trials 2 and 3 start only once trial 0 or 1 has
+        // failed for good; they hold until stopped, so whether one has started when fail_fast
+        // fires is up to the threads, but none can end in ERROR unless fail_fast misses it.
+        let holding = config(&[("x", 1.0), ("hold", 1.0)]);
+        let configs = vec![failing.clone(), failing, holding.clone(), holding];
         let limits = RunLimits {
             time_budget: None,
             fail_fast: Some(2),
