@@ -880,7 +880,7 @@ fn proposal_cost() {
         } else {
             json!({"type": kind, "random_fraction": 0.0})
         };
-        let mut searcher = build(&settings, &fifo, &space, n + 50, 1);
+        let mut searcher = build(&settings, &fifo, &space, n + 250, 1);
         let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
         for i in 0..n as u32 {
             let Suggestion::Explained(p) = searcher.suggest(TrialId(i), &mut rng) else {
@@ -899,15 +899,34 @@ fn proposal_cost() {
             );
             searcher.on_trial_complete(TrialId(i), None);
         }
+        // 200 proposals for the cheap searchers, 20 for the GP; wall time and this process's CPU
+        // time (from /proc/self/stat on Linux: the machine may be busy).
+        let reps: u32 = if kind == "gp" { 20 } else { 200 };
+        let cpu_start = cpu_seconds();
         let start = std::time::Instant::now();
-        for i in 0..20 {
+        for i in 0..reps {
             let id = TrialId(n as u32 + i);
             let Suggestion::Explained(p) = searcher.suggest(id, &mut rng) else {
                 panic!("a proposal");
             };
             assert_eq!(p.details["model"], kind);
         }
-        let ms = start.elapsed().as_secs_f64() * 1000.0 / 20.0;
-        println!("{kind}: {ms:.3} ms per proposal with {n} observations (6 parameters)");
+        let ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(reps);
+        let cpu = match (cpu_start, cpu_seconds()) {
+            (Some(a), Some(b)) => format!("{:.3} ms CPU", (b - a) * 1000.0 / f64::from(reps)),
+            _ => "CPU time unknown".into(),
+        };
+        println!(
+            "{kind}: {ms:.3} ms wall, {cpu} per proposal with {n} observations (6 parameters)"
+        );
     }
+}
+
+/// User + system CPU seconds of this process (Linux; clock ticks of 1/100 s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
