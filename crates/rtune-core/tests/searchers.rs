@@ -930,3 +930,38 @@ fn cpu_seconds() -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// Regret at 25%, 50% and 100% of the budget of searcher variants with ASHA (4 workers, seeds
+/// 0-9), for choosing defaults that help early: run with `cargo test --release -p rtune-core
+/// --test searchers early_budget -- --ignored --nocapture` (figures in docs/benchmarks.md). The
+/// GP is run to 50% only (the full budget takes minutes).
+#[test]
+#[ignore]
+fn early_budget_variants() {
+    let asha = json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3});
+    for (f, full, d) in [
+        (SyntheticFunction::Branin, 20, 2),
+        (SyntheticFunction::Hartmann6, 40, 6),
+    ] {
+        for searcher in [
+            json!({"type": "random"}),
+            json!({"type": "bohb"}),
+            json!({"type": "bohb", "min_points": d + 2}),
+            json!({"type": "bohb", "min_points": d + 2, "random_fraction": 0.2}),
+            json!({"type": "tpe"}),
+            json!({"type": "tpe", "n_initial": 5}),
+            json!({"type": "gp"}),
+        ] {
+            let mut line = format!("{} {searcher}:", f.name());
+            for frac in [0.25, 0.5, 1.0] {
+                if searcher["type"] == "gp" && frac > 0.5 {
+                    continue;
+                }
+                let budget = (full as f64 * 27.0 * frac) as usize;
+                let r = median_regret(f, &searcher, &asha, 10_000, 4, budget, 27, 10);
+                line.push_str(&format!(" {frac}: {r:.4}"));
+            }
+            println!("{line}");
+        }
+    }
+}
