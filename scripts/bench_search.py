@@ -44,6 +44,8 @@ METHODS = {
     "rtune TPE+ASHA r1": ("rtune", {"searcher": "tpe", "scheduler": "asha", "grace": 1}),
     "rtune BOHB r1": ("rtune", {"searcher": "bohb", "scheduler": "asha", "grace": 1}),
     "rtune BOHB r3": ("rtune", {"searcher": "bohb", "scheduler": "asha", "grace": 3}),
+    "rtune GP r1": ("rtune", {"searcher": "gp", "scheduler": "asha", "grace": 1}),
+    "rtune GP r3": ("rtune", {"searcher": "gp", "scheduler": "asha", "grace": 3}),
     "Optuna TPE+Hyperband r1": ("optuna", {"pruner": 1}),
     "Optuna TPE+Hyperband r3": ("optuna", {"pruner": 3}),
     "Optuna TPE": ("optuna", {"pruner": None}),

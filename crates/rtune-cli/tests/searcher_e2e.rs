@@ -88,6 +88,34 @@ fn bohb_example_fits_on_asha_rungs() {
 }
 
 #[test]
+fn gp_example_warm_starts_then_proposes_by_expected_improvement_on_asha_rungs() {
+    let (dir, _storage) = run("gp.toml", "gp-example");
+    let proposals = proposals(&dir);
+    assert_eq!(proposals.len(), 30);
+    assert_eq!(
+        proposals[0]["reason"],
+        "warm start: searcher.points_to_evaluate[0]"
+    );
+    let modelled: Vec<&Value> = proposals
+        .iter()
+        .filter(|p| p["details"]["model"] == "gp")
+        .collect();
+    assert!(modelled.len() >= 10, "{proposals:?}");
+    for p in modelled {
+        assert!(p["details"]["ei"].is_number(), "{p}");
+        assert!(
+            [1.0, 3.0, 9.0].contains(&p["details"]["rung"].as_f64().expect("rung")),
+            "{p}"
+        );
+        let reason = p["reason"].as_str().expect("reason");
+        assert!(
+            reason.starts_with("gp: largest expected improvement"),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_searcher_setting_is_named_before_anything_runs() {
     let storage = tempfile::tempdir().expect("tempdir");
     for (set, expected) in [

@@ -312,6 +312,30 @@ fn bohb_and_tpe_with_asha_beat_random_search_with_asha_on_the_multi_fidelity_fun
 }
 
 #[test]
+fn gp_with_asha_beats_random_search_with_asha_on_the_multi_fidelity_functions() {
+    let asha = json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3});
+    for (f, full_budgets) in [
+        (SyntheticFunction::Branin, 20),
+        (SyntheticFunction::Hartmann6, 40),
+    ] {
+        let budget = full_budgets * 27;
+        let regret =
+            |searcher: Value| median_regret(f, &searcher, &asha, 10_000, 4, budget, 27, 10);
+        let random = regret(json!({"type": "random"}));
+        let gp = regret(json!({"type": "gp"}));
+        println!(
+            "{}: median regret random+asha {random:.4}, gp+asha {gp:.4}",
+            f.name()
+        );
+        assert!(
+            gp < 0.5 * random,
+            "{}: GP+ASHA's median regret {gp} is not clearly below random+ASHA's {random}",
+            f.name()
+        );
+    }
+}
+
+#[test]
 fn tpe_and_bohb_work_with_every_scheduler_and_explain_every_proposal() {
     let f = SyntheticFunction::Branin;
     let (space, objective) = synthetic(f);
@@ -326,6 +350,7 @@ fn tpe_and_bohb_work_with_every_scheduler_and_explain_every_proposal() {
         for searcher in [
             json!({"type": "tpe", "n_initial": 4}),
             json!({"type": "bohb", "constant_liar": true}),
+            json!({"type": "gp", "n_initial": 4, "n_candidates": 64}),
         ] {
             let out = simulate(
                 &objective,
@@ -429,6 +454,7 @@ fn the_same_calls_rebuild_the_same_searcher() {
         json!({"type": "tpe", "constant_liar": true, "n_initial": 5}),
         json!({"type": "bohb"}),
         json!({"type": "tpe", "multivariate": false, "n_initial": 5}),
+        json!({"type": "gp", "n_candidates": 64}),
     ] {
         let a = simulate(
             &objective,
@@ -520,6 +546,15 @@ fn mixed() -> (SearchSpace, impl Fn(&Config, f64) -> f64) {
 
 #[test]
 fn log_int_and_choice_domains_are_proposed_as_their_own_kind_and_learnt() {
+    for searcher in [
+        json!({"type": "tpe"}),
+        json!({"type": "gp", "n_initial": 10}),
+    ] {
+        domains_are_handled(&searcher);
+    }
+}
+
+fn domains_are_handled(searcher: &Value) {
     let (space, objective) = mixed();
     let fifo = json!({"type": "fifo"});
     let mut tpe_regret = Vec::new();
@@ -528,7 +563,7 @@ fn log_int_and_choice_domains_are_proposed_as_their_own_kind_and_learnt() {
         let out = simulate(
             &objective,
             &space,
-            &json!({"type": "tpe"}),
+            searcher,
             fifo.clone(),
             80,
             seed,
@@ -560,7 +595,7 @@ fn log_int_and_choice_domains_are_proposed_as_their_own_kind_and_learnt() {
         let tanh = late.iter().filter(|c| c["model"]["act"] == "tanh").count();
         assert!(
             tanh * 2 > late.len(),
-            "seed {seed}: tanh {tanh} of {}",
+            "{searcher} seed {seed}: tanh {tanh} of {}",
             late.len()
         );
         tpe_regret.push(out.best);
@@ -578,7 +613,8 @@ fn log_int_and_choice_domains_are_proposed_as_their_own_kind_and_learnt() {
         random_regret.push(random.best);
     }
     let (tpe, random) = (median(tpe_regret), median(random_regret));
-    assert!(tpe < 0.5 * random, "tpe {tpe}, random {random}");
+    println!("{searcher}: median best {tpe:.4}, random {random:.4}");
+    assert!(tpe < 0.5 * random, "{searcher}: {tpe}, random {random}");
 }
 
 #[test]
@@ -687,6 +723,19 @@ fn bad_settings_name_the_key_to_fix() {
             "unknown field `gamma_`",
         ),
         (json!({"type": "tpee"}), "unknown variant `tpee`"),
+        (
+            json!({"type": "gp", "n_candidates": 0}),
+            "searcher.n_candidates: must be at least 1",
+        ),
+        (
+            json!({"type": "gp", "max_observations": 1}),
+            "searcher.max_observations: must be at least 2",
+        ),
+        (
+            json!({"type": "gp", "points_to_evaluate": [{"lr": 1.0}]}),
+            "searcher.points_to_evaluate[0].lr: 1.0 is outside the space's loguniform",
+        ),
+        (json!({"type": "gp", "gamma": 0.1}), "unknown field `gamma`"),
     ];
     for (searcher, expected) in cases {
         let message = build_error(searcher.clone(), space.clone(), 2);
@@ -701,6 +750,114 @@ fn bad_settings_name_the_key_to_fix() {
     );
 }
 
+/// Feed a GP searcher results directly (no tuner): every suggestion must be a config in the
+/// space, and the reason must say what the model could use.
+fn feed(
+    searcher: &mut dyn Searcher,
+    values: &[Value],
+    space: &SearchSpace,
+    iterations: u64,
+) -> Vec<(String, Value)> {
+    let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
+    let mut out = Vec::new();
+    for (i, value) in values.iter().enumerate() {
+        let id = TrialId(i as u32);
+        let Suggestion::Explained(p) = searcher.suggest(id, &mut rng) else {
+            panic!("a proposal");
+        };
+        let x0 = p.config["x0"].as_f64().unwrap();
+        let x1 = p.config["x1"].as_f64().unwrap();
+        assert!(
+            (-5.0..=10.0).contains(&x0) && (0.0..=15.0).contains(&x1),
+            "{:?}",
+            p.config
+        );
+        assert_eq!(p.config.len(), space.parameters().len());
+        out.push((p.reason, p.details));
+        for r in 1..=iterations {
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("loss".into(), value.clone());
+            metrics.insert("training_iteration".into(), json!(r));
+            searcher.on_trial_result(
+                id,
+                &TrialResult {
+                    trial: id,
+                    metrics,
+                    has_checkpoint: false,
+                },
+            );
+        }
+        searcher.on_trial_complete(id, None);
+    }
+    out
+}
+
+#[test]
+fn gp_proposes_sensibly_on_degenerate_results() {
+    let (space, _) = synthetic(SyntheticFunction::Branin);
+    let asha: SchedulerSpec =
+        spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
+    let gp = json!({"type": "gp", "n_initial": 1, "n_candidates": 32});
+    // One observation: not enough for a model, said so.
+    let mut s = build(&gp, &asha, &space, 10, 1);
+    let out = feed(s.as_mut(), &[json!(1.0), json!(1.0)], &space, 1);
+    assert_eq!(out[0].0, "random initial config 1 of 1");
+    assert!(
+        out[1]
+            .0
+            .starts_with("random: 1 result of loss so far, the model needs 2"),
+        "{}",
+        out[1].0
+    );
+    // Every value equal; NaN, null, infinite and string values; all of them NaN.
+    for values in [
+        vec![json!(0.5); 12],
+        vec![
+            json!(1.0),
+            json!("nan"),
+            json!(null),
+            json!(2.0),
+            json!("inf"),
+            json!(0.5),
+            json!(3.0),
+            json!("-inf"),
+        ],
+        vec![json!("nan"); 6],
+    ] {
+        let mut s = build(&gp, &asha, &space, 20, 2);
+        let out = feed(s.as_mut(), &values, &space, 3);
+        let last = &out.last().unwrap().0;
+        if values.iter().all(|v| v == "nan") {
+            assert!(
+                last.starts_with("random: every result of loss so far is NaN or infinite"),
+                "{last}"
+            );
+        } else {
+            assert!(
+                last.starts_with("gp: largest expected improvement"),
+                "{last}"
+            );
+            let details = &out.last().unwrap().1;
+            assert!(details["ei"].is_number(), "{details}");
+        }
+    }
+    // Warm-start points come first, then the model.
+    let gp = json!({"type": "gp", "n_initial": 2, "points_to_evaluate": [{"x0": 1.0, "x1": 2.0}]});
+    let mut s = build(&gp, &asha, &space, 10, 3);
+    let out = feed(
+        s.as_mut(),
+        &[json!(3.0), json!(2.0), json!(1.0), json!(0.5)],
+        &space,
+        3,
+    );
+    assert_eq!(out[0].0, "warm start: searcher.points_to_evaluate[0]");
+    assert_eq!(out[1].0, "random initial config 2 of 2");
+    assert!(out[2].0.starts_with("gp: "), "{}", out[2].0);
+    // Two trials at rungs 1 and 3: no rung has min_points (2 + 2) results, so the acquisition
+    // is at the lowest.
+    assert_eq!(out[2].1["rung"], json!(1.0));
+}
+
 /// The searcher's own cost per proposal. Not a test of speed (the machine may be busy): run it
 /// with `cargo test --release -p rtune-core --test searchers -- --ignored --nocapture`.
 #[test]
@@ -709,14 +866,21 @@ fn proposal_cost() {
     let f = SyntheticFunction::Hartmann6;
     let (space, objective) = synthetic(f);
     let fifo = SchedulerSpec::default();
-    for (kind, n) in [("tpe", 100), ("tpe", 1000), ("bohb", 100), ("bohb", 1000)] {
-        let mut searcher = build(
-            &json!({"type": kind, "random_fraction": 0.0}),
-            &fifo,
-            &space,
-            n + 50,
-            1,
-        );
+    for (kind, n) in [
+        ("tpe", 100),
+        ("tpe", 1000),
+        ("bohb", 100),
+        ("bohb", 1000),
+        ("gp", 100),
+        ("gp", 1000),
+    ] {
+        // The GP's feeding proposals are random (n_initial = n): only the measured ones model.
+        let settings = if kind == "gp" {
+            json!({"type": kind, "n_initial": n})
+        } else {
+            json!({"type": kind, "random_fraction": 0.0})
+        };
+        let mut searcher = build(&settings, &fifo, &space, n + 250, 1);
         let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
         for i in 0..n as u32 {
             let Suggestion::Explained(p) = searcher.suggest(TrialId(i), &mut rng) else {
@@ -735,15 +899,69 @@ fn proposal_cost() {
             );
             searcher.on_trial_complete(TrialId(i), None);
         }
+        // 200 proposals for the cheap searchers, 20 for the GP; wall time and this process's CPU
+        // time (from /proc/self/stat on Linux: the machine may be busy).
+        let reps: u32 = if kind == "gp" { 20 } else { 200 };
+        let cpu_start = cpu_seconds();
         let start = std::time::Instant::now();
-        for i in 0..20 {
+        for i in 0..reps {
             let id = TrialId(n as u32 + i);
             let Suggestion::Explained(p) = searcher.suggest(id, &mut rng) else {
                 panic!("a proposal");
             };
             assert_eq!(p.details["model"], kind);
         }
-        let ms = start.elapsed().as_secs_f64() * 1000.0 / 20.0;
-        println!("{kind}: {ms:.3} ms per proposal with {n} observations (6 parameters)");
+        let ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(reps);
+        let cpu = match (cpu_start, cpu_seconds()) {
+            (Some(a), Some(b)) => format!("{:.3} ms CPU", (b - a) * 1000.0 / f64::from(reps)),
+            _ => "CPU time unknown".into(),
+        };
+        println!(
+            "{kind}: {ms:.3} ms wall, {cpu} per proposal with {n} observations (6 parameters)"
+        );
+    }
+}
+
+/// User + system CPU seconds of this process (Linux; clock ticks of 1/100 s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+/// Regret at 25%, 50% and 100% of the budget of searcher variants with ASHA (4 workers, seeds
+/// 0-9), for choosing defaults that help early: run with `cargo test --release -p rtune-core
+/// --test searchers early_budget -- --ignored --nocapture` (figures in docs/benchmarks.md). The
+/// GP is run to 50% only (the full budget takes minutes).
+#[test]
+#[ignore]
+fn early_budget_variants() {
+    let asha = json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3});
+    for (f, full, d) in [
+        (SyntheticFunction::Branin, 20, 2),
+        (SyntheticFunction::Hartmann6, 40, 6),
+    ] {
+        for searcher in [
+            json!({"type": "random"}),
+            json!({"type": "bohb"}),
+            json!({"type": "bohb", "min_points": d + 2}),
+            json!({"type": "bohb", "min_points": d + 2, "random_fraction": 0.2}),
+            json!({"type": "tpe"}),
+            json!({"type": "tpe", "n_initial": 5}),
+            json!({"type": "gp"}),
+        ] {
+            let mut line = format!("{} {searcher}:", f.name());
+            for frac in [0.25, 0.5, 1.0] {
+                if searcher["type"] == "gp" && frac > 0.5 {
+                    continue;
+                }
+                let budget = (full as f64 * 27.0 * frac) as usize;
+                let r = median_regret(f, &searcher, &asha, 10_000, 4, budget, 27, 10);
+                line.push_str(&format!(" {frac}: {r:.4}"));
+            }
+            println!("{line}");
+        }
     }
 }

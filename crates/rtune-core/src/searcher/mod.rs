@@ -4,6 +4,8 @@
 //! * [`FixedSearcher`]: a given list of configurations (replays).
 //! * [`TpeSearcher`]: model-based, a tree-structured Parzen estimator (Optuna's TPE) or its
 //!   multi-fidelity form (BOHB: fitted on the highest rung with enough observations).
+//! * [`GpSearcher`]: a Gaussian process over (config, resource) with expected improvement at the
+//!   acquisition rung (MOBSTER-class), for ASHA and every other scheduler.
 //!
 //! A searcher's state is a function of the calls it received: the same `suggest`,
 //! `on_trial_result` and `on_trial_complete` calls in the same order give the same state and the
@@ -12,15 +14,18 @@
 //! what the scheduler drew from the tuner's RNG.
 
 mod fixed;
+mod gp;
 mod parzen;
 mod random;
 mod spec;
 mod tpe;
 
 pub use fixed::FixedSearcher;
+pub use gp::{GpSearcher, GpSettings};
 pub use random::RandomSearcher;
 pub use spec::{
-    BohbConfig, InvalidSearcherSetting, RandomConfig, SearcherContext, SearcherSpec, TpeConfig,
+    BohbConfig, GpConfig, InvalidSearcherSetting, RandomConfig, SearcherContext, SearcherSpec,
+    TpeConfig,
 };
 pub use tpe::{Fidelity, TpeSearcher, TpeSettings};
 

@@ -398,7 +398,7 @@ fn ln_mass(mu: f64, sigma: f64, lo: f64, hi: f64) -> f64 {
 
 /// The complementary error function (Chebyshev fit from Numerical Recipes, relative error below
 /// 1.2e-7 everywhere), enough for kernel masses.
-fn erfc(x: f64) -> f64 {
+pub(crate) fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -z * z - 1.265_512_23
@@ -414,7 +414,7 @@ fn erfc(x: f64) -> f64 {
 }
 
 /// A standard normal sample (Box-Muller).
-fn standard_normal(rng: &mut CoreRng) -> f64 {
+pub(crate) fn standard_normal(rng: &mut CoreRng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::tpe::lookup;
-use super::{Fidelity, RandomSearcher, Searcher, TpeSearcher, TpeSettings};
+use super::{Fidelity, GpSearcher, GpSettings, RandomSearcher, Searcher, TpeSearcher, TpeSettings};
 use crate::scheduler::SchedulerSpec;
 use crate::space::{Domain, SearchSpace};
 use crate::{Config, Mode};
@@ -109,6 +109,43 @@ impl Default for BohbConfig {
     }
 }
 
+/// `type = "gp"`: a Gaussian process over (config, resource) with expected improvement at the
+/// acquisition rung (MOBSTER-class; for ASHA, and every other scheduler).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpConfig {
+    /// Random configs before the model is used (warm-start points count towards them).
+    pub n_initial: usize,
+    /// Random candidates scored by expected improvement per proposal, before a local search.
+    pub n_candidates: usize,
+    /// Results a rung needs to be where the acquisition is evaluated; default: searched
+    /// parameters + 2.
+    pub min_points: Option<usize>,
+    /// At most this many results enter the GP.
+    pub max_observations: usize,
+    /// Running trials without a result at the acquisition rung enter the GP at their posterior
+    /// mean, so that parallel proposals spread out.
+    pub fantasize: bool,
+    pub points_to_evaluate: Vec<Config>,
+    /// The result key that measures training progress; default: the scheduler's `time_attr`,
+    /// else `training_iteration`.
+    pub resource_attr: Option<String>,
+}
+
+impl Default for GpConfig {
+    fn default() -> Self {
+        GpConfig {
+            n_initial: 5,
+            n_candidates: 256,
+            min_points: None,
+            max_observations: 200,
+            fantasize: true,
+            points_to_evaluate: Vec::new(),
+            resource_attr: None,
+        }
+    }
+}
+
 /// The `[searcher]` table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -119,6 +156,8 @@ pub enum SearcherSpec {
     Tpe(TpeConfig),
     /// TPE on the highest rung with enough results (BOHB); for ASHA and HyperBand.
     Bohb(BohbConfig),
+    /// Gaussian process with expected improvement, joint over config and resource (MOBSTER).
+    Gp(GpConfig),
 }
 
 impl Default for SearcherSpec {
@@ -145,6 +184,7 @@ impl SearcherSpec {
             SearcherSpec::Random(_) => "random",
             SearcherSpec::Tpe(_) => "tpe",
             SearcherSpec::Bohb(_) => "bohb",
+            SearcherSpec::Gp(_) => "gp",
         }
     }
 
@@ -161,6 +201,7 @@ impl SearcherSpec {
                     ctx.seed,
                 )));
             }
+            SearcherSpec::Gp(c) => return build_gp(c, ctx),
             SearcherSpec::Tpe(c) => Common {
                 n_initial: c.n_initial,
                 gamma: c.gamma,
@@ -388,15 +429,28 @@ fn bohb_fidelity(
             "must be at least 2 (a good and a bad result)",
         ));
     }
+    let (resource_attr, levels) = resource(c.resource_attr.as_ref(), ctx)?;
+    Ok(Fidelity::Rungs {
+        resource_attr,
+        levels,
+        min_points,
+    })
+}
+
+/// The resource key (`resource_attr`, else the scheduler's `time_attr`, else
+/// `training_iteration`) and, when it is ASHA's `time_attr`, ASHA's rungs.
+fn resource(
+    resource_attr: Option<&String>,
+    ctx: &SearcherContext<'_>,
+) -> Result<(String, Option<Vec<f64>>), InvalidSearcherSetting> {
     let scheduler_attr = match ctx.scheduler {
         SchedulerSpec::Asha(a) => Some(a.time_attr.clone()),
         SchedulerSpec::HyperBand(h) => Some(h.time_attr.clone()),
         SchedulerSpec::Median(m) => Some(m.time_attr.clone()),
         _ => None,
     };
-    let resource_attr = c
-        .resource_attr
-        .clone()
+    let resource_attr = resource_attr
+        .cloned()
         .or(scheduler_attr)
         .unwrap_or_else(|| "training_iteration".to_string());
     if resource_attr.is_empty() {
@@ -420,9 +474,70 @@ fn bohb_fidelity(
         }
         _ => None,
     };
-    Ok(Fidelity::Rungs {
+    Ok((resource_attr, levels))
+}
+
+fn build_gp(
+    c: &GpConfig,
+    ctx: &SearcherContext<'_>,
+) -> Result<Box<dyn Searcher>, InvalidSearcherSetting> {
+    let bad = |key: &str, message: String| {
+        Err(InvalidSearcherSetting::new(
+            format!("searcher.{key}"),
+            message,
+        ))
+    };
+    if c.n_candidates == 0 {
+        return bad("n_candidates", "must be at least 1, e.g. 256".into());
+    }
+    if c.max_observations < 2 {
+        return bad(
+            "max_observations",
+            format!("must be at least 2, e.g. 200, got {}", c.max_observations),
+        );
+    }
+    if c.min_points.is_some_and(|m| m < 1) {
+        return bad("min_points", "must be at least 1".into());
+    }
+    if c.points_to_evaluate.len() > ctx.num_samples {
+        return bad(
+            "points_to_evaluate",
+            format!(
+                "holds {} points but num_samples is {}: every point is a trial; raise num_samples or remove points",
+                c.points_to_evaluate.len(),
+                ctx.num_samples
+            ),
+        );
+    }
+    for (i, point) in c.points_to_evaluate.iter().enumerate() {
+        check_point(
+            ctx.space,
+            point,
+            &format!("searcher.points_to_evaluate[{i}]"),
+        )?;
+    }
+    let (resource_attr, levels) = resource(c.resource_attr.as_ref(), ctx)?;
+    let settings = GpSettings {
+        metric: ctx.metric.to_string(),
+        mode: ctx.mode,
+        seed: ctx.seed,
+        num_samples: ctx.num_samples,
+        n_initial: c.n_initial,
+        n_candidates: c.n_candidates,
+        min_points: c.min_points.unwrap_or(ctx.space.parameters().len() + 2),
+        max_observations: c.max_observations,
+        fantasize: c.fantasize,
+        points_to_evaluate: c.points_to_evaluate.clone(),
         resource_attr,
         levels,
-        min_points,
-    })
+    };
+    let searcher = GpSearcher::new(ctx.space.clone(), settings).map_err(|(parameter, kind)| {
+        InvalidSearcherSetting::new(
+            format!("space.{parameter}"),
+            format!(
+                "the gp searcher models every parameter and cannot expand a {kind}; write {{ choice = [...] }} instead, or use type = \"random\" under [searcher] for a grid search"
+            ),
+        )
+    })?;
+    Ok(Box::new(searcher))
 }

@@ -72,7 +72,7 @@ pub struct TpeSettings {
 
 /// A rung level as a map key (levels are finite).
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Level(f64);
+pub(crate) struct Level(pub(crate) f64);
 
 impl Eq for Level {}
 
