@@ -98,7 +98,7 @@ fn exp_approx(x: f32) -> f32 {
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
+    p = p * r + 1.666_666_6e-1;
     p = p * r + 5e-1;
     let p = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
@@ -233,6 +233,7 @@ pub fn gelu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
 
 /// Normalises each row of `x` (`width` values): writes `xhat` and the row's `1/std` and, if
 /// `out` is not empty, `xhat * weight + bias`.
+#[allow(clippy::too_many_arguments)]
 fn layer_norm_rows(
     x: &[f32],
     width: usize,
@@ -687,9 +688,10 @@ impl Backward<Flex, 1> for AttentionBackward {
 /// fused op. `None` off the flex backend.
 pub fn attention(qkv: &Tensor<3>, bias: &Tensor<4>, heads: usize) -> Option<Tensor<3>> {
     let [batch, seq, width] = qkv.dims();
-    let bias_values = match bias.is_autodiff() {
-        true => autodiff_primitive(bias)?.into_primitive(),
-        false => plain_primitive(bias)?,
+    let bias_values = if bias.is_autodiff() {
+        autodiff_primitive(bias)?.into_primitive()
+    } else {
+        plain_primitive(bias)?
     };
     let bias_values = contiguous(bias_values);
     if width % (3 * heads) != 0 || values(&bias_values).len() != batch * heads * seq * seq {
@@ -735,10 +737,6 @@ pub fn attention(qkv: &Tensor<3>, bias: &Tensor<4>, heads: usize) -> Option<Tens
 
 /// Softmax of each row of `logits` in place; returns the summed `-log p[target]` of the rows.
 fn softmax_nll_rows(logits: &mut [f32], targets: &[i64], width: usize) -> f64 {
-    softmax_nll_rows_impl(logits, targets, width)
-}
-
-fn softmax_nll_rows_impl(logits: &mut [f32], targets: &[i64], width: usize) -> f64 {
     let mut total = 0f64;
     for (row, &target) in logits.chunks_mut(width).zip(targets) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -905,25 +903,25 @@ pub fn adamw_step<const D: usize>(
         .enumerate()
         .for_each(|(chunk, ((np, nm), nv))| {
             let start = chunk * CHUNK;
-            for i in 0..np.len() {
-                let gi = gv[start + i];
-                let m1 = match mv {
-                    Some(m) => m[start + i] * b1 + gi * (1.0 - b1),
+            let end = start + np.len();
+            let (p, g) = (&pv[start..end], &gv[start..end]);
+            let (m, v) = (mv.map(|m| &m[start..end]), vv.map(|v| &v[start..end]));
+            let outputs = np.iter_mut().zip(nm.iter_mut()).zip(nv.iter_mut());
+            for (i, ((np, nm), nv)) in outputs.enumerate() {
+                let gi = g[i];
+                let m1 = match m {
+                    Some(m) => m[i] * b1 + gi * (1.0 - b1),
                     None => gi * (1.0 - b1),
                 };
-                let m2 = match vv {
-                    Some(v) => v[start + i] * b2 + gi * gi * (1.0 - b2),
+                let m2 = match v {
+                    Some(v) => v[i] * b2 + gi * gi * (1.0 - b2),
                     None => gi * gi * (1.0 - b2),
                 };
                 let delta = (m1 / correction_1) / ((m2 / correction_2).sqrt() + step.epsilon);
-                let decayed = if decay_rate == 0.0 {
-                    pv[start + i]
-                } else {
-                    pv[start + i] * keep
-                };
-                np[i] = decayed - delta * lr;
-                nm[i] = m1;
-                nv[i] = m2;
+                let decayed = if decay_rate == 0.0 { p[i] } else { p[i] * keep };
+                *np = decayed - delta * lr;
+                *nm = m1;
+                *nv = m2;
             }
         });
     let wrap = |values: Vec<f32>| Tensor::from_primitive::<Flex>(new_tensor(values, &shape));
