@@ -29,6 +29,8 @@ pub struct BenchConfig {
     pub warmup_steps: usize,
     /// Compute precision.
     pub precision: crate::precision::Precision,
+    /// Record the loss of every N-th step (0: none), for comparing loss curves.
+    pub loss_every: usize,
 }
 
 /// Figures of one benchmark run.
@@ -46,6 +48,8 @@ pub struct BenchResult {
     pub last_loss: f64,
     /// Parameter count.
     pub parameters: usize,
+    /// `(step, loss)` of every `loss_every`-th step, warmup steps included.
+    pub losses: Vec<(usize, f64)>,
 }
 
 /// Peak RSS of this process in MiB from /proc/self/status (Linux only).
@@ -82,6 +86,7 @@ pub fn run(bench: &BenchConfig, device: Device) -> Result<BenchResult, TrainErro
     let total = bench.warmup_steps + bench.steps;
     let mut first_loss = f64::NAN;
     let mut last_loss = f64::NAN;
+    let mut losses = Vec::new();
     let mut start = Instant::now();
     for step in 0..total {
         if step == bench.warmup_steps {
@@ -104,6 +109,9 @@ pub fn run(bench: &BenchConfig, device: Device) -> Result<BenchResult, TrainErro
         if step == 0 {
             first_loss = loss;
         }
+        if bench.loss_every > 0 && step % bench.loss_every == 0 {
+            losses.push((step, loss));
+        }
         last_loss = loss;
     }
     let seconds = start.elapsed().as_secs_f64().max(1e-9);
@@ -114,5 +122,6 @@ pub fn run(bench: &BenchConfig, device: Device) -> Result<BenchResult, TrainErro
         first_loss,
         last_loss,
         parameters,
+        losses,
     })
 }

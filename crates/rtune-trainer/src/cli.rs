@@ -199,6 +199,9 @@ pub struct BenchArgs {
     /// Untimed warmup steps.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Print the loss of every N-th step (counted from the first warmup step; 0: none).
+    #[arg(long, default_value_t = 0)]
+    pub loss_every: usize,
     /// Device to train on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
@@ -234,6 +237,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 steps: args.steps,
                 warmup_steps: args.warmup,
                 precision: args.precision,
+                loss_every: args.loss_every,
             };
             let result = run_bench(&config, training_device(args.device)?)?;
             println!(
@@ -247,10 +251,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 result.parameters,
                 args.precision.name(),
                 args.device,
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
+                rayon::current_num_threads()
             );
+            for (step, loss) in &result.losses {
+                println!("LOSS step={step} loss={loss:.4}");
+            }
             println!(
                 "RESULT steps={} steps_per_s={:.2} tokens_per_s={:.0} peak_rss_mib={} first_loss={:.4} last_loss={:.4}",
                 config.steps,

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod kernels;
 pub mod model;
 pub mod precision;
 pub mod squad;

@@ -6,6 +6,7 @@
 //! state saved with one model instance applies to another loaded from the same checkpoint.
 
 use crate::config::{BloomConfig, alibi_slopes};
+use crate::kernels;
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -58,12 +59,12 @@ impl Norm {
         dtype: FloatDType,
     ) -> Tensor<D> {
         let weight = in_dtype(self.weight.val(), dtype);
-        layer_norm(
-            input,
-            weight,
-            Some(in_dtype(self.bias.val(), dtype)),
-            epsilon,
-        )
+        let bias = in_dtype(self.bias.val(), dtype);
+        // The fused kernel covers f32 on the CPU backend; it declines everything else.
+        if let Some(output) = kernels::layer_norm(&input, &weight, &bias, epsilon) {
+            return output;
+        }
+        layer_norm(input, weight, Some(bias), epsilon)
     }
 }
 
@@ -152,6 +153,9 @@ pub fn bloom_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     // 2 * 0.79788456 * x * (1 + 0.044715 x^2) = (A x^2 + B) x, with the constants folded.
     const B: f64 = 2.0 * 0.79788456;
     const A: f64 = B * 0.044715;
+    if let Some(output) = kernels::gelu(&x) {
+        return output;
+    }
     if !x.is_autodiff() {
         let inner = x
             .clone()
@@ -286,27 +290,11 @@ impl Block {
         let dt = mask.dtype;
         let ln = self.input_layernorm.forward(x.clone(), eps, dt);
         let residual = if residual_post_ln { ln.clone() } else { x };
-        let fused = self
-            .self_attention
-            .query_key_value
-            .forward(ln, dt)
-            .reshape([b, s, n_head, 3, head_dim]);
-        let part = |j: usize| {
-            fused
-                .clone()
-                .narrow(3, j, 1)
-                .reshape([b, s, n_head, head_dim])
-                .swap_dims(1, 2)
+        let fused = self.self_attention.query_key_value.forward(ln, dt);
+        let context = match kernels::attention(&fused, &mask.bias, n_head) {
+            Some(context) => context,
+            None => composed_attention(fused.reshape([b, s, n_head, 3, head_dim]), mask),
         };
-        let (query, key, value) = (part(0), part(1), part(2));
-        // Scaling the queries (b*s*hidden values) rather than the scores (b*heads*s*s) is the
-        // same product and saves a pass over the larger tensor, forward and backward.
-        let scores = query
-            .mul_scalar(1.0 / (head_dim as f64).sqrt())
-            .matmul(key.swap_dims(2, 3))
-            .add(mask.bias.clone());
-        let probs = softmax_last(scores);
-        let context = probs.matmul(value).swap_dims(1, 2).reshape([b, s, hidden]);
         let x = residual + self.self_attention.dense.forward(context, dt);
         let ln = self.post_attention_layernorm.forward(x.clone(), eps, dt);
         let residual = if residual_post_ln { ln.clone() } else { x };
@@ -316,6 +304,29 @@ impl Block {
                 .dense_4h_to_h
                 .forward(bloom_gelu(self.mlp.dense_h_to_4h.forward(ln, dt)), dt)
     }
+}
+
+/// Attention from the fused projection viewed as `[batch, seq, heads, 3, head_dim]`, composed
+/// from burn tensor ops (for backends without [`kernels::attention`]).
+fn composed_attention(fused: Tensor<5>, mask: &BatchMask) -> Tensor<3> {
+    let [b, s, n_head, _, head_dim] = fused.dims();
+    let hidden = n_head * head_dim;
+    let part = |j: usize| {
+        fused
+            .clone()
+            .narrow(3, j, 1)
+            .reshape([b, s, n_head, head_dim])
+            .swap_dims(1, 2)
+    };
+    let (query, key, value) = (part(0), part(1), part(2));
+    // Scaling the queries (b*s*hidden values) rather than the scores (b*heads*s*s) is the
+    // same product and saves a pass over the larger tensor, forward and backward.
+    let scores = query
+        .mul_scalar(1.0 / (head_dim as f64).sqrt())
+        .matmul(key.swap_dims(2, 3))
+        .add(mask.bias.clone());
+    let probs = softmax_last(scores);
+    probs.matmul(value).swap_dims(1, 2).reshape([b, s, hidden])
 }
 
 /// Standard-normal-ish initialisation for `--init random` (std 0.02 like HF's
@@ -642,6 +653,9 @@ impl Bloom {
         let lm_head = in_dtype(self.word_embeddings.val(), mask.dtype).transpose();
         // The cross entropy runs in f32 (as under PyTorch's autocast).
         let logits = in_f32(linear(selected, lm_head, None), mask.dtype);
+        if let Some(loss) = kernels::cross_entropy(&logits, &targets) {
+            return Some(loss);
+        }
         let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [count, 1]), &device);
         let picked = target_log_probs(logits, targets);
         Some(picked.sum().neg().div_scalar(count as f64).reshape([1]))

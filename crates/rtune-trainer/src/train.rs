@@ -3,11 +3,15 @@
 
 use crate::config::{BloomConfig, ConfigError};
 use crate::data::{Batch, Encoded, TextTokenizer, TokenizerError};
+use crate::kernels;
 use crate::model::{BatchMask, Bloom, param_id, parameter_specs, tensor_values};
 use crate::precision::{LossScaler, Precision};
 use crate::weights::{WeightsError, load_model, save_model};
 use burn::module::{Module, ParamGroup};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{
+    AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsAccumulator, GradientsParams,
+    LearningRate, ModuleOptimizer, Optimizer,
+};
 use burn::prelude::*;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -251,22 +255,88 @@ pub struct Trainer {
     device: Device,
 }
 
+/// burn's AdamW with the update of each parameter fused into one pass over its values on the
+/// flex CPU backend ([`kernels::adamw_step`]); burn's own step elsewhere. Same state type as
+/// burn's AdamW, so optimizer checkpoints have the same contents.
+#[derive(Clone)]
+struct FusedAdamW {
+    inner: AdamW,
+    beta_1: f32,
+    beta_2: f32,
+    epsilon: f32,
+    weight_decay: f32,
+}
+
+impl FusedAdamW {
+    fn new(beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32) -> Self {
+        let inner = AdamWConfig::new()
+            .with_beta_1(beta_1)
+            .with_beta_2(beta_2)
+            .with_epsilon(epsilon)
+            .with_weight_decay(weight_decay)
+            .build();
+        Self {
+            inner,
+            beta_1,
+            beta_2,
+            epsilon,
+            weight_decay,
+        }
+    }
+}
+
+impl Optimizer for FusedAdamW {
+    type State<const D: usize> = AdamWState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
+        let step = kernels::AdamWStep {
+            lr,
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+            time: i32::try_from(time).unwrap_or(i32::MAX),
+        };
+        let amsgrad = state
+            .as_ref()
+            .is_some_and(|s| s.momentum.max_moment_2.is_some());
+        let moments = state
+            .as_ref()
+            .map(|s| (&s.momentum.moment_1, &s.momentum.moment_2));
+        if !amsgrad
+            && let Some((tensor, moment_1, moment_2)) =
+                kernels::adamw_step(&tensor, &grad, moments, step)
+        {
+            let momentum = AdaptiveMomentumState::new(time, moment_1, moment_2);
+            return (tensor, Some(AdamWState::new(momentum)));
+        }
+        self.inner.step(lr, tensor, grad, state)
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        <AdamW as Optimizer>::to_device(state, device)
+    }
+}
+
 fn build_optimizer(config: &BloomConfig, weight_decay: f64) -> ModuleOptimizer {
     // PyTorch AdamW defaults (HF Trainer's too): betas (0.9, 0.999), eps 1e-8.
-    let adamw = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(weight_decay as f32);
+    let adamw = |weight_decay| FusedAdamW::new(0.9, 0.999, 1e-8, weight_decay);
     let exempt = parameter_specs(config)
         .iter()
         .enumerate()
         .filter(|(_, spec)| spec.exempt_from_weight_decay())
         .map(|(index, _)| param_id(index))
         .collect();
-    adamw.init().with_group(
+    ModuleOptimizer::from(adamw(weight_decay as f32)).with_group(
         ParamGroup::from_ids(exempt),
-        adamw.clone().with_weight_decay(0.0).build(),
+        adamw(0.0),
         None,
     )
 }
