@@ -69,7 +69,8 @@ pub enum StorageError {
 
 /// A write error, told as [`StorageError::NoSpace`] when the disk is full.
 fn write_error(path: &Path, needed: usize, source: io::Error) -> StorageError {
-    if source.raw_os_error() == Some(libc::ENOSPC) {
+    // tempfile wraps the OS error with the path, which keeps the kind but not the errno.
+    if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == io::ErrorKind::StorageFull {
         return StorageError::NoSpace {
             path: path.to_path_buf(),
             needed,
@@ -611,7 +612,9 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| write_error(path, content.len(), e))?;
-    tmp.write_all(content)
+    // Through the plain file, so an error keeps its errno (ENOSPC names the free space).
+    tmp.as_file_mut()
+        .write_all(content)
         .and_then(|()| tmp.as_file().sync_data())
         .map_err(|e| write_error(path, content.len(), e))?;
     tmp.persist(path)
