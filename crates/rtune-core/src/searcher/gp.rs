@@ -22,11 +22,13 @@
 use std::collections::BTreeMap;
 use std::f64::consts::{PI, SQRT_2};
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::searcher::parzen::{Dim, Encoding, erfc, standard_normal};
-use crate::searcher::tpe::{Level, lookup};
+use crate::searcher::tpe::{
+    Level, proposal_rng, random_proposal, round6, values_of, warm_start_proposal,
+};
 use crate::searcher::{Proposal, Searcher, Suggestion};
 use crate::space::SearchSpace;
 use crate::{Config, CoreRng, Mode, TrialId, TrialResult};
@@ -138,20 +140,6 @@ impl GpSearcher {
         })
     }
 
-    fn rng(&self, trial: TrialId) -> CoreRng {
-        let mut rng = CoreRng::seed_from_u64(self.settings.seed);
-        rng.set_stream(u64::from(trial.0));
-        rng
-    }
-
-    fn values_of<'a>(&self, config: &'a Config) -> Vec<Option<&'a Value>> {
-        self.space
-            .parameters()
-            .iter()
-            .map(|p| p.get(config))
-            .collect()
-    }
-
     /// The model inputs of an encoded config at resource coordinate `r`.
     fn inputs(&self, point: &[f64], r: f64) -> Vec<f64> {
         let mut x = Vec::with_capacity(self.columns);
@@ -174,26 +162,6 @@ impl GpSearcher {
         }
         x.push(r);
         x
-    }
-
-    /// A warm-start point completed with random values for what it leaves out.
-    fn warm_start(&self, index: usize, rng: &mut CoreRng) -> (Config, usize) {
-        let random = self.space.sample(0, rng);
-        let point = &self.settings.points_to_evaluate[index];
-        let mut missing = 0;
-        let values: Vec<Value> = self
-            .space
-            .parameters()
-            .iter()
-            .map(|p| match lookup(point, &p.path) {
-                Some(v) => v.clone(),
-                None => {
-                    missing += 1;
-                    p.get(&random).cloned().unwrap_or(Value::Null)
-                }
-            })
-            .collect();
-        (self.space.config_from_values(&values), missing)
     }
 
     /// The results to fit on now, or why there are none.
@@ -364,7 +332,7 @@ impl GpSearcher {
         let mut scored: Vec<(Vec<f64>, (f64, f64, f64))> = Vec::new();
         for _ in 0..self.settings.n_candidates.max(1) {
             let config = self.space.sample(0, rng);
-            let Some(point) = self.encoding.encode(&self.values_of(&config)) else {
+            let Some(point) = self.encoding.encode(&values_of(&self.space, &config)) else {
                 continue;
             };
             let s = score(&point);
@@ -464,23 +432,6 @@ impl GpSearcher {
         let refs: Vec<Option<&Value>> = values.iter().map(Some).collect();
         self.encoding.encode(&refs)
     }
-
-    fn random_proposal(&self, reason: String, rng: &mut CoreRng, why: &str) -> Proposal {
-        Proposal {
-            config: self.space.sample(0, rng),
-            reason,
-            details: json!({"model": "random", "why": why}),
-        }
-    }
-}
-
-fn round6(x: f64) -> Value {
-    if x.is_finite() {
-        let rounded = (x * 1e6).round() / 1e6;
-        serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number)
-    } else {
-        Value::Null
-    }
 }
 
 /// Expected improvement over `best` of a normal posterior (maximisation).
@@ -504,31 +455,21 @@ impl Searcher for GpSearcher {
         if index >= self.settings.num_samples {
             return Suggestion::Finished;
         }
-        let mut rng = self.rng(trial);
+        let mut rng = proposal_rng(self.settings.seed, trial);
         let s = &self.settings;
         let proposal = if index < s.points_to_evaluate.len() {
-            let (config, missing) = self.warm_start(index, &mut rng);
-            let mut reason = format!("warm start: searcher.points_to_evaluate[{index}]");
-            if missing > 0 {
-                reason.push_str(&format!(
-                    ", {missing} parameter{} drawn at random",
-                    if missing == 1 { "" } else { "s" }
-                ));
-            }
-            Proposal {
-                config,
-                reason,
-                details: json!({"model": "warm_start", "point": index, "random_parameters": missing}),
-            }
+            warm_start_proposal(&self.space, &s.points_to_evaluate, index, &mut rng)
         } else if index < s.n_initial {
             let reason = format!("random initial config {} of {}", index + 1, s.n_initial);
-            self.random_proposal(reason, &mut rng, "initial")
+            random_proposal(&self.space, reason, &mut rng, "initial")
         } else {
             match self
                 .data(trial, &mut rng)
                 .and_then(|data| Ok((self.model_proposal(&data, &mut rng)?, data)))
             {
-                Err(why) => self.random_proposal(format!("random: {why}"), &mut rng, "no_model"),
+                Err(why) => {
+                    random_proposal(&self.space, format!("random: {why}"), &mut rng, "no_model")
+                }
                 Ok(((values, ei, details), data)) => {
                     let fantasized = if data.pending.is_empty() {
                         String::new()
@@ -551,7 +492,9 @@ impl Searcher for GpSearcher {
                 }
             }
         };
-        let point = self.encoding.encode(&self.values_of(&proposal.config));
+        let point = self
+            .encoding
+            .encode(&values_of(&self.space, &proposal.config));
         self.records.insert(
             trial,
             Record {
@@ -906,6 +849,7 @@ fn fit_hyperparameters(x: &[Vec<f64>], y: &[f64], p: usize, rng: &mut CoreRng) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     /// The analytic gradient matches finite differences.
     #[test]

@@ -140,40 +140,6 @@ impl TpeSearcher {
         })
     }
 
-    fn rng(&self, trial: TrialId) -> CoreRng {
-        let mut rng = CoreRng::seed_from_u64(self.settings.seed);
-        rng.set_stream(u64::from(trial.0));
-        rng
-    }
-
-    fn values_of<'a>(&self, config: &'a Config) -> Vec<Option<&'a Value>> {
-        self.space
-            .parameters()
-            .iter()
-            .map(|p| p.get(config))
-            .collect()
-    }
-
-    /// A warm-start point completed with random values for what it leaves out.
-    fn warm_start(&self, index: usize, rng: &mut CoreRng) -> (Config, usize) {
-        let random = self.space.sample(0, rng);
-        let point = &self.settings.points_to_evaluate[index];
-        let mut missing = 0;
-        let values: Vec<Value> = self
-            .space
-            .parameters()
-            .iter()
-            .map(|p| match lookup(point, &p.path) {
-                Some(v) => v.clone(),
-                None => {
-                    missing += 1;
-                    p.get(&random).cloned().unwrap_or(Value::Null)
-                }
-            })
-            .collect();
-        (self.space.config_from_values(&values), missing)
-    }
-
     /// The observations to fit on now, or why there are none.
     fn data(&self, asking: TrialId) -> Result<Data, String> {
         let open = |id: &TrialId, r: &Record| *id != asking && !r.finished;
@@ -294,8 +260,7 @@ impl TpeSearcher {
         }
         let (values, ratio) = best.unwrap_or_else(|| {
             let config = self.space.sample(0, rng);
-            let values = self
-                .values_of(&config)
+            let values = values_of(&self.space, &config)
                 .into_iter()
                 .map(|v| v.cloned().unwrap_or(Value::Null))
                 .collect();
@@ -318,14 +283,6 @@ impl TpeSearcher {
         }
         (values, ratio, details)
     }
-
-    fn random_proposal(&self, reason: String, rng: &mut CoreRng, why: &str) -> Proposal {
-        Proposal {
-            config: self.space.sample(0, rng),
-            reason,
-            details: json!({"model": "random", "why": why}),
-        }
-    }
 }
 
 /// A value of a warm-start point: by nested path (`{model = {layers = 2}}`) or dotted key
@@ -334,7 +291,71 @@ pub(crate) fn lookup<'a>(point: &'a Config, path: &[String]) -> Option<&'a Value
     crate::space::get_path(point, path).or_else(|| point.get(&path.join(".")))
 }
 
-fn round6(x: f64) -> Value {
+/// The random stream of one trial's proposal: the same seed and trial give the same proposal,
+/// whatever was proposed before (so proposals replay).
+pub(crate) fn proposal_rng(seed: u64, trial: TrialId) -> CoreRng {
+    let mut rng = CoreRng::seed_from_u64(seed);
+    rng.set_stream(u64::from(trial.0));
+    rng
+}
+
+/// A config's values in the space's parameter order (what [`Encoding::encode`] takes).
+pub(crate) fn values_of<'a>(space: &SearchSpace, config: &'a Config) -> Vec<Option<&'a Value>> {
+    space.parameters().iter().map(|p| p.get(config)).collect()
+}
+
+/// Warm-start point `index` of `points`, completed with random values for what it leaves out,
+/// as a proposal whose reason says so.
+pub(crate) fn warm_start_proposal(
+    space: &SearchSpace,
+    points: &[Config],
+    index: usize,
+    rng: &mut CoreRng,
+) -> Proposal {
+    let random = space.sample(0, rng);
+    let point = &points[index];
+    let mut missing = 0;
+    let values: Vec<Value> = space
+        .parameters()
+        .iter()
+        .map(|p| match lookup(point, &p.path) {
+            Some(v) => v.clone(),
+            None => {
+                missing += 1;
+                p.get(&random).cloned().unwrap_or(Value::Null)
+            }
+        })
+        .collect();
+    let mut reason = format!("warm start: searcher.points_to_evaluate[{index}]");
+    if missing > 0 {
+        reason.push_str(&format!(
+            ", {missing} parameter{} drawn at random",
+            if missing == 1 { "" } else { "s" }
+        ));
+    }
+    Proposal {
+        config: space.config_from_values(&values),
+        reason,
+        details: json!({"model": "warm_start", "point": index, "random_parameters": missing}),
+    }
+}
+
+/// A config drawn at random, `why` naming the cause in the decision's details.
+pub(crate) fn random_proposal(
+    space: &SearchSpace,
+    reason: String,
+    rng: &mut CoreRng,
+    why: &str,
+) -> Proposal {
+    Proposal {
+        config: space.sample(0, rng),
+        reason,
+        details: json!({"model": "random", "why": why}),
+    }
+}
+
+/// A figure for the decisions log, rounded to 6 decimals (null when not finite).
+pub(crate) fn round6(x: f64) -> Value {
     if x.is_finite() {
         let rounded = (x * 1e6).round() / 1e6;
         serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number)
@@ -353,36 +374,27 @@ impl Searcher for TpeSearcher {
         if index >= self.settings.num_samples {
             return Suggestion::Finished;
         }
-        let mut rng = self.rng(trial);
+        let mut rng = proposal_rng(self.settings.seed, trial);
         let s = &self.settings;
         let proposal = if index < s.points_to_evaluate.len() {
-            let (config, missing) = self.warm_start(index, &mut rng);
-            let mut reason = format!("warm start: searcher.points_to_evaluate[{index}]");
-            if missing > 0 {
-                reason.push_str(&format!(
-                    ", {missing} parameter{} drawn at random",
-                    if missing == 1 { "" } else { "s" }
-                ));
-            }
-            Proposal {
-                config,
-                reason,
-                details: json!({"model": "warm_start", "point": index, "random_parameters": missing}),
-            }
+            warm_start_proposal(&self.space, &s.points_to_evaluate, index, &mut rng)
         } else if index < s.n_initial {
             let reason = format!("random initial config {} of {}", index + 1, s.n_initial);
-            self.random_proposal(reason, &mut rng, "initial")
+            random_proposal(&self.space, reason, &mut rng, "initial")
         } else if s.random_fraction > 0.0 && rng.random::<f64>() < s.random_fraction {
             let reason = format!(
                 "random (a share of {} of the proposals is random)",
                 s.random_fraction
             );
-            self.random_proposal(reason, &mut rng, "random_fraction")
+            random_proposal(&self.space, reason, &mut rng, "random_fraction")
         } else {
             match self.data(trial) {
-                Err(why) => {
-                    self.random_proposal(format!("random: {why}"), &mut rng, "not_enough_data")
-                }
+                Err(why) => random_proposal(
+                    &self.space,
+                    format!("random: {why}"),
+                    &mut rng,
+                    "not_enough_data",
+                ),
                 Ok(data) => {
                     let (values, ratio, details) = self.model_proposal(&data, &mut rng);
                     let n = data.ranked.len();
@@ -409,7 +421,9 @@ impl Searcher for TpeSearcher {
                 }
             }
         };
-        let point = self.encoding.encode(&self.values_of(&proposal.config));
+        let point = self
+            .encoding
+            .encode(&values_of(&self.space, &proposal.config));
         self.records.insert(
             trial,
             Record {
