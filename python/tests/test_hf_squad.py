@@ -28,7 +28,10 @@ def test_pbt_exploits_train_with_the_explored_hyperparameters(rtune_bin: Path, s
     exp = run_experiment(
         rtune_bin, REPO / "examples/hf-squad/squad-pbt.toml", tmp_path / "runs",
         hf_command(squad_dir, "--epochs", str(EPOCHS), "--trace-lr"),
-        f"stop.training_iteration={EPOCHS}")
+        f"stop.training_iteration={EPOCHS}",
+        # Synchronous PBT, so the population meets at epoch 2 and an exploit is decided whatever
+        # the timing of the trial processes (the example itself is asynchronous).
+        "scheduler.synch=true", "scheduler.perturbation_interval=2")
     lineage = [json.loads(line) for line in (exp / "lineage.jsonl").read_text().splitlines()]
     assert lineage, "PBT decided no exploit"
     trials = sorted(exp.glob("trial_*"))

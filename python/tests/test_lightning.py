@@ -30,9 +30,13 @@ lr = {{ loguniform = [0.001, 0.1] }}
 bs = {{ choice = [8, 16] }}
 wd = {{ choice = [0.0, 0.01] }}
 
+# Synchronous PBT: the population meets at iteration 2, so the lower quantile is exploited
+# whatever the timing of the trial processes (asynchronously, whether two trials overlap at all
+# depends on how long Lightning takes to start).
 [scheduler]
 type = "pbt"
-perturbation_interval = 1
+perturbation_interval = 2
+synch = true
 
 [executor]
 max_concurrent_trials = 2

@@ -26,6 +26,9 @@ x0 = {{ choice = [1.0, 2.0] }}
 [scheduler]
 type = "pbt"
 perturbation_interval = 2
+# Synchronous, so trials pause at the barrier and restore from their checkpoints whatever the
+# timing of the trial processes.
+synch = true
 
 [executor]
 max_concurrent_trials = 2
