@@ -15,28 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{example, json_lines, run_ok, text};
+use common::{cluster_available, example, json_lines, run_ok, text};
 
 static CLUSTER: Mutex<()> = Mutex::new(());
-
-fn cluster_available(test: &str) -> bool {
-    let answers = std::env::var_os("SLURM_CONF").is_some()
-        && Command::new("sinfo")
-            .arg("-h")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if answers {
-        return true;
-    }
-    if std::env::var("RTUNE_REQUIRE_SLURM").as_deref() == Ok("1") {
-        panic!("{test}: no SLURM cluster answers but RTUNE_REQUIRE_SLURM=1");
-    }
-    eprintln!(
-        "SKIPPED {test}: no SLURM cluster (set SLURM_CONF, or start one as root with \
-         scripts/slurm/start-local-slurm.sh and run scripts/test)"
-    );
-    false
-}
 
 fn rtune_exe() -> &'static str {
     env!("CARGO_BIN_EXE_rtune")

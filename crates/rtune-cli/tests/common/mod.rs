@@ -54,3 +54,24 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect()
 }
+
+/// Whether a SLURM cluster answers (`SLURM_CONF` set and `sinfo` works). Without one the SLURM
+/// tests say they were skipped, unless `RTUNE_REQUIRE_SLURM=1` (CI), where they fail.
+pub fn cluster_available(test: &str) -> bool {
+    let answers = std::env::var_os("SLURM_CONF").is_some()
+        && Command::new("sinfo")
+            .arg("-h")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if answers {
+        return true;
+    }
+    if std::env::var("RTUNE_REQUIRE_SLURM").as_deref() == Ok("1") {
+        panic!("{test}: no SLURM cluster answers but RTUNE_REQUIRE_SLURM=1");
+    }
+    eprintln!(
+        "SKIPPED {test}: no SLURM cluster (set SLURM_CONF, or start one as root with \
+         scripts/slurm/start-local-slurm.sh and run scripts/test)"
+    );
+    false
+}
