@@ -141,7 +141,8 @@ struct SubmitArgs {
     /// Print the capacity plan and the job script; submit nothing and create nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Wait until the job has ended (sbatch --wait); the exit status is the job's.
+    /// Wait until the job has ended (sbatch --wait); the exit status is the job's. With --time,
+    /// follow the chain of head jobs to the one that ends the experiment.
     #[arg(long)]
     wait: bool,
     /// How long before the head job's time limit SLURM warns rtune (--signal=B:USR1@SECONDS):
@@ -654,12 +655,78 @@ fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let status = child.wait().context("cannot wait for sbatch")?;
     println!("job {id} ended: {status}");
     // sbatch --wait exits with the job's status: 75 when the experiment went on in a new head
-    // job (see CONTINUED_EXIT).
-    Ok(match status.code() {
+    // job (see CONTINUED_EXIT), which names its successor in the chain's directory; follow the
+    // chain to the job that ends it, whose status is the answer.
+    let mut code = status.code();
+    let mut current = id;
+    let chain_dir = resume_script.parent().unwrap_or(std::path::Path::new("."));
+    while job.chain.is_some() && code == Some(i32::from(rtune_runner::submit::CONTINUED_EXIT)) {
+        let next_file = rtune_runner::submit::next_job_file(chain_dir, &current);
+        let next = std::fs::read_to_string(&next_file)
+            .ok()
+            .and_then(|text| parse_job_id(&text).ok());
+        let Some(next) = next else {
+            eprintln!(
+                "job {current} stopped for its time limit, but {} names no next job: see its log",
+                next_file.display()
+            );
+            return Ok(ExitCode::FAILURE);
+        };
+        println!("the experiment continues in job {next}");
+        println!("log: {}", log_path(&job.log, &next).display());
+        code = wait_for_job(&next)?;
+        println!(
+            "job {next} ended: {}",
+            code.map_or_else(
+                || "killed by a signal".to_string(),
+                |c| format!("exit status {c}")
+            )
+        );
+        current = next;
+    }
+    Ok(match code {
         Some(0) => ExitCode::SUCCESS,
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// Waits for a head job rtune did not submit itself (a successor in a chain), asking squeue
+/// every few seconds; its exit status, None when a signal ended it.
+fn wait_for_job(id: &str) -> Result<Option<i32>> {
+    use rtune_runner::executor::slurm_jobs::{is_final_state, query_job};
+    const POLL: std::time::Duration = std::time::Duration::from_secs(3);
+    // squeue may not list a job in the first moments after sbatch returned, and forgets it
+    // MinJobAge (300 s by default) after it ended.
+    let mut unlisted = 0u32;
+    let mut failed = 0u32;
+    loop {
+        match query_job(id) {
+            Ok(Some(job)) if is_final_state(&job.state) => {
+                let (exit, signal) = job.exit_code.split_once(':').unwrap_or(("1", "0"));
+                return Ok(match (exit.parse::<i32>(), signal) {
+                    (Ok(code), "0") => Some(code),
+                    _ => None,
+                });
+            }
+            Ok(Some(_)) => unlisted = 0,
+            Ok(None) => {
+                unlisted += 1;
+                anyhow::ensure!(
+                    unlisted < 10,
+                    "squeue does not know job {id}: it ended too long ago or was never queued; \
+                     its log says how it ended"
+                );
+            }
+            Err(why) => {
+                failed += 1;
+                if failed % 20 == 1 {
+                    eprintln!("warning: cannot ask squeue about job {id} (trying again): {why}");
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// `dir/stem.ext`, or `dir/stem-2.ext`, `-3`, ... when taken: an earlier file is never

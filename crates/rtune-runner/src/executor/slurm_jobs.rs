@@ -786,6 +786,22 @@ fn finish_all(
     }
 }
 
+/// Asks squeue once about one job (blocking; for the CLI, which follows a chain of head jobs):
+/// its status, None when squeue does not list it (never submitted, or ended longer than
+/// MinJobAge ago), or why squeue could not answer.
+pub fn query_job(job_id: &str) -> Result<Option<JobStatus>, String> {
+    let output = std::process::Command::new("squeue")
+        .args(["-h", "--states=all", "-j", job_id, "-O", SQUEUE_FORMAT])
+        .env("SLURM_TIME_FORMAT", "%s")
+        .stdin(Stdio::null())
+        .output();
+    match read_squeue(output) {
+        SqueueAnswer::Listed(mut jobs) => Ok(jobs.remove(job_id)),
+        SqueueAnswer::NoneKnown => Ok(None),
+        SqueueAnswer::Failed(why) => Err(why),
+    }
+}
+
 /// The fields rtune reads from `squeue -O`, `|`-separated.
 const SQUEUE_FORMAT: &str =
     "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,RestartCnt:|,StartTime:|";
