@@ -476,6 +476,41 @@ def main():
     print(table)
     (out / "table.md").write_text(table + "\n")
 
+    # The issue's goal, instance by instance (an instance: task x seed x workers): is an rtune
+    # method's incumbent at least as good as the best anchor's at every budget point? Ties count
+    # as good; a missing full-fidelity result is infinitely bad.
+    anchors = [m for m in methods if not m.startswith("rtune")]
+    goal = ["| rtune method | instances where it is at least as good as the best anchor at "
+            + "every budget point | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |",
+            "|---|---|" + "---|" * len(FRACTIONS)]
+    if anchors:
+        by_key = {(r["method"], r["task"], r["seed"], r["workers"]): r
+                  for r in results if not r["error"] and r["incumbents"]}
+        instances = sorted({k[1:] for k in by_key})
+
+        def value(method, inst, k):
+            r = by_key.get((method,) + inst)
+            v = r["incumbents"][k] if r else None
+            return math.inf if v is None else v
+
+        for m in methods:
+            if m in anchors:
+                continue
+            complete = [i for i in instances
+                        if (m,) + i in by_key and all((a,) + i in by_key for a in anchors)]
+            per_point = [sum(value(m, i, k) <= min(value(a, i, k) for a in anchors) for i in complete)
+                         for k in range(len(FRACTIONS))]
+            every = sum(all(value(m, i, k) <= min(value(a, i, k) for a in anchors)
+                            for k in range(len(FRACTIONS))) for i in complete)
+            goal.append(f"| {m} | {every} of {len(complete)} | "
+                        + " | ".join(f"{n} of {len(complete)}" for n in per_point) + " |")
+        print()
+        print("Goal check: instances (task x seed x workers) where the rtune method's incumbent is")
+        print(f"<= the best of the {len(anchors)} anchors' ({', '.join(anchors)}), at every budget point")
+        print("and at each one:")
+        print("\n".join(goal))
+        (out / "goal.md").write_text("\n".join(goal) + "\n")
+
     # Per-task raw medians (val_cross_entropy at 25/50/100%), for comparison with the issue.
     raw = ["| task | method | workers | 25% | 50% | 100% |", "|---|---|---|---|---|---|"]
     for t in tasks:
@@ -521,7 +556,8 @@ def main():
         print(f"\nplot: {out / 'regret.svg'} and regret.png")
     except ImportError:
         print("matplotlib is not installed: no plot")
-    print(f"table: {out / 'table.md'}, per task: {out / 'per-task.md'}, runs: {out / 'runs.json'}")
+    print(f"table: {out / 'table.md'}, goal check: {out / 'goal.md'}, per task: {out / 'per-task.md'}, "
+          f"runs: {out / 'runs.json'}")
 
 
 if __name__ == "__main__":
