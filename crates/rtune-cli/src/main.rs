@@ -703,11 +703,8 @@ fn wait_for_job(id: &str) -> Result<Option<i32>> {
     loop {
         match query_job(id) {
             Ok(Some(job)) if is_final_state(&job.state) => {
-                let (exit, signal) = job.exit_code.split_once(':').unwrap_or(("1", "0"));
-                return Ok(match (exit.parse::<i32>(), signal) {
-                    (Ok(code), "0") => Some(code),
-                    _ => None,
-                });
+                let (code, signal) = job.exit();
+                return Ok((signal == 0).then_some(code));
             }
             Ok(Some(_)) => unlisted = 0,
             Ok(None) => {

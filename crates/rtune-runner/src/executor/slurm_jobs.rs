@@ -95,6 +95,17 @@ pub struct JobStatus {
     pub start_time: Option<f64>,
 }
 
+impl JobStatus {
+    /// The exit code and the number of the signal that ended the job (`exit_code` `3:0` is
+    /// (3, 0), `0:9` is (0, 9)).
+    pub fn exit(&self) -> (i32, i32) {
+        self.exit_code
+            .split_once(':')
+            .map(|(c, s)| (c.parse::<i32>().unwrap_or(0), s.parse::<i32>().unwrap_or(0)))
+            .unwrap_or((0, 0))
+    }
+}
+
 /// Whether a job in this state will not change any more.
 pub fn is_final_state(state: &str) -> bool {
     !matches!(
@@ -117,11 +128,7 @@ pub fn is_final_state(state: &str) -> bool {
 
 /// The run's outcome for a job in a final state: success, and the message for the trial.
 pub fn job_outcome(job_id: &str, status: &JobStatus) -> (bool, String) {
-    let (code, signal) = status
-        .exit_code
-        .split_once(':')
-        .map(|(c, s)| (c.parse::<i32>().unwrap_or(0), s.parse::<i32>().unwrap_or(0)))
-        .unwrap_or((0, 0));
+    let (code, signal) = status.exit();
     let exit = if signal > 0 {
         match signal {
             9 => "killed by signal 9 (SIGKILL)".to_string(),
