@@ -46,6 +46,8 @@ METHODS = {
     "rtune BOHB r3": ("rtune", {"searcher": "bohb", "scheduler": "asha", "grace": 3}),
     "rtune GP r1": ("rtune", {"searcher": "gp", "scheduler": "asha", "grace": 1}),
     "rtune GP r3": ("rtune", {"searcher": "gp", "scheduler": "asha", "grace": 3}),
+    "rtune GP r1 pruning-aware": ("rtune", {"searcher": "gp", "scheduler": "asha", "grace": 1,
+                                            "searcher_keys": "pruning_aware = true"}),
     "Optuna TPE+Hyperband r1": ("optuna", {"pruner": 1}),
     "Optuna TPE+Hyperband r3": ("optuna", {"pruner": 3}),
     "Optuna TPE": ("optuna", {"pruner": None}),
@@ -74,19 +76,17 @@ max_dropout = { uniform = [0.0, 1.0] }
 def run_rtune(opts, task, seed, workers, budget_epochs, rtune, workdir):
     """One simulated rtune experiment; returns its trace [(time, epoch, value)]."""
     searcher, scheduler, grace = opts["searcher"], opts["scheduler"], opts["grace"]
-    # Enough trials to spend the budget: ASHA (reduction 3, grace g, max 52) spent 4.6 epochs
-    # per trial with g = 1 on lcbench (asynchronous promotions go beyond the geometric sum);
-    # a trial without early stopping spends 52. Results past the budget are not scored.
-    if scheduler == "asha":
-        per_trial = 4.0 * grace
-        num_samples = int(math.ceil(1.2 * budget_epochs / per_trial)) + workers
-    else:
-        num_samples = int(math.ceil(budget_epochs / EPOCHS)) + workers
+    # The experiment ends when the budget's epochs are spent (max_total_results: one result per
+    # epoch), so num_samples only has to be enough to spend it: every trial trains at least
+    # `grace` epochs under ASHA, 52 without early stopping.
+    per_trial = grace if scheduler == "asha" else EPOCHS
+    num_samples = int(math.ceil(budget_epochs / per_trial)) + workers
     text = f"""name = "bench"
 metric = "{METRIC}"
 mode = "min"
 num_samples = {num_samples}
 seed = {seed}
+max_total_results = {budget_epochs}
 
 [space]
 {SPACE_TOML}
@@ -111,6 +111,7 @@ reduction_factor = 3
         text += f"""
 [searcher]
 type = "{searcher}"
+{opts.get("searcher_keys", "")}
 """
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         path = Path(tmp) / "bench.toml"

@@ -368,6 +368,9 @@ pub struct Tuner {
     retention: CheckpointRetention,
     /// Set by an interrupt until a resume: nothing new starts.
     interrupted: bool,
+    /// Results taken in all, rolled-back ones included (they were trained): what
+    /// `max_total_results` counts.
+    results_received: u64,
 }
 
 impl Tuner {
@@ -387,6 +390,7 @@ impl Tuner {
             effects: Vec::new(),
             retention: CheckpointRetention::default(),
             interrupted: false,
+            results_received: 0,
         }
     }
 
@@ -402,8 +406,9 @@ impl Tuner {
                 checkpoint,
             } => {
                 self.check_run(*trial, *run)?;
-                self.on_result(*trial, metrics.clone(), *checkpoint, *now)
-                    .map(Output::Reply)
+                let reply = self.on_result(*trial, metrics.clone(), *checkpoint, *now)?;
+                self.results_received += 1;
+                Ok(Output::Reply(reply))
             }
             Input::Started { now, trial, run } => {
                 self.check_run(*trial, *run)?;
@@ -453,13 +458,19 @@ impl Tuner {
     /// the same decisions from here on. Replay tests compare these.
     pub fn fingerprint(&self) -> String {
         format!(
-            "{:#?}\nrng word {}\nsearcher finished {}\ninterrupted {}\n{:#?}",
+            "{:#?}\nrng word {}\nsearcher finished {}\ninterrupted {}\nresults {}\n{:#?}",
             self.trials,
             self.rng.get_word_pos(),
             self.searcher_finished,
             self.interrupted,
+            self.results_received,
             self.scheduler
         )
+    }
+
+    /// How many results the core has taken, over every trial and run (rolled-back ones too).
+    pub fn results_received(&self) -> u64 {
+        self.results_received
     }
 
     /// Whether an interrupt is in force (nothing new starts until a resume).

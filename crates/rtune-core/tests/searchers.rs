@@ -858,6 +858,91 @@ fn gp_proposes_sensibly_on_degenerate_results() {
     assert_eq!(out[2].1["rung"], json!(1.0));
 }
 
+/// Feeds trial `i` the results `losses[i]` at iterations 1, 2, ... and returns the proposal
+/// of the trial after the last.
+fn proposal_after(searcher: &mut dyn Searcher, losses: &[Vec<f64>]) -> (String, Value) {
+    let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
+    for (i, curve) in losses.iter().enumerate() {
+        let id = TrialId(i as u32);
+        assert!(matches!(
+            searcher.suggest(id, &mut rng),
+            Suggestion::Explained(_)
+        ));
+        for (r, loss) in curve.iter().enumerate() {
+            let mut metrics = serde_json::Map::new();
+            metrics.insert("loss".into(), json!(loss));
+            metrics.insert("training_iteration".into(), json!(r + 1));
+            searcher.on_trial_result(
+                id,
+                &TrialResult {
+                    trial: id,
+                    metrics,
+                    has_checkpoint: false,
+                },
+            );
+        }
+        searcher.on_trial_complete(id, None);
+    }
+    let Suggestion::Explained(p) = searcher.suggest(TrialId(losses.len() as u32), &mut rng) else {
+        panic!("a proposal");
+    };
+    (p.reason, p.details)
+}
+
+#[test]
+fn gp_with_asha_weighs_expected_improvement_by_the_chance_to_pass_the_lower_rungs() {
+    let (space, _) = synthetic(SyntheticFunction::Branin);
+    let asha: SchedulerSpec =
+        spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
+    // Eight trials stopped at rung 1, four more that reached rung 3: with min_points = 4 the
+    // acquisition rung is 3, and rung 1 is the gate.
+    let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
+    losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
+    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
+                    "pruning_aware": true});
+    let mut s = build(&gp, &asha, &space, 20, 5);
+    let (reason, details) = proposal_after(s.as_mut(), &losses);
+    assert_eq!(details["rung"], json!(3.0), "{details}");
+    assert_eq!(
+        details["acquisition"],
+        json!("expected_improvement_times_pass_probability")
+    );
+    // ASHA's cutoff: the 2/3 quantile of the 12 rung-1 scores, in the metric's units.
+    let mut rung1: Vec<f64> = losses.iter().map(|c| -c[0]).collect();
+    rung1.sort_by(f64::total_cmp);
+    let position: f64 = 2.0 / 3.0 * 11.0;
+    let (below, fraction) = (position.floor() as usize, position.fract());
+    let cutoff = -(rung1[below] + fraction * (rung1[below + 1] - rung1[below]));
+    let gates = details["gates"].as_array().unwrap();
+    assert_eq!(gates.len(), 1, "{details}");
+    assert_eq!(gates[0]["rung"], json!(1.0));
+    assert_eq!(gates[0]["recorded"], json!(12));
+    assert!(
+        (gates[0]["cutoff"].as_f64().unwrap() - cutoff).abs() < 1e-5,
+        "{details}"
+    );
+    let pass = details["pass_probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&pass), "{details}");
+    assert!(
+        reason.contains("chance to pass the cutoffs of rungs 1"),
+        "{reason}"
+    );
+    // Off (the default), or without ASHA's rungs: expected improvement alone.
+    let plain = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4});
+    let fifo = SchedulerSpec::default();
+    for (searcher, scheduler) in [(&plain, &asha), (&gp, &fifo)] {
+        let mut s = build(searcher, scheduler, &space, 20, 5);
+        let (reason, details) = proposal_after(s.as_mut(), &losses);
+        assert_eq!(
+            details["acquisition"],
+            json!("expected_improvement"),
+            "{details}"
+        );
+        assert!(details.get("gates").is_none(), "{details}");
+        assert!(!reason.contains("chance to pass"), "{reason}");
+    }
+}
+
 /// The searcher's own cost per proposal. Not a test of speed (the machine may be busy): run it
 /// with `cargo test --release -p rtune-core --test searchers -- --ignored --nocapture`.
 #[test]

@@ -35,6 +35,10 @@ pub struct ExperimentFile {
     /// Seconds after the experiment's start when every trial is stopped and it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_budget_s: Option<f64>,
+    /// Results (over all trials) after which every trial is stopped and the experiment ends:
+    /// a budget of epochs when each result is one (Syne Tune's `max_num_evaluations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_results: Option<u64>,
     /// When the first `fail_fast` trials all end in ERROR, stop the experiment and show their
     /// error instead of running every sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,6 +435,12 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
                 format!("must be a number of seconds, more than 0; got {v}"),
             ));
         }
+    }
+    if file.max_total_results == Some(0) {
+        return Err(invalid(
+            "max_total_results",
+            "must be 1 or more (results over all trials); leave it out for no such budget".into(),
+        ));
     }
     if file.fail_fast == Some(0) {
         return Err(invalid(

@@ -75,6 +75,9 @@ pub struct RunLimits {
     /// `time_budget_s`: after this many seconds since the experiment started, every trial is
     /// stopped and the experiment ends.
     pub time_budget: Option<Duration>,
+    /// `max_total_results`: after this many results over all trials, every trial is stopped
+    /// and the experiment ends.
+    pub max_total_results: Option<u64>,
     /// `fail_fast`: when the first N trials all end in ERROR, stop the experiment.
     pub fail_fast: Option<u32>,
 }
@@ -694,6 +697,7 @@ impl Loop<'_> {
         if action.should_exit() {
             self.schedule_end(trial, report.run);
         }
+        self.check_result_budget();
         Response::action(action, reason)
     }
 
@@ -876,6 +880,7 @@ impl Loop<'_> {
                 self.executor.stop(trial, self.template.stop_grace);
             }
         }
+        self.check_result_budget();
         if let Some(budget) = self.limits.time_budget
             && !self.tuner.is_finished()
             && self.failed_fast.is_none()
@@ -894,6 +899,29 @@ impl Loop<'_> {
             });
             self.apply_effects();
         }
+    }
+
+    /// `max_total_results`: checked after every result (and on every tick, for a resumed
+    /// experiment whose budget was used up before it stopped).
+    fn check_result_budget(&mut self) {
+        let Some(budget) = self.limits.max_total_results else {
+            return;
+        };
+        if self.tuner.results_received() < budget
+            || self.tuner.is_finished()
+            || self.failed_fast.is_some()
+        {
+            return;
+        }
+        self.limits.max_total_results = None;
+        let reason = format!("the budget of {budget} results (max_total_results) is used up");
+        self.reporter
+            .on_event(&format!("{reason}: stopping every trial"));
+        self.feed(Input::StopAll {
+            now: unix_now(),
+            reason,
+        });
+        self.apply_effects();
     }
 
     /// `fail_fast = N`: when the first N trials all ended in ERROR, the experiment stops and
@@ -1581,6 +1609,34 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn max_total_results_stops_every_trial_once_the_budget_is_spent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Three trials of 3 results each, 2 at a time: 9 results without the budget.
+        let configs: Vec<Config> = (1..=3).map(|x| config(&[("x", f64::from(x))])).collect();
+        let limits = RunLimits {
+            max_total_results: Some(4),
+            ..RunLimits::default()
+        };
+        let outcome = run_fake(dir.path(), configs.clone(), 0, limits).await;
+        assert_eq!(outcome.state.status, "finished");
+        let trials = &outcome.state.trials;
+        let results: u64 = trials.iter().map(|t| t.iteration).sum();
+        // The other running trial's report may already be on its way when the 4th is taken.
+        assert!((4..=5).contains(&results), "{results} results");
+        assert!(
+            trials.iter().all(|t| t.status.is_finished()),
+            "every trial was stopped: {trials:?}"
+        );
+        assert!(
+            trials.iter().skip(2).all(|t| t.iteration == 0),
+            "the third trial never trained (the first two spent the budget)"
+        );
+        let again = replayed(dir.path(), configs, 0);
+        assert_eq!(again.results_received(), results);
+        assert!(again.is_finished());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn failures_are_retried_and_fail_fast_stops_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let failing = config(&[("x", 1.0), ("fail_at", 2.0)]);
@@ -1590,8 +1646,8 @@ mod tests {
         let holding = config(&[("x", 1.0), ("hold", 1.0)]);
         let configs = vec![failing.clone(), failing, holding.clone(), holding];
         let limits = RunLimits {
-            time_budget: None,
             fail_fast: Some(2),
+            ..RunLimits::default()
         };
         let outcome = run_fake(dir.path(), configs.clone(), 1, limits).await;
         let message = outcome.failed_fast.expect("fail_fast stopped it");

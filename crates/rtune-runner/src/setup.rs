@@ -496,6 +496,7 @@ fn prepare_with(
         resume: resume.map(|(_, errored)| errored),
         limits: RunLimits {
             time_budget: file.time_budget_s.map(Duration::from_secs_f64),
+            max_total_results: file.max_total_results,
             fail_fast: file.fail_fast,
         },
     };

@@ -184,3 +184,35 @@ fn a_config_without_the_benchmark_parameters_fails_its_trials_with_a_clear_error
     );
     assert!(err.to_string().contains("executor.benchmark"), "{err}");
 }
+
+#[test]
+fn max_total_results_ends_the_experiment_when_the_budget_is_spent() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One worker: results arrive one at a time, so exactly the budget is taken. 40 trials
+    // would take more than 60 results (every trial reports at least one).
+    let text = BRANIN_ASHA
+        .replace("seed = 7", "seed = 7\nmax_total_results = 60")
+        .replace("max_concurrent_trials = 4", "max_concurrent_trials = 1");
+    let dir = run(tmp.path(), &text, "budget").expect("simulated run");
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("experiment_state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["status"], "finished");
+    let mut results = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().join("result.json");
+        if path.exists() {
+            results += lines(&path).len();
+        }
+    }
+    assert_eq!(results, 60);
+    let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    assert!(
+        journal.contains("the budget of 60 results (max_total_results) is used up"),
+        "the stop is in the journal"
+    );
+
+    let zero = BRANIN_ASHA.replace("seed = 7", "seed = 7\nmax_total_results = 0");
+    let err = run(tmp.path(), &zero, "zero").expect_err("a budget of 0 results");
+    assert!(err.to_string().contains("max_total_results"), "{err}");
+}

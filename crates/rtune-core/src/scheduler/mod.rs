@@ -4,7 +4,7 @@
 //! decisions about other trials to the context's outbox (a synchronous scheduler that releases a
 //! barrier, say). The [`crate::Tuner`] applies them and logs each one with its reason.
 
-mod asha;
+pub(crate) mod asha;
 mod fifo;
 mod hyperband;
 mod median;

@@ -25,6 +25,7 @@ use std::f64::consts::{PI, SQRT_2};
 use rand::Rng;
 use serde_json::{Value, json};
 
+use crate::scheduler::asha::percentile;
 use crate::searcher::parzen::{Dim, Encoding, erfc, standard_normal};
 use crate::searcher::tpe::{
     Level, proposal_rng, random_proposal, round6, values_of, warm_start_proposal,
@@ -60,6 +61,10 @@ pub struct GpSettings {
     /// The rungs (ASHA's milestones): a result counts at the highest rung it reached, the first
     /// time. `None`: each trial's latest result counts, at its resource.
     pub levels: Option<Vec<f64>>,
+    /// ASHA's promotion quantile (`1 - 1/reduction_factor`) when `levels` are its rungs and
+    /// `pruning_aware` is on: the expected improvement is weighted by the model's probability
+    /// that the config passes the rungs below the acquisition rung (see [`Gate`]).
+    pub rung_cutoff_quantile: Option<f64>,
 }
 
 /// The hyperparameters are fitted on at most this many results (a random subset, the
@@ -71,6 +76,10 @@ const FIT_STEPS: usize = 30;
 const LOCAL_STEPS: usize = 24;
 /// Candidates the local search starts from.
 const LOCAL_STARTS: usize = 3;
+/// Best results at the acquisition rung the local search also starts from: late in a search the
+/// largest expected improvement is usually next to them, where random candidates seldom fall
+/// (Optuna's GPSampler starts from its best trials too).
+const INCUMBENT_STARTS: usize = 2;
 /// At most this many pending trials are fantasized.
 const MAX_PENDING: usize = 32;
 
@@ -112,6 +121,45 @@ struct Data {
     pending: Vec<Vec<f64>>,
     /// Results whose value was NaN or infinite (entered as the worst value seen).
     non_finite: usize,
+    /// The rungs below the acquisition rung that a new trial must pass under ASHA.
+    gates: Vec<Gate>,
+    /// The configs (encoded) of the best results at the acquisition rung, best first.
+    incumbents: Vec<Vec<f64>>,
+}
+
+/// A rung below the acquisition rung, where ASHA stops a trial whose score is below the
+/// promotion quantile of the scores recorded there.
+///
+/// Why: with a minimum resource of 1, most proposals are judged at rungs whose ranking can be
+/// far from the acquisition rung's (on some lcbench tasks epoch-1 scores rank configs almost
+/// opposite to epoch 52). Expected improvement at the acquisition rung alone then keeps
+/// proposing configs that ASHA stops at the first rung, and the search stalls. The proposal
+/// maximises `EI * P(pass)`, where `P(pass)` is the smallest, over the gates, of the joint
+/// GP's probability that the config scores at least the gate's cutoff: the smallest, because
+/// the events are strongly positively correlated (a product would count the same risk
+/// several times).
+#[derive(Clone, Debug)]
+struct Gate {
+    level: f64,
+    /// The rung as a model input (the resource coordinate).
+    coordinate: f64,
+    /// The cutoff, standardised like the scores, and as the score it is.
+    cutoff: f64,
+    raw_cutoff: f64,
+    /// Scores recorded at the rung.
+    recorded: usize,
+}
+
+/// How good a candidate is: its acquisition value and the parts it is made of.
+#[derive(Clone, Copy, Debug)]
+struct Score {
+    /// `ei * survival`.
+    acquisition: f64,
+    ei: f64,
+    /// Probability of passing the gates (1 without any).
+    survival: f64,
+    mean: f64,
+    sd: f64,
 }
 
 impl GpSearcher {
@@ -268,6 +316,40 @@ impl GpSearcher {
             y.iter().copied().fold(f64::NEG_INFINITY, f64::max)
         };
         let rung_coordinate = coordinate(rung);
+        let gates = match (&s.levels, s.rung_cutoff_quantile) {
+            (Some(levels), Some(quantile)) => levels
+                .iter()
+                .filter(|&&level| level < rung - 1e-9 * rung.abs().max(1.0))
+                .filter_map(|&level| {
+                    let scores: Vec<f64> = self
+                        .records
+                        .values()
+                        .filter_map(|r| r.rungs.get(&Level(level)).copied())
+                        .collect();
+                    let raw_cutoff = percentile(scores.iter().copied(), quantile * 100.0)?;
+                    raw_cutoff.is_finite().then(|| Gate {
+                        level,
+                        coordinate: coordinate(level),
+                        cutoff: (raw_cutoff - mean) / sd,
+                        raw_cutoff,
+                        recorded: scores.len(),
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut at_rung: Vec<(&[f64], f64)> = self
+            .records
+            .values()
+            .filter_map(|r| Some((r.point.as_deref()?, *r.rungs.get(&Level(rung))?)))
+            .filter(|(_, score)| score.is_finite())
+            .collect();
+        at_rung.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let incumbents = at_rung
+            .iter()
+            .take(INCUMBENT_STARTS)
+            .map(|(point, _)| point.to_vec())
+            .collect();
         let pending = if s.fantasize {
             self.records
                 .iter()
@@ -293,6 +375,8 @@ impl GpSearcher {
             total,
             pending,
             non_finite,
+            gates,
+            incumbents,
         })
     }
 
@@ -301,7 +385,7 @@ impl GpSearcher {
         &self,
         data: &Data,
         rng: &mut CoreRng,
-    ) -> Result<(Vec<Value>, f64, Value), String> {
+    ) -> Result<(Vec<Value>, Score, Value), String> {
         let p = self.columns;
         let fit_n = data.x.len().min(FIT_POINTS);
         let theta = fit_hyperparameters(&data.x[..fit_n], &data.y[..fit_n], p, rng);
@@ -319,17 +403,35 @@ impl GpSearcher {
                 gp = with;
             }
         }
-        let score = |point: &[f64]| -> (f64, f64, f64) {
+        let score = |point: &[f64]| -> Score {
             let (mean, var) = gp.predict(&self.inputs(point, data.rung_coordinate));
             let sd = var.sqrt();
-            (expected_improvement(mean, sd, data.best), mean, sd)
+            let ei = expected_improvement(mean, sd, data.best);
+            let survival = data
+                .gates
+                .iter()
+                .map(|gate| {
+                    let (m, v) = gp.predict(&self.inputs(point, gate.coordinate));
+                    normal_cdf((m - gate.cutoff) / v.sqrt())
+                })
+                .fold(1.0, f64::min);
+            Score {
+                acquisition: ei * survival,
+                ei,
+                survival,
+                mean,
+                sd,
+            }
         };
-        let better = |a: &(f64, f64, f64), b: &(f64, f64, f64)| {
-            // EI first; where it underflows to 0 for both, the optimistic bound decides.
-            a.0 > b.0 || (a.0 == b.0 && a.1 + 2.0 * a.2 > b.1 + 2.0 * b.2)
+        let better = |a: &Score, b: &Score| {
+            // The acquisition first; where it underflows to 0 for both, the optimistic bound
+            // (weighted by the chance to pass the gates) decides.
+            let optimistic = |s: &Score| (s.mean + 2.0 * s.sd) * s.survival.max(1e-300);
+            a.acquisition > b.acquisition
+                || (a.acquisition == b.acquisition && optimistic(a) > optimistic(b))
         };
         // Random candidates, scored.
-        let mut scored: Vec<(Vec<f64>, (f64, f64, f64))> = Vec::new();
+        let mut scored: Vec<(Vec<f64>, Score)> = Vec::new();
         for _ in 0..self.settings.n_candidates.max(1) {
             let config = self.space.sample(0, rng);
             let Some(point) = self.encoding.encode(&values_of(&self.space, &config)) else {
@@ -353,7 +455,12 @@ impl GpSearcher {
             }
         });
         starts.truncate(LOCAL_STARTS);
-        let mut best: Option<(Vec<f64>, (f64, f64, f64))> = None;
+        for incumbent in &data.incumbents {
+            let s = score(incumbent);
+            starts.push(scored.len());
+            scored.push((incumbent.clone(), s));
+        }
+        let mut best: Option<(Vec<f64>, Score)> = None;
         for start in starts {
             let (mut point, mut s) = scored[start].clone();
             let mut scale = 0.2;
@@ -373,7 +480,7 @@ impl GpSearcher {
                 best = Some((point, s));
             }
         }
-        let Some((point, (ei, mean, sd))) = best else {
+        let Some((point, chosen)) = best else {
             return Err("no candidate config could be scored".into());
         };
         let values = self.encoding.decode(&point);
@@ -381,10 +488,14 @@ impl GpSearcher {
         let mut details = json!({
             "model": "gp",
             "kernel": "matern52_ard",
-            "acquisition": "expected_improvement",
-            "ei": round6(ei),
-            "mean": round6(mean),
-            "sd": round6(sd),
+            "acquisition": if data.gates.is_empty() {
+                "expected_improvement"
+            } else {
+                "expected_improvement_times_pass_probability"
+            },
+            "ei": round6(chosen.ei),
+            "mean": round6(chosen.mean),
+            "sd": round6(chosen.sd),
             "incumbent": round6(data.best),
             "observations": data.total,
             "used": data.x.len(),
@@ -400,10 +511,25 @@ impl GpSearcher {
         if fantasized > 0 {
             details["fantasized"] = json!(fantasized);
         }
+        if !data.gates.is_empty() {
+            details["pass_probability"] = json!(round6(chosen.survival));
+            details["gates"] = data
+                .gates
+                .iter()
+                .map(|g| {
+                    json!({
+                        "rung": g.level,
+                        // In the metric's units (scores are negated in min mode).
+                        "cutoff": round6(self.settings.mode.score(g.raw_cutoff)),
+                        "recorded": g.recorded,
+                    })
+                })
+                .collect();
+        }
         if data.non_finite > 0 {
             details["non_finite_results"] = json!(data.non_finite);
         }
-        Ok((values, ei, details))
+        Ok((values, chosen, details))
     }
 
     /// A neighbour of `point`: numbers moved by a normal step of `scale` times their range,
@@ -435,12 +561,19 @@ impl GpSearcher {
 }
 
 /// Expected improvement over `best` of a normal posterior (maximisation).
+fn normal_cdf(z: f64) -> f64 {
+    if z.is_nan() {
+        return 0.5;
+    }
+    0.5 * erfc(-z / SQRT_2)
+}
+
 fn expected_improvement(mean: f64, sd: f64, best: f64) -> f64 {
     if sd.is_nan() || sd <= 1e-12 {
         return (mean - best).max(0.0);
     }
     let z = (mean - best) / sd;
-    let cdf = 0.5 * erfc(-z / SQRT_2);
+    let cdf = normal_cdf(z);
     let pdf = (-0.5 * z * z).exp() / (2.0 * PI).sqrt();
     (sd * (z * cdf + pdf)).max(0.0)
 }
@@ -470,16 +603,28 @@ impl Searcher for GpSearcher {
                 Err(why) => {
                     random_proposal(&self.space, format!("random: {why}"), &mut rng, "no_model")
                 }
-                Ok(((values, ei, details), data)) => {
+                Ok(((values, chosen, details), data)) => {
                     let fantasized = if data.pending.is_empty() {
                         String::new()
                     } else {
                         format!(", {} running trials fantasized", data.pending.len())
                     };
+                    let ei = chosen.ei;
+                    let gates = if data.gates.is_empty() {
+                        String::new()
+                    } else {
+                        let rungs: Vec<String> =
+                            data.gates.iter().map(|g| format!("{}", g.level)).collect();
+                        format!(
+                            " times a {:.3} chance to pass the cutoffs of rungs {}",
+                            chosen.survival,
+                            rungs.join(", ")
+                        )
+                    };
                     Proposal {
                         config: self.space.config_from_values(&values),
                         reason: format!(
-                            "gp: largest expected improvement {ei:.4} (standardised) at rung {} = {} of {} random candidates and a local search; Matérn-5/2 ARD GP over (config, {}) fitted on {} of {} results{fantasized}",
+                            "gp: largest expected improvement {ei:.4} (standardised) at rung {} = {}{gates} of {} random candidates and a local search; Matérn-5/2 ARD GP over (config, {}) fitted on {} of {} results{fantasized}",
                             s.resource_attr,
                             data.rung,
                             s.n_candidates,

@@ -126,6 +126,9 @@ pub struct GpConfig {
     /// Running trials without a result at the acquisition rung enter the GP at their posterior
     /// mean, so that parallel proposals spread out.
     pub fantasize: bool,
+    /// With ASHA: weight the expected improvement by the model's probability that the config
+    /// passes the cutoffs of the rungs below the acquisition rung.
+    pub pruning_aware: bool,
     pub points_to_evaluate: Vec<Config>,
     /// The result key that measures training progress; default: the scheduler's `time_attr`,
     /// else `training_iteration`.
@@ -140,6 +143,7 @@ impl Default for GpConfig {
             min_points: None,
             max_observations: 200,
             fantasize: true,
+            pruning_aware: false,
             points_to_evaluate: Vec::new(),
             resource_attr: None,
         }
@@ -517,6 +521,13 @@ fn build_gp(
         )?;
     }
     let (resource_attr, levels) = resource(c.resource_attr.as_ref(), ctx)?;
+    // The rungs are ASHA's exactly when `resource` derived them from its settings.
+    let rung_cutoff_quantile = match ctx.scheduler {
+        SchedulerSpec::Asha(a) if c.pruning_aware && levels.is_some() => {
+            Some(1.0 - 1.0 / a.reduction_factor)
+        }
+        _ => None,
+    };
     let settings = GpSettings {
         metric: ctx.metric.to_string(),
         mode: ctx.mode,
@@ -530,6 +541,7 @@ fn build_gp(
         points_to_evaluate: c.points_to_evaluate.clone(),
         resource_attr,
         levels,
+        rung_cutoff_quantile,
     };
     let searcher = GpSearcher::new(ctx.space.clone(), settings).map_err(|(parameter, kind)| {
         InvalidSearcherSetting::new(
