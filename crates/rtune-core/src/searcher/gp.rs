@@ -8,7 +8,9 @@
 //! (plus weak log-normal priors) with Adam from two starting points. A proposal maximises the
 //! expected improvement at the *acquisition rung* (the highest rung with at least `min_points`
 //! results, else the lowest one that has any, Syne Tune's `resource_acq = "bohb"` rule) over
-//! `n_candidates` random configs followed by a local search from the best ones.
+//! `n_candidates` random configs followed by a local search from the best ones and from the best
+//! configs observed at that rung. With `pruning_aware` (and ASHA) the expected improvement is
+//! weighted by the GP's probability that the config passes the lower rungs' cutoffs ([`Gate`]).
 //!
 //! Asynchronous: a proposal uses every result so far, also from running trials, and never waits.
 //! Trials that are running but have no result at the acquisition rung yet are *fantasized*
@@ -143,8 +145,9 @@ struct Gate {
     level: f64,
     /// The rung as a model input (the resource coordinate).
     coordinate: f64,
-    /// The cutoff, standardised like the scores, and as the score it is.
+    /// The cutoff as a score (higher is better), standardised like the GP's targets.
     cutoff: f64,
+    /// The same cutoff before standardisation.
     raw_cutoff: f64,
     /// Scores recorded at the rung.
     recorded: usize,
@@ -560,7 +563,7 @@ impl GpSearcher {
     }
 }
 
-/// Expected improvement over `best` of a normal posterior (maximisation).
+/// The standard normal distribution function (1/2 for NaN: no information).
 fn normal_cdf(z: f64) -> f64 {
     if z.is_nan() {
         return 0.5;
@@ -568,6 +571,7 @@ fn normal_cdf(z: f64) -> f64 {
     0.5 * erfc(-z / SQRT_2)
 }
 
+/// Expected improvement over `best` of a normal posterior (maximisation).
 fn expected_improvement(mean: f64, sd: f64, best: f64) -> f64 {
     if sd.is_nan() || sd <= 1e-12 {
         return (mean - best).max(0.0);
@@ -616,7 +620,7 @@ impl Searcher for GpSearcher {
                         let rungs: Vec<String> =
                             data.gates.iter().map(|g| format!("{}", g.level)).collect();
                         format!(
-                            " times a {:.3} chance to pass the cutoffs of rungs {}",
+                            " (times a {:.3} chance to pass the cutoffs of rungs {})",
                             chosen.survival,
                             rungs.join(", ")
                         )
