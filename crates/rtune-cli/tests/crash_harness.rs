@@ -213,11 +213,17 @@ fn check_whole(dir: &Path, name: &str) -> bool {
             "{name}: {tname} is {status}"
         );
         let results = json_lines(&dir.join(&tname).join("result.json"));
-        // Where a PBT exploit may restart this trial: its donor's iteration + 1, once each.
-        let mut restarts: Vec<u64> = exploits
+        // Where a PBT exploit may restart this trial: its donor's iteration + 1, once each,
+        // with the target's iteration when it was exploited.
+        let mut restarts: Vec<(Option<u64>, u64)> = exploits
             .iter()
             .filter(|e| e["target"] == tname.as_str())
-            .map(|e| e["donor_iteration"].as_u64().expect("donor_iteration") + 1)
+            .map(|e| {
+                (
+                    e["target_iteration"].as_u64(),
+                    e["donor_iteration"].as_u64().expect("donor_iteration") + 1,
+                )
+            })
             .collect();
         let mut previous = 0;
         // Where its current lineage (since its latest exploit) starts in result.json.
@@ -227,7 +233,7 @@ fn check_whole(dir: &Path, name: &str) -> bool {
             if it != previous + 1 {
                 segment = index;
                 // (A target may jump back or ahead: to wherever its donor was.)
-                let allowed = restarts.iter().position(|&r| r == it);
+                let allowed = restarts.iter().position(|&(_, r)| r == it);
                 assert!(
                     allowed.is_some(),
                     "{name}: {tname} goes from iteration {previous} to {it}"
@@ -235,6 +241,14 @@ fn check_whole(dir: &Path, name: &str) -> bool {
                 if let Some(i) = allowed {
                     restarts.remove(i);
                 }
+            } else if let Some(i) = restarts
+                .iter()
+                .position(|&(target, r)| target == Some(previous) && r == it)
+            {
+                // Exploited at the donor's own iteration: it goes on at previous + 1, but from
+                // the donor's checkpoint, in a new lineage all the same.
+                segment = index;
+                restarts.remove(i);
             }
             previous = it;
         }

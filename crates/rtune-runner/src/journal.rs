@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use rtune_core::tuner::{Input, Output, Tuner, TunerError};
+use rtune_core::tuner::{Effect, Input, Output, Tuner, TunerError};
 
 /// The journal's file name inside the experiment directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -205,6 +205,18 @@ impl Journal {
 /// Feed `inputs` to `tuner` in order, as the live run did, checking that every trial started
 /// is the one the journal recorded. Effects are dropped: they happened when the input was live.
 pub fn replay(tuner: &mut Tuner, inputs: &[Input], path: &Path) -> Result<(), JournalError> {
+    replay_with(tuner, inputs, path, |_, _| {})
+}
+
+/// [`replay`], handing every effect to `effect` with the time of the input that caused it: a
+/// head killed between a journal line and its effects (the lineage log, say) left them undone,
+/// and a resume redoes those that are not on disk.
+pub fn replay_with(
+    tuner: &mut Tuner,
+    inputs: &[Input],
+    path: &Path,
+    mut effect: impl FnMut(f64, Effect),
+) -> Result<(), JournalError> {
     for (index, input) in inputs.iter().enumerate() {
         let diverged = |message: String| JournalError::Diverged {
             path: path.to_path_buf(),
@@ -229,9 +241,24 @@ pub fn replay(tuner: &mut Tuner, inputs: &[Input], path: &Path) -> Result<(), Jo
                 describe(launch.as_ref())
             )));
         }
-        tuner.drain_effects();
+        let now = input_time(input);
+        for e in tuner.drain_effects() {
+            effect(now, e);
+        }
     }
     Ok(())
+}
+
+fn input_time(input: &Input) -> f64 {
+    match input {
+        Input::Next { now, .. }
+        | Input::Report { now, .. }
+        | Input::Started { now, .. }
+        | Input::Exit { now, .. }
+        | Input::Interrupt { now, .. }
+        | Input::StopAll { now, .. }
+        | Input::Resume { now, .. } => *now,
+    }
 }
 
 fn describe(launch: Option<&rtune_core::tuner::Launch>) -> String {

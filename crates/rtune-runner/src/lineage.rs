@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{ContentArrangement, Table};
 use rtune_core::scheduler::PolicyStep;
-use rtune_core::{Config, TrialId};
+use rtune_core::{CheckpointId, Config, TrialId};
 use serde_json::{Map, Value, json};
 
 use crate::report::{TableFormat, short_number};
@@ -98,6 +98,70 @@ impl Exploit {
             changes.join(", ")
         }
     }
+}
+
+/// The `lineage.jsonl` line of one exploit: written when it is decided, and by a resume that
+/// finds it missing ([`restore_missing`]).
+#[allow(clippy::too_many_arguments)]
+pub fn exploit_line(
+    now: f64,
+    target: TrialId,
+    donor: CheckpointId,
+    target_iteration: u64,
+    old_config: &Config,
+    new_config: &Config,
+    change: &str,
+    details: &Value,
+) -> Value {
+    json!({
+        "time": now,
+        "target": target.name(),
+        "donor": donor.trial.name(),
+        "donor_iteration": donor.iteration,
+        "target_iteration": target_iteration,
+        "old_config": old_config,
+        "new_config": new_config,
+        "change": change,
+        "details": details,
+    })
+}
+
+/// A head killed between journalling a report and writing the exploit it led to leaves
+/// `lineage.jsonl` short of the exploits the journal implies (`lines`, from the replay, in
+/// order). The lines it holds are kept and the missing ones appended, in one atomic rewrite;
+/// returns how many were restored.
+pub fn restore_missing(dir: &Path, lines: &[Value]) -> Result<usize, StorageError> {
+    let path = dir.join(LINEAGE_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(StorageError::Io {
+                action: "read",
+                path,
+                source,
+            });
+        }
+    };
+    // A torn last line (cut off mid-write) does not count and is dropped.
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| serde_json::from_str::<Value>(line).is_ok_and(|v| v.is_object()))
+        .collect();
+    if kept.len() >= lines.len() {
+        return Ok(0);
+    }
+    let mut out = String::new();
+    for line in &kept {
+        out.push_str(line);
+        out.push('\n');
+    }
+    for line in &lines[kept.len()..] {
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    crate::storage::write_atomic(&path, out.as_bytes())?;
+    Ok(lines.len() - kept.len())
 }
 
 /// Every exploit of an experiment, in the order they were decided; none when the experiment has
@@ -405,6 +469,45 @@ fn cell(value: &Value, format: TableFormat) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_resume_restores_the_exploits_missing_from_the_lineage_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config: Config = [("lr".to_string(), json!(0.1))].into_iter().collect();
+        let line = |target: u32, donor_iteration: u64| {
+            exploit_line(
+                1.0,
+                TrialId(target),
+                CheckpointId {
+                    trial: TrialId(0),
+                    iteration: donor_iteration,
+                },
+                2,
+                &config,
+                &config,
+                "lr=0.1",
+                &json!({}),
+            )
+        };
+        let lines = vec![line(1, 3), line(2, 6)];
+        // The first was written, the second not, and a torn line was left behind.
+        std::fs::write(
+            dir.path().join(LINEAGE_FILE),
+            format!("{}\n{{\"time\": 1.0, \"tar", lines[0]),
+        )
+        .expect("write");
+        assert_eq!(restore_missing(dir.path(), &lines).expect("restore"), 1);
+        let exploits = read_lineage(dir.path()).expect("read");
+        assert_eq!(exploits.len(), 2);
+        assert_eq!(exploits[1].target, "trial_00002");
+        assert_eq!(exploits[1].donor_iteration, 6);
+        // Nothing missing: nothing changes.
+        assert_eq!(restore_missing(dir.path(), &lines).expect("restore"), 0);
+        assert_eq!(
+            restore_missing(dir.path(), &lines[..1]).expect("restore"),
+            0
+        );
+    }
+
     use super::*;
 
     fn config(value: Value) -> Config {

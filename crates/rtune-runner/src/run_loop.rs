@@ -1045,17 +1045,16 @@ impl Loop<'_> {
                     change,
                     details,
                 } => {
-                    let line = json!({
-                        "time": now,
-                        "target": target.name(),
-                        "donor": donor.trial.name(),
-                        "donor_iteration": donor.iteration,
-                        "target_iteration": target_iteration,
-                        "old_config": old_config,
-                        "new_config": new_config,
-                        "change": change,
-                        "details": details,
-                    });
+                    let line = crate::lineage::exploit_line(
+                        now,
+                        target,
+                        donor,
+                        target_iteration,
+                        &old_config,
+                        &new_config,
+                        &change,
+                        &details,
+                    );
                     if let Err(e) = self.dir.append_lineage(&line) {
                         tracing::error!("cannot write the lineage log: {e}");
                     }
