@@ -752,6 +752,21 @@ fn bad_settings_name_the_key_to_fix() {
 
 /// Feed a GP searcher results directly (no tuner): every suggestion must be a config in the
 /// space, and the reason must say what the model could use.
+/// Gives `searcher` trial `id`'s result `loss` at `training_iteration`.
+fn tell(searcher: &mut dyn Searcher, id: TrialId, training_iteration: u64, loss: Value) {
+    let mut metrics = serde_json::Map::new();
+    metrics.insert("loss".into(), loss);
+    metrics.insert("training_iteration".into(), json!(training_iteration));
+    searcher.on_trial_result(
+        id,
+        &TrialResult {
+            trial: id,
+            metrics,
+            has_checkpoint: false,
+        },
+    );
+}
+
 fn feed(
     searcher: &mut dyn Searcher,
     values: &[Value],
@@ -775,17 +790,7 @@ fn feed(
         assert_eq!(p.config.len(), space.parameters().len());
         out.push((p.reason, p.details));
         for r in 1..=iterations {
-            let mut metrics = serde_json::Map::new();
-            metrics.insert("loss".into(), value.clone());
-            metrics.insert("training_iteration".into(), json!(r));
-            searcher.on_trial_result(
-                id,
-                &TrialResult {
-                    trial: id,
-                    metrics,
-                    has_checkpoint: false,
-                },
-            );
+            tell(searcher, id, r, value.clone());
         }
         searcher.on_trial_complete(id, None);
     }
@@ -868,18 +873,8 @@ fn proposal_after(searcher: &mut dyn Searcher, losses: &[Vec<f64>]) -> (String, 
             searcher.suggest(id, &mut rng),
             Suggestion::Explained(_)
         ));
-        for (r, loss) in curve.iter().enumerate() {
-            let mut metrics = serde_json::Map::new();
-            metrics.insert("loss".into(), json!(loss));
-            metrics.insert("training_iteration".into(), json!(r + 1));
-            searcher.on_trial_result(
-                id,
-                &TrialResult {
-                    trial: id,
-                    metrics,
-                    has_checkpoint: false,
-                },
-            );
+        for (r, loss) in (1..).zip(curve) {
+            tell(searcher, id, r, json!(loss));
         }
         searcher.on_trial_complete(id, None);
     }

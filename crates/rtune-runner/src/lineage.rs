@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{ContentArrangement, Table};
 use rtune_core::scheduler::PolicyStep;
-use rtune_core::{CheckpointId, Config, TrialId};
+use rtune_core::tuner::Effect;
+use rtune_core::{Config, TrialId};
 use serde_json::{Map, Value, json};
 
 use crate::report::{TableFormat, short_number};
@@ -100,20 +101,23 @@ impl Exploit {
     }
 }
 
-/// The `lineage.jsonl` line of one exploit: written when it is decided, and by a resume that
-/// finds it missing ([`restore_missing`]).
-#[allow(clippy::too_many_arguments)]
-pub fn exploit_line(
-    now: f64,
-    target: TrialId,
-    donor: CheckpointId,
-    target_iteration: u64,
-    old_config: &Config,
-    new_config: &Config,
-    change: &str,
-    details: &Value,
-) -> Value {
-    json!({
+/// The `lineage.jsonl` line of an [`Effect::Exploited`] decided at `now` (`None` for any other
+/// effect): written when it is decided, and by a resume that finds it missing
+/// ([`restore_missing`]).
+pub fn exploit_line(now: f64, effect: &Effect) -> Option<Value> {
+    let Effect::Exploited {
+        target,
+        donor,
+        target_iteration,
+        old_config,
+        new_config,
+        change,
+        details,
+    } = effect
+    else {
+        return None;
+    };
+    Some(json!({
         "time": now,
         "target": target.name(),
         "donor": donor.trial.name(),
@@ -123,7 +127,7 @@ pub fn exploit_line(
         "new_config": new_config,
         "change": change,
         "details": details,
-    })
+    }))
 }
 
 /// A head killed between journalling a report and writing the exploit it led to leaves
@@ -474,19 +478,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config: Config = [("lr".to_string(), json!(0.1))].into_iter().collect();
         let line = |target: u32, donor_iteration: u64| {
-            exploit_line(
-                1.0,
-                TrialId(target),
-                CheckpointId {
+            let exploit = Effect::Exploited {
+                target: TrialId(target),
+                donor: rtune_core::CheckpointId {
                     trial: TrialId(0),
                     iteration: donor_iteration,
                 },
-                2,
-                &config,
-                &config,
-                "lr=0.1",
-                &json!({}),
-            )
+                target_iteration: 2,
+                old_config: config.clone(),
+                new_config: config.clone(),
+                change: "lr=0.1".into(),
+                details: json!({}),
+            };
+            exploit_line(1.0, &exploit).expect("an exploit's line")
         };
         let lines = vec![line(1, 3), line(2, 6)];
         // The first was written, the second not, and a torn line was left behind.

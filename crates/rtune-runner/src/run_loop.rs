@@ -887,18 +887,23 @@ impl Loop<'_> {
             && unix_now() - self.state.started_at >= budget.as_secs_f64()
         {
             self.limits.time_budget = None;
-            let reason = format!(
+            self.stop_all_for(format!(
                 "the time budget of {} s (time_budget_s) is used up",
                 budget.as_secs_f64()
-            );
-            self.reporter
-                .on_event(&format!("{reason}: stopping every trial"));
-            self.feed(Input::StopAll {
-                now: unix_now(),
-                reason,
-            });
-            self.apply_effects();
+            ));
         }
+    }
+
+    /// A used-up budget (`time_budget_s`, `max_total_results`): every trial is stopped for good,
+    /// through the journal, and the experiment ends as finished.
+    fn stop_all_for(&mut self, reason: String) {
+        self.reporter
+            .on_event(&format!("{reason}: stopping every trial"));
+        self.feed(Input::StopAll {
+            now: unix_now(),
+            reason,
+        });
+        self.apply_effects();
     }
 
     /// `max_total_results`: checked after every result (and on every tick, for a resumed
@@ -914,14 +919,9 @@ impl Loop<'_> {
             return;
         }
         self.limits.max_total_results = None;
-        let reason = format!("the budget of {budget} results (max_total_results) is used up");
-        self.reporter
-            .on_event(&format!("{reason}: stopping every trial"));
-        self.feed(Input::StopAll {
-            now: unix_now(),
-            reason,
-        });
-        self.apply_effects();
+        self.stop_all_for(format!(
+            "the budget of {budget} results (max_total_results) is used up"
+        ));
     }
 
     /// `fail_fast = N`: when the first N trials all ended in ERROR, the experiment stops and
@@ -1036,26 +1036,11 @@ impl Loop<'_> {
                         ));
                     }
                 }
-                Effect::Exploited {
-                    target,
-                    donor,
-                    target_iteration,
-                    old_config,
-                    new_config,
-                    change,
-                    details,
-                } => {
-                    let line = crate::lineage::exploit_line(
-                        now,
-                        target,
-                        donor,
-                        target_iteration,
-                        &old_config,
-                        &new_config,
-                        &change,
-                        &details,
-                    );
-                    if let Err(e) = self.dir.append_lineage(&line) {
+                Effect::Exploited { target, donor, .. } => {
+                    let line = crate::lineage::exploit_line(now, &effect);
+                    if let Some(line) = line
+                        && let Err(e) = self.dir.append_lineage(&line)
+                    {
                         tracing::error!("cannot write the lineage log: {e}");
                     }
                     if let Err(message) = self.copy_donor_checkpoint(target, donor) {

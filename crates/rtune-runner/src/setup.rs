@@ -12,7 +12,7 @@ use std::time::Duration;
 use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
 use rtune_core::searcher::{FixedSearcher, Searcher, SearcherContext};
 use rtune_core::space::SearchSpace;
-use rtune_core::tuner::{Effect, ErroredTrials, Tuner, TunerSettings};
+use rtune_core::tuner::{ErroredTrials, Tuner, TunerSettings};
 use tokio::sync::mpsc;
 
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
@@ -421,27 +421,7 @@ fn prepare_with(
             }
             let mut exploits = Vec::new();
             journal::replay_with(&mut tuner, &inputs, journal.path(), |now, effect| {
-                if let Effect::Exploited {
-                    target,
-                    donor,
-                    target_iteration,
-                    old_config,
-                    new_config,
-                    change,
-                    details,
-                } = effect
-                {
-                    exploits.push(lineage::exploit_line(
-                        now,
-                        target,
-                        donor,
-                        target_iteration,
-                        &old_config,
-                        &new_config,
-                        &change,
-                        &details,
-                    ));
-                }
+                exploits.extend(lineage::exploit_line(now, &effect));
             })?;
             let restored = lineage::restore_missing(path, &exploits)?;
             if restored > 0 {
