@@ -938,6 +938,38 @@ fn gp_with_asha_weighs_expected_improvement_by_the_chance_to_pass_the_lower_rung
     }
 }
 
+/// The local search also starts from the best configs at the highest rung any trial reached,
+/// not at the acquisition rung: low rungs often rank configs differently from full training.
+#[test]
+fn gp_local_search_starts_from_the_best_configs_at_the_highest_rung_reached() {
+    let (space, _) = synthetic(SyntheticFunction::Branin);
+    let asha: SchedulerSpec =
+        spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
+    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4});
+    // Eight trials stopped at rung 1 and four that reached rung 3 (the acquisition rung).
+    let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
+    losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
+    let mut s = build(&gp, &asha, &space, 20, 5);
+    let (_, details) = proposal_after(s.as_mut(), &losses);
+    assert_eq!(details["rung"], json!(3.0), "{details}");
+    assert_eq!(
+        details["incumbent_starts"],
+        json!({"rung": 3.0, "configs": 2}),
+        "{details}"
+    );
+    // One more trial trains to rung 9: the acquisition rung stays 3 (one result at 9 is fewer
+    // than min_points), the incumbent starts come from rung 9.
+    losses.push(vec![1.0; 9]);
+    let mut s = build(&gp, &asha, &space, 20, 5);
+    let (_, details) = proposal_after(s.as_mut(), &losses);
+    assert_eq!(details["rung"], json!(3.0), "{details}");
+    assert_eq!(
+        details["incumbent_starts"],
+        json!({"rung": 9.0, "configs": 1}),
+        "{details}"
+    );
+}
+
 /// The searcher's own cost per proposal. Not a test of speed (the machine may be busy): run it
 /// with `cargo test --release -p rtune-core --test searchers -- --ignored --nocapture`.
 #[test]

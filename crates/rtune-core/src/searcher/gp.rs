@@ -9,8 +9,9 @@
 //! expected improvement at the *acquisition rung* (the highest rung with at least `min_points`
 //! results, else the lowest one that has any, Syne Tune's `resource_acq = "bohb"` rule) over
 //! `n_candidates` random configs followed by a local search from the best ones and from the best
-//! configs observed at that rung. With `pruning_aware` (and ASHA) the expected improvement is
-//! weighted by the GP's probability that the config passes the lower rungs' cutoffs ([`Gate`]).
+//! configs at the highest rung any trial has reached (the incumbents at the highest fidelity seen,
+//! see [`INCUMBENT_STARTS`]). With `pruning_aware` (and ASHA) the expected improvement is weighted
+//! by the GP's probability that the config passes the lower rungs' cutoffs ([`Gate`]).
 //!
 //! Asynchronous: a proposal uses every result so far, also from running trials, and never waits.
 //! Trials that are running but have no result at the acquisition rung yet are *fantasized*
@@ -78,9 +79,14 @@ const FIT_STEPS: usize = 30;
 const LOCAL_STEPS: usize = 24;
 /// Candidates the local search starts from.
 const LOCAL_STARTS: usize = 3;
-/// Best results at the acquisition rung the local search also starts from: late in a search the
-/// largest expected improvement is usually next to them, where random candidates seldom fall
-/// (Optuna's GPSampler starts from its best trials too).
+/// Best results the local search also starts from: late in a search the largest expected
+/// improvement is usually next to them, where random candidates seldom fall (Optuna's GPSampler
+/// starts from its best trials too). They are taken at the highest rung any trial has reached,
+/// not at the acquisition rung: early in a search that rung is a low one, whose best configs are
+/// often not the best after full training (on lcbench's task 189906, epoch-1 ranks correlate at
+/// -0.47 with epoch-52 ranks), and starting there exploited them too soon. On the lcbench
+/// benchmark this choice cut the median regret at 10% of the budget by more than half
+/// (docs/benchmarks.md).
 const INCUMBENT_STARTS: usize = 2;
 /// At most this many pending trials are fantasized.
 const MAX_PENDING: usize = 32;
@@ -125,7 +131,9 @@ struct Data {
     non_finite: usize,
     /// The rungs below the acquisition rung that a new trial must pass under ASHA.
     gates: Vec<Gate>,
-    /// The configs (encoded) of the best results at the acquisition rung, best first.
+    /// The highest rung any trial has reached, and the configs (encoded) of the best results
+    /// there, best first: where the local search also starts.
+    incumbent_rung: Option<f64>,
     incumbents: Vec<Vec<f64>>,
 }
 
@@ -341,18 +349,27 @@ impl GpSearcher {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut at_rung: Vec<(&[f64], f64)> = self
+        let incumbent_rung = self
             .records
             .values()
-            .filter_map(|r| Some((r.point.as_deref()?, *r.rungs.get(&Level(rung))?)))
-            .filter(|(_, score)| score.is_finite())
-            .collect();
-        at_rung.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let incumbents = at_rung
+            .filter_map(|r| r.rungs.keys().next_back().copied())
+            .max();
+        let mut at_top: Vec<(&[f64], f64)> = incumbent_rung
+            .map(|top| {
+                self.records
+                    .values()
+                    .filter_map(|r| Some((r.point.as_deref()?, *r.rungs.get(&top)?)))
+                    .filter(|(_, score)| score.is_finite())
+                    .collect()
+            })
+            .unwrap_or_default();
+        at_top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let incumbents = at_top
             .iter()
             .take(INCUMBENT_STARTS)
             .map(|(point, _)| point.to_vec())
             .collect();
+        let incumbent_rung = incumbent_rung.map(|l| l.0);
         let pending = if s.fantasize {
             self.records
                 .iter()
@@ -379,6 +396,7 @@ impl GpSearcher {
             pending,
             non_finite,
             gates,
+            incumbent_rung,
             incumbents,
         })
     }
@@ -511,6 +529,13 @@ impl GpSearcher {
             "signal_variance": round6(variance),
             "noise_variance": round6(noise),
         });
+        if let Some(level) = data.incumbent_rung {
+            // Where the local search's incumbent starts came from.
+            details["incumbent_starts"] = json!({
+                "rung": level,
+                "configs": data.incumbents.len(),
+            });
+        }
         if fantasized > 0 {
             details["fantasized"] = json!(fantasized);
         }
