@@ -84,9 +84,9 @@ const LOCAL_STARTS: usize = 3;
 /// starts from its best trials too). They are taken at the highest rung any trial has reached,
 /// not at the acquisition rung: early in a search that rung is a low one, whose best configs are
 /// often not the best after full training (on lcbench's task 189906, epoch-1 ranks correlate at
-/// -0.47 with epoch-52 ranks), and starting there exploited them too soon. On the lcbench
-/// benchmark this choice cut the median regret at 10% of the budget by more than half
-/// (docs/benchmarks.md).
+/// -0.47 with epoch-52 ranks), and starting there exploits them too soon. The incumbent the user
+/// is given is defined at full fidelity too. On lcbench (4 tasks x 3 seeds, docs/benchmarks.md)
+/// the two choices are within noise of each other; this one is slightly ahead early.
 const INCUMBENT_STARTS: usize = 2;
 /// At most this many pending trials are fantasized.
 const MAX_PENDING: usize = 32;
