@@ -750,8 +750,6 @@ fn bad_settings_name_the_key_to_fix() {
     );
 }
 
-/// Feed a GP searcher results directly (no tuner): every suggestion must be a config in the
-/// space, and the reason must say what the model could use.
 /// Gives `searcher` trial `id`'s result `loss` at `training_iteration`.
 fn tell(searcher: &mut dyn Searcher, id: TrialId, training_iteration: u64, loss: Value) {
     let mut metrics = serde_json::Map::new();
@@ -767,6 +765,8 @@ fn tell(searcher: &mut dyn Searcher, id: TrialId, training_iteration: u64, loss:
     );
 }
 
+/// Feed a GP searcher results directly (no tuner): every suggestion must be a config in the
+/// space, and the reason must say what the model could use.
 fn feed(
     searcher: &mut dyn Searcher,
     values: &[Value],
@@ -949,8 +949,11 @@ fn gp_local_search_starts_from_the_best_configs_at_the_highest_rung_reached() {
     // Eight trials stopped at rung 1 and four that reached rung 3 (the acquisition rung).
     let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
     losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
-    let mut s = build(&gp, &asha, &space, 20, 5);
-    let (_, details) = proposal_after(s.as_mut(), &losses);
+    let details_after = |losses: &[Vec<f64>]| {
+        let mut s = build(&gp, &asha, &space, 20, 5);
+        proposal_after(s.as_mut(), losses).1
+    };
+    let details = details_after(&losses);
     assert_eq!(details["rung"], json!(3.0), "{details}");
     assert_eq!(
         details["incumbent_starts"],
@@ -960,8 +963,7 @@ fn gp_local_search_starts_from_the_best_configs_at_the_highest_rung_reached() {
     // One more trial trains to rung 9: the acquisition rung stays 3 (one result at 9 is fewer
     // than min_points), the incumbent starts come from rung 9.
     losses.push(vec![1.0; 9]);
-    let mut s = build(&gp, &asha, &space, 20, 5);
-    let (_, details) = proposal_after(s.as_mut(), &losses);
+    let details = details_after(&losses);
     assert_eq!(details["rung"], json!(3.0), "{details}");
     assert_eq!(
         details["incumbent_starts"],
