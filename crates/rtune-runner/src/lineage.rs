@@ -136,17 +136,7 @@ pub fn exploit_line(now: f64, effect: &Effect) -> Option<Value> {
 /// returns how many were restored.
 pub fn restore_missing(dir: &Path, lines: &[Value]) -> Result<usize, StorageError> {
     let path = dir.join(LINEAGE_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(StorageError::Io {
-                action: "read",
-                path,
-                source,
-            });
-        }
-    };
+    let text = read_if_present(&path)?.unwrap_or_default();
     // A torn last line (cut off mid-write) does not count and is dropped.
     let kept: Vec<&str> = text
         .lines()
@@ -168,20 +158,25 @@ pub fn restore_missing(dir: &Path, lines: &[Value]) -> Result<usize, StorageErro
     Ok(lines.len() - kept.len())
 }
 
+/// `lineage.jsonl`'s text, or `None` when there is none (no exploit was ever written).
+fn read_if_present(path: &Path) -> Result<Option<String>, StorageError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StorageError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Every exploit of an experiment, in the order they were decided; none when the experiment has
 /// no `lineage.jsonl` (it did not use PBT, or nothing was exploited yet).
 pub fn read_lineage(dir: &Path) -> Result<Vec<Exploit>, StorageError> {
     let path = dir.join(LINEAGE_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(StorageError::Io {
-                action: "read",
-                path,
-                source,
-            });
-        }
+    let Some(text) = read_if_present(&path)? else {
+        return Ok(Vec::new());
     };
     let malformed = |number: usize, message: String| StorageError::Malformed {
         path: path.clone(),
