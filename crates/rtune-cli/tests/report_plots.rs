@@ -188,8 +188,12 @@ fn events_log_where_every_run_of_a_trial_was_placed() {
             "trial {trial}: runs {runs:?}"
         );
         for p in &placements {
-            let where_ = p["placement"].as_str().expect("a placement");
-            assert!(where_.starts_with("local cpu="), "{p}");
+            let placement = &p["placement"];
+            assert_eq!(placement["executor"], "local", "{p}");
+            assert_eq!(placement["nodes"][0]["node"], "localhost", "{p}");
+            assert!(placement["nodes"][0]["cpus"].as_u64() >= Some(1), "{p}");
+            let label = placement["label"].as_str().expect("a label");
+            assert!(label.starts_with("local cpu="), "{p}");
         }
         most_runs = most_runs.max(placements.len());
     }

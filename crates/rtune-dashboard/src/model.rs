@@ -77,15 +77,49 @@ pub struct TrialState {
     pub tag: String,
     pub iteration: u64,
     pub time_total_s: f64,
+    #[serde(deserialize_with = "best_any")]
     pub best: Option<(f64, u64)>,
     pub runs: u32,
     pub failures: u32,
     pub error: Option<String>,
+    /// Format 3: where its latest run was placed (typed; `label` is display text).
+    pub placement: Option<Value>,
+}
+
+/// `best` as format 3 writes it (`{"value", "iteration"}`) or format 2 did (`[value, iteration]`).
+fn best_any<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<(f64, u64)>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::Object(map)) => map
+            .get("value")
+            .and_then(Value::as_f64)
+            .zip(map.get("iteration").and_then(Value::as_u64)),
+        Some(Value::Array(pair)) => pair
+            .first()
+            .and_then(Value::as_f64)
+            .zip(pair.get(1).and_then(Value::as_u64)),
+        _ => None,
+    })
+}
+
+/// A placement's display text: format 3's typed placement (its `label`), or format 2's text.
+pub fn placement_label(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Object(map) => map.get("label").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
 }
 
 impl StateFile {
     pub fn parse(text: &str) -> Result<StateFile, serde_json::Error> {
-        serde_json::from_str(text)
+        let mut state: StateFile = serde_json::from_str(text)?;
+        // Format 3 keeps each trial's placement on the trial.
+        for trial in &state.trials {
+            if let Some(label) = trial.placement.as_ref().and_then(placement_label) {
+                state.placements.insert(format!("{:05}", trial.id), label);
+            }
+        }
+        Ok(state)
     }
 }
 
@@ -334,7 +368,7 @@ struct RawEvent {
     #[serde(default)]
     run: Option<u32>,
     #[serde(default)]
-    placement: Option<String>,
+    placement: Option<Value>,
 }
 
 /// A trial named as `00003`, `3` or `trial_00003`.
@@ -355,7 +389,7 @@ impl EventLine {
             event: raw.event,
             status: raw.status,
             run: raw.run,
-            placement: raw.placement,
+            placement: raw.placement.as_ref().and_then(placement_label),
             message: raw.reason.or(raw.message).unwrap_or_default(),
         })
     }
