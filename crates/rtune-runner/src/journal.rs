@@ -32,6 +32,9 @@ pub enum JournalError {
         line: usize,
         message: String,
     },
+    /// This head lost its claim on the experiment (issue 21): it must write nothing more.
+    #[error(transparent)]
+    Fenced(#[from] crate::claim::Lost),
     #[error(
         "{path}, line {line}: replaying it gives a different state than the experiment had ({message})\nhint: was the experiment file, or rtune, changed since the experiment ran?"
     )]
@@ -92,6 +95,9 @@ pub struct Journal {
     len: u64,
     /// Test hook: fail the append after this many more lines (an injected write failure).
     fail_after: Option<u64>,
+    /// The head's claim on the experiment (`crate::claim`): checked before every append, and
+    /// released when the journal is dropped (at the end of the run, whichever way it ends).
+    claim: Option<crate::claim::Claim>,
 }
 
 impl Journal {
@@ -147,6 +153,7 @@ impl Journal {
                 file,
                 len: complete as u64,
                 fail_after,
+                claim: None,
             },
             inputs,
         ))
@@ -154,6 +161,19 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes every append check `claim` first; the journal holds it until it is dropped.
+    pub fn hold_claim(&mut self, claim: crate::claim::Claim) {
+        self.claim = Some(claim);
+    }
+
+    /// Whether this head still holds its claim (always, without one).
+    pub fn check_claim(&self) -> Result<(), JournalError> {
+        match &self.claim {
+            Some(claim) => Ok(claim.check()?),
+            None => Ok(()),
+        }
     }
 
     /// The input as it will be replayed: serialized and parsed back, so the live core sees
@@ -168,6 +188,7 @@ impl Journal {
     /// Append one input as one line, and hand it to the OS before returning. On failure the
     /// file is cut back to its previous length.
     pub fn append(&mut self, input: &Input) -> Result<(), JournalError> {
+        self.check_claim()?;
         let mut line = serde_json::to_vec(input).map_err(|e| JournalError::Malformed {
             path: self.path.clone(),
             line: 0,

@@ -5,6 +5,8 @@
 //! * [`run_loop`]: the event loop that owns the experiment's state.
 //! * [`executor`]: where trial processes run (local processes, SLURM, or simulated in virtual
 //!   time on a benchmark function).
+//! * [`claim`]: one head per experiment: the lease in `head_claim.json`, and the fence that
+//!   stops a head that lost it from writing anything more.
 //! * [`clock`]: the time the run loop sees: real, or virtual under the simulator.
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`report_checks`]: the reports the run loop refuses (after stop, past max_t, bad checkpoints).
@@ -13,6 +15,7 @@
 //! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
 //! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
 
+pub mod claim;
 pub mod clock;
 pub mod executor;
 pub mod experiment;

@@ -37,15 +37,24 @@ pub enum RunError {
     #[error(transparent)]
     Executor(#[from] crate::executor::ExecutorError),
     /// The journal could not be written (a full disk): the trials were stopped; the experiment
-    /// can be resumed once there is space.
-    #[error(
-        "{0}\nthe trials were stopped; everything up to this point is kept and `rtune resume` continues the experiment"
-    )]
+    /// can be resumed once there is space. (Or this head lost its claim: then it says so.)
+    #[error("{error}{hint}", error = .0, hint = resume_hint(.0))]
     Journal(#[from] JournalError),
     #[error(
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
     Stuck { pending: usize, dir: PathBuf },
+}
+
+/// What a user can do after a journal error: resume, unless another head has taken over.
+fn resume_hint(error: &JournalError) -> &'static str {
+    match error {
+        JournalError::Fenced(_) => "",
+        _ => {
+            "\nthe trials were stopped; everything up to this point is kept and `rtune resume` \
+             continues the experiment"
+        }
+    }
 }
 
 /// How the trial processes are started, as the run loop needs to know it.
@@ -233,8 +242,17 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     let mut time_limit = false;
 
     loop {
+        lp.still_head(); // issue 21: the claim
         if !interrupted && lp.fatal.is_none() {
             lp.fill_slots();
+        }
+        if matches!(&lp.fatal, Some(RunError::Journal(JournalError::Fenced(_))))
+            && let Some(lost) = lp.fatal.take()
+        {
+            // Another head holds the experiment now: end this head's trial processes and leave
+            // without writing anything (issue 21).
+            lp.executor.shutdown(lp.template.stop_grace);
+            return Err(lost);
         }
         if lp.fatal.is_some() {
             // The journal cannot be written: nothing may take effect any more. Stop every trial
@@ -280,10 +298,14 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             }
         }
         tokio::select! {
-            Some(report) = reports.recv() => lp.on_report(report),
-            Some(event) = executor_events.recv() => lp.on_executor_event(event),
-            Some(timer) = timers.recv() => lp.on_timer(timer),
+            // `still_head`: nothing is handled (or written) once another head took over.
+            Some(report) = reports.recv() => if lp.still_head() { lp.on_report(report) },
+            Some(event) = executor_events.recv() => if lp.still_head() { lp.on_executor_event(event) },
+            Some(timer) = timers.recv() => if lp.still_head() { lp.on_timer(timer) },
             _ = ticker.tick() => {
+                if !lp.still_head() {
+                    continue;
+                }
                 lp.check_limits();
                 // Both on the real clock (see SNAPSHOT_MIN_INTERVAL): the heartbeat says the
                 // head process is alive, which is a fact of real time even in a simulation.
@@ -374,6 +396,20 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
+    /// Whether this head still holds its claim on the experiment (`crate::claim`, issue 21).
+    /// Once it does not, the loop ends at its top without writing anything more.
+    fn still_head(&mut self) -> bool {
+        if self.fatal.is_none()
+            && let Err(e) = self.journal.check_claim()
+        {
+            self.fatal = Some(RunError::Journal(e));
+        }
+        !matches!(
+            &self.fatal,
+            Some(RunError::Journal(JournalError::Fenced(_)))
+        )
+    }
+
     /// Append `input` to the journal, then feed it to the core: nothing takes effect that a
     /// replay would not redo. For [`Input::Next`] the core's answer (the trial started, with its
     /// config) is recorded in the same line, written before the process starts. Once the journal
@@ -1019,6 +1055,9 @@ impl Loop<'_> {
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
+        if !self.still_head() {
+            return; // issue 21: the effects of a head that lost its claim are not carried out
+        }
         let now = unix_now();
         for effect in effects {
             match effect {
@@ -1122,6 +1161,7 @@ impl Loop<'_> {
     }
 
     fn write_state(&mut self, status: &str) -> Result<(), RunError> {
+        self.journal.check_claim()?; // issue 21: a head that lost its claim writes nothing
         self.state.status = status.to_string();
         self.state.trials = self.tuner.trials().to_vec();
         let now = unix_now();
