@@ -15,7 +15,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime};
 
 use common::procs::{send_signal, wait_for_exit, wait_until};
-use common::{json_lines, rtune};
+use common::{json_lines, rtune, toml_string};
 
 /// A generous bound for anything to happen; the tests wait on conditions, not on time.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -125,6 +125,19 @@ cpus = 2
             .unwrap_or_else(|| panic!("{label} died of a signal: {status:?}"))
     }
 
+    /// A resume now is refused (exit 5) and names `head`; then the trials go, and `head`
+    /// finishes the experiment whole.
+    fn assert_refused_then_finished(&self, head: &mut Child, trials: u32, epochs: u64) {
+        let mut resume = self.resume("resume", None);
+        let code = self.exit_code(&mut resume, "resume");
+        let message = self.stderr("resume");
+        assert_eq!(code, 5, "{message}");
+        assert!(message.contains(&format!("pid {}", head.id())), "{message}");
+        self.go();
+        assert_eq!(self.exit_code(head, "head"), 0, "{}", self.stderr("head"));
+        self.assert_whole(trials, epochs);
+    }
+
     fn journal_has(&self, needle: &str) -> bool {
         std::fs::read_to_string(self.experiment().join("journal.jsonl"))
             .is_ok_and(|text| text.contains(needle))
@@ -163,10 +176,6 @@ cpus = 2
             self.stderr("again")
         );
     }
-}
-
-fn toml_string(text: &str) -> String {
-    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[test]
@@ -225,34 +234,13 @@ fn of_two_resumes_at_once_one_is_refused_and_nothing_is_duplicated() {
 #[test]
 fn a_resume_right_after_run_started_is_refused() {
     let setup = Setup::new(3, 3, 20);
-    let mut run = setup.run("run", None);
+    let mut run = setup.run("head", None);
     // The first moment a resume can find anything to resume: the journal exists.
     assert!(wait_until(LIMIT, || setup
         .experiment()
         .join("journal.jsonl")
         .exists()));
-    let mut resume = setup.resume("resume", None);
-    assert_eq!(
-        setup.exit_code(&mut resume, "resume"),
-        5,
-        "{}",
-        setup.stderr("resume")
-    );
-    assert!(
-        setup
-            .stderr("resume")
-            .contains(&format!("pid {}", run.id())),
-        "{}",
-        setup.stderr("resume")
-    );
-    setup.go();
-    assert_eq!(
-        setup.exit_code(&mut run, "run"),
-        0,
-        "{}",
-        setup.stderr("run")
-    );
-    setup.assert_whole(3, 3);
+    setup.assert_refused_then_finished(&mut run, 3, 3);
 }
 
 #[test]
@@ -277,25 +265,11 @@ fn a_directory_without_a_journal_is_not_resumed() {
 #[test]
 fn a_resume_is_refused_after_the_state_file_was_deleted_under_a_live_head() {
     let setup = Setup::new(3, 3, 20);
-    let mut run = setup.run("run", None);
+    let mut run = setup.run("head", None);
     let state = setup.experiment().join("experiment_state.json");
     assert!(wait_until(LIMIT, || state.exists()));
     std::fs::remove_file(&state).expect("delete the state");
-    let mut resume = setup.resume("resume", None);
-    assert_eq!(
-        setup.exit_code(&mut resume, "resume"),
-        5,
-        "{}",
-        setup.stderr("resume")
-    );
-    setup.go();
-    assert_eq!(
-        setup.exit_code(&mut run, "run"),
-        0,
-        "{}",
-        setup.stderr("run")
-    );
-    setup.assert_whole(3, 3);
+    setup.assert_refused_then_finished(&mut run, 3, 3);
 }
 
 /// Every file of the experiment the heads write, with its contents: what the trials write

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::procs::{wait_for_exit, wait_until};
-use common::{json_lines, rtune};
+use common::{json_lines, rtune, toml_string};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// The head's limit of open files, and how many idle connections the test opens.
@@ -29,7 +29,6 @@ fn idle_connections_beyond_the_file_limit_do_not_stop_the_head() {
     let script = r#"echo "$RTUNE_ADDR" > "$ADDR_FILE.tmp" && mv "$ADDR_FILE.tmp" "$ADDR_FILE"
 while [ ! -e "$GO" ]; do sleep 0.02; done
 exec "$EXAMPLE""#;
-    let quote = |text: &str| format!("{:?}", text);
     let experiment = format!(
         r#"name = "idle"
 metric = "eval_loss"
@@ -52,10 +51,10 @@ sleep_ms = 0
 [scheduler]
 type = "fifo"
 "#,
-        script = quote(script),
-        addr = quote(&addr_file.display().to_string()),
-        go = quote(&go.display().to_string()),
-        example = quote(env!("CARGO_BIN_EXE_rtune-example")),
+        script = toml_string(script),
+        addr = toml_string(&addr_file.display().to_string()),
+        go = toml_string(&go.display().to_string()),
+        example = toml_string(env!("CARGO_BIN_EXE_rtune-example")),
     );
     let file = dir.path().join("idle.toml");
     std::fs::write(&file, experiment).expect("write the experiment");

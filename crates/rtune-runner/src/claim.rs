@@ -195,7 +195,7 @@ pub enum ClaimError {
 /// or cannot be confirmed). Nothing may be written any more.
 #[derive(Clone, Debug, thiserror::Error)]
 #[error(
-    "this head (pid {pid}, generation {generation}) no longer holds {dir}: {why}\nit stopped its trials and wrote nothing more; the experiment goes on under the head that holds it now"
+    "this head (pid {pid}, generation {generation}) no longer holds {dir}: {why}\nit stopped its trials and wrote nothing more\nhint: the head that holds it now continues the experiment; if none does, `rtune resume` continues it"
 )]
 pub struct Lost {
     pub dir: PathBuf,
@@ -276,13 +276,15 @@ impl Claim {
             };
             match create_claim(&path, &record) {
                 Ok(file) => {
+                    // Renewed from now on, also while it waits.
+                    let claim = Claim::start(dir, path, record, file, previous);
                     if wait_s > 0.0 {
                         tracing::warn!(
                             "waiting {wait_s:.1} s for the previous head to notice the takeover"
                         );
                         std::thread::sleep(Duration::from_secs_f64(wait_s));
                     }
-                    return Ok(Claim::start(dir, path, record, file, previous));
+                    return Ok(claim);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(source) => {
@@ -421,7 +423,7 @@ impl Claim {
                             tracing::debug!("{lost}");
                             break;
                         }
-                        // Tried again at the next period; the fence refuses writes meanwhile
+                        // Tried again at the next period; `check` refuses writes meanwhile
                         // once the last verification is too old.
                         Err(Verification::Unconfirmed(e)) => {
                             tracing::warn!("cannot renew the claim: {e}");
@@ -432,7 +434,7 @@ impl Claim {
         let renewer = match renewer {
             Ok(handle) => Some(handle),
             Err(e) => {
-                // The fence still verifies by itself when a verification is too old.
+                // `check` still verifies by itself when a verification is too old.
                 tracing::warn!("cannot start the claim's renewal thread: {e}");
                 None
             }
