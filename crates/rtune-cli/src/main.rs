@@ -21,7 +21,7 @@ mod dashboard;
         An experiment file (TOML) names the training command, the search space, the metric and \
         the scheduler; `rtune run` runs the trials as processes and writes every result to disk.",
     after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune resume ~/rtune_results/asha-example\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json\n  rtune plan examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4\n  rtune submit examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4 --time 01:00:00\n\n\
-Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  75   a head job written by `rtune submit` stopped for its time limit and submitted the next head job, which continues the experiment\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
+Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  5    another head runs this experiment (its claim, head_claim.json, is live); the message names it\n  6    this head lost its claim to another head (it was stopped or cut off longer than the lease) and stopped without writing anything more\n  75   a head job written by `rtune submit` stopped for its time limit and submitted the next head job, which continues the experiment\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -317,14 +317,25 @@ mod exit {
     pub const INVALID_INPUT: u8 = 2;
     pub const TRIALS_FAILED: u8 = 3;
     pub const CANNOT_WRITE: u8 = 4;
+    /// Another head holds the experiment's claim.
+    pub const CLAIMED: u8 = 5;
+    /// This head lost its claim to another head and wrote nothing more.
+    pub const CLAIM_LOST: u8 = 6;
     pub const INTERRUPTED: u8 = 130;
 }
 
 fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    use rtune_runner::claim::ClaimError;
+    use rtune_runner::journal::JournalError;
     use rtune_runner::run_loop::RunError;
     use rtune_runner::setup::SetupError;
     let code = match err.downcast_ref::<SetupError>() {
         Some(e) if e.is_invalid_input() => exit::INVALID_INPUT,
+        Some(SetupError::Claim(
+            ClaimError::Held { .. } | ClaimError::Unreadable { .. } | ClaimError::Contended { .. },
+        )) => exit::CLAIMED,
+        Some(SetupError::Run(RunError::Journal(JournalError::Fenced(_)))) => exit::CLAIM_LOST,
+        Some(SetupError::Claim(ClaimError::Io { .. })) => exit::CANNOT_WRITE,
         Some(SetupError::Run(RunError::Journal(_) | RunError::Storage(_)))
         | Some(SetupError::Storage(_)) => exit::CANNOT_WRITE,
         _ if err

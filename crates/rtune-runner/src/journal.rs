@@ -64,6 +64,10 @@ pub enum JournalError {
         line: usize,
         message: String,
     },
+    /// This head lost its claim on the experiment ([`crate::claim`]): it must write nothing
+    /// more.
+    #[error(transparent)]
+    Fenced(#[from] crate::claim::Lost),
     #[error(
         "{path}, line {line}: replaying it gives a different state than the experiment had ({message})\nhint: was the experiment file changed since the experiment ran?"
     )]
@@ -175,6 +179,9 @@ pub struct Journal {
     unsynced: bool,
     /// Test hook: fail the append after this many more lines (an injected write failure).
     fail_after: Option<u64>,
+    /// The head's claim on the experiment ([`crate::claim`]): checked before every write, and
+    /// released when the journal is dropped (at the end of the run, whichever way it ends).
+    claim: Option<crate::claim::Claim>,
 }
 
 impl Journal {
@@ -220,6 +227,7 @@ impl Journal {
             since_snapshot: contents.entries.len() as u64,
             unsynced: false,
             fail_after,
+            claim: None,
         };
         if complete == 0 {
             let header = Header {
@@ -233,6 +241,19 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes every write check `claim` first; the journal holds it until it is dropped.
+    pub fn hold_claim(&mut self, claim: crate::claim::Claim) {
+        self.claim = Some(claim);
+    }
+
+    /// Whether this head still holds its claim (always, without one).
+    pub fn check_claim(&self) -> Result<(), JournalError> {
+        match &self.claim {
+            Some(claim) => Ok(claim.check()?),
+            None => Ok(()),
+        }
     }
 
     /// The input as it will be replayed: serialized and parsed back, so the live core sees
@@ -272,6 +293,7 @@ impl Journal {
     /// every line so far): written to a temporary file, fsynced, renamed over the journal, and
     /// the directory fsynced, so a crash leaves either the old journal or the new one.
     pub fn compact(&mut self, snapshot: CoreSnapshot) -> Result<(), JournalError> {
+        self.check_claim()?;
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| JournalError::Io {
@@ -358,6 +380,7 @@ impl Journal {
     /// Append one JSON line with one write. On failure the file is cut back to its previous
     /// length.
     fn append_line<T: Serialize>(&mut self, value: &T) -> Result<(), JournalError> {
+        self.check_claim()?;
         let mut line = serde_json::to_vec(value).map_err(|e| self.malformed(e))?;
         line.push(b'\n');
         let injected = match &mut self.fail_after {

@@ -6,6 +6,8 @@
 //! * [`run_loop`]: the event loop that owns the experiment's state.
 //! * [`executor`]: where trial processes run (local processes, SLURM, or simulated in virtual
 //!   time on a benchmark function).
+//! * [`claim`]: one head per experiment: the lease in `head_claim.json`, and the fence that
+//!   stops a head that lost it from writing anything more.
 //! * [`clock`]: the time the run loop sees: real, or virtual under the simulator.
 //! * [`server`]: the protocol server trials report to (docs/protocol.md).
 //! * [`report_checks`]: checkpoints a report may not hand over.
@@ -16,6 +18,7 @@
 //! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
 
 pub mod catalog;
+pub mod claim;
 pub mod clock;
 pub mod executor;
 pub mod experiment;

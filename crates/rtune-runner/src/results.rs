@@ -86,7 +86,7 @@ fn reconcile_trial(
             *run,
         )?;
     }
-    dir.close_trial(trial.id);
+    dir.repair_progress(trial.id)?;
     if trial.status == TrialStatus::Terminated {
         dir.mark_last_done(trial.id)?;
     }

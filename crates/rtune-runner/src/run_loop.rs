@@ -40,15 +40,24 @@ pub enum RunError {
     #[error(transparent)]
     Executor(#[from] crate::executor::ExecutorError),
     /// The journal could not be written (a full disk): the trials were stopped; the experiment
-    /// can be resumed once there is space.
-    #[error(
-        "{0}\nthe trials were stopped; everything up to this point is kept and `rtune resume` continues the experiment"
-    )]
+    /// can be resumed once there is space. (Or this head lost its claim: then it says so.)
+    #[error("{error}{hint}", error = .0, hint = resume_hint(.0))]
     Journal(#[from] JournalError),
     #[error(
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
     Stuck { pending: usize, dir: PathBuf },
+}
+
+/// What a user can do after a journal error: resume, unless another head has taken over.
+fn resume_hint(error: &JournalError) -> &'static str {
+    match error {
+        JournalError::Fenced(_) => "",
+        _ => {
+            "\nthe trials were stopped; everything up to this point is kept and `rtune resume` \
+             continues the experiment"
+        }
+    }
 }
 
 /// How the trial processes are started, as the run loop needs to know it.
@@ -206,8 +215,17 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     let mut time_limit = false;
 
     loop {
+        lp.still_head();
         if !interrupted && lp.fatal.is_none() {
             lp.fill_slots();
+        }
+        if matches!(&lp.fatal, Some(RunError::Journal(JournalError::Fenced(_))))
+            && let Some(lost) = lp.fatal.take()
+        {
+            // Another head holds the experiment now: end this head's trial processes and leave
+            // without writing anything.
+            lp.executor.shutdown(lp.template.stop_grace);
+            return Err(lost);
         }
         if lp.fatal.is_some() {
             // The journal cannot be written: nothing may take effect any more. Stop every trial
@@ -252,10 +270,11 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             }
         }
         tokio::select! {
-            Some(report) = reports.recv() => lp.on_report(report),
-            Some(event) = executor_events.recv() => lp.on_executor_event(event),
-            Some(timer) = timers.recv() => lp.on_timer(timer),
-            _ = ticker.tick() => lp.on_tick(),
+            // `still_head`: nothing is handled (or written) once another head took over.
+            Some(report) = reports.recv() => if lp.still_head() { lp.on_report(report) },
+            Some(event) = executor_events.recv() => if lp.still_head() { lp.on_executor_event(event) },
+            Some(timer) = timers.recv() => if lp.still_head() { lp.on_timer(timer) },
+            _ = ticker.tick() => if lp.still_head() { lp.on_tick() },
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 lp.interrupt(InterruptReason::CtrlC);
@@ -340,6 +359,20 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
+    /// Whether this head still holds its claim on the experiment ([`crate::claim`]). Once it
+    /// does not, the loop ends at its top without writing anything more.
+    fn still_head(&mut self) -> bool {
+        if self.fatal.is_none()
+            && let Err(e) = self.journal.check_claim()
+        {
+            self.fatal = Some(RunError::Journal(e));
+        }
+        !matches!(
+            &self.fatal,
+            Some(RunError::Journal(JournalError::Fenced(_)))
+        )
+    }
+
     /// Feed `input` to the core, then append it with the outcome the core recorded to the
     /// journal, before any effect is carried out: nothing takes effect that a replay would not
     /// redo. A `next` that changed nothing is not written. Once the journal cannot be written
@@ -963,6 +996,9 @@ impl Loop<'_> {
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
+        if !self.still_head() {
+            return; // the effects of a head that lost its claim are not carried out
+        }
         let now = unix_now();
         for effect in effects {
             match effect {
@@ -1084,6 +1120,7 @@ impl Loop<'_> {
         status: RunStatus,
         finished_at: Option<f64>,
     ) -> Result<ExperimentState, RunError> {
+        self.journal.check_claim()?; // a head that lost its claim writes nothing
         let now = unix_now();
         self.head.heartbeat = now;
         let state = ExperimentState::project(

@@ -15,6 +15,7 @@ use rtune_core::space::SearchSpace;
 use rtune_core::tuner::{ErroredTrials, Input, Limits, Output, Tuner, TunerSettings};
 use tokio::sync::mpsc;
 
+use crate::claim::{Claim, ClaimError, ClaimSettings, Previous};
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
 use crate::executor::{
     Executor, ExecutorError, ExecutorEvent, SimulatedExecutor, SlurmExecutor, SlurmExecutorConfig,
@@ -92,6 +93,10 @@ pub enum SetupError {
     },
     #[error("cannot draw the experiment's secret from the operating system's random source: {0}")]
     Random(getrandom::Error),
+    /// One head per experiment ([`crate::claim`]): another head holds it, or the lease setting
+    /// is bad, or the claim file cannot be written.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
 }
 
 impl SetupError {
@@ -106,6 +111,7 @@ impl SetupError {
                 | SetupError::Changed { .. }
                 | SetupError::StillRunning { .. }
                 | SetupError::NoStorage
+                | SetupError::Claim(ClaimError::BadLease { .. })
         )
     }
 }
@@ -331,6 +337,8 @@ fn prepare_with(
     };
 
     let (mut tuner, parameters) = build_tuner(&experiment, replay)?;
+    // One head per experiment: the lease setting is checked before anything is created.
+    let claim_settings = ClaimSettings::from_env()?;
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
     // Trial processes run under the shim in this very binary (`rtune __supervise`), which ends
@@ -384,12 +392,21 @@ fn prepare_with(
     let (dir, journal) = match resume {
         None => {
             let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
-            let (journal, _) = Journal::open(dir.path())?;
+            // Claimed before journal.jsonl exists: a resume refuses a directory without one
+            // (below), so it never takes the claim of a run that is starting.
+            let claim = Claim::acquire(dir.path(), claim_settings)?;
+            let (mut journal, _) = Journal::open(dir.path())?;
+            journal.hold_claim(claim);
             (dir, journal)
         }
         Some((path, _)) => {
+            refuse_without_journal(path)?;
+            let claim = Claim::acquire(path, claim_settings)?;
             let dir = ExperimentDir::open(path);
-            if let Ok(old) = ExperimentState::read(path)
+            // Without an earlier claim, the snapshot's heartbeat is all there is to tell a live
+            // head (of an rtune without claims) from a dead one.
+            if *claim.previous() == Previous::Nothing
+                && let Ok(old) = ExperimentState::read(path)
                 && let Some(head) = &old.head
                 && old
                     .dead_head(&this_host_name().unwrap_or_default(), unix_now())
@@ -403,8 +420,8 @@ fn prepare_with(
                     age: unix_now() - head.heartbeat,
                 });
             }
-            refuse_without_journal(path)?;
-            let (journal, contents) = Journal::open(path)?;
+            let (mut journal, contents) = Journal::open(path)?;
+            journal.hold_claim(claim);
             let mut exploits = Vec::new();
             let mut tail_results = Vec::new();
             let mut touched = crate::results::Touched::default();
@@ -611,7 +628,13 @@ fn refuse_without_journal(dir: &Path) -> Result<(), SetupError> {
         })
         .unwrap_or(0);
     if trial_dirs == 0 {
-        return Ok(());
+        return Err(SetupError::Invalid {
+            path: journal,
+            message: "does not exist, so there is nothing to resume: the experiment's first head \
+                      ended before it began (or this is not an experiment directory)\nhint: \
+                      start it with `rtune run`"
+                .into(),
+        });
     }
     Err(SetupError::Invalid {
         path: journal,

@@ -330,6 +330,32 @@ impl ExperimentDir {
         rewrite_csv_rows(&files.progress_path(), kept)
     }
 
+    /// Make progress.csv hold one row per line of result.json (a head killed between the two
+    /// appends left it a row short): rebuilt from result.json when the counts differ.
+    pub fn repair_progress(&self, trial: TrialId) -> Result<(), StorageError> {
+        let files = self.trial(trial)?;
+        self.close_trial(trial);
+        let lines: Vec<Map<String, Value>> = fs::read_to_string(files.result_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let path = files.progress_path();
+        if read_csv_rows(&path).len() == lines.len() {
+            return Ok(());
+        }
+        let mut csv = String::new();
+        if let Some(first) = lines.first() {
+            let columns: Vec<String> = read_csv_header(&path)
+                .unwrap_or_else(|| first.keys().filter(|k| *k != "config").cloned().collect());
+            csv.push_str(&csv_line(&columns));
+            for line in &lines {
+                csv.push_str(&csv_row(&columns, line));
+            }
+        }
+        write_atomic(&path, csv.as_bytes())
+    }
+
     /// Mark the trial's last result as its final one (`done: true`): it completed on its own,
     /// after a report whose answer could not know it was the last.
     pub fn mark_last_done(&self, trial: TrialId) -> Result<(), StorageError> {
