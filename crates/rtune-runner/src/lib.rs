@@ -12,6 +12,7 @@
 //! * [`report`]: tables, the best trial, and the live console.
 //! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
 //! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
+//! * [`workdir`]: where a trial's processes run, and what relative paths mean.
 
 pub mod clock;
 pub mod executor;
@@ -25,3 +26,4 @@ pub mod server;
 pub mod setup;
 pub mod storage;
 pub mod submit;
+pub mod workdir;

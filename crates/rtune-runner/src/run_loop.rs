@@ -56,7 +56,8 @@ pub struct TrialTemplate {
     pub env: Vec<(String, String)>,
     pub workers: u32,
     pub resources: Resources,
-    pub cwd: PathBuf,
+    /// Where the trial's processes run: its own directory, or one shared directory.
+    pub workdir: crate::workdir::TrialWorkdir,
     /// How long a trial told to stop or pause may take to exit before it is signalled, and how
     /// long after SIGTERM it gets SIGKILL.
     pub stop_grace: Duration,
@@ -515,6 +516,7 @@ impl Loop<'_> {
                 path_string(&files.scratch_dir()),
             ),
         ];
+        env.extend(self.template.workdir.env());
         if let (Some(dir), Some(c)) = (&restore_dir, launch.restore) {
             env.push((e::RESTORE_DIR.to_string(), path_string(dir)));
             env.push((e::RESTORE_ITERATION.to_string(), c.iteration.to_string()));
@@ -529,7 +531,7 @@ impl Loop<'_> {
                 env,
                 workers: self.template.workers,
                 resources: self.template.resources.clone(),
-                cwd: self.template.cwd.clone(),
+                cwd: self.template.workdir.for_trial(files.dir()),
                 stdout: files.stdout_path(),
                 stderr: files.stderr_path(),
             })
@@ -1337,7 +1339,7 @@ mod tests {
                 env: Vec::new(),
                 workers: 1,
                 resources: Resources::default(),
-                cwd: dir.to_path_buf(),
+                workdir: crate::workdir::TrialWorkdir::Shared(dir.to_path_buf()),
                 stop_grace: Duration::from_secs(5),
                 report_timeout: None,
                 checkpoint_roots: Vec::new(),
