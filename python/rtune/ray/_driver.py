@@ -178,9 +178,8 @@ def _python_path() -> str:
     script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else ""
     if script_dir and os.path.isdir(script_dir):
         parts.append(script_dir)
-    if os.environ.get("PYTHONPATH"):
-        parts.append(os.environ["PYTHONPATH"])
-    return os.pathsep.join(parts)
+    parts += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(parts))
 
 
 def _pick(name: str, *candidates: Optional[str]) -> Optional[str]:
