@@ -11,6 +11,12 @@ from ._errors import unsupported
 _COSMETIC_RUN = {"verbose", "progress_reporter", "log_to_file", "sync_config", "storage_filesystem"}
 
 
+def check_mode(owner: str, mode: Optional[str]) -> None:
+    """Ray's modes: "min", "max", or None (set elsewhere)."""
+    if mode is not None and mode not in ("min", "max"):
+        raise ValueError(f"{owner}(mode={mode!r}): mode is 'min' or 'max'")
+
+
 class TuneConfig:
     """ray.tune.TuneConfig."""
 
@@ -20,8 +26,7 @@ class TuneConfig:
                  time_budget_s: Optional[float] = None, reuse_actors: Any = None,
                  trial_name_creator: Any = None, trial_dirname_creator: Any = None,
                  chdir_to_trial_dir: Optional[bool] = None) -> None:
-        if mode is not None and mode not in ("min", "max"):
-            raise ValueError(f"TuneConfig(mode={mode!r}): mode is 'min' or 'max'")
+        check_mode("TuneConfig", mode)
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             if num_samples == -1:
                 raise unsupported("TuneConfig(num_samples=-1)", "give a number of samples; "

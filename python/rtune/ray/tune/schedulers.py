@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from .._config import check_mode
 from .._errors import module_getattr, unsupported
 from .._space import to_mutations
 
@@ -15,8 +16,7 @@ class TrialScheduler:
     kind = "fifo"
 
     def __init__(self, metric: Optional[str] = None, mode: Optional[str] = None) -> None:
-        if mode is not None and mode not in ("min", "max"):
-            raise ValueError(f"{type(self).__name__}(mode={mode!r}): 'min' or 'max'")
+        check_mode(type(self).__name__, mode)
         self.metric, self.mode = metric, mode
         self.settings: Dict[str, Any] = {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..._config import check_mode
 from ..._errors import module_getattr, unsupported
 
 
@@ -14,8 +15,7 @@ class Searcher:
     kind = "random"
 
     def __init__(self, metric: Optional[str] = None, mode: Optional[str] = None) -> None:
-        if mode is not None and mode not in ("min", "max"):
-            raise ValueError(f"{type(self).__name__}(mode={mode!r}): 'min' or 'max'")
+        check_mode(type(self).__name__, mode)
         self.metric, self.mode = metric, mode
         self.settings: Dict[str, Any] = {}
         self.seed: Optional[int] = None
