@@ -289,10 +289,13 @@ def _agree(decision: str) -> str:
     return str(box[0])
 
 
-def _same_dir(a: Any, b: Optional[str]) -> bool:
-    if a is None or b is None:
+def _inside_dir(path: Any, directory: Optional[str]) -> bool:
+    """Whether `path` is `directory` or inside it (a Ray-style script may resume from a
+    subdirectory of rtune's restore directory, such as its checkpoint-N)."""
+    if path is None or directory is None:
         return False
-    return bool(os.path.realpath(os.fspath(a)) == os.path.realpath(b))
+    inner, outer = os.path.realpath(os.fspath(path)), os.path.realpath(directory)
+    return bool(inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +359,65 @@ def _explored_learning_rates(optimizer: Any, scheduler: Any, fresh_groups: List[
             group["initial_lr"] = base
 
 
+def patch_trainer_resume(trainer: Any, restore_dir: Optional[str]) -> None:
+    """Makes `trainer` (a transformers.Trainer) resume from `restore_dir` (rtune's checkpoint of
+    a pause, retry or PBT exploit) with this run's hyperparameters: wraps the two Trainer steps
+    of a resume that would undo PBT's exploration. When trainer.train(resume_from_checkpoint=X)
+    is given X inside `restore_dir`, the optimizer and scheduler loaded from X get this run's
+    TrainingArguments back (learning rate as the scheduler's base, weight decay, betas, ...),
+    and training continues at the checkpoint's epoch in this run's steps per epoch. Any other
+    resume is left as the Trainer does it. RtuneCallback(trainer) and rtune.ray's trials call it."""
+    init_state = getattr(trainer, "_init_training_state", None)
+    load_opt = getattr(trainer, "_load_optimizer_and_scheduler", None)
+    if init_state is None or load_opt is None:
+        if restore_dir is not None:
+            import transformers
+            raise RtuneError(
+                f"transformers {transformers.__version__}: the Trainer has no "
+                "_init_training_state/_load_optimizer_and_scheduler, which rtune adjusts when "
+                "resuming (tested with transformers 5.24); use that version")
+        return
+    if getattr(trainer, "_rtune_resume_patched", False):
+        return
+    trainer._rtune_resume_patched = True
+
+    def resuming(checkpoint: Any) -> bool:
+        return _inside_dir(checkpoint, restore_dir)
+
+    def init_training_state(max_steps: int, steps_per_epoch: int, *rest: Any) -> Any:
+        epochs_trained, skip = init_state(max_steps, steps_per_epoch, *rest)
+        resume = rest[1] if len(rest) > 1 else None
+        if not resuming(resume):
+            return epochs_trained, skip
+        state, args = trainer.state, trainer.args
+        # The donor's epoch, in this run's steps: a different batch size changes the steps per
+        # epoch, and the Trainer would count epochs from the donor's step.
+        epochs_done = float(state.epoch or 0.0)
+        state.global_step = int(round(epochs_done * steps_per_epoch))
+        state.train_batch_size = getattr(trainer, "_train_batch_size", state.train_batch_size)
+        state.compute_steps(args, max_steps)  # logging/eval/save steps of this run
+        epochs_trained = state.global_step // max(steps_per_epoch, 1)
+        skip = 0
+        if not args.ignore_data_skip:
+            skip = (state.global_step % max(steps_per_epoch, 1)) * args.gradient_accumulation_steps
+        return epochs_trained, skip
+
+    def load_optimizer_and_scheduler(checkpoint: Any) -> Any:
+        if not resuming(checkpoint) or trainer.optimizer is None:
+            return load_opt(checkpoint)
+        fresh = [{k: v for k, v in g.items() if k != "params"}
+                 for g in trainer.optimizer.param_groups]
+        sched = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)
+        bases = list(getattr(sched, "base_lrs", []) or [])
+        result = load_opt(checkpoint)
+        _explored_learning_rates(trainer.optimizer, trainer.lr_scheduler, fresh, bases,
+                                 trainer.state.global_step)
+        return result
+
+    trainer._init_training_state = init_training_state
+    trainer._load_optimizer_and_scheduler = load_optimizer_and_scheduler
+
+
 def _make_callback_class() -> type:
     from transformers import TrainerCallback
 
@@ -388,62 +450,13 @@ def _make_callback_class() -> type:
             self.checkpoint = checkpoint and trainer is not None
             self.action = CONTINUE
             if trainer is not None and self.session is not None:
-                self._patch_resume(trainer)
+                patch_trainer_resume(trainer, self.session.restore_dir)
 
         @property
         def resume_from_checkpoint(self) -> Optional[str]:
             """The checkpoint this run starts from (RTUNE_RESTORE_DIR), or None: pass it to
             trainer.train(resume_from_checkpoint=...)."""
             return self.session.restore_dir if self.session is not None else None
-
-        def _resuming(self, checkpoint: Any) -> bool:
-            return self.session is not None and _same_dir(checkpoint, self.session.restore_dir)
-
-        def _patch_resume(self, trainer: Any) -> None:
-            """Wraps the two Trainer steps of a resume that would undo PBT's exploration."""
-            init_state = getattr(trainer, "_init_training_state", None)
-            load_opt = getattr(trainer, "_load_optimizer_and_scheduler", None)
-            if init_state is None or load_opt is None:
-                if self.session is not None and self.session.restore_dir is not None:
-                    import transformers
-                    raise RtuneError(
-                        f"transformers {transformers.__version__}: the Trainer has no "
-                        "_init_training_state/_load_optimizer_and_scheduler, which RtuneCallback "
-                        "adjusts when resuming (tested with transformers 5.24); use that version")
-                return
-
-            def init_training_state(max_steps: int, steps_per_epoch: int, *rest: Any) -> Any:
-                epochs_trained, skip = init_state(max_steps, steps_per_epoch, *rest)
-                resume = rest[1] if len(rest) > 1 else None
-                if not self._resuming(resume):
-                    return epochs_trained, skip
-                state, args = trainer.state, trainer.args
-                # The donor's epoch, in this run's steps: a different batch size changes the
-                # steps per epoch, and the Trainer would count epochs from the donor's step.
-                epochs_done = float(state.epoch or 0.0)
-                state.global_step = int(round(epochs_done * steps_per_epoch))
-                state.train_batch_size = getattr(trainer, "_train_batch_size", state.train_batch_size)
-                state.compute_steps(args, max_steps)  # logging/eval/save steps of this run
-                epochs_trained = state.global_step // max(steps_per_epoch, 1)
-                skip = 0
-                if not args.ignore_data_skip:
-                    skip = (state.global_step % max(steps_per_epoch, 1)) * args.gradient_accumulation_steps
-                return epochs_trained, skip
-
-            def load_optimizer_and_scheduler(checkpoint: Any) -> Any:
-                if not self._resuming(checkpoint) or trainer.optimizer is None:
-                    return load_opt(checkpoint)
-                fresh = [{k: v for k, v in g.items() if k != "params"}
-                         for g in trainer.optimizer.param_groups]
-                sched = getattr(trainer.lr_scheduler, "scheduler", trainer.lr_scheduler)
-                bases = list(getattr(sched, "base_lrs", []) or [])
-                result = load_opt(checkpoint)
-                _explored_learning_rates(trainer.optimizer, trainer.lr_scheduler, fresh, bases,
-                                         trainer.state.global_step)
-                return result
-
-            trainer._init_training_state = init_training_state
-            trainer._load_optimizer_and_scheduler = load_optimizer_and_scheduler
 
         def on_evaluate(self, args: Any, state: Any, control: Any,
                         metrics: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Any:
@@ -507,10 +520,14 @@ def _make_lightning_class() -> type:
 
         CHECKPOINT_FILE = "lightning.ckpt"
 
-        def __init__(self, session: Optional[Session] = None, checkpoint: bool = True) -> None:
+        def __init__(self, session: Optional[Session] = None, checkpoint: bool = True,
+                     report: bool = True) -> None:
             super().__init__()
             self.session = session if session is not None else _session_from_env()
             self.checkpoint = checkpoint
+            # report=False: only make a resume from rtune's checkpoint keep this run's
+            # hyperparameters (rtune.ray's trials add such a callback; the script reports).
+            self.report = report
             self.action = CONTINUE
             self._fresh: Optional[List[Tuple[List[Dict[str, Any]], List[float]]]] = None
 
@@ -548,7 +565,8 @@ def _make_lightning_class() -> type:
                 _explored_learning_rates(opt, sched, groups, bases, step)
 
         def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-            if self.session is None or self.action != CONTINUE or trainer.sanity_checking:
+            if (self.session is None or not self.report or self.action != CONTINUE
+                    or trainer.sanity_checking):
                 return
             strategy = trainer.strategy
             ckpt = None

@@ -19,7 +19,8 @@ Outside rtune (``RTUNE_ADDR`` unset) ``session()`` is None, ``config`` is ``{}``
 same script runs on its own. The protocol is docs/protocol.md; this package is the single-file
 client ``python/rtune_client.py`` of rtune's repository, with types. Integrations:
 ``rtune.hf`` (Hugging Face Trainer), ``rtune.lightning`` (PyTorch Lightning) and ``rtune.ray``
-(Ray Tune's function-trainable API).
+(Ray Tune's API: a Ray Tune script runs with its imports changed); ``python -m rtune.squad``
+writes the examples' SQuAD-format data.
 """
 
 from __future__ import annotations

@@ -9,8 +9,14 @@ import sysconfig
 
 
 def find_rtune_bin() -> str:
-    """The path of the `rtune` binary that came with this package (in the environment's scripts
-    directory), or else the one on PATH. Raises FileNotFoundError when there is none."""
+    """The `rtune` binary: $RTUNE_BIN when set (a build of your own, such as
+    target/debug/rtune), else the one that came with this package (in the environment's scripts
+    directory), else the one on PATH. Raises FileNotFoundError when there is none."""
+    chosen = os.environ.get("RTUNE_BIN")
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise FileNotFoundError(f"RTUNE_BIN={chosen}: not an executable file")
+        return chosen
     name = "rtune" + (sysconfig.get_config_var("EXE") or "")
     candidates = [os.path.join(sysconfig.get_path("scripts"), name)]
     user = sysconfig.get_path("scripts", scheme=f"{os.name}_user") if os.name != "nt" else None

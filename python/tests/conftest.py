@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
 
+from rtune import squad  # noqa: E402  (after the path above)
+
 
 @pytest.fixture(scope="session")
 def rtune_bin() -> Path:
@@ -28,25 +29,10 @@ def rtune_bin() -> Path:
     return path
 
 
-def write_squad(path: Path, n: int, seed: int) -> None:
-    """A small SQuAD v1.1-format file: questions about made-up towns, answers in the context."""
-    rng = random.Random(seed)
-    articles = []
-    for i in range(n):
-        town = "".join(rng.choice("abcdefghij") for _ in range(6)).title()
-        river = "".join(rng.choice("klmnopqrst") for _ in range(5)).title()
-        context = f"{town} lies on the river {river}. It was founded in {1000 + rng.randrange(900)}."
-        articles.append({"title": town, "paragraphs": [{"context": context, "qas": [
-            {"id": f"q{i}", "question": f"Which river flows through {town}?",
-             "answers": [{"text": river, "answer_start": context.index(river)}]}]}]})
-    path.write_text(json.dumps({"version": "1.1", "data": articles}))
-
-
 @pytest.fixture(scope="session")
 def squad_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("squad")
-    write_squad(d / "train.json", 16, 0)
-    write_squad(d / "dev.json", 8, 1)
+    squad.main(["--out", str(d), "--train", "16", "--eval", "8", "--seed", "0"])
     return d
 
 

@@ -40,6 +40,8 @@ def test_pbt_exploits_train_with_the_explored_hyperparameters(rtune_bin: Path, s
     exploits = 0
     changed_lr = 0
     for trial in trials:
+        # One worker: accelerate forms a one-process group the Trainer recognises (issue 23).
+        assert "parallel_mode != ParallelMode.DISTRIBUTED" not in (trial / "stderr.log").read_text()
         res = results(trial)
         # Every trial trains all epochs, and the Trainer's epoch is rtune's iteration: after an
         # exploit the target continues at the donor's epoch (its checkpoint may be behind the

@@ -201,3 +201,88 @@ fn a_trial_that_can_never_fit_is_an_error_before_anything_starts() {
     );
     assert!(!storage.path().join("fifo-example").exists());
 }
+
+#[test]
+fn each_trial_runs_in_its_own_directory_with_the_commands_paths_from_the_start_directory() {
+    let start = tempfile::tempdir().expect("tempdir");
+    let storage = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(start.path().join("data")).expect("mkdir");
+    std::fs::write(start.path().join("data/in.txt"), "input\n").expect("write");
+    // Where it runs, what it was given, and whether the relative input path resolves.
+    std::fs::write(
+        start.path().join("trial.sh"),
+        "{ pwd; echo \"$1\"; cat \"$1\"; echo \"$2\"; echo \"$RTUNE_ORIG_WORKING_DIR\"; \
+         echo \"$TUNE_ORIG_WORKING_DIR\"; } > where.txt\n",
+    )
+    .expect("write");
+    std::fs::write(
+        start.path().join("exp.toml"),
+        "name = \"wd\"\nmetric = \"loss\"\nmode = \"min\"\nnum_samples = 2\n\
+         [trial]\ncommand = [\"sh\", \"trial.sh\", \"data/in.txt\", \"--out=out.txt\"]\n\
+         require_report = false\n\
+         [space]\na = { uniform = [0.0, 1.0] }\n",
+    )
+    .expect("write");
+    let run = |extra: &[&str]| {
+        let mut cmd = rtune();
+        cmd.args(["run", "exp.toml", "--storage"])
+            .arg(storage.path())
+            .args(extra)
+            .current_dir(start.path());
+        cmd.output().expect("rtune runs")
+    };
+    let output = run(&[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let start_dir = start.path().canonicalize().expect("start");
+    let trials = trial_dirs(&storage.path().join("wd"));
+    assert_eq!(trials.len(), 2);
+    for trial in &trials {
+        let lines: Vec<String> = std::fs::read_to_string(trial.join("where.txt"))
+            .expect("the trial wrote where.txt into its own directory")
+            .lines()
+            .map(String::from)
+            .collect();
+        let orig = start_dir.to_string_lossy().into_owned();
+        let input = start_dir.join("data/in.txt").to_string_lossy().into_owned();
+        assert_eq!(
+            lines,
+            vec![
+                trial
+                    .canonicalize()
+                    .expect("trial")
+                    .to_string_lossy()
+                    .into_owned(),
+                input,
+                "input".into(),
+                "--out=out.txt".into(),
+                orig.clone(),
+                orig,
+            ]
+        );
+    }
+    assert!(!start.path().join("where.txt").exists());
+
+    // The old behaviour: every trial in the start directory, the command as written.
+    let output = run(&[
+        "--set",
+        "trial.chdir_to_trial_dir=false",
+        "--name",
+        "shared",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let lines = std::fs::read_to_string(start.path().join("where.txt")).expect("where.txt");
+    assert_eq!(lines.lines().nth(1), Some("data/in.txt"), "{lines}");
+
+    let output = run(&[
+        "--set",
+        "trial.cwd=\"/tmp\"",
+        "--set",
+        "trial.chdir_to_trial_dir=true",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("trial.cwd and trial.chdir_to_trial_dir = true contradict"),
+        "{}",
+        text(&output)
+    );
+}

@@ -90,9 +90,14 @@ pub struct TrialSection {
     /// Processes per trial (distributed data parallel); rank 0 reports.
     #[serde(default = "one_u32")]
     pub workers: u32,
-    /// Working directory of the trial processes; default: where rtune was started.
+    /// Working directory of every trial process; default: each trial's own directory (see
+    /// [`crate::workdir`]).
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Each trial in its own directory (default true, as Ray Tune); false: every trial in the
+    /// directory rtune was started in, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chdir_to_trial_dir: Option<bool>,
     /// Seconds a trial told to stop gets to exit before SIGTERM, and between SIGTERM and SIGKILL.
     #[serde(default = "default_stop_grace")]
     pub stop_grace_s: f64,
@@ -122,6 +127,7 @@ impl Default for TrialSection {
             resources: Resources::default(),
             workers: 1,
             cwd: None,
+            chdir_to_trial_dir: None,
             stop_grace_s: default_stop_grace(),
             report_timeout_s: None,
             checkpoint_roots: Vec::new(),

@@ -16,6 +16,7 @@
 //! * [`report`]: tables, the best trial, and the live console.
 //! * [`lineage`]: PBT's exploits and a trial's policy, as `rtune status --lineage` shows them.
 //! * [`submit`]: the SLURM head job (`rtune submit`) and capacity plans (`rtune plan`).
+//! * [`workdir`]: where a trial's processes run, and what relative paths mean.
 
 pub mod catalog;
 pub mod claim;
@@ -33,3 +34,4 @@ pub mod setup;
 pub mod state;
 pub mod storage;
 pub mod submit;
+pub mod workdir;

@@ -68,7 +68,8 @@ pub struct TrialTemplate {
     pub env: Vec<(String, String)>,
     pub workers: u32,
     pub resources: Resources,
-    pub cwd: PathBuf,
+    /// Where the trial's processes run: its own directory, or one shared directory.
+    pub workdir: crate::workdir::TrialWorkdir,
     /// How long a trial told to stop or pause may take to exit before it is signalled, and how
     /// long after SIGTERM it gets SIGKILL.
     pub stop_grace: Duration,
@@ -492,6 +493,7 @@ impl Loop<'_> {
                 path_string(&files.scratch_dir()),
             ),
         ];
+        env.extend(self.template.workdir.env());
         if let (Some(dir), Some(c)) = (&restore_dir, launch.restore) {
             env.push((e::RESTORE_DIR.to_string(), path_string(dir)));
             env.push((e::RESTORE_ITERATION.to_string(), c.iteration.to_string()));
@@ -505,7 +507,7 @@ impl Loop<'_> {
                 env,
                 workers: self.template.workers,
                 resources: self.template.resources.clone(),
-                cwd: self.template.cwd.clone(),
+                cwd: self.template.workdir.for_trial(files.dir()),
                 stdout: files.stdout_path(),
                 stderr: files.stderr_path(),
             })
@@ -1329,7 +1331,7 @@ mod tests {
                 env: Vec::new(),
                 workers: 1,
                 resources: Resources::default(),
-                cwd: dir.to_path_buf(),
+                workdir: crate::workdir::TrialWorkdir::Shared(dir.to_path_buf()),
                 stop_grace: Duration::from_secs(5),
                 checkpoint_roots: Vec::new(),
             },
@@ -1593,18 +1595,25 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn max_total_results_stops_every_trial_once_the_budget_is_spent() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Three trials of 3 results each, 2 at a time: 9 results without the budget.
+        // Three trials of 3 results each, one at a time (so the order of reports is fixed): 9
+        // results without the budget; with it, trial 0's three and trial 1's first.
         let configs: Vec<Config> = (1..=3).map(|x| config(&[("x", f64::from(x))])).collect();
         let limits = Limits {
             max_total_results: Some(4),
             ..Limits::default()
         };
-        let outcome = run_fake(dir.path(), configs.clone(), 0, limits.clone()).await;
+        let executor = |events| -> Box<dyn Executor> {
+            Box::new(FakeExecutor {
+                slots: 1,
+                running: HashMap::new(),
+                events,
+            })
+        };
+        let outcome = run_with(dir.path(), configs.clone(), 0, limits.clone(), executor).await;
         assert_eq!(outcome.state.status, RunStatus::Finished);
         let trials = &outcome.state.trials;
         let results: u64 = trials.iter().map(|t| t.iteration).sum();
-        // The other running trial's report may already be on its way when the 4th is taken.
-        assert!((4..=5).contains(&results), "{results} results");
+        assert_eq!(results, 4);
         assert!(
             trials.iter().all(|t| t.status.is_finished()),
             "every trial was stopped: {trials:?}"

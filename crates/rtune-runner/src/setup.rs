@@ -28,6 +28,7 @@ use crate::report::{Reporter, local_time};
 use crate::run_loop::{self, RunError, RunOutcome, RunParts, TrialTemplate, unix_now};
 use crate::state::{ExperimentState, RunStatus, StateMeta};
 use crate::storage::{EXPERIMENT_FILE, ExperimentDir, StorageError, write_durable};
+use crate::workdir::TrialWorkdir;
 
 /// What `rtune run` was asked.
 #[derive(Clone, Debug)]
@@ -365,14 +366,17 @@ fn prepare_with(
             source,
         })?;
 
-    let command = resolve_command(&file.trial.command, &options.rtune_exe);
-    let cwd = match &file.trial.cwd {
-        Some(dir) => dir.clone(),
-        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-    };
+    let start_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let workdir = TrialWorkdir::new(
+        file.trial.cwd.as_deref(),
+        file.trial.chdir_to_trial_dir,
+        &start_dir,
+    )
+    .map_err(invalid)?;
+    let command = workdir.command(&resolve_command(&file.trial.command, &options.rtune_exe));
     // Simulated trials run inside rtune: there is no program to check.
     if kind != "simulated" {
-        check_program(&command, &cwd).map_err(invalid)?;
+        check_program(&command, workdir.original()).map_err(invalid)?;
     }
     // Under SLURM the trials run on other nodes: listen on every interface and tell them this
     // machine's name. The secret keeps everyone else out.
@@ -389,6 +393,8 @@ fn prepare_with(
     let storage =
         crate::experiment::storage_dir(options.storage.as_deref(), file.output.storage.as_deref())
             .ok_or(SetupError::NoStorage)?;
+    // Absolute, so the paths trials get (RTUNE_TRIAL_DIR, ...) hold in their own directories.
+    let storage = crate::workdir::absolute(&storage, &start_dir);
     let (dir, journal) = match resume {
         None => {
             let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
@@ -518,7 +524,7 @@ fn prepare_with(
                 .collect(),
             workers: file.trial.workers,
             resources: file.trial.resources.clone(),
-            cwd,
+            workdir,
             stop_grace: Duration::from_secs_f64(file.trial.stop_grace_s),
             checkpoint_roots: file.trial.checkpoint_roots.clone(),
         },

@@ -186,14 +186,14 @@ impl LocalExecutor {
         gpu_indices: &[usize],
     ) -> Result<Vec<(u32, Child, i32)>, ExecutorError> {
         let master_port = free_port()?;
-        let gpus_per_worker = launch.resources.gpu as usize;
+        // As torchrun does: every worker sees all of the trial's GPUs and LOCAL_RANK picks its
+        // own (cuda:LOCAL_RANK), which is what accelerate and the Hugging Face Trainer select.
+        let worker_gpus: Vec<&str> = gpu_indices
+            .iter()
+            .map(|&i| self.node.gpus[i].as_str())
+            .collect();
         let mut started: Vec<(u32, Child, i32)> = Vec::new();
         for rank in 0..launch.workers {
-            let first = rank as usize * gpus_per_worker;
-            let worker_gpus: Vec<&str> = gpu_indices[first..first + gpus_per_worker]
-                .iter()
-                .map(|&i| self.node.gpus[i].as_str())
-                .collect();
             match spawn_worker(
                 launch,
                 rank,
@@ -639,6 +639,11 @@ fn spawn_worker(
         if !trial_env::mentions(&launch.env, key) {
             command.env(key, value);
         }
+    }
+    // Without GPUs, accelerate (the Hugging Face Trainer) joins the workers into one gloo job
+    // only when told to train on the CPU; otherwise each rank would train alone.
+    if gpus.is_empty() && !trial_env::mentions(&launch.env, trial_env::ACCELERATE_USE_CPU) {
+        command.env(trial_env::ACCELERATE_USE_CPU, "true");
     }
     let child = command.spawn().map_err(|source| ExecutorError::Spawn {
         program: match supervisor {
@@ -1092,7 +1097,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gpus_are_assigned_distinctly() {
+    async fn gpus_are_assigned_distinctly_and_every_worker_sees_its_trials() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut ex, mut rx) = executor(16.0, &["0", "1", "2", "3", "4"], None);
         let script = "echo \"$CUDA_VISIBLE_DEVICES\" > gpus_${TRIAL_}_$RANK";
@@ -1120,7 +1125,8 @@ mod tests {
                     .to_string()
             })
             .collect();
-        assert_eq!(seen, vec!["0", "1", "2", "3"]);
+        // Like torchrun: each worker sees the trial's GPUs, LOCAL_RANK picks one.
+        assert_eq!(seen, vec!["0,1", "0,1", "2,3", "2,3"]);
 
         ex.release(TrialId(0));
         let mut l = launch(dir.path(), 2, "exit 0");
@@ -1146,6 +1152,8 @@ mod tests {
         assert_eq!(message, "exit code 0");
         let env = env_file(&dir.path().join("env.txt"));
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "");
+        // No GPU: accelerate is told to form its process group on the CPU.
+        assert_eq!(env["ACCELERATE_USE_CPU"], "true");
         assert_eq!(env["OMP_NUM_THREADS"], "2");
         assert_eq!(env["RANK"], "0");
         assert_eq!(env["LOCAL_RANK"], "0");
@@ -1174,6 +1182,10 @@ mod tests {
         let env = env_file(&dir.path().join("env.txt"));
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["CUDA_VISIBLE_DEVICES"], "0");
+        assert!(
+            !env.contains_key("ACCELERATE_USE_CPU"),
+            "a GPU worker: {env:?}"
+        );
         assert_eq!(read(&dir.path().join("t0/stdout.log")), "out\nagain\n");
     }
 

@@ -10,6 +10,10 @@
 
 use super::slurm_common::shell_quote;
 
+/// Set to `true` for a worker without GPUs by the local executor: accelerate then forms the
+/// workers' gloo process group on the CPU (without it, it treats each rank as a separate job).
+pub const ACCELERATE_USE_CPU: &str = "ACCELERATE_USE_CPU";
+
 /// The variables an executor sets on its own for every worker.
 pub const EXECUTOR_VARIABLES: [&str; 8] = [
     "RANK",

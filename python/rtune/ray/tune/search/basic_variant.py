@@ -1,0 +1,5 @@
+"""ray.tune.search.basic_variant."""
+
+from . import BasicVariantGenerator
+
+__all__ = ["BasicVariantGenerator"]

@@ -1,0 +1,5 @@
+"""ray.tune.search.bayesopt."""
+
+from . import BayesOptSearch
+
+__all__ = ["BayesOptSearch"]

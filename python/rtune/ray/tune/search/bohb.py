@@ -1,0 +1,5 @@
+"""ray.tune.search.bohb."""
+
+from . import TuneBOHB
+
+__all__ = ["TuneBOHB"]

@@ -1,0 +1,5 @@
+"""ray.tune.search.hyperopt."""
+
+from . import HyperOptSearch
+
+__all__ = ["HyperOptSearch"]

@@ -1,0 +1,5 @@
+"""ray.tune.search.optuna."""
+
+from . import OptunaSearch
+
+__all__ = ["OptunaSearch"]
