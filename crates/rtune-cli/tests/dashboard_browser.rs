@@ -1,9 +1,13 @@
 //! The dashboard and the HTML report in a real browser: headless Chromium (Debian's `chromium`)
 //! driven over the DevTools protocol by crates/rtune-dashboard/tests/browser/check-page.mjs
 //! (playwright-core from npm). It opens `rtune dashboard` during a running ASHA experiment and
-//! after it, a finished PBT experiment, and `rtune report`'s file; checks that the page logs no
-//! errors, that a new result appears without a reload, and that the trial count and best value
-//! shown equal `rtune best --json`; and writes a screenshot of each view under
+//! after it, a finished PBT experiment, a 300-trial simulated experiment, a failed one next to a
+//! same-named one, and `rtune report`'s files; checks that the page logs no errors, that a new
+//! result appears without a reload, and that the trial count and best value shown equal
+//! `rtune best --json`; does with the mouse and the controls what a person does (hovering and
+//! pinning a learning curve, another reported key, the log scale, the full range, comparing two
+//! trials, brushing the parallel coordinates, the slice plot) and compares what the page then
+//! shows with the experiment's files; and writes a screenshot of each view under
 //! target/tmp/dashboard-screenshots/.
 //!
 //! Without chromium, node or the npm packages the tests are skipped with a message; CI sets
@@ -16,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example, repo, rtune, run_ok, text};
-use serde_json::Value;
+use common::{example, json_lines, repo, rtune, run_ok, text};
+use serde_json::{Map, Value};
 
 fn browser_dir() -> PathBuf {
     repo().join("crates/rtune-dashboard/tests/browser")
@@ -77,13 +81,18 @@ fn check_page(url: &str, prefix: &str, extra: &[&str]) -> Value {
 
 /// `rtune dashboard DIR` on a free port; returns the process and the page's URL.
 fn start_dashboard(dir: &Path) -> (KillOnDrop, String) {
-    let mut child = rtune()
+    let child = rtune()
         .args(["dashboard", "--interval-ms", "200"])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("rtune dashboard starts");
+    dashboard_url(child)
+}
+
+/// The URL a started `rtune dashboard` prints first.
+fn dashboard_url(mut child: Child) -> (KillOnDrop, String) {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout)
@@ -168,6 +177,8 @@ fn dashboard_during_and_after_an_asha_run_and_its_report() {
         // the page to load while it runs.
         .args(["--set", "space.sleep_ms=800", "--set", "num_samples=8"])
         .args(["--set", "executor.max_concurrent_trials=1"])
+        // A uniform parameter over a wide range: drawn linear (it was taken for a log one).
+        .args(["--set", "+space.dropout.uniform=[0.001, 0.5]"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -185,17 +196,268 @@ fn dashboard_during_and_after_an_asha_run_and_its_report() {
             "--wait-finished",
             "--timeout-ms",
             "300000",
+            "--interact",
         ],
     );
     let status = run.wait().expect("rtune run ends");
     assert!(status.success(), "rtune run failed: {status}");
     assert_matches_best(&page, &dir);
+    assert_asha_interactions(&page["interact"], &dir);
 
-    // The report of the finished experiment, opened from disk.
+    // The report of the finished experiment, opened from disk: the same page, the same views.
     let report = storage.path().join("report.html");
     run_ok(rtune().arg("report").arg(&dir).arg("-o").arg(&report));
-    let page = check_page(&format!("file://{}", report.display()), "asha-report", &[]);
+    let page = check_page(
+        &format!("file://{}", report.display()),
+        "asha-report",
+        &["--interact"],
+    );
     assert_matches_best(&page, &dir);
+    assert_asha_interactions(&page["interact"], &dir);
+}
+
+/// experiment_state.json.
+fn state(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("experiment_state.json")).expect("a state file");
+    serde_json::from_str(&text).expect("state JSON")
+}
+
+fn trial_configs(dir: &Path) -> Vec<(u64, Map<String, Value>)> {
+    state(dir)["trials"]
+        .as_array()
+        .expect("trials")
+        .iter()
+        .map(|t| {
+            let id = t["id"].as_u64().expect("an id");
+            (id, t["config"].as_object().cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// A trial's results that count (docs/file-formats.md): result.json's lines with `key`, where a
+/// line whose iteration goes back (in files written before such lines were moved to
+/// superseded.json) replaces the earlier ones from its iteration on. Also returns how many lines
+/// with `key` do not count: those replaced, and superseded.json's.
+fn counting_points(dir: &Path, trial: u64, key: &str) -> (Vec<(u64, f64)>, usize) {
+    let trial_dir = dir.join(format!("trial_{trial:05}"));
+    let mut kept: Vec<(u64, Option<f64>)> = Vec::new();
+    let mut replaced = 0;
+    for line in json_lines(&trial_dir.join("result.json")) {
+        let it = line["training_iteration"].as_u64().expect("an iteration");
+        while kept.last().is_some_and(|(i, _)| *i >= it) {
+            if kept.pop().is_some_and(|(_, v)| v.is_some()) {
+                replaced += 1;
+            }
+        }
+        kept.push((it, line[key].as_f64()));
+    }
+    let superseded = trial_dir.join("superseded.json");
+    if superseded.exists() {
+        replaced += json_lines(&superseded)
+            .iter()
+            .filter(|l| l[key].is_number())
+            .count();
+    }
+    let points = kept
+        .into_iter()
+        .filter_map(|(i, v)| Some((i, v?)))
+        .collect();
+    (points, replaced)
+}
+
+/// The value at `iteration` among a trial's results that count.
+fn value_at(dir: &Path, trial: u64, key: &str, iteration: u64) -> f64 {
+    counting_points(dir, trial, key)
+        .0
+        .into_iter()
+        .find(|(i, _)| *i == iteration)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("trial {trial} has no {key} at iteration {iteration}"))
+}
+
+fn axis<'a>(interact: &'a Value, id: &str) -> &'a Value {
+    interact["parallel"]["axes"]
+        .as_array()
+        .and_then(|axes| axes.iter().find(|a| a["id"] == id))
+        .unwrap_or_else(|| panic!("no axis {id}: {}", interact["parallel"]))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What check-page.mjs's --interact saw on the ASHA example (lr loguniform, per_device_bs and
+/// wd choices, dropout uniform), against the experiment's files.
+fn assert_asha_interactions(interact: &Value, dir: &Path) {
+    let configs = trial_configs(dir);
+    let best = interact["best"]["id"].as_u64().expect("the best trial");
+    let best_it = interact["best"]["iteration"]
+        .as_u64()
+        .expect("its iteration");
+
+    // Learning curves: whole-number iteration ticks; the hovered line's trial, config,
+    // iteration and value in the tooltip, and the line highlighted; a click pins it.
+    for tick in strings(&interact["curvesBefore"]["xTicks"]) {
+        assert!(tick.parse::<u64>().is_ok(), "iteration tick {tick:?}");
+    }
+    let hover = &interact["hover"];
+    let tip = hover["text"].as_str().expect("tooltip text");
+    assert_eq!(hover["trial"].as_u64(), Some(best), "{hover}");
+    assert_eq!(hover["state"]["hovered"].as_u64(), Some(best), "{hover}");
+    for part in [
+        format!("trial_{best:05}"),
+        format!("training_iteration {best_it}: eval_loss = "),
+        "lr = ".to_string(),
+        "per_device_bs = ".to_string(),
+        "dropout = ".to_string(),
+    ] {
+        assert!(tip.contains(&part), "the tooltip lacks {part:?}: {tip}");
+    }
+    assert_eq!(
+        hover["value"].as_f64(),
+        Some(value_at(dir, best, "eval_loss", best_it)),
+        "{hover}"
+    );
+    let pinned: Vec<u64> = interact["pinnedAfterClick"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    assert!(pinned.contains(&best), "the click pinned {pinned:?}");
+    assert!(
+        interact["legendPinned"]
+            .as_array()
+            .is_some_and(|a| a.contains(&Value::from(best))),
+        "the legend shows the pin: {}",
+        interact["legendPinned"]
+    );
+
+    // Any reported key: the trainable's `distance` is plotted from its own values.
+    let keys = strings(&interact["keys"]);
+    assert_eq!(keys.first().map(String::as_str), Some("eval_loss"));
+    assert!(keys.iter().any(|k| k == "distance"), "{keys:?}");
+    let other = &interact["otherKey"];
+    assert_eq!(other["state"]["key"], "distance");
+    assert_eq!(
+        other["point"]["value"].as_f64(),
+        Some(value_at(dir, best, "distance", best_it)),
+        "{other}"
+    );
+    // The log scale.
+    assert_eq!(interact["log"]["distr"], 3, "{}", interact["log"]);
+    assert!(
+        interact["log"]["range"][0]
+            .as_f64()
+            .is_some_and(|lo| lo > 0.0)
+    );
+
+    // Compare: the pinned trial and one ticked in the table, their curves on one chart, the
+    // parameters that differ marked.
+    let compare = &interact["compare"];
+    let ids: Vec<u64> = compare["trials"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 2, "{compare}");
+    assert!(ids.contains(&best), "{compare}");
+    assert_eq!(compare["series"], 2, "{compare}");
+    let config = |id: u64| &configs.iter().find(|(i, _)| *i == id).expect("a trial").1;
+    for param in ["lr", "per_device_bs", "wd", "dropout"] {
+        let row = compare["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["row"] == param))
+            .unwrap_or_else(|| panic!("no row {param}: {compare}"));
+        let differs = config(ids[0]).get(param) != config(ids[1]).get(param);
+        assert_eq!(row["differs"].as_bool(), Some(differs), "{param}: {row}");
+    }
+
+    // Parallel coordinates: axes from the search space; no "1.5" between the choices 1 and 2;
+    // the uniform dropout linear however wide its range; labels that do not overlap.
+    assert_eq!(axis(interact, "p:lr")["kind"], "log");
+    assert_eq!(axis(interact, "p:dropout")["kind"], "linear");
+    assert_eq!(axis(interact, "p:per_device_bs")["kind"], "categorical");
+    assert_eq!(axis(interact, "p:wd")["kind"], "categorical");
+    let parallel = &interact["parallel"];
+    assert_eq!(strings(&parallel["ticks"]["p:per_device_bs"]), ["1", "2"]);
+    assert_eq!(strings(&parallel["names"])[0], "lr (log)");
+    assert_eq!(strings(&parallel["names"])[3], "dropout");
+    assert_eq!(parallel["clashes"]["overlaps"], 0, "{parallel}");
+    assert_eq!(parallel["clashes"]["outside"], 0, "{parallel}");
+
+    // Brushing: a brush on per_device_bs = 2 leaves exactly those trials in the table; a click
+    // on the axis clears it; a brush on lr leaves the trials whose lr lies in its range.
+    let brushed = interact["brushed"].as_array().expect("brushes");
+    let with_bs2 = configs
+        .iter()
+        .filter(|(_, c)| c.get("per_device_bs") == Some(&Value::from(2)))
+        .count();
+    assert_eq!(brushed[0]["brush"]["values"], serde_json::json!([2]));
+    assert_eq!(
+        brushed[0]["count"].as_u64(),
+        Some(with_bs2 as u64),
+        "{}",
+        brushed[0]
+    );
+    assert!(
+        strings(&brushed[0]["column"]).iter().all(|v| v == "2"),
+        "{}",
+        brushed[0]
+    );
+    assert_eq!(brushed[1]["count"].as_u64(), Some(configs.len() as u64));
+    let lo = brushed[2]["brush"]["lo"].as_f64().expect("lo");
+    let hi = brushed[2]["brush"]["hi"].as_f64().expect("hi");
+    let in_lr = configs
+        .iter()
+        .filter(|(_, c)| {
+            c.get("lr")
+                .and_then(Value::as_f64)
+                .is_some_and(|x| lo <= x && x <= hi)
+        })
+        .count();
+    assert_eq!(
+        brushed[2]["count"].as_u64(),
+        Some(in_lr as u64),
+        "{}",
+        brushed[2]
+    );
+    assert!(
+        in_lr > 0 && in_lr < configs.len(),
+        "a brush that selects some: {}",
+        brushed[2]
+    );
+
+    // The slice plot: one plot per parameter, scaled like its axis, a point per trial.
+    let with_best = state(dir)["trials"]
+        .as_array()
+        .map_or(0, |t| t.iter().filter(|t| !t["best"].is_null()).count());
+    let slices = interact["slice"].as_array().expect("slice plots");
+    let scales: Vec<(&str, &str)> = slices
+        .iter()
+        .map(|s| {
+            (
+                s["param"].as_str().unwrap_or(""),
+                s["scale"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scales,
+        [
+            ("lr", "log"),
+            ("per_device_bs", "categorical"),
+            ("wd", "categorical"),
+            ("dropout", "linear")
+        ]
+    );
+    for s in slices {
+        assert_eq!(s["points"].as_u64(), Some(with_best as u64), "{s}");
+    }
 }
 
 #[test]
@@ -211,9 +473,34 @@ fn dashboard_of_a_finished_pbt_run_shows_its_lineage() {
     );
     let dir = storage.path().join("pbt-example");
     let (_server, url) = start_dashboard(&dir);
-    let page = check_page(&url, "pbt", &[]);
+    let page = check_page(&url, "pbt", &["--curve-values"]);
     assert_matches_best(&page, &dir);
     assert_eq!(page["status"], "finished");
+    // The curves draw the results that count, one point per iteration, and mark the others
+    // (a PBT exploit from an earlier checkpoint replaces the target's later results).
+    let mut superseded = 0;
+    for trial in 0..4u64 {
+        let (expected, replaced) = counting_points(&dir, trial, "eval_loss");
+        let drawn: Vec<(u64, f64)> = page["curveValues"]["points"][trial.to_string()]
+            .as_array()
+            .map(|pts| {
+                pts.iter()
+                    .filter_map(|p| Some((p[0].as_u64()?, p[1].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(drawn, expected, "trial {trial}");
+        superseded += replaced;
+    }
+    assert_eq!(
+        page["curveValues"]["superseded"].as_u64(),
+        Some(superseded as u64),
+        "superseded results marked"
+    );
+    assert!(
+        superseded > 0,
+        "this seed's PBT exploits from earlier checkpoints"
+    );
     let lineage = page["views"]
         .as_array()
         .and_then(|v| v.iter().find(|x| x["view"] == "lineage"))
@@ -243,4 +530,168 @@ fn dashboard_of_a_finished_pbt_run_shows_its_lineage() {
         most = most.max(bars.len());
     }
     assert!(most > 1, "no trial has several runs: {page}");
+}
+
+#[test]
+fn dashboard_of_300_simulated_trials_has_readable_axes_and_a_robust_range() {
+    if !browser_ready() {
+        return;
+    }
+    // The simulated executor runs 300 lcbench trials in virtual time (seconds).
+    let storage = tempfile::tempdir().expect("tempdir");
+    run_ok(
+        rtune()
+            .args(["run", &example("simulated-lcbench.toml"), "--storage"])
+            .arg(storage.path()),
+    );
+    let dir = storage.path().join("simulated-lcbench");
+    let (_server, url) = start_dashboard(&dir);
+    let page = check_page(&url, "lcbench", &["--interact"]);
+    assert_matches_best(&page, &dir);
+    let interact = &page["interact"];
+    // Each axis as its domain says: uniform momentum, weight_decay and max_dropout linear (they
+    // were drawn "(log)" from their values), the log domains log, randint linear.
+    for (param, kind) in [
+        ("batch_size", "log"),
+        ("learning_rate", "log"),
+        ("momentum", "linear"),
+        ("weight_decay", "linear"),
+        ("num_layers", "linear"),
+        ("max_units", "log"),
+        ("max_dropout", "linear"),
+    ] {
+        assert_eq!(
+            axis(interact, &format!("p:{param}"))["kind"],
+            kind,
+            "{param}"
+        );
+    }
+    // Whole-number ticks on the integer axis.
+    for tick in strings(&interact["parallel"]["ticks"]["p:num_layers"]) {
+        assert!(tick.parse::<u64>().is_ok(), "num_layers tick {tick:?}");
+    }
+    // 300 lines, 8 axes: no label overlaps another or leaves the picture.
+    let clashes = &interact["parallel"]["clashes"];
+    assert_eq!(clashes["overlaps"], 0, "{clashes}");
+    assert_eq!(clashes["outside"], 0, "{clashes}");
+    // The learning curves' default range leaves out the few diverged values (marked at the edge);
+    // "full range" shows them all.
+    let metric = "val_cross_entropy";
+    let highest = trial_configs(&dir)
+        .iter()
+        .flat_map(|(id, _)| counting_points(&dir, *id, metric).0)
+        .map(|(_, v)| v)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let robust = interact["robustRange"]["range"][1]
+        .as_f64()
+        .expect("a range");
+    let full = interact["fullRange"]["range"][1].as_f64().expect("a range");
+    assert!(
+        interact["outside"].as_u64().is_some_and(|n| n > 0),
+        "{interact}"
+    );
+    assert!(
+        robust < highest,
+        "robust top {robust} vs highest value {highest}"
+    );
+    assert!(
+        full >= highest,
+        "full top {full} vs highest value {highest}"
+    );
+}
+
+#[test]
+fn dashboard_tells_a_failed_experiment_and_same_named_ones_apart() {
+    if !browser_ready() {
+        return;
+    }
+    // Two experiments named asha-example in different storage directories: one whose 12 trials
+    // all fail (the trainable exits with status 3 at its first epoch), one that works.
+    let root = tempfile::tempdir().expect("tempdir");
+    let failed_storage = root.path().join("failing");
+    let output = rtune()
+        .args(["run", &example("asha.toml"), "--storage"])
+        .arg(&failed_storage)
+        .args([
+            "--set",
+            "space.sleep_ms=0",
+            "--set",
+            "+space.fail_at_epoch=1",
+        ])
+        .output()
+        .expect("rtune runs");
+    assert!(!output.status.success(), "{}", text(&output));
+    let ok_storage = root.path().join("working");
+    run_ok(
+        rtune()
+            .args(["run", &example("asha.toml"), "--storage"])
+            .arg(&ok_storage)
+            .args(["--set", "space.sleep_ms=0"]),
+    );
+    let failed = failed_storage.join("asha-example");
+    let working = ok_storage.join("asha-example");
+    let trials = trial_count(&failed);
+    assert!(
+        state(&failed)["trials"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|t| t["status"] == "ERROR")),
+        "every trial failed"
+    );
+
+    let check = |page: &Value| {
+        // The menu tells them apart by their directories.
+        let menu = strings(&page["menu"]);
+        assert_eq!(menu.len(), 2, "{menu:?}");
+        assert_ne!(menu[0], menu[1], "{menu:?}");
+        assert!(menu[0].contains("failing/asha-example"), "{menu:?}");
+        assert!(menu[1].contains("working/asha-example"), "{menu:?}");
+        // The failed one is not a plain blue FINISHED: red, with the count of errors.
+        let badge = &page["badge"];
+        assert_eq!(badge["errorCount"].as_u64(), Some(trials as u64), "{badge}");
+        assert_eq!(
+            badge["errors"],
+            format!("{trials} of {trials} in ERROR"),
+            "{badge}"
+        );
+        assert!(
+            badge["className"]
+                .as_str()
+                .is_some_and(|c| c.split(' ').any(|k| k == "failed")),
+            "{badge}"
+        );
+        assert_ne!(badge["status"], "finished", "{badge}");
+    };
+    let server = rtune()
+        .args(["dashboard", "--interval-ms", "200"])
+        .arg(&failed)
+        .arg(&working)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("rtune dashboard starts");
+    let (_server, url) = dashboard_url(server);
+    check(&check_page(&url, "failed", &["--experiment", "0"]));
+    let report = root.path().join("both.html");
+    run_ok(
+        rtune()
+            .arg("report")
+            .arg(&failed)
+            .arg(&working)
+            .arg("-o")
+            .arg(&report),
+    );
+    check(&check_page(
+        &format!("file://{}", report.display()),
+        "failed-report",
+        &["--experiment", "0"],
+    ));
+}
+
+#[test]
+fn report_help_names_every_format() {
+    // Not a browser test: `rtune report --help` says what --format writes, PNG included.
+    let output = run_ok(rtune().args(["report", "--help"]));
+    let help = String::from_utf8_lossy(&output.stdout);
+    let first = help.lines().next().unwrap_or("");
+    assert!(first.contains("SVG") && first.contains("PNG"), "{help}");
 }
