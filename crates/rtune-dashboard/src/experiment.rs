@@ -688,3 +688,53 @@ fn trial_row(
         last_report_at: t.last_report_at,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(it: u64, numbers: &[(&str, f64)]) -> ResultLine {
+        ResultLine {
+            iteration: it,
+            value: it as f64,
+            timestamp: f64::NAN,
+            run: None,
+            numbers: numbers.iter().map(|(k, x)| (k.to_string(), *x)).collect(),
+            superseded: None,
+        }
+    }
+
+    #[test]
+    fn a_restart_replaces_the_results_from_its_iteration_on() {
+        let mut c = Curve::default();
+        for it in [1, 2, 3, 2, 3, 4] {
+            c.push(line(it, &[]));
+        }
+        assert_eq!(c.counting(), [0, 3, 4, 5]);
+        let mut monotone = Curve::default();
+        for it in [1, 2, 3] {
+            monotone.push(line(it, &[]));
+        }
+        assert_eq!(monotone.counting(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn columns_of_other_keys_stay_as_long_as_the_iterations() {
+        let mut c = Curve::default();
+        c.push(line(1, &[("train_loss", 2.0)]));
+        c.push(line(2, &[("acc", 0.5)]));
+        let mut more = Curve::default();
+        more.push(line(3, &[("grad_norm", 1.0)]));
+        c.extend(&more);
+        assert_eq!(c.len(), 3);
+        for (key, column) in &c.m {
+            assert_eq!(column.len(), 3, "{key}");
+        }
+        assert_eq!(c.m["train_loss"][0], 2.0);
+        assert!(c.m["train_loss"][1].is_nan() && c.m["acc"][0].is_nan());
+        assert_eq!(c.m["grad_norm"][2], 1.0);
+        // In JSON a missing number is null.
+        let json = serde_json::to_value(&c).map(|v| v["m"]["acc"].clone());
+        assert_eq!(json.ok(), Some(serde_json::json!([null, 0.5, null])));
+    }
+}

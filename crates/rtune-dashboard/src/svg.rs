@@ -325,30 +325,45 @@ pub fn learning_curves(s: &Snapshot) -> String {
         }
     }
     let _ = write!(body, r##"<g clip-path="url(#plot)">{lines}"##);
-    let mut rungs = std::collections::BTreeSet::new();
+    // Each rung's latest cutoff (it moves as results arrive), in the metric's units: scores in
+    // `details` are "larger is better", so the metric is -score for min.
+    let mut rungs: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for d in &s.decisions {
         if let (Some(rung), Some(cutoff)) = (
             d.details.get("rung").and_then(Value::as_f64),
             d.details.get("cutoff").and_then(Value::as_f64),
         ) {
-            // Scores in `details` are "larger is better": the metric is -score for min.
+            let bracket = d.details.get("bracket").and_then(Value::as_f64);
             let value = match s.header.mode {
                 Mode::Min => -cutoff,
                 Mode::Max => cutoff,
             };
-            let bracket = d.details.get("bracket").and_then(Value::as_f64);
-            let key = format!("{rung}:{cutoff}:{bracket:?}");
-            if rungs.insert(key) && frame.outside(value) == 0 {
-                marks.insert(Mark::Rung);
-                Mark::Rung.draw(
-                    &mut body,
-                    frame.px(rung),
-                    frame.py(value),
-                    &format!("rung {rung}: cutoff {}", fmt_num(value)),
-                    0,
-                );
-            }
+            rungs.insert(format!("{rung}:{bracket:?}"), (rung, value));
         }
+    }
+    for (rung, value) in rungs.into_values() {
+        if frame.outside(value) == 0 {
+            marks.insert(Mark::Rung);
+            Mark::Rung.draw(
+                &mut body,
+                frame.px(rung),
+                frame.py(value),
+                &format!("rung {rung}: cutoff {}", fmt_num(value)),
+                0,
+            );
+        }
+    }
+    // Many marks: smaller and lighter, so that the curves under them stay visible.
+    let many = s
+        .decisions
+        .iter()
+        .filter(|d| d.action != Action::Continue)
+        .count()
+        > 100;
+    if many {
+        body.push_str(r##"<g opacity="0.6">"##);
+    }
+    for d in &s.decisions {
         let mark = match d.action {
             Action::Stop => Mark::Stop,
             Action::Pause => Mark::Pause,
@@ -364,14 +379,22 @@ pub fn learning_curves(s: &Snapshot) -> String {
         };
         marks.insert(mark);
         let shown = v.clamp(frame.y.0, frame.y.1);
-        Mark::draw(
-            mark,
-            &mut body,
-            frame.px(d.iteration as f64),
-            frame.py(shown),
-            &d.reason,
-            0,
-        );
+        let (x, y) = (frame.px(d.iteration as f64), frame.py(shown));
+        if many {
+            // Drawn at 60 % around its centre.
+            let _ = write!(
+                body,
+                r##"<g transform="translate({x:.1} {y:.1}) scale(0.6) translate({:.1} {:.1})">"##,
+                -x, -y
+            );
+        }
+        Mark::draw(mark, &mut body, x, y, &d.reason, 0);
+        if many {
+            body.push_str("</g>");
+        }
+    }
+    if many {
+        body.push_str("</g>");
     }
     body.push_str("</g>");
     body.push_str(&on_top);
