@@ -68,8 +68,10 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
+  // A trial's colour: hues a golden angle apart, and three lightnesses in turn, so that trials
+  // whose hues come out close (0 and 8) still differ.
   function colour(id) {
-    return 'hsl(' + ((id * 137.508) % 360).toFixed(1) + ',65%,45%)';
+    return 'hsl(' + ((id * 137.508) % 360).toFixed(1) + ',65%,' + [42, 30, 55][id % 3] + '%)';
   }
   // Viridis (u in 0..1, dark purple to yellow), the same samples as src/scale.rs.
   const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]];
@@ -782,10 +784,13 @@
     for (const p of cur.header.parameters) tip.append(el('span', { class: 'param', text: p + ' = ' + fmtValue(t.params[p]) }), el('br'));
     tip.append(el('span', { class: 'note', text: pinned.has(t.id) ? 'click to unpin' : 'click to pin' }));
     tip.style.display = 'block';
-    const w = u.over.clientWidth;
+    // Beside the cursor, inside the plot: to its left near the right edge, above it near the
+    // bottom.
+    const w = u.over.clientWidth, h = u.over.clientHeight;
+    const tw = tip.offsetWidth, th = tip.offsetHeight;
     const left = u.cursor.left + 14;
-    tip.style.left = (left + 260 > w ? Math.max(0, u.cursor.left - 274) : left) + 'px';
-    tip.style.top = Math.max(0, top - 10) + 'px';
+    tip.style.left = (left + tw > w ? Math.max(0, u.cursor.left - tw - 14) : left) + 'px';
+    tip.style.top = Math.max(0, Math.min(top - 10, h - th)) + 'px';
   }
 
   function drawCurveOverlay() {

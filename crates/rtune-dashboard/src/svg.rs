@@ -690,14 +690,26 @@ pub fn parallel_coordinates(s: &Snapshot) -> String {
     for (k, name) in names.iter().enumerate() {
         let x = ax_x(k);
         let axis = axes.get(k).unwrap_or(&metric_axis);
-        let label = format!("{name}{}", if axis.is_log() { " (log)" } else { "" });
+        // The name, and under it in small type how the axis is scaled when it is a log axis.
+        let (label, scale) = if axis.is_log() {
+            (format!("{name} (log)"), "log scale")
+        } else {
+            (name.to_string(), "")
+        };
         let _ = write!(
             body,
             r##"<text x="{x:.1}" y="{:.1}" font-size="12" text-anchor="middle" font-weight="bold" {halo}>{}<title>{}</title></text>"##,
-            top - 8.0,
-            esc(&fit(&label, spacing - 6.0)),
+            top - 20.0,
+            esc(&fit(name, spacing - 6.0)),
             esc(&label)
         );
+        if !scale.is_empty() {
+            let _ = write!(
+                body,
+                r##"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle" font-style="italic" {halo}>{scale}</text>"##,
+                top - 7.0
+            );
+        }
         for (u, text) in axis.ticks() {
             let _ = write!(
                 body,

@@ -160,10 +160,15 @@ fn parallel_coordinates_follow_the_search_space() {
     let out = dir.path().join("svg");
     write_plots(dir.path(), &out, PlotFormat::Svg).expect("plots");
     let svg = std::fs::read_to_string(out.join("parallel-coordinates.svg")).expect("svg");
-    let names = texts(&svg, r#"font-weight="bold""#);
-    assert!(names.contains(&"lr (log)"), "{names:?}");
-    assert!(names.contains(&"dropout"), "uniform is linear: {names:?}");
-    assert!(names.contains(&"bs"), "{names:?}");
+    let names = texts(
+        &svg,
+        r#"font-size="12" text-anchor="middle" font-weight="bold""#,
+    );
+    assert_eq!(names, ["lr", "bs", "dropout", "loss"], "{names:?}");
+    // One log axis: lr's; the uniform dropout is linear however wide its range.
+    let scales = texts(&svg, r#"font-style="italic""#);
+    assert_eq!(scales, ["log scale"]);
+    assert!(svg.contains("<title>lr (log)</title>"));
     let ticks = texts(&svg, r#"font-size="10""#);
     assert!(ticks.contains(&"1") && ticks.contains(&"2"), "{ticks:?}");
     assert!(

@@ -21,7 +21,7 @@ try {
   const loadedMs = Date.now() - t0;
   const firstRenderMs = await page.evaluate(() => window.rtuneFirstRenderMs);
   const views = {};
-  for (const v of ['curves', 'best', 'parallel', 'importance', 'decisions', 'timeline', 'trials']) {
+  for (const v of ['curves', 'best', 'parallel', 'slice', 'importance', 'decisions', 'timeline', 'trials']) {
     const renders = await page.evaluate(() => Number(document.body.dataset.renders));
     const s = Date.now();
     await page.click(`#tabs button[data-view="${v}"]`);
