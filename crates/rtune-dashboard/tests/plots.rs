@@ -83,6 +83,15 @@ fn write_experiment(dir: &Path) {
     .expect("decisions");
 }
 
+/// The experiment's plots drawn as `format` into a temporary directory (removed when dropped).
+fn plots(format: PlotFormat) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_experiment(dir.path());
+    let out = dir.path().join("plots");
+    write_plots(dir.path(), &out, format).expect("plots");
+    (dir, out)
+}
+
 /// The texts of `<text ...>` elements whose attributes contain `attrs`.
 fn texts<'a>(svg: &'a str, attrs: &str) -> Vec<&'a str> {
     svg.split("<text ")
@@ -97,10 +106,7 @@ fn texts<'a>(svg: &'a str, attrs: &str) -> Vec<&'a str> {
 
 #[test]
 fn learning_curves_have_a_legend_integer_ticks_and_a_robust_range() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_experiment(dir.path());
-    let out = dir.path().join("svg");
-    write_plots(dir.path(), &out, PlotFormat::Svg).expect("plots");
+    let (_dir, out) = plots(PlotFormat::Svg);
     let svg = std::fs::read_to_string(out.join("learning-curves.svg")).expect("svg");
     for label in [
         "stopped by the scheduler",
@@ -155,10 +161,7 @@ fn learning_curves_have_a_legend_integer_ticks_and_a_robust_range() {
 
 #[test]
 fn parallel_coordinates_follow_the_search_space() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_experiment(dir.path());
-    let out = dir.path().join("svg");
-    write_plots(dir.path(), &out, PlotFormat::Svg).expect("plots");
+    let (_dir, out) = plots(PlotFormat::Svg);
     let svg = std::fs::read_to_string(out.join("parallel-coordinates.svg")).expect("svg");
     let names = texts(
         &svg,
@@ -183,10 +186,7 @@ fn parallel_coordinates_follow_the_search_space() {
 
 #[test]
 fn png_learning_curves_draw_their_legend() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_experiment(dir.path());
-    let out = dir.path().join("png");
-    write_plots(dir.path(), &out, PlotFormat::Png).expect("plots");
+    let (_dir, out) = plots(PlotFormat::Png);
     let png = std::fs::read(out.join("learning-curves.png")).expect("png");
     let picture = Pixmap::decode_png(&png).expect("a PNG");
     // The legend's row: above the plot (its top at 56 units, 2 pixels a unit), right half.

@@ -103,6 +103,8 @@ try {
       (m[id] = m[id] || []).push(r.dataset.run === undefined ? null : Number(r.dataset.run));
       return m;
     }, {}),
+    // The resource timeline's lanes, in the order shown.
+    timelineLanes: Array.from(document.querySelectorAll('#timeline text[data-lane]')).map((t) => t.dataset.lane),
   }));
   const badge = await page.evaluate(() => ({
     status: document.getElementById('exp-status').textContent,
