@@ -519,6 +519,10 @@ fn dashboard_of_a_finished_pbt_run_shows_its_lineage() {
     // PBT exploit from an earlier checkpoint replaces the target's later results; whether one
     // does depends on the order the trials' reports arrived in).
     assert_curves_draw_the_results_that_count(&page, &dir);
+    // Parallel coordinates: the lines run clear of the axes' ends (the best trial's ends at the
+    // bottom of the loss axis; it lay on the bottom edge and looked like an axis).
+    let margin = page["parallel"]["lineMargin"].as_f64().expect("a margin");
+    assert!(margin >= 8.0, "a line {margin} px from an axis's end");
     let lineage = page["views"]
         .as_array()
         .and_then(|v| v.iter().find(|x| x["view"] == "lineage"))
@@ -582,6 +586,8 @@ fn dashboard_of_300_simulated_trials_has_readable_axes_and_a_robust_range() {
     for tick in strings(&interact["parallel"]["ticks"]["p:num_layers"]) {
         assert!(tick.parse::<u64>().is_ok(), "num_layers tick {tick:?}");
     }
+    let margin = page["parallel"]["lineMargin"].as_f64().expect("a margin");
+    assert!(margin >= 8.0, "a line {margin} px from an axis's end");
     // 300 lines, 8 axes: no label overlaps another or leaves the picture.
     let clashes = &interact["parallel"]["clashes"];
     assert_eq!(clashes["overlaps"], 0, "{clashes}");

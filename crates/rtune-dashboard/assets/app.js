@@ -866,13 +866,18 @@
     const inRange = (v) => v >= range[0] && v <= range[1];
     ctx.save();
     const s = 4 * dpr;
-    // Values beyond the range: a triangle at the edge, pointing where the value is.
+    // Values beyond the range: a triangle at the edge, pointing where the value is (one per
+    // pixel column and side: thousands of curves may leave the range at the same iteration).
     ctx.fillStyle = '#444';
     const yTop = u.bbox.top, yBottom = u.bbox.top + u.bbox.height;
+    const marked = new Set();
     for (const p of cd.perTrial) {
       for (const [x, v] of p.pts) {
         if (v <= range[1] && v >= range[0]) continue;
-        const px = u.valToPos(x, 'x', true), up = v > range[1];
+        const px = Math.round(u.valToPos(x, 'x', true)), up = v > range[1];
+        const key = px * 2 + (up ? 1 : 0);
+        if (marked.has(key)) continue;
+        marked.add(key);
         const py = up ? yTop + 2 * dpr : yBottom - 2 * dpr;
         ctx.beginPath(); ctx.moveTo(px, py); ctx.lineTo(px - s, py + (up ? 1.6 * s : -1.6 * s)); ctx.lineTo(px + s, py + (up ? 1.6 * s : -1.6 * s)); ctx.closePath(); ctx.fill();
       }
@@ -888,8 +893,10 @@
     let superseded = 0;
     for (const p of cd.perTrial) {
       const col = curveColumn(p.c, key);
-      const kept = new Set(p.keep);
-      for (let k = 0; k < p.c.it.length; k++) if (!kept.has(k)) superseded += circle(p.c.it[k], col[k]);
+      if (p.keep.length < p.c.it.length) {
+        const kept = new Set(p.keep);
+        for (let k = 0; k < p.c.it.length; k++) if (!kept.has(k)) superseded += circle(p.c.it[k], col[k]);
+      }
       const sup = cur.superseded.get(p.t.id);
       const scol = curveColumn(sup, key);
       if (scol) for (let k = 0; k < sup.it.length; k++) superseded += circle(sup.it[k], scol[k]);
@@ -1017,9 +1024,20 @@
     });
     const r = robustRange(rows.map((t) => t.best[0])) || [0, 1];
     const obj = numericAxis(r[0], r[1], 'linear', false);
-    obj.id = 'objective'; obj.name = cur.header.metric; obj.get = (t) => t.best[0];
+    obj.id = 'objective'; obj.name = cur.header.metric; obj.get = (t) => (t.best ? t.best[0] : null);
     axes.push(obj);
     return axes;
+  }
+  // Where brush `b` lies on `axis` (0..1 from the bottom), or null when nothing it holds is there.
+  function brushSpan(b, axis) {
+    if (b.kind === 'set') {
+      const us = axis.kind === 'categorical' ? axis.values.filter((v) => b.keys.has(catKey(v))).map(axis.pos) : [];
+      if (!us.length) return null;
+      const half = 0.5 / axis.values.length;
+      return [Math.max(0, Math.min(...us) - half), Math.min(1, Math.max(...us) + half)];
+    }
+    const lo = Number.isFinite(b.lo) ? axis.pos(b.lo) : 0, hi = Number.isFinite(b.hi) ? axis.pos(b.hi) : 1;
+    return lo === null || hi === null ? null : [Math.max(0, lo), Math.min(1, hi)];
   }
   function brushHolds(b, t) {
     const v = b.get(t);
@@ -1104,8 +1122,10 @@
         const room = Math.max(3, Math.min(14, Math.floor((spacing - 14) / 6.5)));
         g.append(svg('text', { x: x + 5, y: Y(u) + 3.5, class: 'pc-tick' }, text.length > room ? text.slice(0, room - 1) + '…' : text));
       }
+      // A brush is kept as values; where it lies is worked out again on the axis as it is now.
       const b = filter.brushes[a.id];
-      if (b && b.u0 !== undefined) g.append(svg('rect', { class: 'pc-brush', x: x - 9, y: Y(b.u1), width: 18, height: Math.max(2, Y(b.u0) - Y(b.u1)) }));
+      const span = b ? brushSpan(b, a) : null;
+      if (span) g.append(svg('rect', { class: 'pc-brush', x: x - 9, y: Y(span[1]), width: 18, height: Math.max(2, Y(span[0]) - Y(span[1])) }));
       // The hit area for brushing: drag along the axis.
       const hit = svg('rect', { class: 'pc-hit', x: x - 14, y: top - 4, width: 28, height: H - top - bottom + 8 });
       hit.addEventListener('mousedown', (ev) => startBrush(ev, a, x, Y, top, H - bottom));
@@ -1127,7 +1147,10 @@
       (outside ? ' ' + outside + ' trials beyond the ' + cur.header.metric + ' range shown sit at its ends.' : '') }));
     noteBox.dataset.inside = String(shownCount);
     if (brushes.length) noteBox.append(' ', el('button', { text: 'clear brushes', onclick: () => { filter.brushes = {}; filtersChanged(); } }));
-    canvas.rtuneAxes = { axes, axX, Y };
+    // How close any line comes to an axis's ends, in pixels (for the browser tests).
+    let margin = Infinity;
+    for (const t of rows) for (const a of axes) { const w = a.pos(a.get(t)); if (w !== null) margin = Math.min(margin, Y(w) - top, H - bottom - Y(w)); }
+    canvas.rtuneAxes = { axes, axX, Y, margin };
   }
 
   // An axis name cut (with "…") to `width` pixels and kept inside the picture: names of
@@ -1178,7 +1201,7 @@
       if (Math.abs(y1 - ya) < 3) { delete filter.brushes[axis.id]; filtersChanged(); return; }
       const uOf = (y) => ((bottom - y) / (bottom - top) - 0.04) / 0.92;
       const u0 = uOf(Math.max(ya, y1)), u1 = uOf(Math.min(ya, y1));
-      const b = { get: axis.get, u0, u1 };
+      const b = { get: axis.get };
       if (axis.kind === 'categorical') {
         b.kind = 'set';
         b.keys = new Set(axis.values.filter((v) => { const u = axis.pos(v); return u >= u0 && u <= u1; }).map(catKey));
@@ -1210,7 +1233,7 @@
     if (!c) return null;
     const brushes = {};
     for (const [id, b] of Object.entries(filter.brushes)) brushes[id] = b.kind === 'set' ? { values: Array.from(b.keys).map((k) => JSON.parse(k)) } : { lo: b.lo, hi: b.hi };
-    return { axes: c.axes.map((a) => ({ id: a.id, kind: a.kind, values: a.values || null, lo: a.lo, hi: a.hi })), brushes };
+    return { axes: c.axes.map((a) => ({ id: a.id, kind: a.kind, values: a.values || null, lo: a.lo, hi: a.hi })), brushes, lineMargin: c.margin };
   };
 
   // ---------- slice plot: each parameter against the objective

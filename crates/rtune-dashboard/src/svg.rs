@@ -286,20 +286,26 @@ pub fn learning_curves(s: &Snapshot) -> String {
     let mut marks = std::collections::BTreeSet::new();
     let mut lines = String::new();
     let mut on_top = String::new();
+    // Values beyond the range are marked once per (whole unit of x, side): thousands of curves
+    // may leave the range at the same iteration.
+    let mut outside_marked = std::collections::BTreeSet::new();
     for (n, (id, Split { kept, gone })) in split.iter().enumerate() {
         let mut d = String::new();
         for (i, v) in kept.iter().filter(|p| p.1.is_finite()) {
             let cmd = if d.is_empty() { 'M' } else { 'L' };
             let _ = write!(d, "{cmd}{:.1},{:.1}", frame.px(*i as f64), frame.py(*v));
             let dir = frame.outside(*v);
-            if dir != 0 {
+            if dir != 0 && outside_marked.insert((frame.px(*i as f64).round() as i64, dir)) {
                 marks.insert(Mark::Outside);
                 let edge = if dir > 0 { frame.y.1 } else { frame.y.0 };
                 Mark::Outside.draw(
                     &mut on_top,
                     frame.px(*i as f64),
                     frame.py(edge),
-                    &format!("trial_{id:05} iteration {i}: {}", fmt_num(*v)),
+                    &format!(
+                        "iteration {i}: values beyond the range shown (trial_{id:05}: {})",
+                        fmt_num(*v)
+                    ),
                     dir,
                 );
             }

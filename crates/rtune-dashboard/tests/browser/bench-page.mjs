@@ -22,6 +22,8 @@ try {
   const firstRenderMs = await page.evaluate(() => window.rtuneFirstRenderMs);
   const views = {};
   for (const v of ['curves', 'best', 'parallel', 'slice', 'importance', 'decisions', 'timeline', 'trials']) {
+    // A page from an older rtune may lack a view: measured side by side, it is left out.
+    if (!(await page.$(`#tabs button[data-view="${v}"]`))) continue;
     const renders = await page.evaluate(() => Number(document.body.dataset.renders));
     const s = Date.now();
     await page.click(`#tabs button[data-view="${v}"]`);

@@ -6,7 +6,8 @@
 //                       [--experiment N] [--interact]
 //
 // Prints one JSON line: {"count": N, "best": V, "bestTrial": "...", "views": [...], "timelineBars":
-// {"3": [run, ...], ...}, "menu": [...], "badge": {...}, "interact": {...}, "errors": [...]}.
+// {"3": [run, ...], ...}, "menu": [...], "badge": {...}, "parallel": {axes, brushes, lineMargin},
+// "interact": {...}, "errors": [...]}.
 // --experiment N picks the N-th experiment of the menu first. --curve-values reports the learning
 // curves' points as drawn and how many superseded results are marked. --interact does what a person does
 // with the plots, through the mouse and the controls, and reports what the page then showed (the
@@ -112,6 +113,8 @@ try {
     errors: document.getElementById('exp-errors').textContent,
     errorCount: Number(document.getElementById('exp-errors').dataset.count),
   }));
+  await showView(page, 'parallel');
+  const parallel = await page.evaluate(() => window.rtuneParallel());
   let curveValues = null;
   if (flag('--curve-values')) {
     await showView(page, 'curves');
@@ -119,7 +122,7 @@ try {
   }
   const interact = flag('--interact') ? await interactions(page) : null;
   for (const e of errors) fail(e);
-  console.log(JSON.stringify({ ...summary, firstRenderMs, views, menu, badge, curveValues, interact, errors }));
+  console.log(JSON.stringify({ ...summary, firstRenderMs, views, menu, badge, parallel, curveValues, interact, errors }));
 } catch (e) {
   fail(String(e && e.stack ? e.stack : e));
   for (const e2 of errors) fail(e2);
