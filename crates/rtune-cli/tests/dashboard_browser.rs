@@ -588,6 +588,9 @@ fn dashboard_of_300_simulated_trials_has_readable_axes_and_a_robust_range() {
     }
     let margin = page["parallel"]["lineMargin"].as_f64().expect("a margin");
     assert!(margin >= 8.0, "a line {margin} px from an axis's end");
+    // 300 lines coloured by their value on a scale a colour bar explains (all of them were dark).
+    assert_eq!(page["parallel"]["colourBar"], true, "{}", page["parallel"]);
+    assert!(page["parallel"]["colourStops"].as_u64() >= Some(9));
     // 300 lines, 8 axes: no label overlaps another or leaves the picture.
     let clashes = &interact["parallel"]["clashes"];
     assert_eq!(clashes["overlaps"], 0, "{clashes}");

@@ -1142,7 +1142,8 @@
     for (const [u, text] of obj.ticks()) overlay.append(svg('text', { x: barX + 18, y: Y(u) + 3.5, class: 'pc-tick' }, text));
     noteBox.textContent = '';
     const shownCount = selected.length;
-    noteBox.append(el('span', { text: (brushes.length ? shownCount + ' of ' + rows.length + ' trials inside the brushes (the rest grey). ' : rows.length + ' trials. ') +
+    const spaceNote = cur.header.space ? '' : 'No search space (experiment.toml could not be read): numbers on linear axes, anything else as categories. ';
+    noteBox.append(el('span', { text: spaceNote + (brushes.length ? shownCount + ' of ' + rows.length + ' trials inside the brushes (the rest grey). ' : rows.length + ' trials. ') +
       'Colour: ' + cur.header.metric + ', darker is better. Drag along an axis to brush a range (it filters the trials table and the other views); click an axis to clear its brush.' +
       (outside ? ' ' + outside + ' trials beyond the ' + cur.header.metric + ' range shown sit at its ends.' : '') }));
     noteBox.dataset.inside = String(shownCount);
@@ -1233,7 +1234,10 @@
     if (!c) return null;
     const brushes = {};
     for (const [id, b] of Object.entries(filter.brushes)) brushes[id] = b.kind === 'set' ? { values: Array.from(b.keys).map((k) => JSON.parse(k)) } : { lo: b.lo, hi: b.hi };
-    return { axes: c.axes.map((a) => ({ id: a.id, kind: a.kind, values: a.values || null, lo: a.lo, hi: a.hi })), brushes, lineMargin: c.margin };
+    // The colours of the lines, and whether the colour bar explains them.
+    const colours = new Set(Array.from(document.querySelectorAll('#parallel-svg stop')).map((st) => st.getAttribute('stop-color')));
+    return { axes: c.axes.map((a) => ({ id: a.id, kind: a.kind, values: a.values || null, lo: a.lo, hi: a.hi })), brushes, lineMargin: c.margin,
+      colourBar: !!document.querySelector('#parallel-svg .pc-colourbar'), colourStops: colours.size };
   };
 
   // ---------- slice plot: each parameter against the objective
