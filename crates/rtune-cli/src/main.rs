@@ -21,7 +21,7 @@ mod dashboard;
         An experiment file (TOML) names the training command, the search space, the metric and \
         the scheduler; `rtune run` runs the trials as processes and writes every result to disk.",
     after_help = "Examples:\n  rtune run examples/asha.toml\n  rtune run examples/asha.toml --set num_samples=20 --set 'space.lr.loguniform=[1e-5,2e-4]'\n  rtune resume ~/rtune_results/asha-example\n  rtune status ~/rtune_results/asha-example\n  rtune best ~/rtune_results/asha-example --json\n  rtune plan examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4\n  rtune submit examples/asha.toml --nodes 2 --cpus-per-node 8 --gpus-per-node 4 --time 01:00:00\n\n\
-Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  75   a head job written by `rtune submit` stopped for its time limit and submitted the next head job, which continues the experiment\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
+Exit codes (run, resume, replay):\n  0    every trial finished without error\n  1    internal error (a bug, or the system failed us)\n  2    invalid input: the experiment file, an option, a changed file on resume\n  3    some trials ended in ERROR (the summary lists them with their error files), or fail_fast stopped the experiment\n  4    rtune could not write its files (e.g. the disk is full); `rtune resume` continues once fixed\n  5    another head runs this experiment (its claim, head_claim.json, is live); the message names it\n  6    this head lost its claim to another head (it was stopped or cut off longer than the lease) and stopped without writing anything more\n  75   a head job written by `rtune submit` stopped for its time limit and submitted the next head job, which continues the experiment\n  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); `rtune resume` continues"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +37,8 @@ enum Command {
     Resume(ResumeArgs),
     /// Show an experiment's trials table (also while it runs).
     Status(StatusArgs),
+    /// List the experiments under the storage directory: status, trials, best value.
+    List(ListArgs),
     /// Show an experiment's best trial.
     Best(BestArgs),
     /// Run one trial of an experiment again from scratch, following its recorded policy
@@ -201,7 +203,8 @@ struct ChainArgs {
 
 #[derive(clap::Args)]
 struct ResumeArgs {
-    /// The experiment's directory (it may have been moved since it ran).
+    /// The experiment's directory (it may have been moved since it ran), or its name under the
+    /// storage directory.
     dir: PathBuf,
     /// Change a value of the experiment file: only resources, concurrency, the executor, limits
     /// and output; the search space, metric and scheduler must stay as they were.
@@ -238,8 +241,18 @@ impl ExecutorArg {
 }
 
 #[derive(clap::Args)]
+struct ListArgs {
+    /// The directory holding experiment directories; default: $RTUNE_STORAGE, else
+    /// ~/rtune_results.
+    root: Option<PathBuf>,
+    /// One JSON object per experiment, in an array.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct StatusArgs {
-    /// The experiment's directory.
+    /// The experiment's directory, or its name under the storage directory.
     dir: PathBuf,
     #[arg(long, value_enum, default_value_t = FormatArg::Table)]
     format: FormatArg,
@@ -273,7 +286,7 @@ enum FormatArg {
 
 #[derive(clap::Args)]
 struct BestArgs {
-    /// The experiment's directory.
+    /// The experiment's directory, or its name under the storage directory.
     dir: PathBuf,
     /// Print the best trial as JSON (name, metric, iteration, config).
     #[arg(long)]
@@ -304,14 +317,25 @@ mod exit {
     pub const INVALID_INPUT: u8 = 2;
     pub const TRIALS_FAILED: u8 = 3;
     pub const CANNOT_WRITE: u8 = 4;
+    /// Another head holds the experiment's claim.
+    pub const CLAIMED: u8 = 5;
+    /// This head lost its claim to another head and wrote nothing more.
+    pub const CLAIM_LOST: u8 = 6;
     pub const INTERRUPTED: u8 = 130;
 }
 
 fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    use rtune_runner::claim::ClaimError;
+    use rtune_runner::journal::JournalError;
     use rtune_runner::run_loop::RunError;
     use rtune_runner::setup::SetupError;
     let code = match err.downcast_ref::<SetupError>() {
         Some(e) if e.is_invalid_input() => exit::INVALID_INPUT,
+        Some(SetupError::Claim(
+            ClaimError::Held { .. } | ClaimError::Unreadable { .. } | ClaimError::Contended { .. },
+        )) => exit::CLAIMED,
+        Some(SetupError::Run(RunError::Journal(JournalError::Fenced(_)))) => exit::CLAIM_LOST,
+        Some(SetupError::Claim(ClaimError::Io { .. })) => exit::CANNOT_WRITE,
         Some(SetupError::Run(RunError::Journal(_) | RunError::Storage(_)))
         | Some(SetupError::Storage(_)) => exit::CANNOT_WRITE,
         _ if err
@@ -360,6 +384,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Resume(args) => resume(args),
         Command::Status(args) => status(args),
+        Command::List(args) => list(args),
         Command::Best(args) => best(args),
         Command::Replay(args) => replay(args),
         Command::Submit(args) => submit(*args),
@@ -785,7 +810,7 @@ fn resume(args: ResumeArgs) -> Result<ExitCode> {
         ErroredTrials::Keep
     };
     let options = rtune_runner::setup::ResumeOptions {
-        dir: args.dir,
+        dir: experiment_dir(&args.dir)?,
         overrides: args.overrides,
         executor: args.executor.map(|e| e.as_str().to_string()),
         errored,
@@ -914,13 +939,21 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
 }
 
 fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
+    let dir = rtune_runner::report::shell_word(&outcome.dir.to_string_lossy());
     if outcome.interrupted {
-        eprintln!(
-            "interrupted; everything so far is in {}\ncontinue with: rtune resume {}",
-            outcome.dir.display(),
-            outcome.dir.display()
-        );
+        eprintln!("interrupted; everything so far is in {dir}\ncontinue with: rtune resume {dir}");
         return Ok(ExitCode::from(exit::INTERRUPTED));
+    }
+    use rtune_core::tuner::EndReason;
+    match &outcome.ended {
+        Some(reason) if reason.is_user_error() => {
+            eprintln!("error: the experiment was stopped: {reason}");
+            return Ok(ExitCode::from(exit::INVALID_INPUT));
+        }
+        Some(reason @ EndReason::FailFast { .. }) => {
+            eprintln!("error: {reason}\nsee {dir}/trial_00000/error.txt");
+        }
+        _ => {}
     }
     let errored: Vec<_> = outcome
         .state
@@ -928,9 +961,6 @@ fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
         .iter()
         .filter(|t| t.status == rtune_core::TrialStatus::Error)
         .collect();
-    if let Some(message) = &outcome.failed_fast {
-        eprintln!("error: {message}");
-    }
     if !errored.is_empty() {
         eprintln!(
             "{} of {} trials ended in ERROR:",
@@ -938,8 +968,13 @@ fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
             outcome.state.trials.len()
         );
         for trial in errored {
+            let first_line = trial
+                .error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .unwrap_or("");
             eprintln!(
-                "  {}: {}",
+                "  {}: {first_line}\n    {}",
                 trial.id.name(),
                 outcome
                     .dir
@@ -950,15 +985,44 @@ fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
         }
         return Ok(ExitCode::from(exit::TRIALS_FAILED));
     }
-    if outcome.failed_fast.is_some() {
+    if matches!(outcome.ended, Some(EndReason::FailFast { .. })) {
         return Ok(ExitCode::from(exit::TRIALS_FAILED));
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// The experiment a user named on the command line: a directory, or a name under the storage
+/// directory.
+fn experiment_dir(given: &std::path::Path) -> Result<PathBuf> {
+    let root = rtune_runner::experiment::storage_dir(None, None);
+    Ok(rtune_runner::catalog::find(given, root.as_deref())?)
+}
+
+fn list(args: ListArgs) -> Result<ExitCode> {
+    let root = match args.root {
+        Some(root) => root,
+        None => rtune_runner::experiment::storage_dir(None, None).context(
+            "cannot find the storage directory: give it, or set RTUNE_STORAGE (HOME is not set)",
+        )?,
+    };
+    let host = rtune_runner::setup::this_host_name().unwrap_or_default();
+    let listed = rtune_runner::catalog::list(&root, &host, rtune_runner::run_loop::unix_now());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&listed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if listed.is_empty() {
+        println!("no experiments under {}", root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", rtune_runner::report::experiments_table(&listed));
+    Ok(ExitCode::SUCCESS)
+}
+
 fn status(args: StatusArgs) -> Result<ExitCode> {
     use rtune_runner::report::TableFormat;
-    let state = rtune_runner::storage::ExperimentState::read(&args.dir)?;
+    let dir = experiment_dir(&args.dir)?;
+    let state = rtune_runner::state::ExperimentState::read(&dir)?;
     let format = match args.format {
         FormatArg::Table => TableFormat::Table,
         FormatArg::Csv => TableFormat::Csv,
@@ -973,10 +1037,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
                 format!("`{text}` is not a trial; name one as the trials table does, e.g. trial_00002 or 2")
             })?),
         };
-        print!(
-            "{}",
-            lineage::lineage_report(&args.dir, &state, trial, format)?
-        );
+        print!("{}", lineage::lineage_report(&dir, &state, trial, format)?);
         return Ok(ExitCode::SUCCESS);
     }
     let host = rtune_runner::setup::this_host_name().unwrap_or_default();
@@ -992,14 +1053,14 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
 }
 
 fn best(args: BestArgs) -> Result<ExitCode> {
-    let state = rtune_runner::storage::ExperimentState::read(&args.dir)?;
+    let dir = experiment_dir(&args.dir)?;
+    let state = rtune_runner::state::ExperimentState::read(&dir)?;
+    let none = || anyhow::anyhow!("{}", rtune_runner::report::no_best_message(&state));
     if args.json {
-        let best = rtune_runner::report::best_trial_json(&state)
-            .context("no trial has reported the metric yet")?;
+        let best = rtune_runner::report::best_trial_json(&state).ok_or_else(none)?;
         println!("{}", serde_json::to_string_pretty(&best)?);
     } else {
-        let block = rtune_runner::report::best_trial_block(&state)
-            .context("no trial has reported the metric yet")?;
+        let block = rtune_runner::report::best_trial_block(&state).ok_or_else(none)?;
         println!("{block}");
     }
     Ok(ExitCode::SUCCESS)

@@ -3,9 +3,9 @@
 //! `rtune resume` continues after each kill, and at the end every experiment must be whole:
 //!
 //! * every trial in a final state, the experiment `finished`;
-//! * each trial's iterations in result.json contiguous from 1, without a gap or a duplicate (a PBT
-//!   exploit restarts a trial at its donor's iteration + 1: only there, once per exploit in
-//!   lineage.jsonl, may they jump);
+//! * each trial's iterations in result.json (the results that count) increasing and contiguous
+//!   from 1, without a gap or a duplicate (a PBT exploit restarts a trial at its donor's
+//!   iteration + 1: only there, once per exploit in lineage.jsonl, may they jump ahead);
 //! * every report before the trial's last checkpoint present exactly once, progress.csv agreeing;
 //! * with the deterministic trainable and FIFO, every trial's results equal an uninterrupted run's.
 //!
@@ -225,33 +225,33 @@ fn check_whole(dir: &Path, name: &str) -> bool {
                 )
             })
             .collect();
+        // result.json holds the results that count, in strictly increasing iterations,
+        // contiguous but where an exploit restarted the trial ahead of where it was.
         let mut previous = 0;
-        // Where its current lineage (since its latest exploit) starts in result.json.
-        let mut segment = 0;
-        for (index, line) in results.iter().enumerate() {
+        for line in &results {
             let it = iteration(line);
+            assert!(
+                it > previous,
+                "{name}: {tname}'s result.json goes from iteration {previous} to {it}"
+            );
             if it != previous + 1 {
-                segment = index;
-                // (A target may jump back or ahead: to wherever its donor was.)
                 let allowed = restarts.iter().position(|&(_, r)| r == it);
                 assert!(
                     allowed.is_some(),
-                    "{name}: {tname} goes from iteration {previous} to {it}"
+                    "{name}: {tname} jumps from iteration {previous} to {it}"
                 );
                 if let Some(i) = allowed {
                     restarts.remove(i);
                 }
-            } else if let Some(i) = restarts
-                .iter()
-                .position(|&(target, r)| target == Some(previous) && r == it)
-            {
-                // Exploited at the donor's own iteration: it goes on at previous + 1, but from
-                // the donor's checkpoint, in a new lineage all the same.
-                segment = index;
-                restarts.remove(i);
             }
             previous = it;
         }
+        // Its current lineage starts after its latest exploit's donor iteration.
+        let lineage_start = exploits
+            .iter()
+            .rfind(|e| e["target"] == tname.as_str())
+            .and_then(|e| e["donor_iteration"].as_u64())
+            .unwrap_or(0);
         assert_eq!(
             results.last().map_or(0, iteration),
             trial["iteration"].as_u64().expect("iteration"),
@@ -264,9 +264,10 @@ fn check_whole(dir: &Path, name: &str) -> bool {
         let rows = csv.lines().count().saturating_sub(1);
         assert_eq!(rows, results.len(), "{name}: {tname}'s progress.csv agrees");
         // Its last own checkpoint of the current lineage (an exploit drops the ones before).
-        if let Some(last) = results[segment..]
+        if let Some(last) = results
             .iter()
             .rev()
+            .filter(|l| iteration(l) > lineage_start)
             .find(|l| l.get("checkpoint_id").is_some())
         {
             let it = iteration(last);

@@ -622,7 +622,7 @@ fn dashboard_of_300_simulated_trials_has_readable_axes_and_a_robust_range() {
 }
 
 #[test]
-fn dashboard_tells_a_failed_experiment_and_same_named_ones_apart() {
+fn dashboard_of_a_failed_experiment_and_a_same_named_restarted_one() {
     if !browser_ready() {
         return;
     }
@@ -642,8 +642,19 @@ fn dashboard_tells_a_failed_experiment_and_same_named_ones_apart() {
         .output()
         .expect("rtune runs");
     assert!(!output.status.success(), "{}", text(&output));
-    let (_working_storage, working) =
-        finished_run("asha.toml", &["space.sleep_ms=0"], "asha-example");
+    // In the other, every trial fails once at epoch 4 and restarts from its checkpoint of
+    // epoch 2: its result of epoch 3 stops counting (moved to superseded.json).
+    let (_working_storage, working) = finished_run(
+        "asha.toml",
+        &[
+            "space.sleep_ms=0",
+            "+space.fail_at_epoch=4",
+            "+space.fail_run=0",
+            "+space.checkpoint_every=2",
+            "max_failures=1",
+        ],
+        "asha-example",
+    );
     let failed = failed_storage.join("asha-example");
     let trials = trial_count(&failed);
     assert!(
@@ -694,6 +705,12 @@ fn dashboard_tells_a_failed_experiment_and_same_named_ones_apart() {
         .expect("rtune dashboard starts");
     let (_server, url) = dashboard_url(server);
     check(&check_page(&url, "failed", &["--experiment", "0"]));
+    // The restarted one's curves: the results that count, the superseded ones marked apart.
+    let restarted = check_page(&url, "restarted", &["--experiment", "1", "--curve-values"]);
+    assert!(
+        assert_curves_draw_the_results_that_count(&restarted, &working) > 0,
+        "the trials that reached epoch 4 have a superseded result"
+    );
     let report = root.path().join("both.html");
     run_ok(
         rtune()

@@ -70,9 +70,14 @@ fn replaying_the_journal_of_a_finished_experiment_gives_its_state() {
         let dir = storage.path().join(name);
         let replayed = rtune_runner::setup::replay_journal(&dir).expect("replay");
         let live = state(&dir);
-        // Both through JSON text, as the snapshot is.
+        // Both through JSON text, as experiment_state.json is: the projection of the core.
+        let projected: Vec<rtune_runner::state::TrialRecord> = replayed
+            .trials()
+            .iter()
+            .map(|t| rtune_runner::state::TrialRecord::from_trial(t, false))
+            .collect();
         let replayed: Value =
-            serde_json::from_str(&serde_json::to_string(replayed.trials()).expect("serialize"))
+            serde_json::from_str(&serde_json::to_string(&projected).expect("serialize"))
                 .expect("parse");
         assert_eq!(
             live["trials"], replayed,

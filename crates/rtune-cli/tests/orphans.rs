@@ -11,7 +11,7 @@ mod common;
 use common::procs::{
     has_a_line, processes_with_env, send_signal, unique_marker, wait_for_exit, wait_until,
 };
-use common::rtune;
+use common::{rtune, toml_string};
 
 /// How long the trials may take to start and show that they are ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -179,10 +179,6 @@ fn trial_dirs(dir: &Path) -> Vec<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("trial_"))
         })
         .collect()
-}
-
-fn toml_string(text: &str) -> String {
-    serde_json::to_string(text).expect("a JSON string is a TOML basic string")
 }
 
 #[test]

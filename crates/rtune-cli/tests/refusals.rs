@@ -96,6 +96,12 @@ fn experiment(case: &str, extra: &str) -> Setup {
 }
 
 fn run(setup: &Setup, sets: &[&str]) -> String {
+    let output = run_output(setup, sets);
+    assert!(output.status.success(), "{}", text(&output));
+    text(&output)
+}
+
+fn run_output(setup: &Setup, sets: &[&str]) -> std::process::Output {
     let mut cmd = rtune();
     cmd.arg("run")
         .arg(&setup.file)
@@ -104,8 +110,7 @@ fn run(setup: &Setup, sets: &[&str]) -> String {
     for set in sets {
         cmd.args(["--set", set]);
     }
-    let output = run_ok(&mut cmd);
-    text(&output)
+    cmd.output().expect("rtune runs")
 }
 
 fn answers(trial: &Path) -> Vec<Value> {
@@ -179,7 +184,10 @@ fn a_report_past_max_t_is_refused() {
         "[scheduler]\ntype = \"asha\"\ntime_attr = \"epoch\"\ngrace_period = 1\nmax_t = 2\n\
          reduction_factor = 2\n",
     );
-    run(&setup, &["+space.epoch_step=3"]);
+    // Every report was refused, so the trial ends without a result that counts: an ERROR
+    // (exit 3) that says so, not a silent success.
+    let output = run_output(&setup, &["+space.epoch_step=3"]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
     let trial = setup.dir.join("trial_00000");
     let answers = answers(&trial);
     let error = error_of(&answers[0]);
@@ -188,6 +196,8 @@ fn a_report_past_max_t_is_refused() {
         "{error}"
     );
     assert!(!trial.join("result.json").exists() || iterations(&trial).is_empty());
+    let error = std::fs::read_to_string(trial.join("error.txt")).expect("error.txt");
+    assert!(error.contains("without a result that counts"), "{error}");
 }
 
 #[test]
@@ -275,14 +285,52 @@ fn a_time_attr_the_trial_never_reports_is_named() {
         "keep_reporting",
         "[scheduler]\ntype = \"median\"\ntime_attr = \"bogus\"\n",
     );
-    run(&setup, &[]);
+    // The first such result ends the experiment (exit 2): every trial would repeat the mistake.
+    let output = run_output(&setup, &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no number `bogus`, the scheduler's time_attr")
+            && stderr.contains("it reported `loss`, `epoch`"),
+        "{stderr}"
+    );
     let trial = setup.dir.join("trial_00000");
-    for answer in answers(&trial) {
-        let error = error_of(&answer);
+    assert!(!trial.join("result.json").exists() || iterations(&trial).is_empty());
+}
+
+#[test]
+fn a_wrong_metric_name_ends_the_experiment_at_the_first_result_and_names_the_keys() {
+    if !python_available() {
+        return;
+    }
+    let setup = experiment("keep_reporting", "num_samples = 3\n");
+    let output = run_output(&setup, &["metric=\"val_loss\""]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the result has no `val_loss`")
+            && stderr.contains("it reported `loss`, `epoch`")
+            && stderr.contains("did you mean `loss`"),
+        "{stderr}"
+    );
+    // Nothing trained on: the trials were stopped at once, not run to their end.
+    for id in 0..3 {
+        let trial = setup.dir.join(format!("trial_{id:05}"));
         assert!(
-            error.contains("no number `bogus`, the scheduler's time_attr"),
-            "{error}"
+            !trial.join("result.json").exists() || iterations(&trial).is_empty(),
+            "trial {id} recorded results"
         );
     }
-    assert!(!trial.join("result.json").exists() || iterations(&trial).is_empty());
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(setup.dir.join("experiment_state.json")).expect("state"),
+    )
+    .expect("json");
+    assert_eq!(state["ended"]["kind"], "bad_report", "{state}");
+    // `missing_metric = "ignore"` lets a trainable report the metric only sometimes.
+    let setup = experiment(
+        "keep_reporting",
+        "num_samples = 1\nmissing_metric = \"ignore\"\n",
+    );
+    let output = run_output(&setup, &["metric=\"val_loss\""]);
+    assert!(output.status.success(), "{}", text(&output));
 }

@@ -13,6 +13,7 @@
 //! * [`tuner`]: the controller that joins them; the runner feeds it events and carries out what
 //!   it asks for.
 
+pub mod placement;
 pub mod result;
 pub mod scheduler;
 pub mod searcher;
@@ -21,6 +22,7 @@ pub mod synthetic;
 pub mod trial;
 pub mod tuner;
 
+pub use placement::{ExecutorKind, NodeShare, Placement};
 pub use result::{Mode, TrialResult};
 pub use scheduler::{Action, Budget, Decision, InvalidSetting, Scheduler, SchedulerContext};
 pub use searcher::{Searcher, Suggestion};

@@ -5,9 +5,10 @@ use serde::{Deserialize, Serialize};
 use crate::trial::TrialId;
 
 /// Whether the metric is minimised or maximised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    #[default]
     Min,
     Max,
 }

@@ -28,7 +28,7 @@ pub struct CheckpointId {
 }
 
 /// The statuses users know from Ray Tune.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TrialStatus {
     /// Created, waiting for resources (or for the scheduler to pick it).
@@ -82,6 +82,8 @@ impl TrialStatus {
                 // An interrupt cuts a run off; resuming the experiment queues it again.
                 | (Running, Interrupted)
                 | (Interrupted, Pending)
+                // The experiment ends for good (a budget, fail-fast) while it waits.
+                | (Interrupted, Terminated)
                 // `rtune resume --restart-errored` / `--resume-errored`.
                 | (Error, Pending)
         )

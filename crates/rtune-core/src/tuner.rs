@@ -1,24 +1,34 @@
-//! The tuner: one owner of the experiment's state, driven by events.
+//! The tuner: one owner of the experiment's state, driven by inputs.
 //!
-//! The runner asks [`Tuner::next_to_run`] whenever it has room for another trial, feeds every
-//! report to [`Tuner::on_result`] and every process exit to [`Tuner::on_exit`], and after each call
-//! carries out the [`Effect`]s it drains with [`Tuner::drain_effects`]. Time enters only as the
-//! `now` argument (seconds since the Unix epoch), randomness only from the seeded RNG, so the
-//! same events give the same decisions.
+//! The runner feeds every [`Input`] through [`Tuner::apply`] (a trial may start, a trial
+//! reported, a process exited, a run was placed, ...), carries out the [`Effect`]s it drains
+//! with [`Tuner::drain_effects`], and journals each input together with the [`Outcome`] the
+//! core recorded for it (the trials it created, the trial it started, the decisions it took).
+//! Time enters only as the inputs' `now` (seconds since the Unix epoch), randomness only from the
+//! seeded RNG, so the same inputs give the same decisions.
+//!
+//! Resume does not depend on the code deciding the same way again: [`Tuner::snapshot`] is the
+//! whole state as a versioned value ([`CoreSnapshot`]), and [`Tuner::replay`] re-applies a
+//! journaled input with its recorded outcome forced, so the trials, configs and decisions are
+//! the ones that really happened while every scheduler's and searcher's own state is rebuilt by
+//! the running code. [`Tuner::replay_divergences`] counts where the running code would have
+//! decided otherwise (zero when the same release replays its own journal).
 
 use std::collections::BTreeMap;
 
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::placement::Placement;
 use crate::scheduler::{Action, Decision, PolicyStep, Scheduler, SchedulerContext};
 use crate::searcher::{Searcher, Suggestion};
 use crate::trial::{CheckpointId, TrialId, TrialStatus};
 use crate::{Config, CoreRng, Mode, TrialResult};
 
-/// Errors from feeding the tuner events that do not fit its state. These come from the runner
-/// (a report for an unknown trial), never from a user's input.
+/// Errors from feeding the tuner inputs that do not fit its state. These come from the runner
+/// (a report for an unknown trial, a stale run) or from a journal that does not fit the code,
+/// never from a user's input: a user's bad report is a [`ReportRefusal`].
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TunerError {
     #[error("no trial {0}")]
@@ -35,6 +45,49 @@ pub enum TunerError {
         run: u32,
         current: u32,
     },
+    #[error("trial {trial}: report refused: {refusal}")]
+    Refused {
+        trial: TrialId,
+        refusal: ReportRefusal,
+    },
+    /// A status change the trial state machine does not allow ([`TrialStatus::can_become`]).
+    #[error("trial {trial}: {from} cannot become {to}")]
+    Transition {
+        trial: TrialId,
+        from: TrialStatus,
+        to: TrialStatus,
+    },
+    #[error("the core snapshot does not fit this experiment: {0}")]
+    Snapshot(String),
+}
+
+/// What rtune does with a result that lacks the experiment's metric.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingMetric {
+    /// The first such result ends the experiment (exit 2) and names the keys that were
+    /// reported: almost always a misspelled metric name.
+    #[default]
+    Error,
+    /// Such results are recorded; schedulers skip them (for trainables that report the metric
+    /// only sometimes, e.g. every few epochs).
+    Ignore,
+}
+
+/// Experiment-wide limits the core enforces (each one optional).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// `time_budget_s`: once this many seconds have passed since the experiment began, every
+    /// trial is stopped and the experiment ends.
+    pub time_budget_s: Option<f64>,
+    /// `max_total_results`: after this many results over all trials, every trial is stopped.
+    pub max_total_results: Option<u64>,
+    /// `fail_fast`: when the first N trials all end in ERROR, the experiment stops.
+    pub fail_fast: Option<u32>,
+    /// `trial.report_timeout_s`: a run that has not reported for this long is ended and
+    /// counted as a failure (retried per `max_failures`).
+    pub report_timeout_s: Option<f64>,
 }
 
 /// Settings of the tuner that are not the scheduler's or the searcher's.
@@ -48,6 +101,35 @@ pub struct TunerSettings {
     /// Stop a trial once a result reaches any of these values (`training_iteration = 5`, ...).
     /// Reached means `>=`.
     pub stop: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub missing_metric: MissingMetric,
+    /// A trial whose process exits with status 0 without ever having reported a result is an
+    /// ERROR (the trainable never calls `report`), unless this is false.
+    #[serde(default = "yes")]
+    pub require_report: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for TunerSettings {
+    /// Metric `loss`, minimised, seed 0, no retries, no stop criteria or limits; a trial must
+    /// report.
+    fn default() -> Self {
+        TunerSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed: 0,
+            max_failures: 0,
+            stop: BTreeMap::new(),
+            limits: Limits::default(),
+            missing_metric: MissingMetric::Error,
+            require_report: true,
+        }
+    }
 }
 
 /// Which checkpoints of a trial are kept on disk (`[checkpoint]` in the experiment file).
@@ -66,7 +148,41 @@ pub struct CheckpointRetention {
     pub score_mode: Option<Mode>,
 }
 
-/// Everything the tuner knows about one trial.
+/// One result of a trial that still counts, as the core keeps it: what the best value and the
+/// schedulers' rollbacks need, not the whole result (that lives in the trial's `result.json`).
+/// 24 bytes, so a million results cost the core 24 MB.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CurvePoint {
+    pub iteration: u64,
+    /// The experiment's metric, NaN when the result lacked it.
+    pub value: f64,
+    /// The scheduler's `time_attr` (its progress measure), NaN when it has none or the result
+    /// lacked it.
+    pub time: f64,
+}
+
+impl Serialize for CurvePoint {
+    /// `[iteration, value, time]`, with `null` for NaN (JSON has no NaN).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let finite = |v: f64| v.is_finite().then_some(v);
+        (self.iteration, finite(self.value), finite(self.time)).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for CurvePoint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (iteration, value, time): (u64, Option<f64>, Option<f64>) =
+            Deserialize::deserialize(deserializer)?;
+        Ok(CurvePoint {
+            iteration,
+            value: value.unwrap_or(f64::NAN),
+            time: time.unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// Everything the tuner knows about one trial. The runner and the schedulers read it; only the
+/// tuner changes it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
     pub id: TrialId,
@@ -78,8 +194,10 @@ pub struct Trial {
     pub iteration: u64,
     /// Seconds spent running, over all its runs, as reported with results.
     pub time_total_s: f64,
+    /// Its latest result that counts; `None` before the first, and after a rollback or an
+    /// exploit until it reports again.
     pub last_result: Option<TrialResult>,
-    /// Best value of the experiment's metric so far, and the iteration it was reached at.
+    /// Best value of the experiment's metric over its results that count, and the iteration.
     pub best: Option<(f64, u64)>,
     /// Checkpoints this trial has, by iteration, with the total time at each.
     pub checkpoints: BTreeMap<u64, f64>,
@@ -102,24 +220,27 @@ pub struct Trial {
     /// Its configuration by iteration: PBT's policy (one step unless it was exploited).
     #[serde(default)]
     pub policy: Vec<PolicyStep>,
-    #[serde(skip)]
-    last_report_at: Option<f64>,
-    /// Every result it has reported that still counts, in order: what result.json holds.
-    #[serde(skip)]
-    history: Vec<HistoryEntry>,
-    /// Where in `history` its current lineage (since its latest exploit) starts: a rollback never
-    /// reaches before it.
-    #[serde(skip)]
-    lineage_start: usize,
-}
-
-/// One line of a trial's results as stored: the result, the config it was produced with, and
-/// whether it was the trial's last (stopped, paused or exploited there).
-#[derive(Clone, Debug, PartialEq)]
-pub struct HistoryEntry {
-    pub result: TrialResult,
-    pub config: Config,
-    pub done: bool,
+    /// Its results that count, in order of strictly increasing iteration: what `result.json`
+    /// holds.
+    #[serde(default)]
+    pub curve: Vec<CurvePoint>,
+    /// Results it ever reported, over all runs, rolled-back ones included.
+    #[serde(default)]
+    pub results_total: u64,
+    /// Where its latest run was placed.
+    #[serde(default)]
+    pub placement: Option<Placement>,
+    /// When its current run's processes started (`None` while it does not run, or its job
+    /// waits in a queue).
+    #[serde(default)]
+    pub run_started_at: Option<f64>,
+    /// When its current run last reported or started: the next result's `time_this_iter_s`
+    /// counts from here, and so does `report_timeout_s`.
+    #[serde(default)]
+    pub last_report_at: Option<f64>,
+    /// The experiment's end that stopped it, if one did ([`Tuner::stop_all`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<EndReason>,
 }
 
 impl Trial {
@@ -147,45 +268,26 @@ impl Trial {
                 from_iteration: 0,
                 config: config_for_policy,
             }],
+            curve: Vec::new(),
+            results_total: 0,
+            placement: None,
+            run_started_at: None,
             last_report_at: None,
-            history: Vec::new(),
-            lineage_start: 0,
+            stopped_by: None,
         }
     }
 
-    /// Its results that count, in order (rolled-back ones removed): what `result.json` holds.
-    pub fn history(&self) -> &[HistoryEntry] {
-        &self.history
-    }
-
-    /// Forget the results after `iteration` at the end of its history (a restart from the
-    /// checkpoint at `iteration`, or from scratch with 0) and recompute what derives from them.
-    fn roll_back_to(&mut self, iteration: u64, metric: &str, mode: Mode) -> bool {
-        let before = self.history.len();
-        while self.history.len() > self.lineage_start
-            && self
-                .history
-                .last()
-                .is_some_and(|e| e.result.iteration() > iteration)
-        {
-            self.history.pop();
-        }
-        if self.history.len() == before {
+    /// Forget the results after `iteration` (a restart from the checkpoint at `iteration`, or
+    /// from scratch with 0; or an exploit that restarts from a donor's checkpoint there) and
+    /// recompute what derives from them. Returns whether anything was forgotten.
+    fn truncate_after(&mut self, iteration: u64, mode: Mode) -> bool {
+        let before = self.curve.len();
+        self.curve.retain(|p| p.iteration <= iteration);
+        if self.curve.len() == before {
             return false;
         }
-        self.last_result = self.history.last().map(|e| e.result.clone());
-        self.best = None;
-        for entry in &self.history {
-            if let Some(value) = entry.result.get(metric) {
-                let better = match self.best {
-                    Some((best, _)) => mode.is_better(value, best),
-                    None => true,
-                };
-                if better {
-                    self.best = Some((value, entry.result.iteration()));
-                }
-            }
-        }
+        self.last_result = None;
+        self.best = best_of(&self.curve, mode);
         true
     }
 
@@ -203,6 +305,24 @@ impl Trial {
                 iteration,
             })
     }
+
+    /// Its mean seconds between reports so far, once it has reported.
+    pub fn mean_report_interval(&self) -> Option<f64> {
+        (self.iteration > 0 && self.time_total_s > 0.0)
+            .then(|| self.time_total_s / self.iteration as f64)
+    }
+}
+
+/// The best metric value over a curve, and the iteration it was reached at (the earliest of
+/// equal ones).
+fn best_of(curve: &[CurvePoint], mode: Mode) -> Option<(f64, u64)> {
+    curve
+        .iter()
+        .filter(|p| !p.value.is_nan())
+        .fold(None, |best, p| match best {
+            Some((value, _)) if !mode.is_better(p.value, value) => best,
+            _ => Some((p.value, p.iteration)),
+        })
 }
 
 /// Why the tuner asked a running trial's process to end, so its exit is read correctly.
@@ -216,6 +336,8 @@ pub enum Ending {
     /// The experiment is interrupted: PAUSED if it can resume from a checkpoint, else
     /// INTERRUPTED.
     Interrupt,
+    /// It reported nothing for `report_timeout_s`: its exit is a failure.
+    Timeout,
 }
 
 /// What the runner is asked to start.
@@ -249,6 +371,28 @@ pub struct Reply {
     /// What the trial is told: Continue, Stop or Pause (an exploit is a pause whose restart
     /// starts from another checkpoint).
     pub action: Action,
+    /// Whether this is the trial's final result (it is told to stop for good).
+    pub done: bool,
+}
+
+/// Why results stop counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// The trial restarts from an earlier checkpoint (a failure, a lost run, a resume) and will
+    /// report those iterations again.
+    RolledBack,
+    /// A PBT exploit restarts it from a donor's checkpoint at an earlier iteration.
+    Exploited,
+}
+
+impl Truncation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Truncation::RolledBack => "rolled back",
+            Truncation::Exploited => "replaced by an exploit",
+        }
+    }
 }
 
 /// Something the runner must do after a call into the tuner.
@@ -279,9 +423,13 @@ pub enum Effect {
         change: String,
         details: Value,
     },
-    /// Results of this trial were rolled back (it restarts from an earlier checkpoint or from
-    /// scratch): its stored results must be rewritten from [`Trial::history`].
-    RolledBack { trial: TrialId },
+    /// The trial's results after `through_iteration` no longer count: its `result.json` keeps
+    /// only the results up to there (the others go to `superseded.json`).
+    Truncated {
+        trial: TrialId,
+        through_iteration: u64,
+        reason: Truncation,
+    },
     /// A model-based searcher proposed this trial's config, for this reason (the decisions log).
     Proposal {
         trial: TrialId,
@@ -289,6 +437,8 @@ pub enum Effect {
         reason: String,
         details: Value,
     },
+    /// The experiment ends early for good: every unfinished trial is being stopped.
+    Ended(EndReason),
 }
 
 /// What `rtune resume` does with trials that ended in ERROR (Ray Tune's `restart_errored` and
@@ -305,16 +455,265 @@ pub enum ErroredTrials {
     Resume,
 }
 
-/// One input to the core. The runner appends each to the experiment's journal before it takes
-/// effect, and [`Tuner::apply`] on the journal's inputs, in order, rebuilds the whole state.
+/// Why a report is not taken. Refused reports are answered with the message and never
+/// recorded; [`ReportRefusal::ends_experiment`] ones also end the experiment (the user's
+/// mistake, which would repeat in every trial).
+#[derive(Clone, Debug, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum ReportRefusal {
+    #[error(
+        "{} was told to {} at training_iteration {iteration}; this report is not recorded ({}): the process should exit now",
+        trial.name(),
+        told_verb(*told),
+        told_why(*told)
+    )]
+    AfterEnding {
+        trial: TrialId,
+        told: Ending,
+        iteration: u64,
+    },
+    #[error(
+        "metric `{key}` is {value} ({json_kind}), but it is {role} and must be a number (or null when there is none); the report is not recorded. Other keys may hold any JSON value and are kept in result.json"
+    )]
+    NotANumber {
+        key: String,
+        value: String,
+        json_kind: String,
+        role: String,
+    },
+    #[error(
+        "the result has no `{metric}`, the experiment's metric; it reported {}\nhint: set `metric` in the experiment file to the key the trainable reports (did you mean {}?), or set missing_metric = \"ignore\" if it reports `{metric}` only in some results",
+        show_keys(reported),
+        closest(metric, reported)
+    )]
+    MissingMetric {
+        metric: String,
+        reported: Vec<String>,
+    },
+    #[error(
+        "the result has no number `{time_attr}`, the scheduler's time_attr (how it measures a trial's progress); it reported {}\nhint: report `{time_attr}` in every result, or set scheduler.time_attr to a key the trial reports (or to training_iteration, which rtune counts)",
+        show_keys(reported)
+    )]
+    MissingTimeAttr {
+        time_attr: String,
+        reported: Vec<String>,
+    },
+    #[error(
+        "{}'s report at {time_attr} = {value} is past the scheduler's max_t = {max_t}, where the trial's budget ends; it is not recorded: the process should exit (the trial should have stopped at max_t; check that it counts {time_attr} as the experiment does)",
+        trial.name()
+    )]
+    PastMaxT {
+        trial: TrialId,
+        time_attr: String,
+        value: f64,
+        max_t: f64,
+    },
+}
+
+impl ReportRefusal {
+    /// Whether this mistake ends the whole experiment (it would repeat in every trial).
+    pub fn ends_experiment(&self) -> bool {
+        matches!(
+            self,
+            ReportRefusal::MissingMetric { .. } | ReportRefusal::MissingTimeAttr { .. }
+        )
+    }
+}
+
+fn told_verb(ending: Ending) -> &'static str {
+    match ending {
+        Ending::Pause => "pause",
+        Ending::Stop | Ending::Interrupt | Ending::Timeout => "stop",
+    }
+}
+
+fn told_why(ending: Ending) -> &'static str {
+    match ending {
+        Ending::Stop => "the trial is finished",
+        Ending::Pause => "it will restart from its latest checkpoint",
+        Ending::Interrupt => {
+            "the experiment was interrupted; `rtune resume` continues it from its latest checkpoint"
+        }
+        Ending::Timeout => "it reported nothing for trial.report_timeout_s and counts as failed",
+    }
+}
+
+fn show_keys(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "no keys at all".into()
+    } else {
+        keys.iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The reported key closest to `wanted` (by edit distance), as a suggestion.
+fn closest(wanted: &str, keys: &[String]) -> String {
+    let distance = |a: &str, b: &str| -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, &cb) in b.iter().enumerate() {
+                let substitution = previous + usize::from(ca != cb);
+                previous = row[j + 1];
+                row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+            }
+        }
+        row[b.len()]
+    };
+    keys.iter()
+        .min_by_key(|k| distance(wanted, k))
+        .map_or_else(|| "a reported key".into(), |k| format!("`{k}`"))
+}
+
+/// Why an experiment ends early for good (every unfinished trial is stopped).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EndReason {
+    /// `time_budget_s` is used up.
+    TimeBudget { seconds: f64 },
+    /// `max_total_results` is used up.
+    ResultBudget { results: u64 },
+    /// `fail_fast`: the first `trials` trials all ended in ERROR; `error` is the first error's
+    /// first line.
+    FailFast { trials: u32, error: String },
+    /// A report showed a mistake in the experiment file (a wrong metric name, a missing
+    /// time_attr), which every trial would repeat.
+    BadReport { refusal: ReportRefusal },
+    /// Anything else, said in words (journals of earlier releases, tests).
+    Other { reason: String },
+}
+
+impl<'de> Deserialize<'de> for EndReason {
+    /// Also reads the plain text reason of earlier journals.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        enum Typed {
+            TimeBudget { seconds: f64 },
+            ResultBudget { results: u64 },
+            FailFast { trials: u32, error: String },
+            BadReport { refusal: ReportRefusal },
+            Other { reason: String },
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Typed(Typed),
+            Text(String),
+        }
+        Ok(match Either::deserialize(deserializer)? {
+            Either::Text(reason) => EndReason::Other { reason },
+            Either::Typed(Typed::TimeBudget { seconds }) => EndReason::TimeBudget { seconds },
+            Either::Typed(Typed::ResultBudget { results }) => EndReason::ResultBudget { results },
+            Either::Typed(Typed::FailFast { trials, error }) => {
+                EndReason::FailFast { trials, error }
+            }
+            Either::Typed(Typed::BadReport { refusal }) => EndReason::BadReport { refusal },
+            Either::Typed(Typed::Other { reason }) => EndReason::Other { reason },
+        })
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::TimeBudget { seconds } => {
+                write!(
+                    f,
+                    "the time budget of {seconds} s (time_budget_s) is used up"
+                )
+            }
+            EndReason::ResultBudget { results } => write!(
+                f,
+                "the budget of {results} results (max_total_results) is used up"
+            ),
+            EndReason::FailFast { trials, error } => write!(
+                f,
+                "fail_fast: the first {trials} trials all ended in ERROR; the first failed with: {error}"
+            ),
+            EndReason::BadReport { refusal } => write!(f, "{refusal}"),
+            EndReason::Other { reason } => f.write_str(reason),
+        }
+    }
+}
+
+impl EndReason {
+    /// Whether the user's experiment file is at fault (the CLI exits 2).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, EndReason::BadReport { .. })
+    }
+}
+
+/// Why an experiment is interrupted (it stops now and can be resumed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptReason {
+    /// Ctrl-C (SIGINT).
+    CtrlC,
+    /// SIGTERM: `scancel`, SLURM's time limit, a system shutdown.
+    Sigterm,
+    /// SIGHUP: the terminal or ssh session went away.
+    Sighup,
+    /// SIGUSR1 from SLURM: the head job's time limit is near (`rtune submit --time`).
+    TimeLimit,
+    /// rtune cannot write its own files (a full disk).
+    WriteFailure,
+    /// Words from a journal of an earlier release.
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for InterruptReason {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(match text.as_str() {
+            "ctrl_c" => InterruptReason::CtrlC,
+            "sigterm" => InterruptReason::Sigterm,
+            "sighup" => InterruptReason::Sighup,
+            "time_limit" => InterruptReason::TimeLimit,
+            "write_failure" => InterruptReason::WriteFailure,
+            _ => InterruptReason::Other(text),
+        })
+    }
+}
+
+impl std::fmt::Display for InterruptReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InterruptReason::CtrlC => "the experiment was interrupted (Ctrl-C)",
+            InterruptReason::Sigterm => {
+                "the experiment was interrupted (SIGTERM, e.g. scancel or the SLURM time limit)"
+            }
+            InterruptReason::Sighup => {
+                "the experiment was interrupted (SIGHUP: the terminal or ssh session went away)"
+            }
+            InterruptReason::TimeLimit => {
+                "the experiment was stopped for the job's time limit (SIGUSR1 from SLURM)"
+            }
+            InterruptReason::WriteFailure => "rtune cannot write its files",
+            InterruptReason::Other(text) => text,
+        })
+    }
+}
+
+/// One input to the core. The runner journals each with the [`Outcome`] the core recorded for
+/// it before any of its effects are carried out; [`Tuner::replay`] of the journal's lines, in
+/// order, rebuilds the whole state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "input", rename_all = "snake_case")]
 pub enum Input {
-    /// The runner has room for one more trial ([`Tuner::next_to_run`]). `started` is what the
-    /// core answered, recorded for readers and checked on replay.
+    /// The experiment begins: its time (`time_budget_s`) counts from `now`.
+    Begin { now: f64 },
+    /// The runner has room for one more trial ([`Tuner::next_to_run`]).
     Next {
         now: f64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Journals of earlier releases recorded the started trial here; it is now part of the
+        /// line's [`Outcome`].
+        #[serde(default, skip_serializing)]
         started: Option<Launch>,
     },
     /// A trial's run reported ([`Tuner::on_result`]).
@@ -325,10 +724,21 @@ pub enum Input {
         metrics: serde_json::Map<String, Value>,
         checkpoint: bool,
     },
-    /// A trial's run, which waited after it was started (a queued SLURM job), now really runs:
-    /// its time (`time_this_iter_s`, `time_total_s`) counts from `now`, not from its start
-    /// ([`Tuner::on_started`]). Runs that start at once have no such input.
+    /// Where a started run runs (or waits to run). `running` says its processes run now: its
+    /// time (`time_this_iter_s`, `report_timeout_s`) counts from `now`; a run whose job waits
+    /// in a queue is placed with `running: false` first, and again with `running: true` when it
+    /// starts.
+    Placed {
+        now: f64,
+        trial: TrialId,
+        run: u32,
+        placement: Placement,
+        running: bool,
+    },
+    /// Journals of earlier releases: a queued run started (now [`Input::Placed`]).
     Started { now: f64, trial: TrialId, run: u32 },
+    /// A run reported nothing for `report_timeout_s`: it is ended and counts as a failure.
+    Timeout { now: f64, trial: TrialId, run: u32 },
     /// A trial's run ended ([`Tuner::on_exit`]).
     Exit {
         now: f64,
@@ -338,9 +748,10 @@ pub enum Input {
     },
     /// The experiment is interrupted (a signal, a write error): running trials are ended,
     /// nothing new starts; `Resume` continues.
-    Interrupt { now: f64, reason: String },
-    /// The experiment ends early for good (time budget, fail-fast): every unfinished trial stops.
-    StopAll { now: f64, reason: String },
+    Interrupt { now: f64, reason: InterruptReason },
+    /// The experiment ends early for good (time budget, a wrong metric name, ...): every
+    /// unfinished trial stops.
+    StopAll { now: f64, reason: EndReason },
     /// A new head takes over the experiment (`rtune resume`): runs that were going on are lost.
     Resume {
         now: f64,
@@ -349,12 +760,106 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// The time the input happened.
+    pub fn now(&self) -> f64 {
+        match self {
+            Input::Begin { now }
+            | Input::Next { now, .. }
+            | Input::Report { now, .. }
+            | Input::Placed { now, .. }
+            | Input::Started { now, .. }
+            | Input::Timeout { now, .. }
+            | Input::Exit { now, .. }
+            | Input::Interrupt { now, .. }
+            | Input::StopAll { now, .. }
+            | Input::Resume { now, .. } => *now,
+        }
+    }
+}
+
+/// A trial the core created, with its config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Created {
+    pub trial: TrialId,
+    pub config: Config,
+}
+
+/// A decision the core carried out (every one but "continue").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decided {
+    pub trial: TrialId,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What the core did with one input, as the journal records it: what really happened, so a
+/// replay by a later release (which may decide otherwise) still rebuilds the same trials.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Outcome {
+    /// Trials created, in order, with their configs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<Created>,
+    /// The trial started, for [`Input::Next`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<Launch>,
+    /// The searcher said it has nothing more.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
+    /// Decisions carried out, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decided: Vec<Decided>,
+}
+
+impl Outcome {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty()
+            && self.started.is_none()
+            && !self.finished
+            && self.decided.is_empty()
+    }
+}
+
 /// What the core answers an [`Input`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     Launch(Option<Launch>),
     Reply(Reply),
     Done,
+}
+
+/// The version of [`CoreSnapshot`]'s layout. A release that changes it reads the older ones.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// The core's whole state as a value: what a journal's snapshot line holds, so a resume loads it
+/// and replays only the lines after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CoreSnapshot {
+    pub format: u32,
+    pub trials: Vec<Trial>,
+    /// The tuner RNG's position (ChaCha8 word position, as decimal text: JSON numbers cannot
+    /// hold 128 bits). The seed comes from the experiment file.
+    pub rng_word_pos: String,
+    pub searcher_finished: bool,
+    pub interrupted: bool,
+    pub results_received: u64,
+    pub started_at: Option<f64>,
+    pub ended: Option<EndReason>,
+    /// The scheduler's own state ([`Scheduler::save`]).
+    pub scheduler: Value,
+    /// The searcher's own state ([`Searcher::save`]).
+    pub searcher: Value,
+}
+
+/// A journaled outcome being forced during [`Tuner::replay`].
+#[derive(Debug, Default)]
+struct Forced {
+    created: std::collections::VecDeque<Created>,
+    started: Option<Launch>,
+    finished: bool,
+    /// The recorded decisions, each with whether a decision of the code has claimed it.
+    decided: Vec<(Decided, bool)>,
 }
 
 pub struct Tuner {
@@ -371,6 +876,16 @@ pub struct Tuner {
     /// Results taken in all, rolled-back ones included (they were trained): what
     /// `max_total_results` counts.
     results_received: u64,
+    /// When the experiment began ([`Input::Begin`]).
+    started_at: Option<f64>,
+    /// Why the experiment ended early, once it did.
+    ended: Option<EndReason>,
+    /// What the input being applied did, for the journal.
+    recording: Outcome,
+    /// Set while [`Tuner::replay`] forces a journaled outcome.
+    forced: Option<Forced>,
+    /// Decisions of the running code that differed from the journal's during replays.
+    divergences: u64,
 }
 
 impl Tuner {
@@ -391,13 +906,77 @@ impl Tuner {
             retention: CheckpointRetention::default(),
             interrupted: false,
             results_received: 0,
+            started_at: None,
+            ended: None,
+            recording: Outcome::default(),
+            forced: None,
+            divergences: 0,
         }
     }
 
-    /// Feed one input (the journal's unit) to the core.
-    pub fn apply(&mut self, input: &Input) -> Result<Output, TunerError> {
+    /// Feed one input to the core; returns its answer and what it did, which the runner
+    /// journals before carrying out any effect.
+    pub fn apply(&mut self, input: &Input) -> Result<(Output, Outcome), TunerError> {
+        self.recording = Outcome::default();
+        let output = self.dispatch(input);
+        let outcome = std::mem::take(&mut self.recording);
+        Ok((output?, outcome))
+    }
+
+    /// Re-apply a journaled input with its recorded outcome: the same trials are created with
+    /// the same configs, the same trial starts, the same decisions are carried out, whatever
+    /// the running code would decide (where it would decide otherwise,
+    /// [`Tuner::replay_divergences`] counts it). The searcher is not asked for proposals; it is
+    /// told which configs the trials got.
+    pub fn replay(&mut self, input: &Input, outcome: &Outcome) -> Result<Output, TunerError> {
+        self.recording = Outcome::default();
+        self.forced = Some(Forced {
+            created: outcome.created.iter().cloned().collect(),
+            started: outcome.started.clone(),
+            finished: outcome.finished,
+            decided: outcome
+                .decided
+                .iter()
+                .cloned()
+                .map(|d| (d, false))
+                .collect(),
+        });
+        let output = self.dispatch(input);
+        // Recorded decisions the running code did not make at all are carried out last.
+        let unclaimed: Vec<Decided> = self
+            .forced
+            .take()
+            .map(|f| {
+                f.decided
+                    .into_iter()
+                    .filter(|(_, claimed)| !claimed)
+                    .map(|(d, _)| d)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for decided in unclaimed {
+            self.divergences += 1;
+            self.apply_decision(
+                Decision::new(decided.trial, decided.action, "recorded in the journal"),
+                false,
+            );
+        }
+        self.recording = Outcome::default();
+        output
+    }
+
+    fn dispatch(&mut self, input: &Input) -> Result<Output, TunerError> {
         match input {
-            Input::Next { now, .. } => Ok(Output::Launch(self.next_to_run(*now))),
+            Input::Begin { now } => {
+                self.started_at.get_or_insert(*now);
+                Ok(Output::Done)
+            }
+            Input::Next { now, .. } => {
+                // Journals of earlier releases have no Begin line: their first input begins
+                // the experiment.
+                self.started_at.get_or_insert(*now);
+                Ok(Output::Launch(self.next_to_run(*now)))
+            }
             Input::Report {
                 now,
                 trial,
@@ -407,12 +986,27 @@ impl Tuner {
             } => {
                 self.check_run(*trial, *run)?;
                 let reply = self.on_result(*trial, metrics.clone(), *checkpoint, *now)?;
-                self.results_received += 1;
                 Ok(Output::Reply(reply))
+            }
+            Input::Placed {
+                now,
+                trial,
+                run,
+                placement,
+                running,
+            } => {
+                self.check_run(*trial, *run)?;
+                self.on_placed(*trial, placement.clone(), *running, *now)?;
+                Ok(Output::Done)
             }
             Input::Started { now, trial, run } => {
                 self.check_run(*trial, *run)?;
                 self.on_started(*trial, *now)?;
+                Ok(Output::Done)
+            }
+            Input::Timeout { trial, run, .. } => {
+                self.check_run(*trial, *run)?;
+                self.on_timeout(*trial)?;
                 Ok(Output::Done)
             }
             Input::Exit {
@@ -430,7 +1024,7 @@ impl Tuner {
                 Ok(Output::Done)
             }
             Input::StopAll { reason, .. } => {
-                self.stop_all(reason);
+                self.stop_all(reason.clone());
                 Ok(Output::Done)
             }
             Input::Resume { now, errored } => {
@@ -453,19 +1047,88 @@ impl Tuner {
         Ok(())
     }
 
-    /// Everything the core holds (trials with their histories, the scheduler's rungs, brackets
-    /// and populations, the RNG's position), as text: two tuners with equal fingerprints make
-    /// the same decisions from here on. Replay tests compare these.
+    /// Everything the core holds (trials, the scheduler's and the searcher's state, the RNG's
+    /// position), as text: two tuners with equal fingerprints make the same decisions from here
+    /// on. Replay tests compare these.
     pub fn fingerprint(&self) -> String {
         format!(
-            "{:#?}\nrng word {}\nsearcher finished {}\ninterrupted {}\nresults {}\n{:#?}",
+            "{:#?}\nrng word {}\nsearcher finished {}\ninterrupted {}\nresults {}\nstarted {:?}\nended {:?}\n{:#?}\n{}",
             self.trials,
             self.rng.get_word_pos(),
             self.searcher_finished,
             self.interrupted,
             self.results_received,
-            self.scheduler
+            self.started_at,
+            self.ended,
+            self.scheduler,
+            self.searcher.save()
         )
+    }
+
+    /// The whole state, for the journal's snapshot lines.
+    pub fn snapshot(&self) -> CoreSnapshot {
+        CoreSnapshot {
+            format: SNAPSHOT_FORMAT,
+            trials: self.trials.clone(),
+            rng_word_pos: self.rng.get_word_pos().to_string(),
+            searcher_finished: self.searcher_finished,
+            interrupted: self.interrupted,
+            results_received: self.results_received,
+            started_at: self.started_at,
+            ended: self.ended.clone(),
+            scheduler: self.scheduler.save(),
+            searcher: self.searcher.save(),
+        }
+    }
+
+    /// Load a snapshot into a tuner freshly built from the experiment's file (its settings,
+    /// searcher and scheduler, with no inputs applied yet).
+    pub fn restore_snapshot(&mut self, snapshot: CoreSnapshot) -> Result<(), TunerError> {
+        if snapshot.format > SNAPSHOT_FORMAT {
+            return Err(TunerError::Snapshot(format!(
+                "its format {} is newer than this rtune reads ({SNAPSHOT_FORMAT}): resume it \
+                 with the release that wrote it or a later one",
+                snapshot.format
+            )));
+        }
+        if !self.trials.is_empty() {
+            return Err(TunerError::Snapshot("the tuner already has trials".into()));
+        }
+        let position: u128 = snapshot
+            .rng_word_pos
+            .parse()
+            .map_err(|e| TunerError::Snapshot(format!("rng_word_pos: {e}")))?;
+        if let Some((index, trial)) = snapshot
+            .trials
+            .iter()
+            .enumerate()
+            .find(|(index, t)| t.id.0 as usize != *index)
+        {
+            return Err(TunerError::Snapshot(format!(
+                "trial number {index} is {}",
+                trial.id.name()
+            )));
+        }
+        self.scheduler.restore(snapshot.scheduler).map_err(|e| {
+            TunerError::Snapshot(format!("scheduler {}: {e}", self.scheduler.name()))
+        })?;
+        self.searcher
+            .restore(snapshot.searcher)
+            .map_err(|e| TunerError::Snapshot(format!("searcher {}: {e}", self.searcher.name())))?;
+        self.rng.set_word_pos(position);
+        self.trials = snapshot.trials;
+        self.searcher_finished = snapshot.searcher_finished;
+        self.interrupted = snapshot.interrupted;
+        self.results_received = snapshot.results_received;
+        self.started_at = snapshot.started_at;
+        self.ended = snapshot.ended;
+        Ok(())
+    }
+
+    /// How often replays ([`Tuner::replay`]) met a recorded decision the running code would not
+    /// have made (or made one the journal lacks).
+    pub fn replay_divergences(&self) -> u64 {
+        self.divergences
     }
 
     /// How many results the core has taken, over every trial and run (rolled-back ones too).
@@ -476,6 +1139,16 @@ impl Tuner {
     /// Whether an interrupt is in force (nothing new starts until a resume).
     pub fn is_interrupted(&self) -> bool {
         self.interrupted
+    }
+
+    /// When the experiment began (its first input).
+    pub fn started_at(&self) -> Option<f64> {
+        self.started_at
+    }
+
+    /// Why the experiment ended early, if it did.
+    pub fn ended(&self) -> Option<&EndReason> {
+        self.ended.as_ref()
     }
 
     /// Keep only some checkpoints of each trial (default: all).
@@ -529,8 +1202,8 @@ impl Tuner {
         self.searcher_finished && self.trials.iter().all(|t| t.status.is_finished())
     }
 
-    /// The trial with the best value of the metric over all its results (Ray Tune's scope
-    /// "all"), ties going to the older trial.
+    /// The trial with the best value of the metric over its results that count (Ray Tune's
+    /// scope "all"), ties going to the older trial.
     pub fn best_trial(&self) -> Option<&Trial> {
         let mode = self.settings.mode;
         self.trials.iter().filter(|t| t.best.is_some()).fold(
@@ -544,6 +1217,138 @@ impl Tuner {
                 (b, None) => b,
             },
         )
+    }
+
+    /// What is due at `now` on the clock alone: the time budget used up, or runs silent for
+    /// longer than `report_timeout_s`. The runner asks every tick and feeds what it gets (a
+    /// pure question: nothing changes until then).
+    pub fn due(&self, now: f64) -> Vec<Input> {
+        let mut due = Vec::new();
+        if let (Some(budget), Some(started)) = (self.settings.limits.time_budget_s, self.started_at)
+            && self.ended.is_none()
+            && !self.is_finished()
+            && now - started >= budget
+        {
+            due.push(Input::StopAll {
+                now,
+                reason: EndReason::TimeBudget { seconds: budget },
+            });
+        }
+        if let Some(timeout) = self.settings.limits.report_timeout_s {
+            for trial in &self.trials {
+                if trial.status == TrialStatus::Running
+                    && trial.ending.is_none()
+                    && trial.run_started_at.is_some()
+                    && trial
+                        .last_report_at
+                        .is_some_and(|last| now - last >= timeout)
+                {
+                    due.push(Input::Timeout {
+                        now,
+                        trial: trial.id,
+                        run: trial.runs.saturating_sub(1),
+                    });
+                }
+            }
+        }
+        due
+    }
+
+    /// Running trials that have reported nothing for much longer than their peers: silent for
+    /// more than `SILENT_FACTOR` times the median of the trials' mean time between reports, and
+    /// at least `SILENT_MIN_S`. Flagged in tables and the dashboard (`report_timeout_s` is what
+    /// ends such a run). Nothing is flagged before some trial has reported.
+    pub fn silent_trials(&self, now: f64) -> Vec<TrialId> {
+        let mut intervals: Vec<f64> = self
+            .trials
+            .iter()
+            .filter_map(Trial::mean_report_interval)
+            .collect();
+        if intervals.is_empty() {
+            return Vec::new();
+        }
+        intervals.sort_by(f64::total_cmp);
+        let median = intervals[intervals.len() / 2];
+        let limit = (SILENT_FACTOR * median).max(SILENT_MIN_S);
+        self.trials
+            .iter()
+            .filter(|t| {
+                t.status == TrialStatus::Running
+                    && t.ending.is_none()
+                    && t.run_started_at.is_some()
+                    && t.last_report_at.is_some_and(|last| now - last > limit)
+            })
+            .map(|t| t.id)
+            .collect()
+    }
+
+    /// Whether `id`'s current run may report `metrics` now; the one place where report
+    /// validity is decided (the runner asks before it touches any file, and [`Tuner::on_result`]
+    /// refuses the same reports).
+    pub fn check_report(
+        &self,
+        id: TrialId,
+        metrics: &serde_json::Map<String, Value>,
+    ) -> Result<(), ReportRefusal> {
+        let Some(trial) = self.trial(id) else {
+            return Ok(());
+        };
+        if let Some(told) = trial.ending {
+            return Err(ReportRefusal::AfterEnding {
+                trial: id,
+                told,
+                iteration: trial.iteration,
+            });
+        }
+        let reported = || -> Vec<String> { metrics.keys().cloned().collect() };
+        let metric = &self.settings.metric;
+        let value = number_or_null(
+            metrics,
+            metric,
+            "the scheduler metric (`metric` in the experiment file)",
+        )?;
+        if value.is_none() && self.settings.missing_metric == MissingMetric::Error {
+            return Err(ReportRefusal::MissingMetric {
+                metric: metric.clone(),
+                reported: reported(),
+            });
+        }
+        if let Some(attr) = self.scheduler.time_attr()
+            && !AUTOMATIC_KEYS.contains(&attr)
+            && number_or_null(
+                metrics,
+                attr,
+                "the scheduler's `time_attr` (its progress measure)",
+            )?
+            .is_none()
+        {
+            return Err(ReportRefusal::MissingTimeAttr {
+                time_attr: attr.to_string(),
+                reported: reported(),
+            });
+        }
+        if let Some(budget) = self.scheduler.budget() {
+            let reached = if budget.time_attr == "training_iteration" {
+                Some((trial.iteration + 1) as f64)
+            } else {
+                number_or_null(
+                    metrics,
+                    &budget.time_attr,
+                    "the scheduler's `time_attr` (its progress measure)",
+                )?
+            };
+            if let Some(value) = reached
+                && value > budget.max_t
+            {
+                return Err(ReportRefusal::PastMaxT {
+                    trial: id,
+                    time_attr: budget.time_attr,
+                    value,
+                    max_t: budget.max_t,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The runner has room for one more trial: which one to start, if any. The trial is RUNNING
@@ -562,24 +1367,34 @@ impl Tuner {
             self.apply_decisions(outbox);
             chosen
         };
+        let chosen = match &self.forced {
+            Some(forced) => {
+                let recorded = forced.started.as_ref().map(|l| l.trial);
+                if recorded != chosen
+                    && recorded.is_some_and(|r| (r.0 as usize) < self.trials.len())
+                {
+                    self.divergences += 1;
+                }
+                recorded.filter(|r| (r.0 as usize) < self.trials.len())
+            }
+            None => chosen,
+        };
         let id = match chosen {
             Some(id) => id,
-            None => self.create_trial()?,
+            None => {
+                let created = self.create_trial();
+                if let Some(forced) = &self.forced
+                    && forced.finished
+                {
+                    self.searcher_finished = true;
+                }
+                created?
+            }
         };
         let trial = self.trials.get_mut(id.0 as usize)?;
         if !matches!(trial.status, TrialStatus::Pending | TrialStatus::Paused) {
             return None;
         }
-        trial.status = TrialStatus::Running;
-        trial.resumable = false;
-        trial.last_report_at = Some(now);
-        trial.runs += 1;
-        let launch = Launch {
-            trial: id,
-            config: trial.config.clone(),
-            restore: trial.restore,
-            run: trial.runs - 1,
-        };
         let reason = match trial.restore {
             Some(c) if c.trial == id => {
                 format!("resumed from its checkpoint at iteration {}", c.iteration)
@@ -589,34 +1404,63 @@ impl Tuner {
                 c.trial.name(),
                 c.iteration
             ),
-            None if trial.runs > 1 => "restarted from scratch".to_string(),
+            None if trial.runs > 0 => "restarted from scratch".to_string(),
             None => "started".to_string(),
         };
-        self.effects.push(Effect::Status {
+        trial.resumable = false;
+        trial.last_report_at = Some(now);
+        trial.run_started_at = None;
+        trial.runs += 1;
+        let launch = Launch {
             trial: id,
-            status: TrialStatus::Running,
-            reason,
-        });
+            config: trial.config.clone(),
+            restore: trial.restore,
+            run: trial.runs - 1,
+        };
+        if let Some(forced) = &self.forced
+            && forced.started.as_ref() != Some(&launch)
+        {
+            self.divergences += 1;
+        }
+        self.set_status(id, TrialStatus::Running, reason);
+        self.recording.started = Some(launch.clone());
         Some(launch)
     }
 
-    /// Ask the searcher for a new trial; `None` if it has nothing now or is finished.
+    /// Ask the searcher for a new trial (or, replaying, take the journal's next one); `None`
+    /// if it has nothing now or is finished.
     fn create_trial(&mut self) -> Option<TrialId> {
         if self.searcher_finished {
             return None;
         }
         let id = TrialId(u32::try_from(self.trials.len()).ok()?);
-        let (config, why) = match self.searcher.suggest(id, &mut self.rng) {
-            Suggestion::Config(config) => (config, None),
-            Suggestion::Explained(proposal) => {
-                (proposal.config, Some((proposal.reason, proposal.details)))
+        let (config, why) = match &mut self.forced {
+            Some(forced) => {
+                let created = forced.created.pop_front()?;
+                if created.trial != id {
+                    self.divergences += 1;
+                    return None;
+                }
+                self.searcher.on_trial_replayed(id, &created.config);
+                (created.config, None)
             }
-            Suggestion::NotNow => return None,
-            Suggestion::Finished => {
-                self.searcher_finished = true;
-                return None;
-            }
+            None => match self.searcher.suggest(id, &mut self.rng) {
+                Suggestion::Config(config) => (config, None),
+                Suggestion::Explained(proposal) => {
+                    (proposal.config, Some((proposal.reason, proposal.details)))
+                }
+                Suggestion::NotNow => return None,
+                Suggestion::Finished => {
+                    self.searcher_finished = true;
+                    self.recording.finished = true;
+                    return None;
+                }
+            },
         };
+        self.recording.created.push(Created {
+            trial: id,
+            config: config.clone(),
+        });
         self.trials.push(Trial::new_pending(id, config));
         let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
         self.scheduler.on_trial_add(&mut ctx, id);
@@ -641,6 +1485,35 @@ impl Tuner {
         Some(id)
     }
 
+    /// Change a trial's status, as the trial state machine allows ([`TrialStatus::can_become`]),
+    /// and tell the runner. The one place statuses change.
+    fn set_status(&mut self, id: TrialId, to: TrialStatus, reason: String) -> bool {
+        let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+            return false;
+        };
+        let from = trial.status;
+        if !from.can_become(to) {
+            let error = TunerError::Transition {
+                trial: id,
+                from,
+                to,
+            };
+            debug_assert!(false, "{error}");
+            self.effects.push(Effect::Warning {
+                trial: id,
+                message: format!("internal error, the status change was not made: {error}"),
+            });
+            return false;
+        }
+        trial.status = to;
+        self.effects.push(Effect::Status {
+            trial: id,
+            status: to,
+            reason,
+        });
+        true
+    }
+
     /// A running trial reported `metrics` at time `now`, with a checkpoint if `checkpoint`.
     pub fn on_result(
         &mut self,
@@ -649,18 +1522,21 @@ impl Tuner {
         checkpoint: bool,
         now: f64,
     ) -> Result<Reply, TunerError> {
-        let trial = self
-            .trials
-            .get_mut(id.0 as usize)
-            .ok_or(TunerError::UnknownTrial(id))?;
-        if trial.status != TrialStatus::Running {
+        let status = self.trial(id).ok_or(TunerError::UnknownTrial(id))?.status;
+        if status != TrialStatus::Running {
             return Err(TunerError::NotRunning {
                 trial: id,
-                status: trial.status,
+                status,
                 event: "result",
             });
         }
-        let config_now = trial.config.clone();
+        self.check_report(id, &metrics)
+            .map_err(|refusal| TunerError::Refused { trial: id, refusal })?;
+        let time_attr = self.scheduler.time_attr().map(str::to_string);
+        let metric = self.settings.metric.clone();
+        let mode = self.settings.mode;
+        let score_attribute = self.retention.score_attribute.clone();
+        let trial = &mut self.trials[id.0 as usize];
         // The automatic keys users know from Ray Tune. Time spent between reports counts; time
         // between runs (queued, paused) does not.
         let since = trial.last_report_at.unwrap_or(now);
@@ -668,31 +1544,17 @@ impl Tuner {
         trial.last_report_at = Some(now);
         trial.iteration += 1;
         trial.time_total_s += this_iter;
+        trial.results_total += 1;
         metrics.insert("training_iteration".into(), trial.iteration.into());
         metrics.insert("time_total_s".into(), json_f64(trial.time_total_s));
         metrics.insert("time_this_iter_s".into(), json_f64(this_iter));
         metrics.insert("timestamp".into(), (now.max(0.0) as u64).into());
         metrics.insert("trial_id".into(), id.to_string().into());
-        // A trial that is about to restart from a donor's checkpoint (an exploit) keeps nothing
-        // it reports meanwhile: it belongs to the lineage the exploit replaces.
-        let exploit_pending =
-            trial.ending.is_some() && trial.restore.is_some_and(|c| c.trial != id);
-        let checkpoint = if checkpoint && exploit_pending {
-            self.effects.push(Effect::DeleteCheckpoint(CheckpointId {
-                trial: id,
-                iteration: trial.iteration,
-            }));
-            false
-        } else {
-            checkpoint
-        };
         if checkpoint {
             trial
                 .checkpoints
                 .insert(trial.iteration, trial.time_total_s);
-            if let Some(score) = self
-                .retention
-                .score_attribute
+            if let Some(score) = score_attribute
                 .as_ref()
                 .and_then(|key| metrics.get(key))
                 .and_then(Value::as_f64)
@@ -702,7 +1564,7 @@ impl Tuner {
         }
         // Its own newer checkpoint is what a restart would use from now on: whatever it started
         // from (its older checkpoint, a donor's) is no longer needed by it.
-        let released = if checkpoint && trial.ending.is_none() {
+        let released = if checkpoint {
             trial.restore.take()
         } else {
             None
@@ -712,8 +1574,8 @@ impl Tuner {
             metrics,
             has_checkpoint: checkpoint,
         };
-        if let Some(value) = result.get(&self.settings.metric) {
-            let mode = self.settings.mode;
+        let value = result.get(&metric).unwrap_or(f64::NAN);
+        if !value.is_nan() {
             let better = match trial.best {
                 Some((best, _)) => mode.is_better(value, best),
                 None => true,
@@ -722,8 +1584,17 @@ impl Tuner {
                 trial.best = Some((value, trial.iteration));
             }
         }
+        let time = match time_attr.as_deref() {
+            Some("training_iteration") | None => trial.iteration as f64,
+            Some(attr) => result.get(attr).unwrap_or(f64::NAN),
+        };
+        trial.curve.push(CurvePoint {
+            iteration: trial.iteration,
+            value,
+            time,
+        });
         trial.last_result = Some(result.clone());
-        let ending = trial.ending;
+        self.results_received += 1;
         // Model-based searchers learn from every report, intermediate ones included.
         self.searcher.on_trial_result(id, &result);
         if checkpoint {
@@ -731,16 +1602,6 @@ impl Tuner {
         }
         if let Some(released) = released {
             self.collect_checkpoints(released.trial);
-        }
-
-        // A trial already asked to end gets the same answer again.
-        if let Some(ending) = ending {
-            let action = match ending {
-                Ending::Stop => Action::Stop,
-                Ending::Pause | Ending::Interrupt => Action::Pause,
-            };
-            self.record(id, &result, config_now, true);
-            return Ok(Reply { result, action });
         }
 
         let decision = match self.stop_criterion(&result) {
@@ -753,19 +1614,22 @@ impl Tuner {
                 decision
             }
         };
-        let action = self.apply_decision(decision, true);
-        self.record(id, &result, config_now, action != Action::Continue);
-        Ok(Reply { result, action })
-    }
-
-    fn record(&mut self, id: TrialId, result: &TrialResult, config: Config, done: bool) {
-        if let Some(trial) = self.trials.get_mut(id.0 as usize) {
-            trial.history.push(HistoryEntry {
-                result: result.clone(),
-                config,
-                done,
-            });
+        let mut action = self.decide(decision, true);
+        if let Some(budget) = self.settings.limits.max_total_results
+            && self.results_received >= budget
+            && self.ended.is_none()
+        {
+            self.stop_all(EndReason::ResultBudget { results: budget });
+            if self.trials[id.0 as usize].ending == Some(Ending::Stop) {
+                action = Action::Stop;
+            }
         }
+        let done = action == Action::Stop;
+        Ok(Reply {
+            result,
+            action,
+            done,
+        })
     }
 
     fn stop_criterion(&self, result: &TrialResult) -> Option<Decision> {
@@ -788,15 +1652,15 @@ impl Tuner {
         if !matches!(action, Action::Pause | Action::Exploit { .. }) {
             return None;
         }
+        let verb = if matches!(action, Action::Pause) {
+            "paused"
+        } else {
+            "exploited"
+        };
         let trial = self.trials.get(id.0 as usize)?;
         if trial.ending == Some(Ending::Stop) {
             return Some(format!(
-                "not {}: {} was already told to stop",
-                if matches!(action, Action::Pause) {
-                    "paused"
-                } else {
-                    "exploited"
-                },
+                "not {verb}: {} was already told to stop",
                 id.name()
             ));
         }
@@ -805,12 +1669,7 @@ impl Tuner {
             .as_ref()
             .and_then(|result| self.stop_criterion(result))?;
         Some(format!(
-            "not {}: {} has reached the end of its budget ({})",
-            if matches!(action, Action::Pause) {
-                "paused"
-            } else {
-                "exploited"
-            },
+            "not {verb}: {} has reached the end of its budget ({})",
             id.name(),
             reached.reason
         ))
@@ -818,25 +1677,55 @@ impl Tuner {
 
     fn apply_decisions(&mut self, decisions: Vec<Decision>) {
         for decision in decisions {
-            self.apply_decision(decision, false);
+            self.decide(decision, false);
         }
     }
 
-    /// Record a decision and change the trial's state; returns the action the trial is told.
-    /// `reporting` is true for the trial whose report is being answered: its process learns the
-    /// action from the reply, other running trials' processes are ended with an effect.
-    fn apply_decision(&mut self, mut decision: Decision, reporting: bool) -> Action {
+    /// Carry out a decision of the code; while replaying, the journal's decision for that trial
+    /// (or none, when the journal has none) is carried out instead.
+    fn decide(&mut self, decision: Decision, reporting: bool) -> Action {
+        let decision = self.checked(decision);
+        let Some(forced) = &mut self.forced else {
+            return self.apply_decision(decision, reporting);
+        };
+        if decision.action == Action::Continue {
+            // Never recorded: a recorded decision for this trial the code did not make is
+            // carried out at the end of the input.
+            return Action::Continue;
+        }
+        let recorded = forced
+            .decided
+            .iter_mut()
+            .find(|(d, claimed)| !claimed && d.trial == decision.trial);
+        let action = match recorded {
+            Some((d, claimed)) => {
+                *claimed = true;
+                d.action.clone()
+            }
+            None => Action::Continue,
+        };
+        if action != decision.action {
+            self.divergences += 1;
+        }
+        if action == Action::Continue {
+            return Action::Continue;
+        }
+        let decision = Decision::new(decision.trial, action, decision.reason.clone())
+            .with_details(decision.details.clone());
+        self.apply_decision(decision, reporting)
+    }
+
+    /// A decision as it may be carried out: a pause or exploit of a trial whose budget is spent
+    /// becomes a stop, and a pause of a running trial without a checkpoint becomes "continue"
+    /// (with a warning: pausing it would throw its work away).
+    fn checked(&mut self, mut decision: Decision) -> Decision {
         let id = decision.trial;
         if let Some(why) = self.budget_spent(id, &decision.action) {
             decision = Decision::stop(id, why);
         }
-        let Some(trial) = self.trials.get_mut(id.0 as usize) else {
-            return Action::Continue;
+        let Some(trial) = self.trials.get(id.0 as usize) else {
+            return decision;
         };
-        if trial.status.is_finished() {
-            return Action::Continue;
-        }
-        // Pausing a trial without a checkpoint would throw its work away: never do it silently.
         if matches!(decision.action, Action::Pause)
             && trial.status == TrialStatus::Running
             && trial.checkpoints.is_empty()
@@ -852,7 +1741,27 @@ impl Tuner {
             });
             decision = Decision::continue_(id, message);
         }
+        decision
+    }
+
+    /// Record a decision and change the trial's state; returns the action the trial is told.
+    /// `reporting` is true for the trial whose report is being answered: its process learns the
+    /// action from the reply, other running trials' processes are ended with an effect.
+    fn apply_decision(&mut self, decision: Decision, reporting: bool) -> Action {
+        let id = decision.trial;
+        let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+            return Action::Continue;
+        };
+        if trial.status.is_finished() {
+            return Action::Continue;
+        }
         let action = decision.action.clone();
+        if action != Action::Continue {
+            self.recording.decided.push(Decided {
+                trial: id,
+                action: action.clone(),
+            });
+        }
         match &action {
             Action::Continue => {}
             Action::Stop => match trial.status {
@@ -863,12 +1772,7 @@ impl Tuner {
                     }
                 }
                 _ => {
-                    trial.status = TrialStatus::Terminated;
-                    self.effects.push(Effect::Status {
-                        trial: id,
-                        status: TrialStatus::Terminated,
-                        reason: decision.reason.clone(),
-                    });
+                    self.set_status(id, TrialStatus::Terminated, decision.reason.clone());
                 }
             },
             Action::Pause => {
@@ -885,93 +1789,14 @@ impl Tuner {
                 donor,
                 config,
                 description,
-            } => {
-                // A paused target restarts from the donor's checkpoint: its iteration and time
-                // are the donor's at that checkpoint from now on.
-                let donor_time = self
-                    .trials
-                    .get(donor.trial.0 as usize)
-                    .and_then(|d| d.checkpoints.get(&donor.iteration).copied());
-                // The target's policy: the donor's schedule up to the donor's iteration, then
-                // the explored config.
-                let mut policy: Vec<PolicyStep> = self
-                    .trials
-                    .get(donor.trial.0 as usize)
-                    .map(|d| {
-                        d.policy
-                            .iter()
-                            .filter(|s| s.from_iteration < donor.iteration)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                policy.push(PolicyStep {
-                    from_iteration: donor.iteration,
-                    config: config.clone(),
-                });
-                let Some(trial) = self.trials.get_mut(id.0 as usize) else {
-                    return Action::Continue;
-                };
-                let old_config = trial
-                    .policy
-                    .last()
-                    .map_or_else(|| trial.config.clone(), |s| s.config.clone());
-                self.effects.push(Effect::Exploited {
-                    target: id,
-                    donor: *donor,
-                    target_iteration: trial.iteration,
-                    old_config,
-                    new_config: config.clone(),
-                    change: description.clone(),
-                    details: decision.details.clone(),
-                });
-                trial.policy = policy;
-                // Its results so far stay (they are its history); a later rollback stops there.
-                // The report being answered, if any, is recorded right after this.
-                trial.lineage_start = trial.history.len() + usize::from(reporting);
-                if trial.status != TrialStatus::Running {
-                    trial.iteration = donor.iteration;
-                    if let Some(time) = donor_time {
-                        trial.time_total_s = time;
-                    }
-                }
-                trial.config = config.clone();
-                trial.restore = Some(*donor);
-                // Its own checkpoints belong to the lineage it leaves (all of them, or those after
-                // the restart point when it restarts from its own checkpoint, as a policy replay
-                // does): a later restart must never pick one of them as "its latest".
-                let stale: Vec<CheckpointId> = trial
-                    .checkpoints
-                    .keys()
-                    .filter(|&&iteration| donor.trial != id || iteration > donor.iteration)
-                    .map(|&iteration| CheckpointId {
-                        trial: id,
-                        iteration,
-                    })
-                    .collect();
-                for c in &stale {
-                    trial.checkpoints.remove(&c.iteration);
-                    trial.checkpoint_scores.remove(&c.iteration);
-                }
-                trial.tag = format!("@perturbed[{description}]");
-                trial.resumable = true;
-                for c in stale {
-                    if !self.is_pinned(c) {
-                        self.effects.push(Effect::DeleteCheckpoint(c));
-                    }
-                }
-                let Some(trial) = self.trials.get_mut(id.0 as usize) else {
-                    return Action::Continue;
-                };
-                // A paused trial simply restarts from the donor's checkpoint when chosen; a
-                // running one ends its process first.
-                if trial.status == TrialStatus::Running {
-                    trial.ending = Some(Ending::Pause);
-                    if !reporting {
-                        self.effects.push(Effect::EndProcess { trial: id });
-                    }
-                }
-            }
+            } => self.exploit(
+                id,
+                *donor,
+                config,
+                description,
+                &decision.details,
+                reporting,
+            ),
         }
         self.effects.push(Effect::Decision(decision));
         match action {
@@ -981,11 +1806,144 @@ impl Tuner {
         }
     }
 
+    /// PBT's exploit: `id` restarts from `donor`'s checkpoint with `config`. Its results after
+    /// the donor's iteration no longer count (the restart reports those iterations again).
+    fn exploit(
+        &mut self,
+        id: TrialId,
+        donor: CheckpointId,
+        config: &Config,
+        description: &str,
+        details: &Value,
+        reporting: bool,
+    ) {
+        // A paused target restarts from the donor's checkpoint: its iteration and time are the
+        // donor's at that checkpoint from now on.
+        let donor_time = self
+            .trials
+            .get(donor.trial.0 as usize)
+            .and_then(|d| d.checkpoints.get(&donor.iteration).copied());
+        // The target's policy: the donor's schedule up to the donor's iteration, then the
+        // explored config.
+        let mut policy: Vec<PolicyStep> = self
+            .trials
+            .get(donor.trial.0 as usize)
+            .map(|d| {
+                d.policy
+                    .iter()
+                    .filter(|s| s.from_iteration < donor.iteration)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        policy.push(PolicyStep {
+            from_iteration: donor.iteration,
+            config: config.clone(),
+        });
+        let mode = self.settings.mode;
+        let Some(trial) = self.trials.get_mut(id.0 as usize) else {
+            return;
+        };
+        let old_config = trial
+            .policy
+            .last()
+            .map_or_else(|| trial.config.clone(), |s| s.config.clone());
+        self.effects.push(Effect::Exploited {
+            target: id,
+            donor,
+            target_iteration: trial.iteration,
+            old_config,
+            new_config: config.clone(),
+            change: description.to_string(),
+            details: details.clone(),
+        });
+        trial.policy = policy;
+        trial.config = config.clone();
+        trial.restore = Some(donor);
+        // Its own checkpoints belong to the lineage it leaves (all of them, or those after the
+        // restart point when it restarts from its own checkpoint, as a policy replay does): a
+        // later restart must never pick one of them as "its latest".
+        let stale: Vec<CheckpointId> = trial
+            .checkpoints
+            .keys()
+            .filter(|&&iteration| donor.trial != id || iteration > donor.iteration)
+            .map(|&iteration| CheckpointId {
+                trial: id,
+                iteration,
+            })
+            .collect();
+        for c in &stale {
+            trial.checkpoints.remove(&c.iteration);
+            trial.checkpoint_scores.remove(&c.iteration);
+        }
+        trial.tag = format!("@perturbed[{description}]");
+        trial.resumable = true;
+        let truncated = if trial.status == TrialStatus::Running {
+            // It ends its process first; its exit rolls back to the donor's iteration.
+            trial.ending = Some(Ending::Pause);
+            if !reporting {
+                self.effects.push(Effect::EndProcess { trial: id });
+            }
+            false
+        } else {
+            trial.iteration = donor.iteration;
+            if let Some(time) = donor_time {
+                trial.time_total_s = time;
+            }
+            trial.truncate_after(donor.iteration, mode)
+        };
+        if truncated {
+            self.effects.push(Effect::Truncated {
+                trial: id,
+                through_iteration: donor.iteration,
+                reason: Truncation::Exploited,
+            });
+        }
+        for c in stale {
+            if !self.is_pinned(c) {
+                self.effects.push(Effect::DeleteCheckpoint(c));
+            }
+        }
+    }
+
+    /// Where a run was placed; `running` says its processes run now (see [`Input::Placed`]).
+    pub fn on_placed(
+        &mut self,
+        id: TrialId,
+        placement: Placement,
+        running: bool,
+        now: f64,
+    ) -> Result<(), TunerError> {
+        let trial = self.running_mut(id, "placement")?;
+        trial.placement = Some(placement);
+        if running && trial.run_started_at.is_none() {
+            trial.run_started_at = Some(now);
+            trial.last_report_at = Some(now);
+        }
+        Ok(())
+    }
+
     /// A running trial's processes really started at `now` (its job left SLURM's queue): the
     /// time between its start by the core and `now` was queue time, never training time, so its
-    /// next result's `time_this_iter_s` counts from `now`. The runner sends it before the run's
-    /// first report.
+    /// next result's `time_this_iter_s` counts from `now`.
     pub fn on_started(&mut self, id: TrialId, now: f64) -> Result<(), TunerError> {
+        let trial = self.running_mut(id, "start")?;
+        trial.run_started_at = Some(now);
+        trial.last_report_at = Some(now);
+        Ok(())
+    }
+
+    /// A run reported nothing for `report_timeout_s`: end it; its exit is a failure.
+    pub fn on_timeout(&mut self, id: TrialId) -> Result<(), TunerError> {
+        let trial = self.running_mut(id, "report timeout")?;
+        if trial.ending.is_none() {
+            trial.ending = Some(Ending::Timeout);
+            self.effects.push(Effect::EndProcess { trial: id });
+        }
+        Ok(())
+    }
+
+    fn running_mut(&mut self, id: TrialId, event: &'static str) -> Result<&mut Trial, TunerError> {
         let trial = self
             .trials
             .get_mut(id.0 as usize)
@@ -994,33 +1952,38 @@ impl Tuner {
             return Err(TunerError::NotRunning {
                 trial: id,
                 status: trial.status,
-                event: "start",
+                event,
             });
         }
-        trial.last_report_at = Some(now);
-        Ok(())
+        Ok(trial)
     }
 
     /// A trial's process ended. Returns an error if the trial was not running.
     pub fn on_exit(&mut self, id: TrialId, exit: Exit, _now: f64) -> Result<(), TunerError> {
         let max_failures = self.settings.max_failures;
-        let trial = self
-            .trials
-            .get_mut(id.0 as usize)
-            .ok_or(TunerError::UnknownTrial(id))?;
-        if trial.status != TrialStatus::Running {
-            return Err(TunerError::NotRunning {
-                trial: id,
-                status: trial.status,
-                event: "exit",
-            });
-        }
+        let require_report = self.settings.require_report;
+        let report_timeout = self.settings.limits.report_timeout_s;
+        self.running_mut(id, "exit")?;
+        let trial = &mut self.trials[id.0 as usize];
         trial.last_report_at = None;
+        trial.run_started_at = None;
         let ending = trial.ending.take();
+        let exit = match (ending, exit) {
+            (Some(Ending::Timeout), _) => Exit::Failure(format!(
+                "no report for {} s (trial.report_timeout_s): the run was ended",
+                report_timeout.unwrap_or(0.0)
+            )),
+            (_, exit) => exit,
+        };
+        // From here on a timed-out run is a failure like any other (its exit is one, so it
+        // meets the `Exit::Failure` arm whatever its ending says).
         let (status, reason) = match (ending, &exit) {
             (Some(Ending::Stop), _) => (
                 TrialStatus::Terminated,
-                "stopped by the scheduler".to_string(),
+                match &trial.stopped_by {
+                    Some(reason) => format!("stopped: {reason}"),
+                    None => "stopped by the scheduler".to_string(),
+                },
             ),
             (Some(Ending::Pause), _) => {
                 // The decision that paused it said whether it may resume right away.
@@ -1050,8 +2013,23 @@ impl Tuner {
                     ),
                 }
             }
-            (None, Exit::Success) => (TrialStatus::Terminated, "completed".to_string()),
-            (None, Exit::Lost(message)) => {
+            (None | Some(Ending::Timeout), Exit::Success)
+                if require_report && trial.results_total == 0 =>
+            {
+                let message = "its process exited with status 0 without a result that \
+                               counts: the trainable never calls `report`, or every report was \
+                               refused (see the warnings in events.jsonl)\nhint: call \
+                               rtune.report(...) (Python) or Session::report (Rust) once per \
+                               epoch, or set trial.require_report = false if it may \
+                               legitimately report nothing"
+                    .to_string();
+                trial.error = Some(message.clone());
+                (TrialStatus::Error, format!("failed: {message}"))
+            }
+            (None | Some(Ending::Timeout), Exit::Success) => {
+                (TrialStatus::Terminated, "completed".to_string())
+            }
+            (_, Exit::Lost(message)) => {
                 // Its own latest checkpoint; else, after an exploit, the donor's it started from.
                 trial.restore = trial.latest_checkpoint().or(trial.restore);
                 let from = match trial.restore {
@@ -1075,7 +2053,7 @@ impl Tuner {
                     ),
                 )
             }
-            (None, Exit::Failure(message)) => {
+            (_, Exit::Failure(message)) => {
                 trial.failures += 1;
                 trial.error = Some(message.clone());
                 if trial.failures <= max_failures {
@@ -1108,18 +2086,13 @@ impl Tuner {
                 }
             }
         };
-        trial.status = status;
+        self.set_status(id, status, reason);
         if matches!(
             status,
             TrialStatus::Paused | TrialStatus::Pending | TrialStatus::Interrupted
         ) {
             self.rewind(id);
         }
-        self.effects.push(Effect::Status {
-            trial: id,
-            status,
-            reason,
-        });
         let last = self.trials[id.0 as usize].last_result.clone();
         let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
         match status {
@@ -1135,13 +2108,36 @@ impl Tuner {
         if status.is_finished() {
             self.searcher.on_trial_complete(id, last.as_ref());
         }
+        if status == TrialStatus::Error {
+            self.check_fail_fast();
+        }
         Ok(())
     }
 
+    /// `fail_fast = N`: when the first N trials all ended in ERROR, the experiment stops.
+    fn check_fail_fast(&mut self) {
+        let Some(n) = self.settings.limits.fail_fast else {
+            return;
+        };
+        if self.ended.is_some() {
+            return;
+        }
+        let first: Vec<&Trial> = self.trials.iter().take(n as usize).collect();
+        if first.len() < n as usize || first.iter().any(|t| t.status != TrialStatus::Error) {
+            return;
+        }
+        let error = first
+            .first()
+            .and_then(|t| t.error.as_deref())
+            .and_then(|e| e.lines().next())
+            .unwrap_or("")
+            .to_string();
+        self.stop_all(EndReason::FailFast { trials: n, error });
+    }
+
     /// A trial that will restart: its iteration and time become those of what it restarts from
-    /// (its restore checkpoint, or nothing), and results it reported after its own restart point
-    /// are rolled back, so no iteration is stored twice. Only results since its latest exploit
-    /// can be rolled back: what it did before belongs to its history.
+    /// (its restore checkpoint, or nothing), and results it reported after its restart point
+    /// stop counting, so no iteration is stored twice.
     fn rewind(&mut self, id: TrialId) {
         let Some(trial) = self.trials.get(id.0 as usize) else {
             return;
@@ -1152,20 +2148,23 @@ impl Tuner {
                 .get(c.trial.0 as usize)
                 .and_then(|donor| donor.checkpoints.get(&c.iteration).copied())
         });
-        let (metric, mode) = (self.settings.metric.clone(), self.settings.mode);
+        let mode = self.settings.mode;
         let trial = &mut self.trials[id.0 as usize];
-        trial.iteration = restore.map_or(0, |c| c.iteration);
+        let point = restore.map_or(0, |c| c.iteration);
+        trial.iteration = point;
         trial.time_total_s = match restore {
             Some(_) => time.unwrap_or(trial.time_total_s),
             None => 0.0,
         };
-        let point = restore.map_or(0, |c| c.iteration);
-        if trial.roll_back_to(point, &metric, mode) {
-            let kept = trial.last_result.clone();
-            self.effects.push(Effect::RolledBack { trial: id });
+        if trial.truncate_after(point, mode) {
+            let kept_time = trial.curve.last().map(|p| p.time);
+            self.effects.push(Effect::Truncated {
+                trial: id,
+                through_iteration: point,
+                reason: Truncation::RolledBack,
+            });
             let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
-            self.scheduler
-                .on_trial_rollback(&mut ctx, id, kept.as_ref());
+            self.scheduler.on_trial_rollback(&mut ctx, id, kept_time);
             let outbox = ctx.outbox;
             self.apply_decisions(outbox);
         }
@@ -1174,7 +2173,7 @@ impl Tuner {
     /// Ctrl-C, SIGTERM, SIGHUP or a write error: running trials are asked to end (they become
     /// PAUSED when they have a checkpoint, else INTERRUPTED), waiting ones stay as they are, and
     /// nothing new starts until [`Input::Resume`].
-    pub fn interrupt(&mut self, reason: &str) {
+    pub fn interrupt(&mut self, reason: &InterruptReason) {
         self.interrupted = true;
         let running: Vec<TrialId> = self
             .trials
@@ -1250,16 +2249,13 @@ impl Tuner {
                 }
                 _ => continue,
             };
+            if !self.set_status(id, TrialStatus::Pending, reason) {
+                continue;
+            }
             let trial = &mut self.trials[id.0 as usize];
-            trial.status = TrialStatus::Pending;
             trial.failures = 0;
             trial.error = None;
             self.rewind(id);
-            self.effects.push(Effect::Status {
-                trial: id,
-                status: TrialStatus::Pending,
-                reason,
-            });
         }
     }
 
@@ -1320,10 +2316,15 @@ impl Tuner {
         }
     }
 
-    /// End the experiment early (Ctrl-C, a fatal error): pending and paused trials are
-    /// terminated, running ones are asked to end. Nothing new starts afterwards.
-    pub fn stop_all(&mut self, reason: &str) {
+    /// End the experiment early for good (a used-up budget, fail-fast, a mistake in the
+    /// experiment file): pending and paused trials are terminated, running ones are asked to
+    /// end. Nothing new starts afterwards.
+    pub fn stop_all(&mut self, reason: EndReason) {
         self.searcher_finished = true;
+        if self.ended.is_none() {
+            self.ended = Some(reason.clone());
+            self.effects.push(Effect::Ended(reason.clone()));
+        }
         let ids: Vec<TrialId> = self
             .trials
             .iter()
@@ -1331,8 +2332,52 @@ impl Tuner {
             .map(|t| t.id)
             .collect();
         for id in ids {
-            self.apply_decision(Decision::stop(id, reason), false);
+            self.trials[id.0 as usize].stopped_by = Some(reason.clone());
+            self.decide(Decision::stop(id, reason.to_string()), false);
         }
+    }
+}
+
+/// A running trial is flagged silent after this many times the median time between reports...
+pub const SILENT_FACTOR: f64 = 5.0;
+/// ...and never before this many seconds without a report.
+pub const SILENT_MIN_S: f64 = 30.0;
+
+/// The keys rtune adds to every result itself (docs/file-formats.md).
+pub const AUTOMATIC_KEYS: [&str; 5] = [
+    "training_iteration",
+    "time_total_s",
+    "time_this_iter_s",
+    "timestamp",
+    "trial_id",
+];
+
+/// The value of `key` as a number, `None` when missing or null, a refusal for anything else.
+fn number_or_null(
+    metrics: &serde_json::Map<String, Value>,
+    key: &str,
+    role: &str,
+) -> Result<Option<f64>, ReportRefusal> {
+    match metrics.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_f64()),
+        Some(other) => Err(ReportRefusal::NotANumber {
+            key: key.to_string(),
+            value: other.to_string(),
+            json_kind: json_kind(other).to_string(),
+            role: role.to_string(),
+        }),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -1341,498 +2386,4 @@ fn json_f64(value: f64) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scheduler::FifoScheduler;
-
-    /// A searcher that hands out `n` configs `{"x": i}`.
-    struct Counting(u32);
-
-    impl Searcher for Counting {
-        fn name(&self) -> &'static str {
-            "counting"
-        }
-        fn suggest(&mut self, trial: TrialId, _rng: &mut CoreRng) -> Suggestion {
-            if trial.0 < self.0 {
-                let mut c = Config::new();
-                c.insert("x".into(), trial.0.into());
-                Suggestion::Config(c)
-            } else {
-                Suggestion::Finished
-            }
-        }
-    }
-
-    fn tuner(n: u32, max_failures: u32) -> Tuner {
-        let settings = TunerSettings {
-            metric: "loss".into(),
-            mode: Mode::Min,
-            seed: 1,
-            max_failures,
-            stop: BTreeMap::from([("training_iteration".to_string(), 3.0)]),
-        };
-        Tuner::new(settings, Box::new(Counting(n)), Box::new(FifoScheduler))
-    }
-
-    fn metrics(loss: f64) -> serde_json::Map<String, Value> {
-        let mut m = serde_json::Map::new();
-        m.insert("loss".into(), loss.into());
-        m
-    }
-
-    #[test]
-    fn runs_trials_to_the_stop_criterion_and_finds_the_best() {
-        let mut t = tuner(2, 0);
-        let a = t.next_to_run(0.0).unwrap();
-        let b = t.next_to_run(0.0).unwrap();
-        assert!(t.next_to_run(0.0).is_none());
-        for (i, now) in [1.0, 2.0, 3.0].into_iter().enumerate() {
-            let ra = t
-                .on_result(a.trial, metrics(5.0 - i as f64), false, now)
-                .unwrap();
-            let rb = t.on_result(b.trial, metrics(9.0), false, now).unwrap();
-            let expected = if i == 2 {
-                Action::Stop
-            } else {
-                Action::Continue
-            };
-            assert_eq!(ra.action, expected);
-            assert_eq!(rb.action, expected);
-            assert_eq!(ra.result.iteration(), i as u64 + 1);
-        }
-        t.on_exit(a.trial, Exit::Success, 4.0).unwrap();
-        assert!(!t.is_finished());
-        t.on_exit(b.trial, Exit::Failure("killed".into()), 4.0)
-            .unwrap();
-        assert_eq!(t.trial(b.trial).unwrap().status, TrialStatus::Terminated);
-        assert!(t.next_to_run(5.0).is_none());
-        assert!(t.is_finished());
-        let best = t.best_trial().unwrap();
-        assert_eq!(best.id, a.trial);
-        assert_eq!(best.best, Some((3.0, 3)));
-        assert_eq!(best.time_total_s, 3.0);
-    }
-
-    #[test]
-    fn a_failed_trial_retries_from_its_checkpoint_then_errors() {
-        let mut t = tuner(1, 1);
-        let a = t.next_to_run(0.0).unwrap();
-        t.on_result(a.trial, metrics(1.0), true, 1.0).unwrap();
-        t.on_result(a.trial, metrics(1.0), false, 2.0).unwrap();
-        t.on_exit(a.trial, Exit::Failure("exit code 1".into()), 3.0)
-            .unwrap();
-        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Pending);
-        let again = t.next_to_run(4.0).unwrap();
-        assert_eq!(again.run, 1);
-        assert_eq!(
-            again.restore,
-            Some(CheckpointId {
-                trial: a.trial,
-                iteration: 1
-            })
-        );
-        let r = t.on_result(a.trial, metrics(0.5), false, 5.0).unwrap();
-        assert_eq!(
-            r.result.iteration(),
-            2,
-            "continues after the checkpoint's iteration"
-        );
-        t.on_exit(a.trial, Exit::Failure("exit code 1".into()), 6.0)
-            .unwrap();
-        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Error);
-        assert!(t.next_to_run(7.0).is_none());
-        assert!(t.is_finished());
-    }
-
-    #[test]
-    fn a_lost_run_restarts_from_its_checkpoint_without_counting_as_a_failure() {
-        // max_failures = 0: a failure would make it an ERROR at once.
-        let mut t = tuner(1, 0);
-        let a = t.next_to_run(0.0).unwrap();
-        t.on_result(a.trial, metrics(1.0), true, 1.0).unwrap();
-        t.on_result(a.trial, metrics(1.0), false, 2.0).unwrap();
-        t.on_exit(a.trial, Exit::Lost("job 7 requeued".into()), 3.0)
-            .unwrap();
-        let trial = t.trial(a.trial).unwrap();
-        assert_eq!(trial.status, TrialStatus::Pending);
-        assert_eq!(trial.failures, 0);
-        assert_eq!(trial.iteration, 1, "iteration 2 is rolled back");
-        let again = t.next_to_run(4.0).unwrap();
-        assert_eq!(again.run, 1);
-        assert_eq!(again.restore.map(|c| c.iteration), Some(1));
-        for expected in [2, 3] {
-            let r = t.on_result(a.trial, metrics(0.5), false, 5.0).unwrap();
-            assert_eq!(r.result.iteration(), expected);
-        }
-        t.on_exit(a.trial, Exit::Success, 6.0).unwrap();
-        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Terminated);
-        let iterations: Vec<u64> = t
-            .trial(a.trial)
-            .unwrap()
-            .history()
-            .iter()
-            .map(|h| h.result.iteration())
-            .collect();
-        assert_eq!(iterations, [1, 2, 3]);
-    }
-
-    #[test]
-    fn queue_time_before_a_run_starts_is_not_training_time() {
-        let mut t = tuner(1, 0);
-        let a = t.next_to_run(100.0).unwrap();
-        // The job waited in the queue for 50 s, then trained for 3 s.
-        t.on_started(a.trial, 150.0).unwrap();
-        let r = t.on_result(a.trial, metrics(1.0), false, 153.0).unwrap();
-        assert_eq!(r.result.get("time_this_iter_s"), Some(3.0));
-        assert_eq!(r.result.get("time_total_s"), Some(3.0));
-    }
-
-    #[test]
-    fn a_retry_without_checkpoint_is_announced() {
-        let mut t = tuner(1, 1);
-        let a = t.next_to_run(0.0).unwrap();
-        t.drain_effects();
-        t.on_exit(a.trial, Exit::Failure("segfault".into()), 1.0)
-            .unwrap();
-        let effects = t.drain_effects();
-        assert!(effects.iter().any(
-            |e| matches!(e, Effect::Warning { message, .. } if message.contains("from scratch"))
-        ));
-    }
-
-    #[test]
-    fn stop_all_ends_everything() {
-        let mut t = tuner(3, 0);
-        let a = t.next_to_run(0.0).unwrap();
-        t.drain_effects();
-        t.stop_all("interrupted");
-        let effects = t.drain_effects();
-        assert!(effects.contains(&Effect::EndProcess { trial: a.trial }));
-        t.on_exit(a.trial, Exit::Failure("SIGTERM".into()), 1.0)
-            .unwrap();
-        assert_eq!(t.trial(a.trial).unwrap().status, TrialStatus::Terminated);
-        assert!(t.next_to_run(1.0).is_none());
-        assert!(t.is_finished());
-    }
-
-    fn with_retention(n: u32, keep: usize, score: Option<&str>) -> Tuner {
-        tuner(n, 0).with_checkpoint_retention(CheckpointRetention {
-            num_to_keep: Some(keep),
-            score_attribute: score.map(str::to_string),
-            score_mode: None,
-        })
-    }
-
-    fn deleted(effects: &[Effect]) -> Vec<(u32, u64)> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::DeleteCheckpoint(c) => Some((c.trial.0, c.iteration)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn retention_keeps_the_newest_checkpoints() {
-        let mut t = with_retention(1, 2, None);
-        t.settings.stop.clear();
-        let a = t.next_to_run(0.0).expect("a trial");
-        for i in 1u32..=4 {
-            t.drain_effects();
-            t.on_result(a.trial, metrics(1.0), true, f64::from(i))
-                .expect("result");
-            let expected = if i >= 3 {
-                vec![(0, u64::from(i) - 2)]
-            } else {
-                vec![]
-            };
-            assert_eq!(deleted(&t.drain_effects()), expected, "after iteration {i}");
-        }
-        let kept: Vec<u64> = t.trials()[0].checkpoints.keys().copied().collect();
-        assert_eq!(kept, vec![3, 4]);
-    }
-
-    #[test]
-    fn retention_by_score_keeps_the_best_and_always_the_latest() {
-        let mut t = with_retention(1, 1, Some("loss"));
-        t.settings.stop.clear();
-        let a = t.next_to_run(0.0).expect("a trial");
-        for (i, loss) in [2.0, 1.0, 3.0].into_iter().enumerate() {
-            t.on_result(a.trial, metrics(loss), true, i as f64 + 1.0)
-                .expect("result");
-        }
-        // Best is iteration 2 (loss 1.0); iteration 3 is the latest; iteration 1 goes.
-        let kept: Vec<u64> = t.trials()[0].checkpoints.keys().copied().collect();
-        assert_eq!(kept, vec![2, 3]);
-        t.on_result(a.trial, metrics(0.5), true, 4.0)
-            .expect("result");
-        let kept: Vec<u64> = t.trials()[0].checkpoints.keys().copied().collect();
-        assert_eq!(kept, vec![4], "the new best is also the latest");
-    }
-
-    /// Exploits trial 1 from trial 0's latest checkpoint on trial 1's second result.
-    #[derive(Debug)]
-    struct ExploitOnce;
-
-    impl Scheduler for ExploitOnce {
-        fn name(&self) -> &'static str {
-            "exploit-once"
-        }
-        fn on_trial_result(
-            &mut self,
-            ctx: &mut SchedulerContext<'_>,
-            result: &TrialResult,
-        ) -> Decision {
-            let donor = ctx.trial(TrialId(0)).and_then(Trial::latest_checkpoint);
-            match donor {
-                Some(donor) if result.trial == TrialId(1) && result.iteration() == 2 => {
-                    Decision::new(
-                        result.trial,
-                        Action::Exploit {
-                            donor,
-                            config: Config::new(),
-                            description: "x=0".into(),
-                        },
-                        "test exploit",
-                    )
-                }
-                _ => Decision::continue_(result.trial, "go on"),
-            }
-        }
-    }
-
-    #[test]
-    fn a_checkpoint_an_exploit_will_restart_from_is_never_deleted() {
-        let settings = TunerSettings {
-            metric: "loss".into(),
-            mode: Mode::Min,
-            seed: 1,
-            max_failures: 1,
-            stop: BTreeMap::new(),
-        };
-        let mut t = Tuner::new(settings, Box::new(Counting(2)), Box::new(ExploitOnce))
-            .with_checkpoint_retention(CheckpointRetention {
-                num_to_keep: Some(1),
-                ..CheckpointRetention::default()
-            });
-        let a = t.next_to_run(0.0).expect("trial 0");
-        let b = t.next_to_run(0.0).expect("trial 1");
-        t.on_result(a.trial, metrics(1.0), true, 1.0).expect("a1");
-        t.on_result(b.trial, metrics(5.0), true, 1.0).expect("b1");
-        // b exploits a@1: b's own checkpoint 1 is dropped, and b must end its process.
-        t.drain_effects();
-        let reply = t.on_result(b.trial, metrics(5.0), true, 2.0).expect("b2");
-        assert_eq!(reply.action, Action::Pause);
-        let effects = t.drain_effects();
-        let deleted_now = deleted(&effects);
-        assert!(deleted_now.contains(&(1, 1)), "{effects:?}");
-        assert!(
-            deleted_now.contains(&(1, 2)),
-            "the report after the exploit is not kept"
-        );
-        // a moves on: a@1 is pinned by b's pending restart, so it stays.
-        t.on_result(a.trial, metrics(0.9), true, 2.0).expect("a2");
-        assert!(!deleted(&t.drain_effects()).contains(&(0, 1)));
-        t.on_exit(b.trial, Exit::Success, 3.0).expect("b exits");
-        assert_eq!(t.trials()[1].status, TrialStatus::Paused);
-        assert_eq!(t.trials()[1].iteration, 1, "b continues from a's iteration");
-        let relaunch = t.next_to_run(3.0).expect("b restarts");
-        assert_eq!(
-            relaunch.restore,
-            Some(CheckpointId {
-                trial: a.trial,
-                iteration: 1
-            })
-        );
-        // b fails before its own first checkpoint: the retry starts from a@1 again, not scratch.
-        t.on_exit(b.trial, Exit::Failure("boom".into()), 4.0)
-            .expect("b fails");
-        assert_eq!(
-            t.trials()[1].restore,
-            Some(CheckpointId {
-                trial: a.trial,
-                iteration: 1
-            })
-        );
-        let retry = t.next_to_run(5.0).expect("b retries");
-        t.on_result(retry.trial, metrics(0.8), true, 6.0)
-            .expect("b's own checkpoint");
-        // Now nobody needs a@1: the next collection of a's checkpoints removes it.
-        let effects = t.drain_effects();
-        assert!(deleted(&effects).contains(&(0, 1)), "{effects:?}");
-    }
-
-    /// Drives a tuner only through [`Tuner::apply`], keeping every input as the journal would.
-    struct Journaled {
-        tuner: Tuner,
-        inputs: Vec<Input>,
-    }
-
-    impl Journaled {
-        fn feed(&mut self, input: Input) -> Output {
-            // What is applied is what is written, as the runner does: through the journal's
-            // text (a float may not survive it bit for bit otherwise).
-            let line = serde_json::to_string(&input).expect("serialize");
-            let mut input: Input = serde_json::from_str(&line).expect("parse back");
-            let output = self.tuner.apply(&input).expect("input fits the state");
-            if let (Input::Next { started, .. }, Output::Launch(launch)) = (&mut input, &output) {
-                *started = launch.clone();
-            }
-            self.inputs.push(input);
-            output
-        }
-    }
-
-    fn exploit_tuner() -> Tuner {
-        let settings = TunerSettings {
-            metric: "loss".into(),
-            mode: Mode::Min,
-            seed: 7,
-            max_failures: 2,
-            stop: BTreeMap::from([("training_iteration".to_string(), 4.0)]),
-        };
-        Tuner::new(settings, Box::new(Counting(3)), Box::new(ExploitOnce))
-    }
-
-    /// Replaying the journal through a fresh core gives the same state, decisions included.
-    #[test]
-    fn replaying_the_inputs_rebuilds_the_same_state() {
-        let mut live = Journaled {
-            tuner: exploit_tuner(),
-            inputs: Vec::new(),
-        };
-        let mut now = 0.0;
-        let mut running: Vec<(TrialId, u32)> = Vec::new();
-        for step in 0..40u32 {
-            now += 0.37;
-            while running.len() < 2 {
-                match live.feed(Input::Next { now, started: None }) {
-                    Output::Launch(Some(l)) => running.push((l.trial, l.run)),
-                    _ => break,
-                }
-            }
-            if running.is_empty() {
-                break;
-            }
-            let (trial, run) = running[step as usize % running.len()];
-            let ending = live.tuner.trial(trial).and_then(|t| t.ending);
-            let exit = if ending.is_some() || step % 11 == 10 {
-                Some(if step % 11 == 10 {
-                    Exit::Failure("crash".into())
-                } else {
-                    Exit::Success
-                })
-            } else {
-                let out = live.feed(Input::Report {
-                    now,
-                    trial,
-                    run,
-                    metrics: metrics(f64::from(step % 5) + f64::from(trial.0)),
-                    checkpoint: step % 2 == 0,
-                });
-                match out {
-                    Output::Reply(r) if r.action != Action::Continue => Some(Exit::Success),
-                    _ => None,
-                }
-            };
-            if let Some(exit) = exit {
-                live.feed(Input::Exit {
-                    now,
-                    trial,
-                    run,
-                    exit,
-                });
-                running.retain(|&(t, _)| t != trial);
-            }
-            if step == 20 {
-                // A head dies here and a new one takes over.
-                live.feed(Input::Resume {
-                    now,
-                    errored: ErroredTrials::Keep,
-                });
-                running.clear();
-            }
-        }
-        let mut replayed = exploit_tuner();
-        for input in &live.inputs {
-            let out = replayed.apply(input).expect("replay");
-            if let (Input::Next { started, .. }, Output::Launch(launch)) = (input, out) {
-                assert_eq!(started, &launch, "the same trials start");
-            }
-        }
-        assert!(live.inputs.len() > 30, "{}", live.inputs.len());
-        assert_eq!(live.tuner.fingerprint(), replayed.fingerprint());
-    }
-
-    #[test]
-    fn a_lost_run_rolls_back_to_its_checkpoint_and_resumes_there() {
-        let mut t = tuner(2, 0);
-        t.settings.stop.clear();
-        let a = t.next_to_run(0.0).expect("a");
-        let b = t.next_to_run(0.0).expect("b");
-        t.on_result(a.trial, metrics(3.0), true, 1.0).expect("a1");
-        t.on_result(a.trial, metrics(2.0), false, 2.0).expect("a2");
-        t.on_result(a.trial, metrics(1.0), false, 3.0).expect("a3");
-        t.on_result(b.trial, metrics(5.0), false, 1.0).expect("b1");
-        t.drain_effects();
-        t.resume(ErroredTrials::Keep, 10.0);
-        let effects = t.drain_effects();
-        let ta = &t.trials()[0];
-        assert_eq!(
-            ta.status,
-            TrialStatus::Paused,
-            "it resumes from its checkpoint"
-        );
-        assert_eq!(ta.iteration, 1);
-        assert_eq!(
-            ta.history().len(),
-            1,
-            "results after the checkpoint are gone"
-        );
-        assert_eq!(ta.best, Some((3.0, 1)), "a rolled-back best does not count");
-        let tb = &t.trials()[1];
-        assert_eq!(tb.iteration, 0);
-        assert!(tb.history().is_empty());
-        assert!(effects.contains(&Effect::RolledBack { trial: a.trial }));
-        assert!(effects.iter().any(
-            |e| matches!(e, Effect::Warning { trial, message } if *trial == b.trial && message.contains("from scratch"))
-        ));
-        let first = t.next_to_run(11.0).expect("b again, PENDING first");
-        assert_eq!((first.trial, first.run, first.restore), (b.trial, 1, None));
-        let again = t.next_to_run(11.0).expect("a again");
-        assert_eq!((again.trial, again.run), (a.trial, 1));
-        assert_eq!(again.restore.map(|c| c.iteration), Some(1));
-        let r = t
-            .on_result(a.trial, metrics(2.0), false, 12.0)
-            .expect("a2 again");
-        assert_eq!(r.result.iteration(), 2, "no iteration twice, no gap");
-    }
-
-    #[test]
-    fn an_interrupt_pauses_checkpointed_trials_and_keeps_the_rest_waiting() {
-        let mut t = tuner(3, 0);
-        t.settings.stop.clear();
-        let a = t.next_to_run(0.0).expect("a");
-        let b = t.next_to_run(0.0).expect("b");
-        t.on_result(a.trial, metrics(3.0), true, 1.0).expect("a1");
-        t.on_result(b.trial, metrics(3.0), false, 1.0).expect("b1");
-        t.interrupt("Ctrl-C");
-        assert!(
-            t.next_to_run(2.0).is_none(),
-            "nothing starts while interrupted"
-        );
-        t.on_exit(a.trial, Exit::Failure("SIGTERM".into()), 2.0)
-            .expect("a ends");
-        t.on_exit(b.trial, Exit::Failure("SIGTERM".into()), 2.0)
-            .expect("b ends");
-        assert_eq!(t.trials()[0].status, TrialStatus::Paused);
-        assert_eq!(t.trials()[1].status, TrialStatus::Interrupted);
-        assert!(!t.is_finished());
-        t.resume(ErroredTrials::Keep, 3.0);
-        assert_eq!(t.trials()[1].status, TrialStatus::Pending);
-        let next: Vec<TrialId> =
-            std::iter::from_fn(|| t.next_to_run(4.0).map(|l| l.trial)).collect();
-        assert_eq!(next, vec![TrialId(1), TrialId(0), TrialId(2)]);
-    }
-}
+mod tests;

@@ -77,6 +77,7 @@ fn a_trial_told_to_stop_at_its_last_iteration_is_not_exploited() {
         seed: 1,
         max_failures: 0,
         stop: BTreeMap::from([("training_iteration".to_string(), 2.0)]),
+        ..TunerSettings::default()
     };
     let mut t = Tuner::new(settings, Box::new(Two), Box::new(ExploitTrialZero));
     let a = t.next_to_run(0.0).unwrap().trial;

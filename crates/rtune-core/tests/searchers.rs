@@ -121,6 +121,7 @@ fn simulate(
             seed,
             max_failures: 0,
             stop: Default::default(),
+            ..TunerSettings::default()
         },
         Box::new(recording),
         scheduler.build("loss", Mode::Min, space).unwrap(),

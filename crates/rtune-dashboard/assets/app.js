@@ -321,7 +321,9 @@
       if (count.get(e.name) < 2 || !e.dir) return e.name;
       const parts = e.dir.split('/').filter(Boolean);
       const where = parts.length > 1 ? parts.slice(-2).join('/') : e.dir;
-      const when = e.started_at ? ', started ' + new Date(e.started_at * 1000).toLocaleString() : '';
+      const pad = (n) => String(n).padStart(2, '0');
+      const d = new Date(e.started_at * 1000);
+      const when = e.started_at ? ', ' + d.getFullYear() + '-' + pad(d.getMonth() + 1) + '-' + pad(d.getDate()) + ' ' + pad(d.getHours()) + ':' + pad(d.getMinutes()) : '';
       return e.name + ' (' + where + when + ')';
     });
   }

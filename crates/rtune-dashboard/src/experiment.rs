@@ -683,7 +683,7 @@ fn trial_row(
         runs: t.runs,
         failures: t.failures,
         error: t.error.clone(),
-        placement: placement.map(PlacementField::into_placement),
+        placement: placement.and_then(PlacementField::into_placement),
         silent: t.silent,
         last_report_at: t.last_report_at,
     }

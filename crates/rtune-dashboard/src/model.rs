@@ -120,60 +120,27 @@ impl BestField {
     }
 }
 
-/// Where a run of a trial was placed: `events.jsonl`'s `placement` events and
-/// `experiment_state.json`'s `trials[].placement` (docs/file-formats.md).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Placement {
-    pub executor: Executor,
-    /// A SLURM job still waiting in the queue.
-    pub queued: bool,
-    pub queue_reason: Option<String>,
-    pub job_id: Option<String>,
-    pub step_id: Option<String>,
-    pub nodes: Vec<PlacedNode>,
-    /// For display only: nothing is decided on it.
-    pub label: String,
-}
+/// Where a run of a trial was placed (`events.jsonl`'s `placement` events and
+/// `experiment_state.json`'s `trials[].placement`): the runner's own type. Its `label` is display
+/// text only; nothing here decides on it.
+pub use rtune_core::{ExecutorKind, NodeShare, Placement};
 
-/// What ran a trial.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Executor {
-    #[default]
-    Local,
-    SlurmStep,
-    SlurmJob,
-    Simulated,
-    /// One a newer rtune knows.
-    #[serde(other)]
-    Other,
-}
-
-/// A node's share of a placement.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PlacedNode {
-    pub node: String,
-    pub cpus: f64,
-    /// GPU indices where the executor knows them (local); empty otherwise.
-    pub gpus: Vec<u32>,
-    pub gpu_count: u32,
-}
-
-/// A placement as a file holds it: typed, or (files written before placements were typed) text.
+/// A placement as a file holds it: typed, or (files written before placements were typed) text,
+/// or something this rtune cannot read (a newer executor), which is shown as no placement.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum PlacementField {
     Typed(Placement),
     Legacy(String),
+    Unreadable(Value),
 }
 
 impl PlacementField {
-    pub fn into_placement(self) -> Placement {
+    pub fn into_placement(self) -> Option<Placement> {
         match self {
-            PlacementField::Typed(p) => p,
-            PlacementField::Legacy(text) => legacy::placement(&text),
+            PlacementField::Typed(p) => Some(p),
+            PlacementField::Legacy(text) => Some(legacy::placement(&text)),
+            PlacementField::Unreadable(_) => None,
         }
     }
 }
@@ -183,17 +150,14 @@ impl PlacementField {
 /// `job 12 n1 cpu=2 gpus=1`, `simulated ...`). Used only for such old files: current ones carry
 /// the typed [`Placement`], read as it is. Remove once no such experiment directories matter.
 pub mod legacy {
-    use super::{Executor, PlacedNode, Placement};
+    use super::{ExecutorKind, NodeShare, Placement};
 
     /// The old text form made typed.
     pub fn placement(text: &str) -> Placement {
-        let mut p = Placement {
-            label: text.to_string(),
-            ..Placement::default()
-        };
-        let text = text.trim();
-        if let Some(rest) = text.strip_prefix("job ") {
-            p.executor = Executor::SlurmJob;
+        let trimmed = text.trim();
+        let mut p = Placement::nowhere(ExecutorKind::SlurmStep, text);
+        if let Some(rest) = trimmed.strip_prefix("job ") {
+            p.executor = ExecutorKind::SlurmJob;
             let (id, rest) = rest.split_once(' ').unwrap_or((rest, ""));
             p.job_id = Some(id.to_string());
             // `PENDING (Resources)`: a state in capitals, then the reason in parentheses.
@@ -211,30 +175,31 @@ pub mod legacy {
             } else {
                 p.nodes = nodes(rest);
             }
-        } else if text == "local" || text.starts_with("local ") {
-            p.executor = Executor::Local;
-            p.nodes = nodes(text);
-        } else if text.starts_with("simulated") {
-            p.executor = Executor::Simulated;
+        } else if trimmed == "local" || trimmed.starts_with("local ") {
+            p.executor = ExecutorKind::Local;
+            p.nodes = nodes(trimmed);
+        } else if trimmed.starts_with("simulated") {
+            p.executor = ExecutorKind::Simulated;
         } else {
-            p.executor = Executor::SlurmStep;
-            p.nodes = nodes(text);
+            p.nodes = nodes(trimmed);
         }
         p
     }
 
     /// `n1 cpu=2 gpus=1 + n2 cpu=2 gpus=1 workers=2`, `local cpu=1 gpu=0,1`.
-    fn nodes(text: &str) -> Vec<PlacedNode> {
+    fn nodes(text: &str) -> Vec<NodeShare> {
         text.split(" + ")
             .filter_map(|part| {
                 let mut words = part.split_whitespace();
-                let mut node = PlacedNode {
+                let mut node = NodeShare {
                     node: words.next()?.to_string(),
-                    ..PlacedNode::default()
+                    ..NodeShare::default()
                 };
                 for word in words {
                     match word.split_once('=') {
-                        Some(("cpu", n)) => node.cpus = n.parse().unwrap_or(0.0),
+                        Some(("cpu", n)) => {
+                            node.cpus = n.parse::<f64>().map_or(0, |c| c.ceil() as u32);
+                        }
                         Some(("gpu", ids)) => {
                             node.gpus = ids.split(',').filter_map(|i| i.parse().ok()).collect();
                             node.gpu_count = node.gpus.len() as u32;
@@ -706,7 +671,7 @@ impl EventLine {
             event: raw.event,
             status: raw.status,
             run: raw.run,
-            placement: raw.placement.map(PlacementField::into_placement),
+            placement: raw.placement.and_then(PlacementField::into_placement),
             message: raw.reason.or(raw.message).unwrap_or_default(),
         })
     }
@@ -792,13 +757,13 @@ mod tests {
         let p = typed.placement.ok_or("no placement")?;
         assert_eq!(
             (p.executor, p.nodes[0].gpus.clone()),
-            (Executor::Local, vec![0, 1])
+            (ExecutorKind::Local, vec![0, 1])
         );
         let old = EventLine::parse(
             r#"{"time":1.0,"trial":"00002","event":"placement","run":2,"placement":"n1 cpu=2 gpus=1 + n2 cpu=2 gpus=1 workers=2"}"#,
         )?;
         let p = old.placement.ok_or("no placement")?;
-        assert_eq!(p.executor, Executor::SlurmStep);
+        assert_eq!(p.executor, ExecutorKind::SlurmStep);
         let nodes: Vec<(&str, u32)> = p
             .nodes
             .iter()
@@ -816,7 +781,7 @@ mod tests {
         assert_eq!(local.nodes[0].gpus, [0, 3]);
         assert_eq!(
             legacy::placement("simulated lcbench").executor,
-            Executor::Simulated
+            ExecutorKind::Simulated
         );
         let l = LineageLine::parse(
             r#"{"time":1.0,"target":"trial_00002","donor":"trial_00001","donor_iteration":1,"target_iteration":1,"old_config":{"lr":2.0},"new_config":{"lr":7.0},"change":"lr=7"}"#,
@@ -876,11 +841,17 @@ mod tests {
         let t = &s.trials[0];
         assert_eq!(t.best.map(BestField::pair), Some((0.25, 4)));
         assert!(t.silent);
-        let p = t.placement.clone().map(PlacementField::into_placement);
+        let p = t.placement.clone().and_then(PlacementField::into_placement);
         assert_eq!(
             p.map(|p| (p.executor, p.queued)),
-            Some((Executor::SlurmJob, true))
+            Some((ExecutorKind::SlurmJob, true))
         );
+        // A placement this rtune cannot read is no placement, not an unreadable state.
+        let s = StateFile::parse(
+            r#"{"format":3,"trials":[{"id":0,"placement":{"executor":"kubernetes","label":"pod x"}}]}"#,
+        )?;
+        let p = s.trials[0].placement.clone();
+        assert_eq!(p.and_then(PlacementField::into_placement), None);
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rtune_core::scheduler::SchedulerSpec;
 use rtune_core::searcher::SearcherSpec;
-use rtune_core::tuner::CheckpointRetention;
+use rtune_core::tuner::{CheckpointRetention, MissingMetric};
 use rtune_core::{Config, Mode};
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,11 @@ pub struct ExperimentFile {
     /// error instead of running every sample.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_fast: Option<u32>,
+    /// What a result without `metric` does: "error" (default) ends the experiment at the first
+    /// one and names the keys that were reported; "ignore" records it (for trainables that
+    /// report the metric only sometimes).
+    #[serde(default)]
+    pub missing_metric: MissingMetric,
     /// Required except with the simulated executor, whose trials are not processes.
     #[serde(default)]
     pub trial: TrialSection,
@@ -99,6 +104,14 @@ pub struct TrialSection {
     /// from, e.g. a node-local or scratch file system.
     #[serde(default)]
     pub checkpoint_roots: Vec<PathBuf>,
+    /// A trial whose process exits with status 0 without ever reporting is an ERROR (the
+    /// trainable never calls `report`); false accepts such trials as TERMINATED.
+    #[serde(default = "yes")]
+    pub require_report: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TrialSection {
@@ -112,6 +125,7 @@ impl Default for TrialSection {
             stop_grace_s: default_stop_grace(),
             report_timeout_s: None,
             checkpoint_roots: Vec::new(),
+            require_report: true,
         }
     }
 }
@@ -241,6 +255,7 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
     for arg in overrides {
         apply_override(&mut table, arg)?;
     }
+    check_required(path, &table)?;
     let file: ExperimentFile = match toml::Value::Table(table.clone()).try_into() {
         Ok(file) => file,
         Err(e) => {
@@ -248,6 +263,9 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<Experiment
             if let Err(in_file) = toml::from_str::<ExperimentFile>(text)
                 && in_file.message() == e.message()
             {
+                if let Some(located) = locate_unknown_key(path, text, in_file.message()) {
+                    return Err(located);
+                }
                 return Err(parse_error(in_file));
             }
             let message = with_hint(e.message());
@@ -394,8 +412,31 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             "must name the metric the trials report, e.g. metric = \"eval_loss\"".into(),
         ));
     }
-    if file.num_samples == 0 {
-        return Err(invalid("num_samples", "must be at least 1".into()));
+    if file.num_samples == 0 || file.num_samples > MAX_SAMPLES {
+        return Err(invalid(
+            "num_samples",
+            format!("must be from 1 to {MAX_SAMPLES}, got {}", file.num_samples),
+        ));
+    }
+    if let SchedulerSpec::Pbt(_) = file.scheduler
+        && file.num_samples > MAX_POPULATION
+    {
+        return Err(invalid(
+            "num_samples",
+            format!(
+                "PBT creates its whole population at once: at most {MAX_POPULATION} trials, got {}",
+                file.num_samples
+            ),
+        ));
+    }
+    if file.max_failures > MAX_FAILURES {
+        return Err(invalid(
+            "max_failures",
+            format!(
+                "must be from 0 to {MAX_FAILURES}, got {}",
+                file.max_failures
+            ),
+        ));
     }
     let simulated = file.executor.kind.as_deref() == Some("simulated");
     if !simulated && file.trial.command.first().is_none_or(|p| p.is_empty()) {
@@ -404,23 +445,40 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             "must name a program, e.g. command = [\"python\", \"train.py\"]".into(),
         ));
     }
-    if file.trial.workers == 0 {
-        return Err(invalid("trial.workers", "must be at least 1".into()));
+    if file.trial.workers == 0 || file.trial.workers > MAX_WORKERS {
+        return Err(invalid(
+            "trial.workers",
+            format!(
+                "must be from 1 to {MAX_WORKERS}, got {}",
+                file.trial.workers
+            ),
+        ));
     }
     let r = &file.trial.resources;
-    if !(r.cpu.is_finite() && r.cpu > 0.0) {
+    if !(r.cpu.is_finite() && r.cpu > 0.0 && r.cpu <= MAX_CPUS) {
         return Err(invalid(
             "trial.resources.cpu",
             format!(
-                "must be more than 0 (fractions such as 0.5 are fine), got {}",
+                "must be more than 0 and at most {MAX_CPUS} (fractions such as 0.5 are fine), got {}",
                 r.cpu
             ),
         ));
     }
-    if !(file.trial.stop_grace_s.is_finite() && file.trial.stop_grace_s >= 0.0) {
+    if r.gpu > MAX_GPUS {
+        return Err(invalid(
+            "trial.resources.gpu",
+            format!("must be from 0 to {MAX_GPUS}, got {}", r.gpu),
+        ));
+    }
+    if !(file.trial.stop_grace_s.is_finite()
+        && (0.0..=MAX_STOP_GRACE_S).contains(&file.trial.stop_grace_s))
+    {
         return Err(invalid(
             "trial.stop_grace_s",
-            "must be a number of seconds, 0 or more".into(),
+            format!(
+                "must be a number of seconds from 0 to {MAX_STOP_GRACE_S}, got {}",
+                file.trial.stop_grace_s
+            ),
         ));
     }
     for (field, value) in [
@@ -428,11 +486,14 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         ("time_budget_s", file.time_budget_s),
     ] {
         if let Some(v) = value
-            && !(v.is_finite() && v > 0.0)
+            && !(v.is_finite() && v > 0.0 && v <= MAX_SECONDS)
         {
             return Err(invalid(
                 field,
-                format!("must be a number of seconds, more than 0; got {v}"),
+                format!(
+                    "must be a number of seconds, more than 0 and at most {MAX_SECONDS:e} \
+                     (about 31 years); got {v}"
+                ),
             ));
         }
     }
@@ -498,11 +559,11 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
         ));
     }
     if let Some(interval) = file.executor.poll_interval_s
-        && !(interval.is_finite() && interval > 0.0)
+        && !(interval.is_finite() && interval > 0.0 && interval <= MAX_INTERVAL_S)
     {
         return Err(invalid(
             "executor.poll_interval_s",
-            format!("must be more than 0 seconds, got {interval}"),
+            format!("must be more than 0 and at most {MAX_INTERVAL_S} seconds, got {interval}"),
         ));
     }
     if let Some(cpus) = file.executor.cpus
@@ -522,10 +583,16 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             "must be at least 1 (leave it out for no limit)".into(),
         ));
     }
-    if !(file.output.report_interval_s.is_finite() && file.output.report_interval_s > 0.0) {
+    if !(file.output.report_interval_s.is_finite()
+        && file.output.report_interval_s > 0.0
+        && file.output.report_interval_s <= MAX_INTERVAL_S)
+    {
         return Err(invalid(
             "output.report_interval_s",
-            "must be a positive number of seconds".into(),
+            format!(
+                "must be a positive number of seconds, at most {MAX_INTERVAL_S}; got {}",
+                file.output.report_interval_s
+            ),
         ));
     }
     for root in &file.trial.checkpoint_roots {
@@ -555,6 +622,25 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
     }
     Ok(())
 }
+
+/// The most trials an experiment may have (`num_samples` times the grid points are created one
+/// at a time; this bounds what a typo can ask for).
+pub const MAX_SAMPLES: usize = 10_000_000;
+/// PBT creates its population at once.
+pub const MAX_POPULATION: usize = 100_000;
+/// The most retries of a failed trial.
+pub const MAX_FAILURES: u32 = 10_000;
+/// The most worker processes per trial.
+pub const MAX_WORKERS: u32 = 4096;
+/// The most CPUs and GPUs per worker.
+pub const MAX_CPUS: f64 = 100_000.0;
+pub const MAX_GPUS: u32 = 4096;
+/// The longest time budget or report timeout: about 31 years.
+pub const MAX_SECONDS: f64 = 1e9;
+/// The longest grace period a trial gets to exit: a day.
+pub const MAX_STOP_GRACE_S: f64 = 86_400.0;
+/// The longest interval between polls or console tables: a day.
+pub const MAX_INTERVAL_S: f64 = 86_400.0;
 
 /// The scheduler's `time_attr`, for those that have one.
 fn scheduler_time_attr(spec: &SchedulerSpec) -> Option<&str> {
@@ -655,6 +741,66 @@ fn parse_value(raw: &str) -> toml::Value {
 }
 
 /// Add "did you mean" to serde's unknown-field and unknown-variant messages.
+/// The keys every experiment file needs, said with what to write (serde would say "missing
+/// field" at line 1, column 1).
+fn check_required(path: &Path, table: &toml::Table) -> Result<(), ExperimentError> {
+    let missing = |field: &str, message: &str| ExperimentError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        message: message.to_string(),
+    };
+    if !table.contains_key("name") {
+        return Err(missing(
+            "name",
+            "is missing: add name = \"my-experiment\" (the experiment's directory name)",
+        ));
+    }
+    if !table.contains_key("metric") {
+        return Err(missing(
+            "metric",
+            "is missing: add metric = \"<the key your trainable reports>\", e.g. metric = \"eval_loss\"",
+        ));
+    }
+    if !table.contains_key("mode") {
+        return Err(missing(
+            "mode",
+            "is missing: add mode = \"min\" when lower values of the metric are better (a \
+             loss), or mode = \"max\" when higher are (an accuracy)",
+        ));
+    }
+    Ok(())
+}
+
+/// serde reads a table such as `[scheduler]` as a whole, so its "unknown field" error points at
+/// the table's header. This finds the line of the unknown key in that table instead.
+fn locate_unknown_key(path: &Path, text: &str, message: &str) -> Option<ExperimentError> {
+    let unknown = message.split_once("unknown field `")?.1.split_once('`')?.0;
+    let mut section = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            section = header.trim().to_string();
+            continue;
+        }
+        let key = trimmed
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_matches('"');
+        if key == unknown && trimmed.contains('=') && !section.is_empty() {
+            let number = index + 1;
+            return Some(ExperimentError::Parse {
+                path: path.to_path_buf(),
+                message: with_hint(&format!(
+                    "line {number}, in [{section}]:\n  |\n{number} | {line}\n  |\n{message}"
+                )),
+            });
+        }
+    }
+    None
+}
+
 fn with_hint(message: &str) -> String {
     let Some(suggestion) = nearest_in_message(message) else {
         return message.to_string();
@@ -803,15 +949,84 @@ reduction_factor = 2
         let typo = text.replace("n_initial", "n_intial");
         let message = parse_err(&typo, &[]);
         assert!(message.contains("did you mean `n_initial`"), "{message}");
-        // The line of the `[searcher]` table (serde reads a tagged table as a whole).
+        // The line of the misspelt key, not of the `[searcher]` header (serde reads a tagged
+        // table as a whole, so its own error points at the header).
         let line = typo
             .lines()
-            .position(|l| l.starts_with("[searcher]"))
+            .position(|l| l.starts_with("n_intial"))
             .expect("the line")
             + 1;
         assert!(message.contains(&format!("line {line},")), "{message}");
         let message = parse_err(FILE, &["searcher.type=\"tpee\""]);
         assert!(message.contains("did you mean `tpe`"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_mode_or_metric_says_what_to_write() {
+        let message = parse_err(&FILE.replace("mode = \"min\"\n", ""), &[]);
+        assert!(message.contains("mode: is missing"), "{message}");
+        assert!(
+            message.contains("mode = \"min\"") && message.contains("mode = \"max\""),
+            "{message}"
+        );
+        assert!(!message.contains("line 1, column 1"), "{message}");
+        let message = parse_err(&FILE.replace("metric = \"eval_loss\"\n", ""), &[]);
+        assert!(message.contains("metric: is missing"), "{message}");
+    }
+
+    #[test]
+    fn a_typo_inside_a_table_names_the_key_line_not_the_header() {
+        let typo = FILE.replace("reduction_factor", "reduction_factr");
+        let message = parse_err(&typo, &[]);
+        let line = typo
+            .lines()
+            .position(|l| l.starts_with("reduction_factr"))
+            .expect("the line")
+            + 1;
+        assert!(
+            message.contains(&format!("line {line}, in [scheduler]")),
+            "{message}"
+        );
+        assert!(
+            message.contains("did you mean `reduction_factor`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn extreme_numbers_are_refused_with_their_range() {
+        for (set, field) in [
+            ("trial.stop_grace_s=1e30", "trial.stop_grace_s"),
+            ("time_budget_s=1e300", "time_budget_s"),
+            ("trial.report_timeout_s=1e20", "trial.report_timeout_s"),
+            ("num_samples=1000000000000", "num_samples"),
+            ("trial.workers=100000", "trial.workers"),
+            ("trial.resources.cpu=1e9", "trial.resources.cpu"),
+            ("max_failures=4000000000", "max_failures"),
+            ("output.report_interval_s=1e12", "output.report_interval_s"),
+        ] {
+            let message = parse_err(FILE, &[set]);
+            assert!(message.contains(&format!("{field}:")), "{set}: {message}");
+            assert!(
+                message.contains("at most") || message.contains(" to "),
+                "{set}: {message}"
+            );
+        }
+        let pbt = FILE.replace("type = \"asha\"", "type = \"pbt\"");
+        let pbt = pbt
+            .lines()
+            .filter(|l| {
+                !l.starts_with("grace_period")
+                    && !l.starts_with("max_t")
+                    && !l.starts_with("reduction_factor")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let message = parse_err(&pbt, &["num_samples=1000000"]);
+        assert!(
+            message.contains("PBT creates its whole population at once"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -824,7 +1039,7 @@ reduction_factor = 2
     fn invalid_values_name_the_field() {
         let message = parse_err(FILE, &["num_samples=0"]);
         assert!(
-            message.contains("num_samples: must be at least 1"),
+            message.contains("num_samples: must be from 1 to"),
             "{message}"
         );
         let message = parse_err(FILE, &["trial.command=[]"]);

@@ -1,20 +1,52 @@
-//! The experiment's journal (`journal.jsonl`): every input to the core, one JSON line each,
-//! appended before it takes effect. It is the source of truth: [`replay`] feeds its lines, in
-//! order, to a fresh [`Tuner`] built from the same experiment file and gets the state the
-//! experiment had, which is how `rtune resume` continues after any death of the head.
+//! The experiment's journal (`journal.jsonl`): the source of truth of an experiment.
+//!
+//! ```text
+//! {"journal":2,"rtune":"0.2.0"}                          header
+//! {"snapshot":{...core state...},"rtune":"0.2.0"}         the core's state (after compaction)
+//! {"input":"next","now":...,"out":{"created":[...],"started":{...}}}
+//! {"input":"report","now":...,"trial":3,"run":0,"metrics":{...},"checkpoint":true}
+//! ...
+//! ```
+//!
+//! Every input to the core is appended with the outcome the core recorded for it (the trials it
+//! created, the trial it started, the decisions it took) before any of its effects is carried
+//! out. A resume loads the latest snapshot and replays the lines after it with their recorded
+//! outcomes forced ([`Tuner::replay`]), so an experiment resumes under a later release even if
+//! that release would decide differently. Every [`COMPACT_EVERY`] lines, and when a head ends
+//! cleanly, the journal is compacted: rewritten as the header and one snapshot, so a resume reads
+//! a bounded tail whatever the experiment's length.
 //!
 //! A line is written with one `write` of the whole line; a crash can leave at most a partial
 //! last line, which [`Journal::open`] cuts off. A write that fails (a full disk) is undone by
 //! truncating the file back to where it was, so no half line is ever left behind.
+//!
+//! Durability: appends are not fsynced one by one (a killed head loses nothing: the data is in
+//! the page cache); [`Journal::sync_in_background`] flushes them to the disk at most once a
+//! second off the loop, so a power loss costs at most about a second of inputs, and the resume
+//! then treats the result files' extra lines as not counting. A compaction fsyncs the new file
+//! before renaming it over the old one, and then the directory.
+//!
+//! Journals of earlier releases (format 1: no header, no outcomes) are replayed by running the
+//! code and checking that each started trial is the one recorded.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use rtune_core::tuner::{Effect, Input, Output, Tuner, TunerError};
+use rtune_core::tuner::{CoreSnapshot, Effect, Input, Outcome, Output, Tuner, TunerError};
+use serde::{Deserialize, Serialize};
 
 /// The journal's file name inside the experiment directory.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
+
+/// The version of the journal's layout (1: inputs only, before headers existed).
+pub const JOURNAL_FORMAT: u32 = 2;
+
+/// The journal is compacted to one snapshot after this many input lines.
+pub const COMPACT_EVERY: u64 = 20_000;
+
+/// The rtune release writing the journal.
+pub const RTUNE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -32,14 +64,22 @@ pub enum JournalError {
         line: usize,
         message: String,
     },
+    /// This head lost its claim on the experiment ([`crate::claim`]): it must write nothing
+    /// more.
+    #[error(transparent)]
+    Fenced(#[from] crate::claim::Lost),
     #[error(
-        "{path}, line {line}: replaying it gives a different state than the experiment had ({message})\nhint: was the experiment file, or rtune, changed since the experiment ran?"
+        "{path}, line {line}: replaying it gives a different state than the experiment had ({message})\nhint: was the experiment file changed since the experiment ran?"
     )]
     Diverged {
         path: PathBuf,
         line: usize,
         message: String,
     },
+    #[error(
+        "{path} was written by a newer rtune (journal format {found}; this rtune {RTUNE_VERSION} reads up to {JOURNAL_FORMAT})\nhint: resume it with that release or a later one"
+    )]
+    TooNew { path: PathBuf, found: u32 },
 }
 
 impl JournalError {
@@ -84,20 +124,71 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     (status == 0).then(|| available.saturating_mul(block))
 }
 
+/// The first line of a journal.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    journal: u32,
+    rtune: String,
+}
+
+/// A snapshot line.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotLine {
+    snapshot: CoreSnapshot,
+    /// The release that wrote it.
+    rtune: String,
+}
+
+/// One input line: the input and what the core did with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub input: Input,
+    #[serde(default, skip_serializing_if = "Outcome::is_empty")]
+    pub out: Outcome,
+}
+
+/// What [`Journal::open`] read.
+#[derive(Debug, Default)]
+pub struct Contents {
+    /// The journal's format (1 for journals of earlier releases).
+    pub format: u32,
+    /// The latest snapshot, if there is one, and the release that wrote it.
+    pub snapshot: Option<(CoreSnapshot, String)>,
+    /// The input lines after the latest snapshot (all of them when there is none), with their
+    /// line numbers.
+    pub entries: Vec<(usize, Entry)>,
+}
+
+impl Contents {
+    /// Whether the journal holds anything of an experiment.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.entries.is_empty()
+    }
+}
+
 /// The journal of a running experiment, open for appending.
 pub struct Journal {
     path: PathBuf,
     file: File,
     /// The file's length: where the next line starts.
     len: u64,
+    /// Input lines since the last snapshot.
+    since_snapshot: u64,
+    /// Whether lines were appended since the last [`Journal::sync_in_background`].
+    unsynced: bool,
     /// Test hook: fail the append after this many more lines (an injected write failure).
     fail_after: Option<u64>,
+    /// The head's claim on the experiment ([`crate::claim`]): checked before every write, and
+    /// released when the journal is dropped (at the end of the run, whichever way it ends).
+    claim: Option<crate::claim::Claim>,
 }
 
 impl Journal {
     /// Open (or create) `dir/journal.jsonl` and read what it holds. A partial last line (a crash
-    /// in the middle of a write) is cut off, so the next line starts cleanly.
-    pub fn open(dir: &Path) -> Result<(Journal, Vec<Input>), JournalError> {
+    /// in the middle of a write) is cut off, so the next line starts cleanly. A new journal gets
+    /// its header.
+    pub fn open(dir: &Path) -> Result<(Journal, Contents), JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let io = |action: &'static str| {
             let path = path.clone();
@@ -125,35 +216,44 @@ impl Journal {
             );
             file.set_len(complete as u64).map_err(io("truncate"))?;
         }
-        let mut inputs = Vec::new();
-        for (index, line) in text[..complete].split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let input: Input =
-                serde_json::from_slice(line).map_err(|e| JournalError::Malformed {
-                    path: path.clone(),
-                    line: index + 1,
-                    message: e.to_string(),
-                })?;
-            inputs.push(input);
-        }
+        let contents = parse(&path, &text[..complete])?;
         let fail_after = std::env::var("RTUNE_TEST_JOURNAL_FAIL_AFTER")
             .ok()
             .and_then(|v| v.parse().ok());
-        Ok((
-            Journal {
-                path,
-                file,
-                len: complete as u64,
-                fail_after,
-            },
-            inputs,
-        ))
+        let mut journal = Journal {
+            path,
+            file,
+            len: complete as u64,
+            since_snapshot: contents.entries.len() as u64,
+            unsynced: false,
+            fail_after,
+            claim: None,
+        };
+        if complete == 0 {
+            let header = Header {
+                journal: JOURNAL_FORMAT,
+                rtune: RTUNE_VERSION.to_string(),
+            };
+            journal.append_line(&header)?;
+        }
+        Ok((journal, contents))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes every write check `claim` first; the journal holds it until it is dropped.
+    pub fn hold_claim(&mut self, claim: crate::claim::Claim) {
+        self.claim = Some(claim);
+    }
+
+    /// Whether this head still holds its claim (always, without one).
+    pub fn check_claim(&self) -> Result<(), JournalError> {
+        match &self.claim {
+            Some(claim) => Ok(claim.check()?),
+            None => Ok(()),
+        }
     }
 
     /// The input as it will be replayed: serialized and parsed back, so the live core sees
@@ -165,14 +265,123 @@ impl Journal {
             .unwrap_or_else(|| input.clone())
     }
 
-    /// Append one input as one line, and hand it to the OS before returning. On failure the
-    /// file is cut back to its previous length.
-    pub fn append(&mut self, input: &Input) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(input).map_err(|e| JournalError::Malformed {
+    /// Append one input with its outcome.
+    pub fn append(&mut self, input: &Input, out: &Outcome) -> Result<(), JournalError> {
+        #[derive(Serialize)]
+        struct EntryRef<'a> {
+            #[serde(flatten)]
+            input: &'a Input,
+            #[serde(skip_serializing_if = "Outcome::is_empty")]
+            out: &'a Outcome,
+        }
+        self.append_line(&EntryRef { input, out })?;
+        self.since_snapshot += 1;
+        Ok(())
+    }
+
+    /// Whether enough lines have been written since the last snapshot that a compaction pays.
+    pub fn compaction_due(&self) -> bool {
+        self.since_snapshot >= COMPACT_EVERY
+    }
+
+    /// Input lines since the last snapshot.
+    pub fn lines_since_snapshot(&self) -> u64 {
+        self.since_snapshot
+    }
+
+    /// Rewrite the journal as its header and `snapshot` (which must be the core's state after
+    /// every line so far): written to a temporary file, fsynced, renamed over the journal, and
+    /// the directory fsynced, so a crash leaves either the old journal or the new one.
+    pub fn compact(&mut self, snapshot: CoreSnapshot) -> Result<(), JournalError> {
+        self.check_claim()?;
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| JournalError::Io {
+                action,
+                path,
+                needed: 0,
+                source,
+            }
+        };
+        let header = serde_json::to_vec(&Header {
+            journal: JOURNAL_FORMAT,
+            rtune: RTUNE_VERSION.to_string(),
+        })
+        .map_err(|e| self.malformed(e))?;
+        let line = serde_json::to_vec(&SnapshotLine {
+            snapshot,
+            rtune: RTUNE_VERSION.to_string(),
+        })
+        .map_err(|e| self.malformed(e))?;
+        let mut text = Vec::with_capacity(header.len() + line.len() + 2);
+        text.extend_from_slice(&header);
+        text.push(b'\n');
+        text.extend_from_slice(&line);
+        text.push(b'\n');
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let tmp_path = dir.join(format!("{JOURNAL_FILE}.compacting"));
+        let mut tmp = File::create(&tmp_path).map_err(io("create", &tmp_path))?;
+        if let Err(source) = tmp.write_all(&text).and_then(|()| tmp.sync_data()) {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Err(JournalError::Io {
+                action: "write",
+                path: tmp_path,
+                needed: text.len(),
+                source,
+            });
+        }
+        drop(tmp);
+        std::fs::rename(&tmp_path, &self.path).map_err(io("replace", &self.path))?;
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io("open", &self.path))?;
+        self.len = text.len() as u64;
+        self.since_snapshot = 0;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Flush what was appended since the last call to the disk, on a blocking thread (never on
+    /// the run loop). At most once a second is enough (see the module documentation).
+    pub fn sync_in_background(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        self.unsynced = false;
+        if let Ok(file) = self.file.try_clone() {
+            let path = self.path.clone();
+            let sync = move || {
+                if let Err(e) = file.sync_data() {
+                    tracing::warn!("cannot flush {} to disk: {e}", path.display());
+                }
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(sync);
+                }
+                Err(_) => sync(),
+            }
+        }
+    }
+
+    fn malformed(&self, e: serde_json::Error) -> JournalError {
+        JournalError::Malformed {
             path: self.path.clone(),
             line: 0,
             message: e.to_string(),
-        })?;
+        }
+    }
+
+    /// Append one JSON line with one write. On failure the file is cut back to its previous
+    /// length.
+    fn append_line<T: Serialize>(&mut self, value: &T) -> Result<(), JournalError> {
+        self.check_claim()?;
+        let mut line = serde_json::to_vec(value).map_err(|e| self.malformed(e))?;
         line.push(b'\n');
         let injected = match &mut self.fail_after {
             Some(0) => Some(io::Error::from_raw_os_error(libc::ENOSPC)),
@@ -184,7 +393,7 @@ impl Journal {
         };
         let result = match injected {
             Some(e) => Err(e),
-            None => self.file.write_all(&line).and_then(|()| self.file.flush()),
+            None => self.file.write_all(&line),
         };
         if let Err(source) = result {
             // Leave no half line: cut back to where this line began.
@@ -198,67 +407,122 @@ impl Journal {
             });
         }
         self.len += line.len() as u64;
+        self.unsynced = true;
         Ok(())
     }
 }
 
-/// Feed `inputs` to `tuner` in order, as the live run did, checking that every trial started
-/// is the one the journal recorded. Effects are dropped: they happened when the input was live.
-pub fn replay(tuner: &mut Tuner, inputs: &[Input], path: &Path) -> Result<(), JournalError> {
-    replay_with(tuner, inputs, path, |_, _| {})
+/// The journal's lines: its format, the latest snapshot, and the input lines after it.
+fn parse(path: &Path, text: &[u8]) -> Result<Contents, JournalError> {
+    let malformed = |line: usize, message: String| JournalError::Malformed {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let mut contents = Contents {
+        format: 1,
+        ..Contents::default()
+    };
+    for (index, line) in text.split(|&b| b == b'\n').enumerate() {
+        let number = index + 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if line.starts_with(b"{\"journal\"") {
+            let header: Header =
+                serde_json::from_slice(line).map_err(|e| malformed(number, e.to_string()))?;
+            if header.journal > JOURNAL_FORMAT {
+                return Err(JournalError::TooNew {
+                    path: path.to_path_buf(),
+                    found: header.journal,
+                });
+            }
+            contents.format = header.journal;
+        } else if line.starts_with(b"{\"snapshot\"") {
+            let snapshot: SnapshotLine =
+                serde_json::from_slice(line).map_err(|e| malformed(number, e.to_string()))?;
+            contents.snapshot = Some((snapshot.snapshot, snapshot.rtune));
+            contents.entries.clear();
+        } else {
+            let entry: Entry =
+                serde_json::from_slice(line).map_err(|e| malformed(number, e.to_string()))?;
+            contents.entries.push((number, entry));
+        }
+    }
+    Ok(contents)
 }
 
-/// [`replay`], handing every effect to `effect` with the time of the input that caused it: a
-/// head killed between a journal line and its effects (the lineage log, say) left them undone,
+/// Rebuild the core from a journal's contents: load its snapshot, then replay the lines after
+/// it. Effects are dropped: they happened when the input was live.
+pub fn replay(tuner: &mut Tuner, contents: &Contents, path: &Path) -> Result<(), JournalError> {
+    replay_with(tuner, contents, path, |_, _, _| {})
+}
+
+/// [`replay`], handing every line's output and effects to `seen` with the input: a head killed
+/// between a journal line and its effects (a result line, the lineage log) left them undone,
 /// and a resume redoes those that are not on disk.
 pub fn replay_with(
     tuner: &mut Tuner,
-    inputs: &[Input],
+    contents: &Contents,
     path: &Path,
-    mut effect: impl FnMut(f64, Effect),
+    mut seen: impl FnMut(&Entry, &Output, Vec<Effect>),
 ) -> Result<(), JournalError> {
-    for (index, input) in inputs.iter().enumerate() {
+    if let Some((snapshot, _)) = &contents.snapshot {
+        tuner
+            .restore_snapshot(snapshot.clone())
+            .map_err(|e: TunerError| JournalError::Diverged {
+                path: path.to_path_buf(),
+                line: 2,
+                message: e.to_string(),
+            })?;
+    }
+    for (number, entry) in &contents.entries {
         let diverged = |message: String| JournalError::Diverged {
             path: path.to_path_buf(),
-            line: index + 1,
+            line: *number,
             message,
         };
-        let output = tuner
-            .apply(input)
-            .map_err(|e: TunerError| diverged(e.to_string()))?;
-        // Compared as the journal holds it: through JSON text, like `started` itself.
-        let as_written = |launch: &Option<rtune_core::tuner::Launch>| {
-            serde_json::to_string(launch)
-                .ok()
-                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        let output = if contents.format >= 2 {
+            tuner
+                .replay(&entry.input, &entry.out)
+                .map_err(|e| diverged(e.to_string()))?
+        } else {
+            replay_legacy(tuner, &entry.input).map_err(diverged)?
         };
-        if let (Input::Next { started, .. }, Output::Launch(launch)) = (input, &output)
-            && as_written(started) != as_written(launch)
-        {
-            return Err(diverged(format!(
-                "the journal started {}, the core starts {}",
-                describe(started.as_ref()),
-                describe(launch.as_ref())
-            )));
-        }
-        let now = input_time(input);
-        for e in tuner.drain_effects() {
-            effect(now, e);
-        }
+        let effects = tuner.drain_effects();
+        seen(entry, &output, effects);
+    }
+    let divergences = tuner.replay_divergences();
+    if divergences > 0 {
+        tracing::warn!(
+            "{}: {divergences} decision(s) of the journal's tail differ from what this rtune \
+             ({RTUNE_VERSION}) would decide; the recorded ones were kept",
+            path.display()
+        );
     }
     Ok(())
 }
 
-fn input_time(input: &Input) -> f64 {
-    match input {
-        Input::Next { now, .. }
-        | Input::Report { now, .. }
-        | Input::Started { now, .. }
-        | Input::Exit { now, .. }
-        | Input::Interrupt { now, .. }
-        | Input::StopAll { now, .. }
-        | Input::Resume { now, .. } => *now,
+/// A line of a format-1 journal (no recorded outcome): the running code decides, and the
+/// trial it starts must be the one the journal recorded.
+fn replay_legacy(tuner: &mut Tuner, input: &Input) -> Result<Output, String> {
+    let (output, _) = tuner.apply(input).map_err(|e| e.to_string())?;
+    // Compared as the journal holds it: through JSON text, like `started` itself.
+    let as_written = |launch: &Option<rtune_core::tuner::Launch>| {
+        serde_json::to_string(launch)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+    };
+    if let (Input::Next { started, .. }, Output::Launch(launch)) = (input, &output)
+        && as_written(started) != as_written(launch)
+    {
+        return Err(format!(
+            "the journal started {}, the core starts {}",
+            describe(started.as_ref()),
+            describe(launch.as_ref())
+        ));
     }
+    Ok(output)
 }
 
 fn describe(launch: Option<&rtune_core::tuner::Launch>) -> String {

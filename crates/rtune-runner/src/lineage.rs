@@ -15,7 +15,8 @@ use rtune_core::{Config, TrialId};
 use serde_json::{Map, Value, json};
 
 use crate::report::{TableFormat, short_number};
-use crate::storage::{ExperimentState, LINEAGE_FILE, POLICY_FILE, StorageError, csv_line};
+use crate::state::ExperimentState;
+use crate::storage::{LINEAGE_FILE, POLICY_FILE, StorageError, csv_line};
 
 /// One line of `lineage.jsonl`.
 #[derive(Clone, Debug, PartialEq)]

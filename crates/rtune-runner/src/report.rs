@@ -10,12 +10,11 @@ use std::time::Duration;
 use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
 use comfy_table::{CellAlignment, ContentArrangement, Table};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rtune_core::tuner::Trial;
 use rtune_core::{Mode, TrialStatus};
 use serde_json::{Map, Value, json};
 
-use crate::executor::is_queued_placement;
-use crate::storage::{ExperimentState, csv_line};
+use crate::state::{ExperimentState, RunStatus, TrialRecord};
+use crate::storage::csv_line;
 
 /// The formats of `rtune status --format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +31,7 @@ pub enum TableFormat {
 
 /// The trials table of an experiment in the given format (ends with a newline).
 pub fn trials_table(state: &ExperimentState, format: TableFormat) -> String {
-    let trials: Vec<&Trial> = state.trials.iter().collect();
+    let trials: Vec<&TrialRecord> = state.trials.iter().collect();
     render(state, &trials, format)
 }
 
@@ -52,9 +51,14 @@ pub fn trials_table_of(state: &ExperimentState, format: TableFormat, head_dead: 
     trials_table(&state, format)
 }
 
+/// Whether any trial has a placement: the table then has a placement column.
+fn has_placements(state: &ExperimentState) -> bool {
+    state.trials.iter().any(|t| t.placement.is_some())
+}
+
 fn header(state: &ExperimentState) -> Vec<String> {
     let mut header = vec!["Trial name".to_string(), "status".to_string()];
-    if !state.placements.is_empty() {
+    if has_placements(state) {
         header.push("placement".to_string());
     }
     header.extend(state.parameters.iter().cloned());
@@ -66,7 +70,7 @@ fn header(state: &ExperimentState) -> Vec<String> {
     header
 }
 
-fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> String {
+fn render(state: &ExperimentState, trials: &[&TrialRecord], format: TableFormat) -> String {
     match format {
         TableFormat::Json => {
             let rows: Vec<Value> = trials.iter().map(|t| trial_json(state, t)).collect();
@@ -77,9 +81,9 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
         TableFormat::Csv => {
             let mut text = csv_line(&header(state));
             for trial in trials {
-                let mut row = vec![trial.display_name(), shown_status(state, trial)];
-                if !state.placements.is_empty() {
-                    row.push(placement(state, trial).to_string());
+                let mut row = vec![trial.display_name(), shown_status(trial)];
+                if has_placements(state) {
+                    row.push(placement(trial).to_string());
                 }
                 for name in &state.parameters {
                     row.push(
@@ -107,9 +111,13 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
                 .set_content_arrangement(ContentArrangement::Disabled)
                 .set_header(header(state));
             for trial in trials {
-                let mut row = vec![trial.display_name(), shown_status(state, trial)];
-                if !state.placements.is_empty() {
-                    row.push(placement(state, trial).to_string());
+                let mut status = shown_status(trial);
+                if trial.silent {
+                    status.push_str(" (silent)");
+                }
+                let mut row = vec![trial.display_name(), status];
+                if has_placements(state) {
+                    row.push(placement(trial).to_string());
                 }
                 for name in &state.parameters {
                     row.push(lookup(&trial.config, name).map_or(String::new(), short_value));
@@ -119,7 +127,7 @@ fn render(state: &ExperimentState, trials: &[&Trial], format: TableFormat) -> St
                 row.push(last_metric(state, trial).map_or(String::new(), short_number));
                 table.add_row(row);
             }
-            let first_number = if state.placements.is_empty() { 2 } else { 3 };
+            let first_number = if has_placements(state) { 3 } else { 2 };
             let columns = first_number + state.parameters.len() + 3;
             for index in first_number..columns {
                 if let Some(column) = table.column_mut(index) {
@@ -140,20 +148,20 @@ pub fn live_table(state: &ExperimentState, max_rows: usize) -> String {
         return trials_table(state, TableFormat::Table);
     }
     let mode = state.mode;
-    let mut rows: Vec<&Trial> = state
+    let mut rows: Vec<&TrialRecord> = state
         .trials
         .iter()
         .filter(|t| t.status == TrialStatus::Running)
         .take(max_rows)
         .collect();
-    let mut rest: Vec<&Trial> = state
+    let mut rest: Vec<&TrialRecord> = state
         .trials
         .iter()
         .filter(|t| t.status != TrialStatus::Running)
         .collect();
     // Best first, trials without a result last, by id among equals.
     rest.sort_by(|a, b| {
-        let score = |t: &Trial| t.best.map_or(f64::NEG_INFINITY, |(v, _)| mode.score(v));
+        let score = |t: &TrialRecord| t.best.map_or(f64::NEG_INFINITY, |b| mode.score(b.value));
         score(b).total_cmp(&score(a)).then(a.id.cmp(&b.id))
     });
     let room = max_rows.saturating_sub(rows.len());
@@ -177,7 +185,7 @@ pub fn status_counts(state: &ExperimentState) -> String {
     [Running, Pending, Paused, Interrupted, Terminated, Error]
         .iter()
         .filter_map(|status| {
-            let n = state.trials.iter().filter(|t| t.status == *status).count();
+            let n = state.count(*status);
             (n > 0).then(|| format!("{status} {n}"))
         })
         .collect::<Vec<_>>()
@@ -185,38 +193,36 @@ pub fn status_counts(state: &ExperimentState) -> String {
 }
 
 /// Where a trial runs or ran, as its executor described it; empty if unknown.
-fn placement<'a>(state: &'a ExperimentState, trial: &Trial) -> &'a str {
-    state
-        .placements
-        .get(&trial.id.to_string())
-        .map_or("", String::as_str)
+fn placement(trial: &TrialRecord) -> &str {
+    trial.placement.as_ref().map_or("", |p| p.label.as_str())
 }
 
 /// The status a person sees: a started run whose SLURM job still waits in the queue is PENDING.
-fn shown_status(state: &ExperimentState, trial: &Trial) -> String {
-    if trial.status == TrialStatus::Running && is_queued_placement(placement(state, trial)) {
+fn shown_status(trial: &TrialRecord) -> String {
+    if trial.queued() {
         return "PENDING".to_string();
     }
     trial.status.to_string()
 }
 
-fn trial_json(state: &ExperimentState, trial: &Trial) -> Value {
+fn trial_json(state: &ExperimentState, trial: &TrialRecord) -> Value {
     json!({
         "trial": trial.display_name(),
         "trial_id": trial.id.to_string(),
-        "status": shown_status(state, trial),
-        "placement": state.placements.get(&trial.id.to_string()),
+        "status": shown_status(trial),
+        "placement": trial.placement,
         "config": trial.config,
         "iter": trial.iteration,
         "time_total_s": trial.time_total_s,
         state.metric.clone(): last_metric(state, trial),
-        "best": trial.best.map(|(value, iteration)| json!({"value": value, "training_iteration": iteration})),
+        "best": trial.best.map(|b| json!({"value": b.value, "training_iteration": b.iteration})),
         "error": trial.error,
+        "silent": trial.silent,
     })
 }
 
-fn last_metric(state: &ExperimentState, trial: &Trial) -> Option<f64> {
-    trial.last_result.as_ref()?.get(&state.metric)
+fn last_metric(state: &ExperimentState, trial: &TrialRecord) -> Option<f64> {
+    trial.last(&state.metric)
 }
 
 /// A value from a nested config by dotted name (`model.layers`).
@@ -257,23 +263,27 @@ fn short_value(value: &Value) -> String {
 
 /// The trial with the best value of the metric over all its results (Ray Tune's scope "all"),
 /// the older trial on ties.
-pub fn best_trial(state: &ExperimentState) -> Option<&Trial> {
+pub fn best_trial(state: &ExperimentState) -> Option<&TrialRecord> {
     let mode = state.mode;
     state
         .trials
         .iter()
-        .filter_map(|t| t.best.map(|(value, _)| (t, mode.score(value))))
-        .fold(None, |best: Option<(&Trial, f64)>, (t, score)| match best {
-            Some((_, s)) if s >= score => best,
-            _ => Some((t, score)),
-        })
+        .filter_map(|t| t.best.map(|b| (t, mode.score(b.value))))
+        .fold(
+            None,
+            |best: Option<(&TrialRecord, f64)>, (t, score)| match best {
+                Some((_, s)) if s >= score => best,
+                _ => Some((t, score)),
+            },
+        )
         .map(|(t, _)| t)
 }
 
 /// The best trial as JSON: name, metric value, the iteration it was reached at, total time, config.
 pub fn best_trial_json(state: &ExperimentState) -> Option<Value> {
     let trial = best_trial(state)?;
-    let (value, iteration) = trial.best?;
+    let best = trial.best?;
+    let (value, iteration) = (best.value, best.iteration);
     Some(json!({
         "trial": trial.display_name(),
         "trial_id": trial.id.to_string(),
@@ -288,10 +298,88 @@ pub fn best_trial_json(state: &ExperimentState) -> Option<Value> {
     }))
 }
 
+/// Why there is no best trial yet, with what would help: the metric, and the keys the trials
+/// did report.
+pub fn no_best_message(state: &ExperimentState) -> String {
+    let mut reported: Vec<&str> = state
+        .trials
+        .iter()
+        .filter_map(|t| t.last_result.as_ref())
+        .flat_map(|r| r.keys().map(String::as_str))
+        .filter(|k| !rtune_core::tuner::AUTOMATIC_KEYS.contains(k))
+        .collect();
+    reported.sort_unstable();
+    reported.dedup();
+    if state.trials.iter().all(|t| t.iteration == 0) {
+        format!(
+            "no trial of {} has reported anything yet ({} trials: {})",
+            state.name,
+            state.trials.len(),
+            status_counts(state)
+        )
+    } else if reported.is_empty() {
+        format!(
+            "no trial of {} has reported the metric `{}`; they reported no keys of their own",
+            state.name, state.metric
+        )
+    } else {
+        format!(
+            "no trial of {} has reported the metric `{}`; they reported {}\nhint: the experiment \
+             file's `metric` must be one of these keys",
+            state.name,
+            state.metric,
+            reported
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// `rtune list`: one row per experiment.
+pub fn experiments_table(listed: &[crate::catalog::Listed]) -> String {
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(vec![
+            "experiment",
+            "status",
+            "trials",
+            "ERROR",
+            "metric",
+            "best",
+            "started",
+            "directory",
+        ]);
+    for e in listed {
+        table.add_row(vec![
+            e.name.clone(),
+            e.status.clone(),
+            e.trials.to_string(),
+            e.errors.to_string(),
+            e.metric.clone(),
+            e.best.map_or(String::new(), short_number),
+            e.started_at.map_or(String::new(), local_time),
+            e.path.display().to_string(),
+        ]);
+    }
+    for index in [2, 3, 5] {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut text = table.to_string();
+    text.push('\n');
+    text
+}
+
 /// The "Best trial" block printed at the end of a run and by `rtune best`.
 pub fn best_trial_block(state: &ExperimentState) -> Option<String> {
     let trial = best_trial(state)?;
-    let (value, iteration) = trial.best?;
+    let best = trial.best?;
+    let (value, iteration) = (best.value, best.iteration);
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -370,7 +458,9 @@ pub fn human_duration(seconds: f64) -> String {
 pub struct Reporter {
     bar: Option<ProgressBar>,
     interval_s: f64,
-    last_table_at: Option<f64>,
+    /// When the last full table was printed (real time).
+    last_table_real: Option<std::time::Instant>,
+    simulated: bool,
     /// Rows of the live table.
     max_rows: usize,
     quiet: bool,
@@ -391,7 +481,8 @@ impl Reporter {
         Reporter {
             bar,
             interval_s,
-            last_table_at: None,
+            last_table_real: None,
+            simulated: false,
             max_rows: 20,
             quiet: false,
         }
@@ -402,7 +493,8 @@ impl Reporter {
         Reporter {
             bar: None,
             interval_s: f64::INFINITY,
-            last_table_at: None,
+            last_table_real: None,
+            simulated: false,
             max_rows: 0,
             quiet: true,
         }
@@ -425,11 +517,18 @@ impl Reporter {
 
     /// A trial event or a warning: one line.
     pub fn on_event(&mut self, message: &str) {
-        if self.bar.is_some() {
+        if self.bar.is_some() || self.simulated {
             self.print(message);
         } else {
             self.print(&format!("[{}] {message}", local_time(unix_now())));
         }
+    }
+
+    /// The console shows time as durations only: the run happens in simulated time (the
+    /// simulated executor), so a clock time would be a time that never was.
+    pub fn simulated(mut self, simulated: bool) -> Reporter {
+        self.simulated = simulated;
+        self
     }
 
     /// Called about once a second with the current state.
@@ -437,38 +536,34 @@ impl Reporter {
         if self.quiet {
             return;
         }
-        let finished = state
-            .trials
-            .iter()
-            .filter(|t| t.status.is_finished())
-            .count();
+        let finished = state.count(TrialStatus::Terminated) + state.count(TrialStatus::Error);
         let total = state.total_trials.unwrap_or(state.trials.len());
+        let headline = progress_line(state, now);
         if let Some(bar) = &self.bar {
             bar.set_length(total as u64);
             bar.set_position(finished as u64);
             let mut message = live_table(state, self.max_rows);
             message.truncate(message.trim_end().len());
+            message.push('\n');
+            message.push_str(&headline);
             bar.set_message(message);
             return;
         }
+        // Real time between tables, also in a simulation (whose clock runs far faster).
         let due = self
-            .last_table_at
-            .is_none_or(|last| now - last >= self.interval_s);
+            .last_table_real
+            .is_none_or(|last| last.elapsed().as_secs_f64() >= self.interval_s);
         if due {
-            self.last_table_at = Some(now);
-            let mut text = format!(
-                "== {} trials finished of {total} ({}), {} elapsed\n",
-                finished,
-                status_counts(state),
-                human_duration(now - state.started_at)
-            );
+            self.last_table_real = Some(std::time::Instant::now());
+            let mut text = format!("== {headline}\n");
             text.push_str(&live_table(state, self.max_rows));
             self.print(text.trim_end());
         }
     }
 
-    /// The end of a run: the final table, the best trial, the finish time and the total time.
-    pub fn finish(&mut self, state: &ExperimentState) {
+    /// The end of a run: the final table, the best trial, how long it took, why it ended early
+    /// if it did, and the commands that show the results.
+    pub fn finish(&mut self, state: &ExperimentState, dir: &std::path::Path) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -484,16 +579,90 @@ impl Reporter {
             }
         }
         let end = state.finished_at.unwrap_or(state.started_at);
+        let took = human_duration(end - state.started_at);
+        let when = if self.simulated {
+            format!("after {took} of simulated time")
+        } else {
+            format!("at {} after {took}", local_time(end))
+        };
         let _ = write!(
             text,
-            "\n\nExperiment {} {} at {} after {} ({}).\nResults: rtune status, rtune best, or the files in the experiment directory.",
+            "\n\nExperiment {} {} {when} ({}).",
             state.name,
             state.status,
-            local_time(end),
-            human_duration(end - state.started_at),
             status_counts(state),
         );
+        if let Some(reason) = &state.ended {
+            let _ = write!(text, "\nIt ended early: {reason}");
+        }
+        let dir = shell_word(&dir.to_string_lossy());
+        let rtune = invoked_as();
+        let _ = write!(
+            text,
+            "\nResults in {dir}\n  {rtune} status {dir}\n  {rtune} best {dir}\n  {rtune} dashboard {dir}"
+        );
+        if state.status == RunStatus::Interrupted {
+            let _ = write!(text, "\n  {rtune} resume {dir}      # continue it");
+        }
         print_line(&text);
+    }
+}
+
+/// `8 of 12 trials finished (RUNNING 2, ...), 1 min 05 s elapsed; best eval_loss 0.41
+/// (trial_00003); about 40 s left`: the live console's headline.
+pub fn progress_line(state: &ExperimentState, now: f64) -> String {
+    let finished = state.count(TrialStatus::Terminated) + state.count(TrialStatus::Error);
+    let total = state.total_trials.unwrap_or(state.trials.len());
+    let elapsed = (now - state.started_at).max(0.0);
+    let mut line = format!(
+        "{finished} of {total} trials finished ({}), {} elapsed",
+        status_counts(state),
+        human_duration(elapsed)
+    );
+    if let Some(trial) = best_trial(state)
+        && let Some(best) = trial.best
+    {
+        let _ = write!(
+            line,
+            "; best {} {} ({})",
+            state.metric,
+            short_number(best.value),
+            trial.display_name()
+        );
+    }
+    if finished > 0 && finished < total {
+        // Trials finished per second so far, for what is left: rough (ASHA stops most trials
+        // early), and said so.
+        let left = elapsed * (total - finished) as f64 / finished as f64;
+        let _ = write!(line, "; about {} left", human_duration(left));
+    }
+    line
+}
+
+/// How this program was started (`target/release/rtune`, or `rtune` when found on PATH), for
+/// commands a user can paste.
+fn invoked_as() -> String {
+    let arg0 = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if arg0.contains('/') && !arg0.ends_with("/rtune") || arg0.is_empty() {
+        // A test harness or another program embedding the runner.
+        return "rtune".to_string();
+    }
+    shell_word(&arg0)
+}
+
+/// A word a POSIX shell reads back as `text`.
+pub fn shell_word(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%~".contains(c))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -516,28 +685,30 @@ fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtune_core::TrialId;
-    use std::collections::BTreeMap;
+    use rtune_core::{ExecutorKind, Placement, TrialId};
 
-    fn trial(id: u32, lr: f64, status: TrialStatus, loss: Option<f64>) -> Trial {
+    fn trial(id: u32, lr: f64, status: TrialStatus, loss: Option<f64>) -> TrialRecord {
         let mut config = Map::new();
         config.insert("lr".into(), json!(lr));
         config.insert("model".into(), json!({"layers": 2}));
         let value = json!({
             "id": id, "config": config, "status": status, "tag": "", "iteration": 3,
-            "time_total_s": 1.25, "last_result": loss.map(|l| json!({
-                "trial": id, "metrics": {"loss": l}, "has_checkpoint": false})),
-            "best": loss.map(|l| (l, 2)), "checkpoints": {}, "restore": null, "runs": 1,
-            "failures": 0, "resumable": true, "error": null, "ending": null,
+            "time_total_s": 1.25, "last_result": loss.map(|l| json!({"loss": l})),
+            "best": loss.map(|l| json!({"value": l, "iteration": 2})), "checkpoints": [],
+            "restore": null, "runs": 1, "failures": 0, "error": null,
         });
         serde_json::from_value(value).expect("a trial")
     }
 
-    fn state(trials: Vec<Trial>) -> ExperimentState {
+    fn state(trials: Vec<TrialRecord>) -> ExperimentState {
+        let mut counts = std::collections::BTreeMap::new();
+        for t in &trials {
+            *counts.entry(t.status).or_insert(0) += 1;
+        }
         ExperimentState {
-            format: 1,
+            format: crate::state::STATE_FORMAT,
             name: "exp".into(),
-            status: "finished".into(),
+            status: RunStatus::Finished,
             metric: "loss".into(),
             mode: Mode::Min,
             scheduler: "asha".into(),
@@ -546,8 +717,9 @@ mod tests {
             total_trials: Some(trials.len()),
             started_at: 0.0,
             finished_at: Some(10.0),
+            ended: None,
+            counts,
             trials,
-            placements: BTreeMap::new(),
             head: None,
         }
     }
@@ -558,10 +730,13 @@ mod tests {
             trial(0, 1e-4, TrialStatus::Running, None),
             trial(1, 0.02, TrialStatus::Running, None),
         ]);
-        s.placements
-            .insert("00000".into(), "n1 cpu=1 gpus=1".into());
-        s.placements
-            .insert("00001".into(), "job 12 PENDING (Resources)".into());
+        s.trials[0].placement = Some(Placement::nowhere(
+            ExecutorKind::SlurmStep,
+            "n1 cpu=1 gpus=1",
+        ));
+        let mut queued = Placement::nowhere(ExecutorKind::SlurmJob, "job 12 PENDING (Resources)");
+        queued.queued = true;
+        s.trials[1].placement = Some(queued);
         let csv = trials_table(&s, TableFormat::Csv);
         assert_eq!(
             csv,
@@ -570,10 +745,7 @@ mod tests {
              trial_00001,PENDING,job 12 PENDING (Resources),0.02,2,3,1.250,\n"
         );
         let json = trials_table(&s, TableFormat::Json);
-        assert!(
-            json.contains("\"placement\": \"n1 cpu=1 gpus=1\""),
-            "{json}"
-        );
+        assert!(json.contains("\"label\": \"n1 cpu=1 gpus=1\""), "{json}");
     }
 
     #[test]
@@ -631,7 +803,7 @@ mod tests {
 
     #[test]
     fn the_live_table_keeps_running_and_best_trials() {
-        let mut trials: Vec<Trial> = (0..30)
+        let mut trials: Vec<TrialRecord> = (0..30)
             .map(|i| trial(i, 1e-4, TrialStatus::Terminated, Some(f64::from(i))))
             .collect();
         trials[25].status = TrialStatus::Running;

@@ -1,30 +1,33 @@
 //! The run loop: one task that owns the experiment's state and reacts to events.
 //!
 //! Everything that changes state happens here, in order: the protocol server only forwards
-//! reports, executors only forward process exits, timers only send ticks. The loop appends each
-//! input to the journal ([`crate::journal`]), feeds it to the pure [`Tuner`], carries out the
-//! effects it asks for (files, processes, console), and answers the report. Because of that
-//! single owner there are no locks, and the files on disk always describe a state the tuner was
-//! really in; because the journal comes first, a new head can rebuild that state.
+//! reports, executors only forward process exits and placements, timers only send ticks. The
+//! loop feeds each input to the pure [`Tuner`], appends it with the outcome the core recorded to
+//! the journal ([`crate::journal`]), then carries out the effects it asks for (files, processes,
+//! console), and answers the report. Because of that single owner there are no locks, and the
+//! files on disk always describe a state the tuner was really in; because the journal line is
+//! written before any effect, a new head can rebuild that state.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rtune_core::tuner::{Effect, ErroredTrials, Exit, Input, Launch, Output, Tuner};
+use rtune_core::tuner::Effect;
+use rtune_core::tuner::{
+    EndReason, ErroredTrials, Exit, Input, InterruptReason, Launch, Output, Tuner,
+};
 use rtune_core::{Action, CheckpointId, TrialId, TrialStatus};
 use rtune_protocol::{Response, TrialAction};
 use serde_json::json;
 use tokio::sync::mpsc;
-// tokio's Instant follows the simulator's virtual clock (a paused runtime), std's would not.
-use tokio::time::Instant;
 
 use crate::executor::{Executor, ExecutorEvent, Placement, Resources, TrialLaunch};
 use crate::journal::{Journal, JournalError};
 use crate::report::Reporter;
 use crate::server::{ProtocolServer, ReportEvent};
-use crate::storage::{ExperimentDir, ExperimentState, HEARTBEAT_S, HeadInfo};
+use crate::state::{ExperimentState, HEARTBEAT_S, HeadInfo, RunStatus, StateMeta};
+use crate::storage::ExperimentDir;
 
 /// Errors that end a run before or while it runs. Trial failures are not errors of the run: they
 /// are recorded on the trial.
@@ -37,15 +40,24 @@ pub enum RunError {
     #[error(transparent)]
     Executor(#[from] crate::executor::ExecutorError),
     /// The journal could not be written (a full disk): the trials were stopped; the experiment
-    /// can be resumed once there is space.
-    #[error(
-        "{0}\nthe trials were stopped; everything up to this point is kept and `rtune resume` continues the experiment"
-    )]
+    /// can be resumed once there is space. (Or this head lost its claim: then it says so.)
+    #[error("{error}{hint}", error = .0, hint = resume_hint(.0))]
     Journal(#[from] JournalError),
     #[error(
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
     Stuck { pending: usize, dir: PathBuf },
+}
+
+/// What a user can do after a journal error: resume, unless another head has taken over.
+fn resume_hint(error: &JournalError) -> &'static str {
+    match error {
+        JournalError::Fenced(_) => "",
+        _ => {
+            "\nthe trials were stopped; everything up to this point is kept and `rtune resume` \
+             continues the experiment"
+        }
+    }
 }
 
 /// How the trial processes are started, as the run loop needs to know it.
@@ -60,35 +72,21 @@ pub struct TrialTemplate {
     /// How long a trial told to stop or pause may take to exit before it is signalled, and how
     /// long after SIGTERM it gets SIGKILL.
     pub stop_grace: Duration,
-    /// `trial.report_timeout_s`: a run that has not reported for this long is failed (and
-    /// retried per `max_failures`).
-    pub report_timeout: Option<Duration>,
     /// Directories outside the trial's scratch directory from which it may hand over checkpoints
     /// (`trial.checkpoint_roots`).
     pub checkpoint_roots: Vec<PathBuf>,
 }
 
-/// Experiment-wide limits of the run loop (not the core's: they depend on the clock or on
-/// outcomes the loop watches).
-#[derive(Clone, Debug, Default)]
-pub struct RunLimits {
-    /// `time_budget_s`: after this many seconds since the experiment started, every trial is
-    /// stopped and the experiment ends.
-    pub time_budget: Option<Duration>,
-    /// `max_total_results`: after this many results over all trials, every trial is stopped
-    /// and the experiment ends.
-    pub max_total_results: Option<u64>,
-    /// `fail_fast`: when the first N trials all end in ERROR, stop the experiment.
-    pub fail_fast: Option<u32>,
-}
-
 /// Everything the loop needs, assembled by [`crate::setup`].
 pub struct RunParts {
     pub tuner: Tuner,
+    /// Builds a fresh core from the experiment file (no inputs applied): a snapshot is checked
+    /// by restoring it into one before the journal relies on it.
+    pub fresh_tuner: Box<dyn Fn() -> Option<Tuner>>,
     pub executor: Box<dyn Executor>,
     pub executor_events: mpsc::UnboundedReceiver<ExecutorEvent>,
     pub dir: ExperimentDir,
-    pub state: ExperimentState,
+    pub meta: StateMeta,
     pub template: TrialTemplate,
     pub reporter: Reporter,
     /// Where the protocol server listens, and the host name trials use to reach it.
@@ -99,7 +97,6 @@ pub struct RunParts {
     pub journal: Journal,
     /// `Some` when this head resumes an experiment: what to do with its ERROR trials.
     pub resume: Option<ErroredTrials>,
-    pub limits: RunLimits,
 }
 
 /// What a finished run leaves for the CLI to print or return.
@@ -110,8 +107,8 @@ pub struct RunOutcome {
     /// The interrupt was SIGUSR1, SLURM's warning that the head job's time limit is near
     /// (`rtune submit` asks for it): the head may submit its successor.
     pub time_limit: bool,
-    /// Set when `fail_fast` ended the experiment: the common error of the first trials.
-    pub failed_fast: Option<String>,
+    /// Why the experiment ended early for good, if it did (fail-fast, a budget, a wrong metric).
+    pub ended: Option<EndReason>,
 }
 
 /// The least real time between two snapshots (`experiment_state.json`) while trials run. The
@@ -119,26 +116,13 @@ pub struct RunOutcome {
 /// tick comes every virtual second, thousands of times per real second, and rewriting the whole
 /// snapshot on each made an lcbench run of 3,121 trials take 398 s instead of 11 s. The
 /// snapshot only serves `rtune status` and readers of the directory (the journal is what a
-/// resume replays), so once per real second is enough; a real run ticks once a second anyway.
+/// resume reads), so once per real second is enough; a real run ticks once a second anyway.
 const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_millis(900);
 
 /// Seconds since the Unix epoch: the only clock the core ever sees. It follows tokio's clock,
 /// so under the simulator (a paused runtime) it is virtual time (see [`crate::clock`]).
 pub fn unix_now() -> f64 {
     crate::clock::unix_now()
-}
-
-struct RunningTrial {
-    run: u32,
-    /// When the core started it (`Input::Next`), in [`unix_now`] seconds.
-    submitted_at: f64,
-    /// Whether its processes run: false while its job waits in SLURM's queue. Queue time is
-    /// neither training time nor silence (`report_timeout_s`).
-    started: bool,
-    /// When it last reported (or its processes started): for `report_timeout_s`.
-    last_report: Instant,
-    /// Set once `report_timeout_s` ended it: its exit is a failure with this message.
-    timed_out: Option<String>,
 }
 
 /// Messages from the loop's own timers.
@@ -150,10 +134,11 @@ enum Timer {
 pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     let RunParts {
         mut tuner,
+        fresh_tuner,
         mut executor,
         mut executor_events,
         dir,
-        mut state,
+        meta,
         template,
         mut reporter,
         bind,
@@ -161,7 +146,6 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         secret,
         journal,
         resume,
-        limits,
     } = parts;
 
     let (report_tx, mut reports) = mpsc::unbounded_channel::<ReportEvent>();
@@ -174,11 +158,18 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     tracing::debug!(%addr, "protocol server listening");
     let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer>();
 
+    let head = HeadInfo {
+        pid: std::process::id(),
+        host: crate::setup::this_host_name().unwrap_or_else(|_| "unknown".into()),
+        heartbeat: unix_now(),
+    };
     let mut lp = Loop {
         tuner: &mut tuner,
+        fresh_tuner,
         executor: executor.as_mut(),
         dir: &dir,
-        state: &mut state,
+        meta,
+        head,
         template: &template,
         reporter: &mut reporter,
         addr,
@@ -189,32 +180,23 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         journal,
         maybe_more: true,
         fatal: None,
-        limits: limits.clone(),
-        failed_fast: None,
         last_write_real: None,
+        warned_silent: Vec::new(),
     };
-    lp.state.head = Some(HeadInfo {
-        pid: std::process::id(),
-        host: crate::setup::this_host_name().unwrap_or_else(|_| "unknown".into()),
-        heartbeat: unix_now(),
-    });
 
-    if let Some(errored) = resume {
-        // (A journal that cannot be written shows as `fatal`, handled at the loop's top.)
-        lp.feed(Input::Resume {
-            now: unix_now(),
-            errored,
-        });
-        lp.apply_effects();
-        // The result files become what the journal says counts: rolled-back results go, and
-        // results the old head counted but had not written yet come back.
-        for trial in lp.tuner.trials() {
-            if let Ok(files) = lp.dir.trial(trial.id)
-                && let Err(e) = files.rewrite_results(trial.history())
-            {
-                tracing::error!("{}: {e}", trial.id.name());
-            }
+    match resume {
+        Some(errored) => {
+            // (A journal that cannot be written shows as `fatal`, handled at the loop's top.)
+            lp.feed(Input::Resume {
+                now: unix_now(),
+                errored,
+            });
+            lp.apply_effects();
         }
+        None if lp.tuner.started_at().is_none() => {
+            lp.feed(Input::Begin { now: unix_now() });
+        }
+        None => {}
     }
 
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -233,8 +215,17 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     let mut time_limit = false;
 
     loop {
+        lp.still_head();
         if !interrupted && lp.fatal.is_none() {
             lp.fill_slots();
+        }
+        if matches!(&lp.fatal, Some(RunError::Journal(JournalError::Fenced(_))))
+            && let Some(lost) = lp.fatal.take()
+        {
+            // Another head holds the experiment now: end this head's trial processes and leave
+            // without writing anything.
+            lp.executor.shutdown(lp.template.stop_grace);
+            return Err(lost);
         }
         if lp.fatal.is_some() {
             // The journal cannot be written: nothing may take effect any more. Stop every trial
@@ -244,15 +235,14 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
                 lp.reporter.on_event(&format!("ERROR {error}"));
             }
             if !interrupted {
-                lp.tuner.interrupt("rtune cannot write its journal");
+                lp.tuner.interrupt(&InterruptReason::WriteFailure);
                 lp.apply_effects();
             }
             lp.executor.shutdown(lp.template.stop_grace);
             while let Ok(event) = executor_events.try_recv() {
                 lp.on_executor_event(event);
             }
-            lp.state.finished_at = Some(unix_now());
-            if let Err(e) = lp.write_state("interrupted") {
+            if let Err(e) = lp.write_state(RunStatus::Interrupted, Some(unix_now())) {
                 tracing::error!("{e}");
             }
             if let Some(error) = lp.fatal.take() {
@@ -272,7 +262,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
                 .filter(|t| !t.status.is_finished())
                 .count();
             if waiting > 0 || !lp.tuner.is_finished() {
-                lp.write_state("interrupted")?;
+                lp.write_state(RunStatus::Interrupted, Some(unix_now()))?;
                 return Err(RunError::Stuck {
                     pending: waiting,
                     dir: lp.dir.path().to_path_buf(),
@@ -280,61 +270,48 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             }
         }
         tokio::select! {
-            Some(report) = reports.recv() => lp.on_report(report),
-            Some(event) = executor_events.recv() => lp.on_executor_event(event),
-            Some(timer) = timers.recv() => lp.on_timer(timer),
-            _ = ticker.tick() => {
-                lp.check_limits();
-                // Both on the real clock (see SNAPSHOT_MIN_INTERVAL): the heartbeat says the
-                // head process is alive, which is a fact of real time even in a simulation.
-                let since = lp.last_write_real.map(|at| at.elapsed());
-                let snapshot_due = lp.dirty && since.is_none_or(|s| s >= SNAPSHOT_MIN_INTERVAL);
-                let heartbeat_due = since.is_none_or(|s| s.as_secs_f64() >= HEARTBEAT_S);
-                if (snapshot_due || heartbeat_due)
-                    && let Err(e) = lp.write_state("running")
-                    && lp.fatal.is_none()
-                {
-                    // A full disk: stop the trials like for the journal (never leave them
-                    // running behind an exited head).
-                    lp.fatal = Some(e);
-                }
-                lp.reporter.tick(unix_now(), lp.state);
-            }
+            // `still_head`: nothing is handled (or written) once another head took over.
+            Some(report) = reports.recv() => if lp.still_head() { lp.on_report(report) },
+            Some(event) = executor_events.recv() => if lp.still_head() { lp.on_executor_event(event) },
+            Some(timer) = timers.recv() => if lp.still_head() { lp.on_timer(timer) },
+            _ = ticker.tick() => if lp.still_head() { lp.on_tick() },
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
-                lp.interrupt("interrupted (Ctrl-C)");
+                lp.interrupt(InterruptReason::CtrlC);
             }
             Some(()) = next_signal(&mut sigterm), if !interrupted => {
                 interrupted = true;
-                lp.interrupt("interrupted (SIGTERM, e.g. scancel or the SLURM time limit)");
+                lp.interrupt(InterruptReason::Sigterm);
             }
             Some(()) = next_signal(&mut sighup), if !interrupted => {
                 interrupted = true;
-                lp.interrupt("interrupted (SIGHUP: the terminal or ssh session went away)");
+                lp.interrupt(InterruptReason::Sighup);
             }
             Some(()) = next_signal(&mut sigusr1), if !interrupted => {
                 interrupted = true;
                 time_limit = true;
-                lp.interrupt("stopped for the job's time limit (SIGUSR1 from SLURM)");
+                lp.interrupt(InterruptReason::TimeLimit);
             }
         }
     }
     lp.executor.shutdown(lp.template.stop_grace);
     let status = if interrupted {
-        "interrupted"
+        RunStatus::Interrupted
     } else {
-        "finished"
+        RunStatus::Finished
     };
-    lp.state.finished_at = Some(unix_now());
-    lp.write_state(status)?;
-    let failed_fast = lp.failed_fast.take();
-    reporter.finish(&state);
+    // A head that ends cleanly leaves a journal that is one snapshot: the next head (a resume,
+    // possibly of a later release) reads nothing else.
+    lp.compact();
+    let state = lp.write_state(status, Some(unix_now()))?;
+    let ended = lp.tuner.ended().cloned();
+    reporter.finish(&state, dir.path());
     Ok(RunOutcome {
         dir: dir.path().to_path_buf(),
         state,
         interrupted,
         time_limit,
-        failed_fast,
+        ended,
     })
 }
 
@@ -346,11 +323,19 @@ async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
     }
 }
 
+/// What the loop knows of a running trial's current run beyond the core: the run number its
+/// reports and exit must carry.
+struct RunningTrial {
+    run: u32,
+}
+
 struct Loop<'a> {
     tuner: &'a mut Tuner,
+    fresh_tuner: Box<dyn Fn() -> Option<Tuner>>,
     executor: &'a mut dyn Executor,
     dir: &'a ExperimentDir,
-    state: &'a mut ExperimentState,
+    meta: StateMeta,
+    head: HeadInfo,
     template: &'a TrialTemplate,
     reporter: &'a mut Reporter,
     /// `host:port` trials connect to.
@@ -366,51 +351,53 @@ struct Loop<'a> {
     maybe_more: bool,
     /// A journal write failed: the loop stops everything and returns this.
     fatal: Option<RunError>,
-    limits: RunLimits,
-    failed_fast: Option<String>,
     /// When the snapshot was last written, on the machine's real clock (for the heartbeat and
     /// [`SNAPSHOT_MIN_INTERVAL`]).
     last_write_real: Option<std::time::Instant>,
+    /// Trials the console already warned about for being silent (cleared once they report).
+    warned_silent: Vec<TrialId>,
 }
 
 impl Loop<'_> {
-    /// Append `input` to the journal, then feed it to the core: nothing takes effect that a
-    /// replay would not redo. For [`Input::Next`] the core's answer (the trial started, with its
-    /// config) is recorded in the same line, written before the process starts. Once the journal
-    /// cannot be written the loop is ending: inputs still reach the core (for the final
-    /// snapshot) but are not journaled, and a resume treats those runs as lost.
+    /// Whether this head still holds its claim on the experiment ([`crate::claim`]). Once it
+    /// does not, the loop ends at its top without writing anything more.
+    fn still_head(&mut self) -> bool {
+        if self.fatal.is_none()
+            && let Err(e) = self.journal.check_claim()
+        {
+            self.fatal = Some(RunError::Journal(e));
+        }
+        !matches!(
+            &self.fatal,
+            Some(RunError::Journal(JournalError::Fenced(_)))
+        )
+    }
+
+    /// Feed `input` to the core, then append it with the outcome the core recorded to the
+    /// journal, before any effect is carried out: nothing takes effect that a replay would not
+    /// redo. A `next` that changed nothing is not written. Once the journal cannot be written
+    /// the loop is ending: inputs still reach the core (for the final snapshot) but are not
+    /// journaled, and a resume treats those runs as lost.
     fn feed(&mut self, input: Input) -> Option<Output> {
-        let mut input = Journal::round_trip(&input);
+        let input = Journal::round_trip(&input);
         self.maybe_more = true;
-        let journaled = self.fatal.is_none();
-        let output = if let Input::Next { now, started } = &mut input {
-            let output = self.tuner.apply(&Input::Next {
-                now: *now,
-                started: None,
-            });
-            if let Ok(Output::Launch(launch)) = &output {
-                started.clone_from(launch);
-            }
-            if journaled && let Err(e) = self.journal.append(&input) {
-                self.fatal = Some(RunError::Journal(e));
-            }
-            output
-        } else {
-            if journaled && let Err(e) = self.journal.append(&input) {
-                self.fatal = Some(RunError::Journal(e));
-                return None;
-            }
-            self.tuner.apply(&input)
-        };
-        match output {
-            Ok(output) => Some(output),
+        let (output, outcome) = match self.tuner.apply(&input) {
+            Ok(applied) => applied,
             Err(e) => {
                 // The loop checks runs before it feeds them; a refusal here is a bug, and a
                 // replay refuses the same input the same way.
                 tracing::error!("{e}");
-                None
+                return None;
             }
+        };
+        let idle_next = matches!(input, Input::Next { .. }) && outcome.is_empty();
+        if self.fatal.is_none()
+            && !idle_next
+            && let Err(e) = self.journal.append(&input, &outcome)
+        {
+            self.fatal = Some(RunError::Journal(e));
         }
+        Some(output)
     }
 
     /// Start trials while the executor has room and the tuner has something to run.
@@ -434,20 +421,10 @@ impl Loop<'_> {
             self.apply_effects();
             let trial = launch.trial;
             let run = launch.run;
-            let submitted_at = unix_now();
             match self.start(launch) {
                 Ok(placement) => {
-                    self.running.insert(
-                        trial,
-                        RunningTrial {
-                            run,
-                            submitted_at,
-                            started: !placement.queued,
-                            last_report: Instant::now(),
-                            timed_out: None,
-                        },
-                    );
-                    self.record_placement(trial, run, placement.description);
+                    self.running.insert(trial, RunningTrial { run });
+                    self.record_placement(trial, run, placement, unix_now());
                 }
                 Err(message) => {
                     // The trial could not even start (missing program, unwritable dir): that is
@@ -520,8 +497,7 @@ impl Loop<'_> {
             env.push((e::RESTORE_ITERATION.to_string(), c.iteration.to_string()));
         }
         env.extend(self.template.env.iter().cloned());
-        let placement = self
-            .executor
+        self.executor
             .start(TrialLaunch {
                 trial,
                 run: launch.run,
@@ -533,8 +509,7 @@ impl Loop<'_> {
                 stdout: files.stdout_path(),
                 stderr: files.stderr_path(),
             })
-            .map_err(|e| e.to_string())?;
-        Ok(placement)
+            .map_err(|e| e.to_string())
     }
 
     /// An exploit's target gets its own copy of the donor's checkpoint as soon as the exploit is
@@ -576,15 +551,8 @@ impl Loop<'_> {
                 "rtune cannot write its journal and is stopping every trial; this process should exit",
             );
         }
-        match self.running.get_mut(&trial) {
-            Some(r) if r.run == report.run => {
-                r.last_report = Instant::now();
-                if !r.started {
-                    // It reported before the executor saw its job start (between two polls):
-                    // its time counts from this report on.
-                    self.mark_started(trial, report.run, None);
-                }
-            }
+        match self.running.get(&trial) {
+            Some(r) if r.run == report.run => {}
             Some(r) => {
                 return Response::error(format!(
                     "{} run {} is not the current run ({}); this process should exit",
@@ -600,15 +568,29 @@ impl Loop<'_> {
         let Some(current) = self.tuner.trial(trial) else {
             return Response::error(format!("no trial {}", trial.name()));
         };
-        let budget = self.tuner.scheduler_budget();
-        let rules = crate::report_checks::Rules {
-            metric: &self.tuner.settings().metric,
-            time_attr: self.tuner.scheduler_time_attr(),
-            budget: budget.as_ref(),
-        };
-        if let Err(message) = crate::report_checks::check_report(current, &report.metrics, &rules) {
+        if current.run_started_at.is_none() {
+            // It reported before the executor saw its job start (between two polls): its time
+            // counts from this report on.
+            self.mark_started(trial, report.run);
+        }
+        if let Err(refusal) = self.tuner.check_report(trial, &report.metrics) {
+            let message = refusal.to_string();
+            if refusal.ends_experiment() {
+                // The user's mistake (a wrong metric name): every trial would repeat it.
+                self.reporter.on_event(&format!("ERROR {message}"));
+                self.feed(Input::StopAll {
+                    now: unix_now(),
+                    reason: EndReason::BadReport { refusal },
+                });
+                self.apply_effects();
+                self.dirty = true;
+                return Response::error(message);
+            }
             return self.refuse(trial, message);
         }
+        let Some(current) = self.tuner.trial(trial) else {
+            return Response::error(format!("no trial {}", trial.name()));
+        };
         let iteration = current.iteration + 1;
         let restored_from = current.restore;
         // The config this result was produced with; the decision it triggers may change the
@@ -657,6 +639,7 @@ impl Loop<'_> {
                 );
             }
         };
+        self.warned_silent.retain(|&t| t != trial);
         // Once it has a checkpoint of its own, the copy of a donor's checkpoint it restarted
         // from (an exploit) is no longer needed: a restart would use its own (the tuner then
         // restores from something else, or from nothing while it runs on). The same report may
@@ -674,8 +657,10 @@ impl Loop<'_> {
                 trial.name()
             );
         }
-        let done = !matches!(reply.action, Action::Continue);
-        if let Err(e) = files.append_result(&reply.result, &config, done) {
+        if let Err(e) = self
+            .dir
+            .append_result(&reply.result, &config, reply.done, report.run)
+        {
             tracing::error!("{}: cannot write result: {e}", trial.name());
         }
         let effects = self.tuner.drain_effects();
@@ -697,12 +682,11 @@ impl Loop<'_> {
         if action.should_exit() {
             self.schedule_end(trial, report.run);
         }
-        self.check_result_budget();
         Response::action(action, reason)
     }
 
-    /// A report refused by [`crate::report_checks`]: logged, answered with the error, never
-    /// recorded.
+    /// A report refused by the core's rules or the checkpoint checks: logged, answered with the
+    /// error, never recorded.
     fn refuse(&mut self, trial: TrialId, message: String) -> Response {
         self.warn(trial, &format!("report refused: {message}"));
         Response::error(message)
@@ -731,6 +715,96 @@ impl Loop<'_> {
         });
     }
 
+    /// About once a second: what is due on the clock (the time budget, report timeouts), the
+    /// silent-trial warnings, the snapshot and the heartbeat, the journal's flush and
+    /// compaction, and the console.
+    fn on_tick(&mut self) {
+        let now = unix_now();
+        for input in self.tuner.due(now) {
+            if let Input::Timeout { trial, .. } = &input {
+                let timeout = self.tuner.settings().limits.report_timeout_s.unwrap_or(0.0);
+                self.warn(
+                    *trial,
+                    &format!(
+                        "{}: no report for {timeout} s (trial.report_timeout_s): the run is ended",
+                        trial.name()
+                    ),
+                );
+            }
+            self.feed(input);
+            self.apply_effects();
+            self.dirty = true;
+        }
+        for trial in self.tuner.silent_trials(now) {
+            if self.warned_silent.contains(&trial) {
+                continue;
+            }
+            self.warned_silent.push(trial);
+            let since = self
+                .tuner
+                .trial(trial)
+                .and_then(|t| t.last_report_at)
+                .map_or(0.0, |at| now - at);
+            self.warn(
+                trial,
+                &format!(
+                    "{} has reported nothing for {:.0} s, much longer than the other trials take \
+                     between reports; it may hang (trial.report_timeout_s ends such runs)",
+                    trial.name(),
+                    since
+                ),
+            );
+            self.dirty = true;
+        }
+        // Both on the real clock (see SNAPSHOT_MIN_INTERVAL): the heartbeat says the head
+        // process is alive, which is a fact of real time even in a simulation.
+        let since = self.last_write_real.map(|at| at.elapsed());
+        let snapshot_due = self.dirty && since.is_none_or(|s| s >= SNAPSHOT_MIN_INTERVAL);
+        let heartbeat_due = since.is_none_or(|s| s.as_secs_f64() >= HEARTBEAT_S);
+        if snapshot_due || heartbeat_due {
+            match self.write_state(RunStatus::Running, None) {
+                Ok(state) => self.reporter.tick(now, &state),
+                Err(e) if self.fatal.is_none() => {
+                    // A full disk: stop the trials like for the journal (never leave them
+                    // running behind an exited head).
+                    self.fatal = Some(e);
+                }
+                Err(_) => {}
+            }
+        }
+        self.journal.sync_in_background();
+        if self.journal.compaction_due() {
+            self.compact();
+        }
+    }
+
+    /// Rewrite the journal as one snapshot of the core, once the snapshot is known to restore
+    /// to the very same state (else the journal keeps growing, and a warning says why).
+    fn compact(&mut self) {
+        if self.fatal.is_some() || self.journal.lines_since_snapshot() == 0 {
+            return;
+        }
+        let snapshot = self.tuner.snapshot();
+        let checked = serde_json::to_string(&snapshot)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .and_then(|parsed| {
+                let mut fresh = (self.fresh_tuner)()?;
+                fresh.restore_snapshot(parsed).ok()?;
+                Some(fresh.fingerprint() == self.tuner.fingerprint())
+            });
+        if checked != Some(true) {
+            tracing::warn!(
+                "the core's snapshot does not restore to the same state, so the journal is not \
+                 compacted (a resume replays it whole)"
+            );
+            return;
+        }
+        if let Err(e) = self.journal.compact(snapshot) {
+            self.fatal = Some(RunError::Journal(e));
+        }
+    }
+
     fn on_executor_event(&mut self, event: ExecutorEvent) {
         let (trial, run, success, message) = match event {
             ExecutorEvent::Exited {
@@ -750,17 +824,19 @@ impl Loop<'_> {
             ExecutorEvent::Placed {
                 trial,
                 run,
-                description,
+                placement,
                 running,
                 started_at,
             } => {
                 // A queued SLURM job started (or still waits, for a new reason).
                 if self.running.get(&trial).is_some_and(|r| r.run == run) {
-                    self.record_placement(trial, run, description);
+                    let at = if running {
+                        self.start_time(trial, started_at)
+                    } else {
+                        unix_now()
+                    };
+                    self.record_placement(trial, run, placement, at);
                     self.dirty = true;
-                    if running {
-                        self.mark_started(trial, run, started_at);
-                    }
                 }
                 return;
             }
@@ -770,24 +846,31 @@ impl Loop<'_> {
             Some(r) if r.run == run => {}
             _ => return,
         }
-        let timed_out = self.running.remove(&trial).and_then(|r| r.timed_out);
-        let exit = match timed_out {
-            Some(message) => Exit::Failure(self.failure_message(trial, &message)),
-            None if success => Exit::Success,
-            None => Exit::Failure(self.failure_message(trial, &message)),
+        self.running.remove(&trial);
+        self.dir.close_trial(trial);
+        let exit = if success {
+            Exit::Success
+        } else {
+            Exit::Failure(self.failure_message(trial, &message))
         };
-        let ending = self.tuner.trial(trial).and_then(|t| t.ending);
-        if let (Exit::Failure(message), None) = (&exit, ending) {
-            self.write_error(trial, message);
-        }
+        let failures = self.tuner.trial(trial).map_or(0, |t| t.failures);
+        let status = self.tuner.trial(trial).map(|t| t.status);
         self.feed(Input::Exit {
             now: unix_now(),
             trial,
             run,
             exit,
         });
+        // The core says whether the exit was the trial's failure (a stop it was told, or an
+        // interrupt, is not): error.txt gets every failure's message.
+        if let Some(t) = self.tuner.trial(trial)
+            && (t.failures > failures
+                || (t.status == TrialStatus::Error && status != Some(t.status)))
+            && let Some(error) = t.error.clone()
+        {
+            self.write_error(trial, &error);
+        }
         self.apply_effects();
-        self.check_fail_fast();
         self.dirty = true;
     }
 
@@ -800,172 +883,57 @@ impl Loop<'_> {
         if self.running.get(&trial).is_none_or(|r| r.run != run) {
             return;
         }
-        let timed_out = self.running.remove(&trial).and_then(|r| r.timed_out);
+        self.running.remove(&trial);
+        self.dir.close_trial(trial);
         self.reporter.on_event(&format!(
             "{}: its run {run} was lost: {message}",
             trial.name()
         ));
-        let exit = match timed_out {
-            Some(why) => Exit::Failure(self.failure_message(trial, &why)),
-            None => Exit::Lost(message),
-        };
         self.feed(Input::Exit {
             now: unix_now(),
             trial,
             run,
-            exit,
+            exit: Exit::Lost(message),
         });
         self.apply_effects();
         self.dirty = true;
     }
 
-    /// A run that waited in the queue really runs now (or at `started_at`, when the executor
-    /// knows better and it lies between the run's submission and now): its time and its
-    /// `report_timeout_s` count from there. Once per run.
-    fn mark_started(&mut self, trial: TrialId, run: u32, started_at: Option<f64>) {
+    /// When a run that waited in the queue started: `started_at` when the executor knows it
+    /// and it lies between the run's start by the core and now, else now. Its time and its
+    /// `report_timeout_s` count from there.
+    fn start_time(&self, trial: TrialId, started_at: Option<f64>) -> f64 {
         let now = unix_now();
-        let Some(r) = self
-            .running
-            .get_mut(&trial)
-            .filter(|r| r.run == run && !r.started)
-        else {
+        let submitted = self
+            .tuner
+            .trial(trial)
+            .and_then(|t| t.last_report_at)
+            .unwrap_or(now);
+        started_at
+            .filter(|at| at.is_finite() && *at >= submitted && *at <= now)
+            .unwrap_or(now)
+    }
+
+    /// A run reported before the executor saw its queued job start (between two polls): it
+    /// runs, and its time counts from now.
+    fn mark_started(&mut self, trial: TrialId, run: u32) {
+        let Some(mut placement) = self.tuner.trial(trial).and_then(|t| t.placement.clone()) else {
             return;
         };
-        r.started = true;
-        r.last_report = Instant::now();
-        let at = started_at
-            .filter(|t| t.is_finite() && *t >= r.submitted_at && *t <= now)
-            .unwrap_or(now);
-        self.feed(Input::Started {
-            now: at,
-            trial,
-            run,
-        });
-        self.apply_effects();
+        placement.queued = false;
+        self.record_placement(trial, run, placement, unix_now());
     }
 
     /// Ctrl-C, SIGTERM, SIGHUP: journal the interrupt, end every running trial.
-    fn interrupt(&mut self, what: &str) {
-        self.reporter
-            .on_event(&format!("{what}: stopping every trial"));
-        self.feed(Input::Interrupt {
-            now: unix_now(),
-            reason: format!("the experiment was {what}"),
-        });
-        self.apply_effects();
-        self.executor.shutdown(self.template.stop_grace);
-    }
-
-    /// On every tick: runs silent for longer than `report_timeout_s` are ended (and failed),
-    /// and a used-up `time_budget_s` stops the experiment.
-    fn check_limits(&mut self) {
-        if let Some(timeout) = self.template.report_timeout {
-            let silent: Vec<TrialId> = self
-                .running
-                .iter()
-                .filter(|(_, r)| {
-                    r.started && r.timed_out.is_none() && r.last_report.elapsed() >= timeout
-                })
-                .map(|(&t, _)| t)
-                .collect();
-            for trial in silent {
-                let message = format!(
-                    "no report for {} s (trial.report_timeout_s): the run was ended",
-                    timeout.as_secs_f64()
-                );
-                self.warn(trial, &format!("{}: {message}", trial.name()));
-                if let Some(r) = self.running.get_mut(&trial) {
-                    r.timed_out = Some(message);
-                }
-                self.executor.stop(trial, self.template.stop_grace);
-            }
-        }
-        self.check_result_budget();
-        if let Some(budget) = self.limits.time_budget
-            && !self.tuner.is_finished()
-            && self.failed_fast.is_none()
-            && unix_now() - self.state.started_at >= budget.as_secs_f64()
-        {
-            self.limits.time_budget = None;
-            self.stop_all_for(format!(
-                "the time budget of {} s (time_budget_s) is used up",
-                budget.as_secs_f64()
-            ));
-        }
-    }
-
-    /// A used-up budget (`time_budget_s`, `max_total_results`): every trial is stopped for good,
-    /// through the journal, and the experiment ends as finished.
-    fn stop_all_for(&mut self, reason: String) {
+    fn interrupt(&mut self, reason: InterruptReason) {
         self.reporter
             .on_event(&format!("{reason}: stopping every trial"));
-        self.feed(Input::StopAll {
+        self.feed(Input::Interrupt {
             now: unix_now(),
             reason,
         });
         self.apply_effects();
-    }
-
-    /// `max_total_results`: checked after every result (and on every tick, for a resumed
-    /// experiment whose budget was used up before it stopped).
-    fn check_result_budget(&mut self) {
-        let Some(budget) = self.limits.max_total_results else {
-            return;
-        };
-        if self.tuner.results_received() < budget
-            || self.tuner.is_finished()
-            || self.failed_fast.is_some()
-        {
-            return;
-        }
-        self.limits.max_total_results = None;
-        self.stop_all_for(format!(
-            "the budget of {budget} results (max_total_results) is used up"
-        ));
-    }
-
-    /// `fail_fast = N`: when the first N trials all ended in ERROR, the experiment stops and
-    /// says what they had in common.
-    fn check_fail_fast(&mut self) {
-        let Some(n) = self.limits.fail_fast else {
-            return;
-        };
-        let first: Vec<_> = self.tuner.trials().iter().take(n as usize).collect();
-        if first.len() < n as usize || first.iter().any(|t| t.status != TrialStatus::Error) {
-            return;
-        }
-        let errors: Vec<&str> = first
-            .iter()
-            .map(|t| {
-                t.error
-                    .as_deref()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-            })
-            .collect();
-        let common = if errors.iter().all(|e| *e == errors[0]) {
-            format!("all failed with: {}", errors[0])
-        } else {
-            format!("the first failed with: {}", errors[0])
-        };
-        let message = format!(
-            "fail_fast: the first {n} trials all ended in ERROR, so the experiment stops; {common}\nsee {}",
-            self.dir
-                .path()
-                .join("trial_00000")
-                .join("error.txt")
-                .display()
-        );
-        self.limits.fail_fast = None;
-        self.reporter.on_event(&message);
-        self.feed(Input::StopAll {
-            now: unix_now(),
-            reason: "fail_fast: the first trials all failed".into(),
-        });
-        self.apply_effects();
-        self.failed_fast = Some(message);
+        self.executor.shutdown(self.template.stop_grace);
     }
 
     /// The exit message plus where to look: the last lines of the trial's stderr.
@@ -990,15 +958,24 @@ impl Loop<'_> {
     }
 
     /// Where a run of a trial was placed (or moved to: a queued SLURM job that started): the
-    /// state keeps the latest, events.jsonl every one, so a timeline can show each run.
-    fn record_placement(&mut self, trial: TrialId, run: u32, description: String) {
+    /// core keeps the latest (a journaled input), events.jsonl every one, so a timeline can
+    /// show each run.
+    fn record_placement(&mut self, trial: TrialId, run: u32, placement: Placement, at: f64) {
         if let Err(e) = self.dir.append_event(&json!({
-            "time": unix_now(), "trial": trial.to_string(), "event": "placement",
-            "run": run, "placement": description,
+            "time": at, "trial": trial.to_string(), "event": "placement",
+            "run": run, "placement": placement,
         })) {
             tracing::error!("cannot write the events log: {e}");
         }
-        self.state.placements.insert(trial.to_string(), description);
+        let running = !placement.queued;
+        self.feed(Input::Placed {
+            now: at,
+            trial,
+            run,
+            placement,
+            running,
+        });
+        self.apply_effects();
     }
 
     fn warn(&mut self, trial: TrialId, message: &str) {
@@ -1019,6 +996,9 @@ impl Loop<'_> {
     }
 
     fn apply(&mut self, effects: Vec<Effect>) {
+        if !self.still_head() {
+            return; // the effects of a head that lost its claim are not carried out
+        }
         let now = unix_now();
         for effect in effects {
             match effect {
@@ -1050,12 +1030,16 @@ impl Loop<'_> {
                     }
                     self.write_policy(target);
                 }
-                Effect::RolledBack { trial } => {
-                    if let Some(t) = self.tuner.trial(trial)
-                        && let Ok(files) = self.dir.trial(trial)
-                        && let Err(e) = files.rewrite_results(t.history())
+                Effect::Truncated {
+                    trial,
+                    through_iteration,
+                    reason,
+                } => {
+                    if let Err(e) = self
+                        .dir
+                        .truncate_results(trial, through_iteration, reason, now)
                     {
-                        tracing::error!("{}: cannot roll back its results: {e}", trial.name());
+                        tracing::error!("{}: cannot set its results apart: {e}", trial.name());
                     }
                 }
                 Effect::Status {
@@ -1068,6 +1052,11 @@ impl Loop<'_> {
                         "status": status, "reason": reason,
                     })) {
                         tracing::error!("cannot write the events log: {e}");
+                    }
+                    if status == TrialStatus::Terminated
+                        && let Err(e) = self.dir.mark_last_done(trial)
+                    {
+                        tracing::error!("{}: cannot mark its final result: {e}", trial.name());
                     }
                     // A new trial waiting is no news; one that ran before (a retry, a resume) is.
                     let ran_before = self.tuner.trial(trial).is_some_and(|t| t.runs > 0);
@@ -1102,36 +1091,50 @@ impl Loop<'_> {
                         tracing::error!("cannot write the decisions log: {e}");
                     }
                 }
+                Effect::Ended(reason) => {
+                    self.reporter
+                        .on_event(&format!("{reason}: stopping every trial"));
+                }
             }
         }
-        // `state.trials` is brought up to date when the state is written (`write_state`), not
-        // here: copying every trial after every event made the loop quadratic in the number of
-        // trials.
+        // The projection (`experiment_state.json`) is brought up to date when the state is
+        // written (`write_state`), not here: copying every trial after every event made the loop
+        // quadratic in the number of trials.
     }
 
     /// policy.json: the trial's config by iteration, as the core keeps it.
     fn write_policy(&self, trial: TrialId) {
-        let Some(policy) = self.tuner.trial(trial).map(|t| t.policy.clone()) else {
+        let Some(policy) = self.tuner.trial(trial).map(|t| &t.policy) else {
             return;
         };
         if let Ok(files) = self.dir.trial(trial)
-            && let Err(e) = files.write_policy(&policy)
+            && let Err(e) = files.write_policy(policy)
         {
             tracing::error!("{}: cannot write policy.json: {e}", trial.name());
         }
     }
 
-    fn write_state(&mut self, status: &str) -> Result<(), RunError> {
-        self.state.status = status.to_string();
-        self.state.trials = self.tuner.trials().to_vec();
+    /// Write `experiment_state.json`, the projection of the core's state; returns it.
+    fn write_state(
+        &mut self,
+        status: RunStatus,
+        finished_at: Option<f64>,
+    ) -> Result<ExperimentState, RunError> {
+        self.journal.check_claim()?; // a head that lost its claim writes nothing
         let now = unix_now();
-        if let Some(head) = &mut self.state.head {
-            head.heartbeat = now;
-        }
+        self.head.heartbeat = now;
+        let state = ExperimentState::project(
+            &self.meta,
+            self.tuner,
+            status,
+            now,
+            Some(self.head.clone()),
+            finished_at,
+        );
         self.last_write_real = Some(std::time::Instant::now());
-        self.dir.write_state(self.state)?;
+        self.dir.write_state(&state)?;
         self.dirty = false;
-        Ok(())
+        Ok(state)
     }
 }
 
@@ -1147,7 +1150,6 @@ fn tail_lines(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
-
 #[cfg(test)]
 mod tests {
     //! The run loop on its own: a fake executor whose "processes" are threads speaking the real
@@ -1158,13 +1160,12 @@ mod tests {
 
     use rtune_core::scheduler::FifoScheduler;
     use rtune_core::searcher::FixedSearcher;
-    use rtune_core::tuner::TunerSettings;
-    use rtune_core::{Config, Mode};
+    use rtune_core::tuner::{Limits, TunerSettings};
+    use rtune_core::{Config, ExecutorKind, Mode};
     use serde_json::Value;
 
     use super::*;
     use crate::executor::{CapacityPlan, ExecutorError, Placement};
-    use crate::storage::STATE_FORMAT;
 
     /// Runs each trial as a thread: it reports `epochs` results (`loss = x / epoch`), or fails
     /// at `fail_at` when its config says so, and exits when told to or when stopped.
@@ -1207,10 +1208,7 @@ mod tests {
                     message: message.into(),
                 });
             });
-            Ok(Placement {
-                description: "fake".into(),
-                queued: false,
-            })
+            Ok(Placement::nowhere(ExecutorKind::Local, "fake"))
         }
         fn stop(&mut self, trial: TrialId, _: Duration) {
             if let Some(flag) = self.running.get(&trial) {
@@ -1270,7 +1268,7 @@ mod tests {
             .collect()
     }
 
-    fn tuner(configs: Vec<Config>, max_failures: u32) -> Tuner {
+    fn tuner(configs: Vec<Config>, max_failures: u32, limits: Limits) -> Tuner {
         Tuner::new(
             TunerSettings {
                 metric: "loss".into(),
@@ -1278,6 +1276,8 @@ mod tests {
                 seed: 3,
                 max_failures,
                 stop: [("training_iteration".to_string(), 3.0)].into(),
+                limits,
+                ..TunerSettings::default()
             },
             Box::new(FixedSearcher::new(configs)),
             Box::new(FifoScheduler),
@@ -1288,7 +1288,7 @@ mod tests {
         dir: &Path,
         configs: Vec<Config>,
         max_failures: u32,
-        limits: RunLimits,
+        limits: Limits,
     ) -> RunOutcome {
         let executor = |events| -> Box<dyn Executor> {
             Box::new(FakeExecutor {
@@ -1304,34 +1304,26 @@ mod tests {
         dir: &Path,
         configs: Vec<Config>,
         max_failures: u32,
-        limits: RunLimits,
+        limits: Limits,
         executor: impl FnOnce(mpsc::UnboundedSender<ExecutorEvent>) -> Box<dyn Executor>,
     ) -> RunOutcome {
         let (events_tx, executor_events) = mpsc::unbounded_channel();
         let experiment = ExperimentDir::open(dir);
         let (journal, _) = Journal::open(dir).expect("journal");
-        let state = ExperimentState {
-            format: STATE_FORMAT,
+        let meta = StateMeta {
             name: "fake".into(),
-            status: "running".into(),
             metric: "loss".into(),
             mode: Mode::Min,
-            scheduler: "fifo".into(),
-            searcher: "fixed".into(),
             parameters: vec!["x".into()],
-            total_trials: Some(configs.len()),
-            started_at: unix_now(),
-            finished_at: None,
-            trials: Vec::new(),
-            placements: Default::default(),
-            head: None,
         };
+        let fresh = (configs.clone(), max_failures, limits.clone());
         let parts = RunParts {
-            tuner: tuner(configs, max_failures),
+            tuner: tuner(configs, max_failures, limits),
+            fresh_tuner: Box::new(move || Some(tuner(fresh.0.clone(), fresh.1, fresh.2.clone()))),
             executor: executor(events_tx),
             executor_events,
             dir: experiment,
-            state,
+            meta,
             template: TrialTemplate {
                 command: vec!["fake".into()],
                 env: Vec::new(),
@@ -1339,7 +1331,6 @@ mod tests {
                 resources: Resources::default(),
                 cwd: dir.to_path_buf(),
                 stop_grace: Duration::from_secs(5),
-                report_timeout: None,
                 checkpoint_roots: Vec::new(),
             },
             reporter: Reporter::new(false, 3600.0),
@@ -1348,7 +1339,6 @@ mod tests {
             secret: "s3cret".into(),
             journal,
             resume: None,
-            limits,
         };
         run(parts).await.expect("the run ends")
     }
@@ -1396,7 +1386,7 @@ mod tests {
                 let _ = events.send(ExecutorEvent::Placed {
                     trial,
                     run,
-                    description: "fake node".into(),
+                    placement: Placement::nowhere(ExecutorKind::SlurmJob, "fake node"),
                     running: true,
                     started_at: None,
                 });
@@ -1456,10 +1446,9 @@ mod tests {
                 });
             });
             self.running.insert(trial, task);
-            Ok(Placement {
-                description: "queued".into(),
-                queued: true,
-            })
+            let mut placement = Placement::nowhere(ExecutorKind::SlurmJob, "queued");
+            placement.queued = true;
+            Ok(placement)
         }
         fn stop(&mut self, _: TrialId, _: Duration) {}
         fn release(&mut self, trial: TrialId) {
@@ -1482,24 +1471,19 @@ mod tests {
                 reports: None,
             })
         };
-        let outcome = run_with(
-            dir.path(),
-            configs.clone(),
-            0,
-            RunLimits::default(),
-            executor,
-        )
-        .await;
-        assert_eq!(outcome.state.status, "finished");
+        let outcome = run_with(dir.path(), configs.clone(), 0, Limits::default(), executor).await;
+        assert_eq!(outcome.state.status, RunStatus::Finished);
         let again = replayed(dir.path(), configs, 0);
-        for trials in [&outcome.state.trials[..], again.trials()] {
-            for trial in trials {
-                assert_eq!(trial.status, TrialStatus::Terminated);
-                let times: Vec<(f64, f64)> = trial
-                    .history()
+        for trial in again.trials() {
+            assert_eq!(trial.status, TrialStatus::Terminated);
+        }
+        for trial in &outcome.state.trials {
+            assert_eq!(trial.status, TrialStatus::Terminated);
+            {
+                let times: Vec<(f64, f64)> = results(dir.path(), trial.id)
                     .iter()
-                    .map(|h| {
-                        let get = |k| h.result.get(k).unwrap_or(f64::NAN);
+                    .map(|line| {
+                        let get = |k| line.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
                         (get("time_this_iter_s"), get("time_total_s"))
                     })
                     .collect();
@@ -1531,27 +1515,18 @@ mod tests {
             })
         };
         // max_failures = 0: counted as a failure, the loss would end the trial in ERROR.
-        let outcome = run_with(
-            dir.path(),
-            configs.clone(),
-            0,
-            RunLimits::default(),
-            executor,
-        )
-        .await;
+        let outcome = run_with(dir.path(), configs.clone(), 0, Limits::default(), executor).await;
         let trial = &outcome.state.trials[0];
         assert_eq!(trial.status, TrialStatus::Terminated, "{:?}", trial.error);
         assert_eq!((trial.runs, trial.failures), (2, 0));
-        let iterations: Vec<u64> = trial
-            .history()
+        let iterations: Vec<u64> = results(dir.path(), trial.id)
             .iter()
-            .map(|h| h.result.iteration())
+            .filter_map(|line| line.get("training_iteration").and_then(Value::as_u64))
             .collect();
-        assert_eq!(
-            iterations,
-            [1, 2, 3],
-            "the lost run's result is rolled back"
-        );
+        assert_eq!(iterations, [1, 2, 3], "the lost run's result is set apart");
+        let superseded = std::fs::read_to_string(dir.path().join("trial_00000/superseded.json"))
+            .expect("superseded.json");
+        assert_eq!(superseded.lines().count(), 1, "{superseded}");
         let answers = stale.lock().expect("lock");
         assert_eq!(answers.len(), 1);
         assert!(
@@ -1560,16 +1535,40 @@ mod tests {
             answers[0]
         );
         let again = replayed(dir.path(), configs, 0);
-        assert_eq!(
-            serde_json::to_string(&outcome.state.trials).expect("json"),
-            serde_json::to_string(again.trials()).expect("json")
-        );
+        assert_eq!(outcome.state.trials, projected(&again));
+    }
+
+    /// The trials of a tuner as experiment_state.json shows them.
+    fn projected(tuner: &Tuner) -> Vec<crate::state::TrialRecord> {
+        tuner
+            .trials()
+            .iter()
+            .map(|t| crate::state::TrialRecord::from_trial(t, false))
+            .collect()
+    }
+
+    /// A trial's result.json lines.
+    fn results(dir: &Path, trial: TrialId) -> Vec<serde_json::Map<String, Value>> {
+        std::fs::read_to_string(dir.join(trial.name()).join("result.json"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     fn replayed(dir: &Path, configs: Vec<Config>, max_failures: u32) -> Tuner {
-        let mut t = tuner(configs, max_failures);
-        let (journal, inputs) = Journal::open(dir).expect("journal");
-        crate::journal::replay(&mut t, &inputs, journal.path()).expect("replay");
+        replayed_with(dir, configs, max_failures, Limits::default())
+    }
+
+    fn replayed_with(dir: &Path, configs: Vec<Config>, max_failures: u32, limits: Limits) -> Tuner {
+        let mut t = tuner(configs, max_failures, limits);
+        let (journal, contents) = Journal::open(dir).expect("journal");
+        crate::journal::replay(&mut t, &contents, journal.path()).expect("replay");
+        assert_eq!(
+            t.replay_divergences(),
+            0,
+            "the same code replays its own journal"
+        );
         t
     }
 
@@ -1577,9 +1576,9 @@ mod tests {
     async fn trials_run_to_the_stop_criterion_and_the_journal_rebuilds_the_core() {
         let dir = tempfile::tempdir().expect("tempdir");
         let configs: Vec<Config> = (1..=3).map(|x| config(&[("x", f64::from(x))])).collect();
-        let outcome = run_fake(dir.path(), configs.clone(), 0, RunLimits::default()).await;
+        let outcome = run_fake(dir.path(), configs.clone(), 0, Limits::default()).await;
         assert!(!outcome.interrupted);
-        assert_eq!(outcome.state.status, "finished");
+        assert_eq!(outcome.state.status, RunStatus::Finished);
         assert!(
             outcome
                 .state
@@ -1587,9 +1586,8 @@ mod tests {
                 .iter()
                 .all(|t| t.status == TrialStatus::Terminated && t.iteration == 3)
         );
-        let live = serde_json::to_string(&outcome.state.trials).expect("json");
         let again = replayed(dir.path(), configs, 0);
-        assert_eq!(live, serde_json::to_string(again.trials()).expect("json"));
+        assert_eq!(outcome.state.trials, projected(&again));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -1597,12 +1595,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         // Three trials of 3 results each, 2 at a time: 9 results without the budget.
         let configs: Vec<Config> = (1..=3).map(|x| config(&[("x", f64::from(x))])).collect();
-        let limits = RunLimits {
+        let limits = Limits {
             max_total_results: Some(4),
-            ..RunLimits::default()
+            ..Limits::default()
         };
-        let outcome = run_fake(dir.path(), configs.clone(), 0, limits).await;
-        assert_eq!(outcome.state.status, "finished");
+        let outcome = run_fake(dir.path(), configs.clone(), 0, limits.clone()).await;
+        assert_eq!(outcome.state.status, RunStatus::Finished);
         let trials = &outcome.state.trials;
         let results: u64 = trials.iter().map(|t| t.iteration).sum();
         // The other running trial's report may already be on its way when the 4th is taken.
@@ -1615,7 +1613,7 @@ mod tests {
             trials.iter().skip(2).all(|t| t.iteration == 0),
             "the third trial never trained (the first two spent the budget)"
         );
-        let again = replayed(dir.path(), configs, 0);
+        let again = replayed_with(dir.path(), configs, 0, limits);
         assert_eq!(again.results_received(), results);
         assert!(again.is_finished());
     }
@@ -1629,12 +1627,12 @@ mod tests {
         // fires is up to the threads, but none can end in ERROR unless fail_fast misses it.
         let holding = config(&[("x", 1.0), ("hold", 1.0)]);
         let configs = vec![failing.clone(), failing, holding.clone(), holding];
-        let limits = RunLimits {
+        let limits = Limits {
             fail_fast: Some(2),
-            ..RunLimits::default()
+            ..Limits::default()
         };
-        let outcome = run_fake(dir.path(), configs.clone(), 1, limits).await;
-        let message = outcome.failed_fast.expect("fail_fast stopped it");
+        let outcome = run_fake(dir.path(), configs.clone(), 1, limits.clone()).await;
+        let message = outcome.ended.expect("fail_fast stopped it").to_string();
         assert!(
             message.contains("the first 2 trials all ended in ERROR"),
             "{message}"
@@ -1649,10 +1647,7 @@ mod tests {
                 .all(|t| t.status != TrialStatus::Error),
             "later trials were stopped, not run to their failure"
         );
-        let again = replayed(dir.path(), configs, 1);
-        assert_eq!(
-            serde_json::to_string(trials).expect("json"),
-            serde_json::to_string(again.trials()).expect("json")
-        );
+        let again = replayed_with(dir.path(), configs, 1, limits);
+        assert_eq!(trials, &projected(&again));
     }
 }

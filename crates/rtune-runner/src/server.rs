@@ -6,10 +6,20 @@
 //! it back. Every request line gets exactly one answer line, so a client can keep one connection
 //! open for a whole trial. Per connection the cost is one small task and one read buffer: a
 //! thousand trials reporting a few times each cost the loop nothing but the reports themselves.
+//!
+//! Connections are bounded ([`ConnectionLimits`]), so that whatever connects to the port, the
+//! head keeps file descriptors for its journal, its state and the trials' files. A connection
+//! is *authenticated* once it sent a request with a valid run token; a trial's connection is,
+//! from its first report on, and may then stay idle for as long as the trial trains between
+//! reports. A connection that has not authenticated within
+//! [`ConnectionLimits::authenticate_within`] of being accepted is closed. At the limit, a new
+//! connection evicts the oldest unauthenticated one; when every connection is authenticated,
+//! new ones wait in the kernel's accept queue until one closes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -19,7 +29,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// A valid report, forwarded to the run loop. The loop must answer through `reply`; the trial
 /// waits for that answer.
@@ -51,23 +61,152 @@ pub const SHUTTING_DOWN: &str = "rtune is shutting down";
 /// descriptors) before it tries again, so a persistent failure does not spin a core.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 
+/// How long a new connection may take to send a request with a valid run token. Both clients
+/// connect when they report and send the report at once.
+pub const AUTHENTICATE_WITHIN: Duration = Duration::from_secs(5);
+/// The most connections the server holds open, whatever the file-descriptor limit.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// How many connections the server holds and how long they may stay unauthenticated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub authenticate_within: Duration,
+}
+
+impl ConnectionLimits {
+    /// From this process's file-descriptor limit (`RLIMIT_NOFILE`, soft): a quarter of it (at
+    /// least 64) stays free for everything else the head opens, the rest may be connections, up
+    /// to [`MAX_CONNECTIONS`]. Under the usual limit of 1,024 that is 768 connections.
+    pub fn for_this_process() -> ConnectionLimits {
+        // SAFETY: rlimit is plain data that getrlimit fills in.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to an rlimit.
+        let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            limit.rlim_cur
+        } else {
+            1024
+        };
+        ConnectionLimits::for_descriptor_limit(soft)
+    }
+
+    fn for_descriptor_limit(soft: u64) -> ConnectionLimits {
+        let reserved = (soft / 4).max(64);
+        let usable = usize::try_from(soft.saturating_sub(reserved)).unwrap_or(usize::MAX);
+        ConnectionLimits {
+            max_connections: usable.clamp(1, MAX_CONNECTIONS),
+            authenticate_within: AUTHENTICATE_WITHIN,
+        }
+    }
+}
+
 pub struct ProtocolServer;
 
 impl ProtocolServer {
     /// Listens on `bind` and serves connections on the current tokio runtime until `reports`'
-    /// receiver is dropped. Returns the address it listens on (the real port when `bind` asked
-    /// for port 0).
+    /// receiver is dropped, within [`ConnectionLimits::for_this_process`]. Returns the address
+    /// it listens on (the real port when `bind` asked for port 0).
     pub async fn start(
         bind: SocketAddr,
         secret: String,
         reports: mpsc::UnboundedSender<ReportEvent>,
     ) -> Result<SocketAddr, ServerError> {
+        ProtocolServer::start_with(bind, secret, reports, ConnectionLimits::for_this_process())
+            .await
+    }
+
+    /// [`ProtocolServer::start`] with the given limits.
+    pub async fn start_with(
+        bind: SocketAddr,
+        secret: String,
+        reports: mpsc::UnboundedSender<ReportEvent>,
+        limits: ConnectionLimits,
+    ) -> Result<SocketAddr, ServerError> {
         let bind_error = |source| ServerError::Bind { addr: bind, source };
         let listener = TcpListener::bind(bind).await.map_err(bind_error)?;
         let local = listener.local_addr().map_err(bind_error)?;
         let secret: Arc<str> = Arc::from(secret);
-        tokio::spawn(accept_loop(listener, secret, reports));
+        let gate = Arc::new(Gate::new(limits.max_connections));
+        tokio::spawn(accept_loop(listener, secret, reports, gate, limits));
         Ok(local)
+    }
+}
+
+/// The connections the server holds: how many, and which have not authenticated yet (oldest
+/// first), each with the sender that closes it.
+struct Gate {
+    limit: usize,
+    state: Mutex<GateState>,
+    /// Signalled whenever a connection ends.
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: usize,
+    next_id: u64,
+    unauthenticated: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+impl Gate {
+    fn new(limit: usize) -> Gate {
+        Gate {
+            limit,
+            state: Mutex::new(GateState::default()),
+            freed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state is counters and senders; a panic elsewhere leaves them usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether one more connection may be accepted now: below the limit, or after evicting the
+    /// oldest unauthenticated connection (which then closes).
+    fn make_room(&self) -> bool {
+        let mut state = self.lock();
+        if state.open < self.limit {
+            return true;
+        }
+        match state.unauthenticated.pop_first() {
+            Some((_, evict)) => {
+                state.open -= 1;
+                let _ = evict.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a new, unauthenticated connection; returns its id and what evicts it.
+    fn admit(&self) -> (u64, oneshot::Receiver<()>) {
+        let (evict_tx, evict_rx) = oneshot::channel();
+        let mut state = self.lock();
+        state.open += 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        state.unauthenticated.insert(id, evict_tx);
+        (id, evict_rx)
+    }
+
+    /// The connection sent a valid token: it can no longer be evicted. False if it was evicted
+    /// already.
+    fn authenticate(&self, id: u64) -> bool {
+        self.lock().unauthenticated.remove(&id).is_some()
+    }
+
+    /// The connection ended (not by eviction, which counted it out already).
+    fn close(&self, id: u64, authenticated: bool) {
+        {
+            let mut state = self.lock();
+            if authenticated || state.unauthenticated.remove(&id).is_some() {
+                state.open -= 1;
+            }
+        }
+        self.freed.notify_one();
     }
 }
 
@@ -75,21 +214,66 @@ async fn accept_loop(
     listener: TcpListener,
     secret: Arc<str>,
     reports: mpsc::UnboundedSender<ReportEvent>,
+    gate: Arc<Gate>,
+    limits: ConnectionLimits,
 ) {
     loop {
-        tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(stream, peer, secret.clone(), reports.clone()));
-                }
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("protocol server: cannot accept a connection: {e}");
                     tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+                    continue;
                 }
             },
             // The run loop is gone: stop listening, so late trials get "connection refused".
             () = reports.closed() => break,
+        };
+        // At the limit with every connection authenticated, this one waits (unread) until one
+        // closes, and later ones wait in the kernel's accept queue: one descriptor over the limit
+        // at most.
+        while !gate.make_room() {
+            tokio::select! {
+                () = gate.freed.notified() => {}
+                () = reports.closed() => return,
+            }
         }
+        // Let an evicted connection close (and free its descriptor) before the next accept.
+        tokio::task::yield_now().await;
+        let (id, evicted) = gate.admit();
+        let connection = Connection {
+            peer,
+            id,
+            gate: Arc::clone(&gate),
+            deadline: tokio::time::Instant::now() + limits.authenticate_within,
+            evicted,
+            authenticated: false,
+        };
+        tokio::spawn(serve_connection(
+            stream,
+            connection,
+            secret.clone(),
+            reports.clone(),
+        ));
+    }
+}
+
+/// One accepted connection's place in the [`Gate`].
+struct Connection {
+    peer: SocketAddr,
+    id: u64,
+    gate: Arc<Gate>,
+    /// Until it authenticates: when it is closed.
+    deadline: tokio::time::Instant,
+    /// Fires when a newer connection needs its place (only while unauthenticated).
+    evicted: oneshot::Receiver<()>,
+    authenticated: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.gate.close(self.id, self.authenticated);
     }
 }
 
@@ -126,10 +310,11 @@ async fn read_line(
 
 async fn serve_connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    mut connection: Connection,
     secret: Arc<str>,
     reports: mpsc::UnboundedSender<ReportEvent>,
 ) {
+    let peer = connection.peer;
     // Each request and answer is one small write; without this, Nagle's algorithm could hold
     // an answer back waiting for an ACK the client delays.
     if let Err(e) = stream.set_nodelay(true) {
@@ -138,8 +323,40 @@ async fn serve_connection(
     let mut conn = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
-        let (response, keep_open) = match read_line(&mut conn, &mut line).await {
-            Ok(LineRead::Line) => handle_line(&line, &secret, &reports).await,
+        let read = if connection.authenticated {
+            read_line(&mut conn, &mut line).await
+        } else {
+            tokio::select! {
+                read = read_line(&mut conn, &mut line) => read,
+                () = tokio::time::sleep_until(connection.deadline) => {
+                    tracing::debug!(
+                        "protocol server: {peer}: no request with a valid token within the time \
+                         allowed; closing the connection"
+                    );
+                    return;
+                }
+                _ = &mut connection.evicted => {
+                    tracing::debug!(
+                        "protocol server: {peer}: closed (unauthenticated) to make room for a \
+                         new connection"
+                    );
+                    return;
+                }
+            }
+        };
+        let (response, keep_open) = match read {
+            Ok(LineRead::Line) => {
+                let (response, keep_open, authenticated) =
+                    handle_line(&line, &secret, &reports).await;
+                if authenticated && !connection.authenticated {
+                    if !connection.gate.authenticate(connection.id) {
+                        // Evicted while its request was being checked: its place is gone.
+                        return;
+                    }
+                    connection.authenticated = true;
+                }
+                (response, keep_open)
+            }
             Ok(LineRead::TooLong) => (
                 Response::error(format!(
                     "request line longer than {MAX_LINE_BYTES} bytes (1 MiB); the connection is \
@@ -172,15 +389,20 @@ async fn write_response(stream: &mut TcpStream, response: &Response) -> std::io:
 }
 
 /// Checks one request line and, for a valid report, waits for the run loop's answer. Returns
-/// the answer and whether the connection stays open.
+/// the answer, whether the connection stays open, and whether the request carried a valid run
+/// token.
 async fn handle_line(
     line: &[u8],
     secret: &str,
     reports: &mpsc::UnboundedSender<ReportEvent>,
-) -> (Response, bool) {
+) -> (Response, bool, bool) {
     let event = match check_request(line, secret) {
         Ok(checked) => checked,
-        Err(Rejection { message, close }) => return (Response::error(message), !close),
+        Err(Rejection {
+            message,
+            close,
+            authenticated,
+        }) => return (Response::error(message), !close, authenticated),
     };
     let (reply_tx, reply_rx) = oneshot::channel();
     let event = ReportEvent {
@@ -191,12 +413,12 @@ async fn handle_line(
         reply: reply_tx,
     };
     if reports.send(event).is_err() {
-        return (Response::error(SHUTTING_DOWN), false);
+        return (Response::error(SHUTTING_DOWN), false, true);
     }
     match reply_rx.await {
-        Ok(response) => (response, true),
+        Ok(response) => (response, true, true),
         // The loop dropped the report unanswered: it is ending.
-        Err(_) => (Response::error(SHUTTING_DOWN), false),
+        Err(_) => (Response::error(SHUTTING_DOWN), false, true),
     }
 }
 
@@ -212,12 +434,23 @@ struct Rejection {
     message: String,
     /// Whether to close the connection after answering (wrong secret).
     close: bool,
+    /// Whether the request carried a valid run token (it was refused for something else).
+    authenticated: bool,
 }
 
 fn reject(message: impl Into<String>) -> Rejection {
     Rejection {
         message: message.into(),
         close: false,
+        authenticated: false,
+    }
+}
+
+/// A refusal of a request whose run token was valid.
+fn reject_authenticated(message: impl Into<String>) -> Rejection {
+    Rejection {
+        authenticated: true,
+        ..reject(message)
     }
 }
 
@@ -255,6 +488,7 @@ fn check_request(line: &[u8], secret: &str) -> Result<CheckedReport, Rejection> 
                     json_kind(other)
                 ),
                 close: true,
+                authenticated: false,
             });
         }
         None => {
@@ -263,6 +497,7 @@ fn check_request(line: &[u8], secret: &str) -> Result<CheckedReport, Rejection> 
                           connection"
                     .into(),
                 close: true,
+                authenticated: false,
             });
         }
     };
@@ -289,28 +524,29 @@ fn check_request(line: &[u8], secret: &str) -> Result<CheckedReport, Rejection> 
                 claimed_trial.name()
             ),
             close: true,
+            authenticated: false,
         });
     }
 
     match object.get("v") {
         Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
         Some(v) => {
-            return Err(reject(format!(
+            return Err(reject_authenticated(format!(
                 "protocol version {v} is not supported: this rtune speaks version {VERSION} \
                  (RTUNE_PROTOCOL)"
             )));
         }
         None => {
-            return Err(reject(format!(
+            return Err(reject_authenticated(format!(
                 "missing `v`: the protocol version, {VERSION} (RTUNE_PROTOCOL)"
             )));
         }
     }
 
     let request: Request = serde_json::from_value(Value::Object(object))
-        .map_err(|e| reject(format!("bad request: {e} (see docs/protocol.md)")))?;
+        .map_err(|e| reject_authenticated(format!("bad request: {e} (see docs/protocol.md)")))?;
     let trial = parse_trial_id(&request.trial).ok_or_else(|| {
-        reject(format!(
+        reject_authenticated(format!(
             "`trial` must be the digits of RTUNE_TRIAL_ID (like \"00003\"), got {:?}",
             request.trial
         ))
@@ -334,15 +570,16 @@ fn check_request(line: &[u8], secret: &str) -> Result<CheckedReport, Rejection> 
     }
 }
 
+/// Checked after the token: a refusal here is of an authenticated request.
 fn check_checkpoint_path(path: &str) -> Result<PathBuf, Rejection> {
     if path.is_empty() {
-        return Err(reject(
+        return Err(reject_authenticated(
             "`checkpoint` is empty: send the path of the directory holding the checkpoint, or \
              leave the field out",
         ));
     }
     if !Path::new(path).is_absolute() {
-        return Err(reject(format!(
+        return Err(reject_authenticated(format!(
             "`checkpoint` {path:?} is a relative path: send an absolute path (rtune does not run \
              in the trial's working directory)"
         )));
@@ -447,6 +684,36 @@ mod tests {
             run_token("s", TrialId(1), 23),
             run_token("s", TrialId(12), 3)
         );
+    }
+
+    #[test]
+    fn the_connection_limit_leaves_descriptors_for_the_head() {
+        let limit = |soft| ConnectionLimits::for_descriptor_limit(soft).max_connections;
+        assert_eq!(limit(1024), 768);
+        assert_eq!(limit(256), 192);
+        assert_eq!(limit(100), 36);
+        assert_eq!(limit(10), 1);
+        assert_eq!(limit(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(limit(u64::MAX), MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn only_refusals_after_the_token_check_authenticate_a_connection() {
+        let before = [
+            "{not json".to_string(),
+            r#"{"v":1,"secret":"x","trial":"3","run":0}"#.to_string(),
+        ];
+        for line in before {
+            let Err(rejection) = check_request(line.as_bytes(), "s") else {
+                panic!("{line} accepted");
+            };
+            assert!(!rejection.authenticated, "{line}");
+        }
+        let after = format!(r#"{{"v":2,"secret":"{}","trial":"3","run":0}}"#, t3());
+        let Err(rejection) = check_request(after.as_bytes(), "s") else {
+            panic!("{after} accepted");
+        };
+        assert!(rejection.authenticated, "{}", rejection.message);
     }
 
     #[test]

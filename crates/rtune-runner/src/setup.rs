@@ -12,9 +12,10 @@ use std::time::Duration;
 use rtune_core::scheduler::{PolicyReplayScheduler, PolicyStep, Scheduler};
 use rtune_core::searcher::{FixedSearcher, Searcher, SearcherContext};
 use rtune_core::space::SearchSpace;
-use rtune_core::tuner::{ErroredTrials, Tuner, TunerSettings};
+use rtune_core::tuner::{ErroredTrials, Input, Limits, Output, Tuner, TunerSettings};
 use tokio::sync::mpsc;
 
+use crate::claim::{Claim, ClaimError, ClaimSettings, Previous};
 use crate::executor::local::{LocalExecutor, LocalExecutorConfig};
 use crate::executor::{
     Executor, ExecutorError, ExecutorEvent, SimulatedExecutor, SlurmExecutor, SlurmExecutorConfig,
@@ -24,10 +25,9 @@ use crate::experiment::{self, Experiment, ExperimentError};
 use crate::journal::{self, Journal, JournalError};
 use crate::lineage;
 use crate::report::{Reporter, local_time};
-use crate::run_loop::{self, RunError, RunLimits, RunOutcome, RunParts, TrialTemplate, unix_now};
-use crate::storage::{
-    EXPERIMENT_FILE, ExperimentDir, ExperimentState, STATE_FORMAT, StorageError, write_atomic,
-};
+use crate::run_loop::{self, RunError, RunOutcome, RunParts, TrialTemplate, unix_now};
+use crate::state::{ExperimentState, RunStatus, StateMeta};
+use crate::storage::{EXPERIMENT_FILE, ExperimentDir, StorageError, write_durable};
 
 /// What `rtune run` was asked.
 #[derive(Clone, Debug)]
@@ -93,6 +93,10 @@ pub enum SetupError {
     },
     #[error("cannot draw the experiment's secret from the operating system's random source: {0}")]
     Random(getrandom::Error),
+    /// One head per experiment ([`crate::claim`]): another head holds it, or the lease setting
+    /// is bad, or the claim file cannot be written.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
 }
 
 impl SetupError {
@@ -107,6 +111,7 @@ impl SetupError {
                 | SetupError::Changed { .. }
                 | SetupError::StillRunning { .. }
                 | SetupError::NoStorage
+                | SetupError::Claim(ClaimError::BadLease { .. })
         )
     }
 }
@@ -332,6 +337,8 @@ fn prepare_with(
     };
 
     let (mut tuner, parameters) = build_tuner(&experiment, replay)?;
+    // One head per experiment: the lease setting is checked before anything is created.
+    let claim_settings = ClaimSettings::from_env()?;
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
     // Trial processes run under the shim in this very binary (`rtune __supervise`), which ends
@@ -382,47 +389,66 @@ fn prepare_with(
     let storage =
         crate::experiment::storage_dir(options.storage.as_deref(), file.output.storage.as_deref())
             .ok_or(SetupError::NoStorage)?;
-    let mut started_at = unix_now();
     let (dir, journal) = match resume {
         None => {
             let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
-            let (journal, _) = Journal::open(dir.path())?;
+            // Claimed before journal.jsonl exists: a resume refuses a directory without one
+            // (below), so it never takes the claim of a run that is starting.
+            let claim = Claim::acquire(dir.path(), claim_settings)?;
+            let (mut journal, _) = Journal::open(dir.path())?;
+            journal.hold_claim(claim);
             (dir, journal)
         }
         Some((path, _)) => {
+            refuse_without_journal(path)?;
+            let claim = Claim::acquire(path, claim_settings)?;
             let dir = ExperimentDir::open(path);
-            if let Ok(old) = ExperimentState::read(path) {
-                if let Some(head) = &old.head
-                    && old
-                        .dead_head(&this_host_name().unwrap_or_default(), unix_now())
-                        .is_none()
-                    && old.status == "running"
-                {
-                    return Err(SetupError::StillRunning {
-                        dir: path.to_path_buf(),
-                        pid: head.pid,
-                        host: head.host.clone(),
-                        age: unix_now() - head.heartbeat,
-                    });
-                }
-                started_at = old.started_at;
-            }
-            let (journal, inputs) = Journal::open(path)?;
-            if inputs.is_empty()
-                && ExperimentState::read(path).is_ok_and(|old| !old.trials.is_empty())
+            // Without an earlier claim, the snapshot's heartbeat is all there is to tell a live
+            // head (of an rtune without claims) from a dead one.
+            if *claim.previous() == Previous::Nothing
+                && let Ok(old) = ExperimentState::read(path)
+                && let Some(head) = &old.head
+                && old
+                    .dead_head(&this_host_name().unwrap_or_default(), unix_now())
+                    .is_none()
+                && old.status == RunStatus::Running
             {
-                return Err(SetupError::Invalid {
-                    path: journal.path().to_path_buf(),
-                    message: "is missing or empty although the experiment has trials (it ran \
-                              under an rtune without journals?), so it cannot be resumed\nhint: \
-                              run it again with `rtune run`"
-                        .into(),
+                return Err(SetupError::StillRunning {
+                    dir: path.to_path_buf(),
+                    pid: head.pid,
+                    host: head.host.clone(),
+                    age: unix_now() - head.heartbeat,
                 });
             }
+            let (mut journal, contents) = Journal::open(path)?;
+            journal.hold_claim(claim);
             let mut exploits = Vec::new();
-            journal::replay_with(&mut tuner, &inputs, journal.path(), |now, effect| {
-                exploits.extend(lineage::exploit_line(now, &effect));
-            })?;
+            let mut tail_results = Vec::new();
+            let mut touched = crate::results::Touched::default();
+            journal::replay_with(
+                &mut tuner,
+                &contents,
+                journal.path(),
+                |entry, output, effects| {
+                    let now = entry.input.now();
+                    for effect in effects {
+                        exploits.extend(lineage::exploit_line(now, &effect));
+                    }
+                    match &entry.input {
+                        Input::Report { trial, run, .. } | Input::Exit { trial, run, .. } => {
+                            touched.trials.insert(*trial);
+                            if let Output::Reply(reply) = output {
+                                tail_results.push((reply.clone(), *run));
+                            }
+                        }
+                        Input::Resume { .. } | Input::StopAll { .. } => touched.all = true,
+                        _ => {}
+                    }
+                    touched
+                        .trials
+                        .extend(entry.out.decided.iter().map(|d| d.trial));
+                },
+            )?;
             let restored = lineage::restore_missing(path, &exploits)?;
             if restored > 0 {
                 tracing::warn!(
@@ -430,8 +456,9 @@ fn prepare_with(
                      killed before it wrote them)"
                 );
             }
+            crate::results::reconcile(&dir, &tuner, &touched, &tail_results, unix_now())?;
             if !options.overrides.is_empty() || options.executor.is_some() {
-                write_atomic(
+                write_durable(
                     &path.join(EXPERIMENT_FILE),
                     experiment.text_as_run.as_bytes(),
                 )?;
@@ -439,23 +466,14 @@ fn prepare_with(
             (dir, journal)
         }
     };
-    let state = ExperimentState {
-        format: STATE_FORMAT,
+    let meta = StateMeta {
         name: file.name.clone(),
-        status: "running".into(),
         metric: file.metric.clone(),
         mode: file.mode,
-        scheduler: tuner.scheduler_name().to_string(),
-        searcher: tuner.searcher_name().to_string(),
         parameters,
-        total_trials: tuner.total_trials(),
-        started_at,
-        finished_at: None,
-        trials: tuner.trials().to_vec(),
-        placements: Default::default(),
-        head: None,
     };
-    let mut reporter = Reporter::new(options.terminal, file.output.report_interval_s);
+    let mut reporter = Reporter::new(options.terminal, file.output.report_interval_s)
+        .simulated(kind == "simulated");
     let total = tuner
         .total_trials()
         .map_or("an open number of".to_string(), |n| n.to_string());
@@ -477,12 +495,19 @@ fn prepare_with(
         dir.path().display(),
     ));
     let concurrency = plan.explanation.clone();
+    let fresh_experiment = experiment.clone();
+    let replay_policy: Option<Vec<PolicyStep>> = replay.map(<[PolicyStep]>::to_vec);
     let parts = RunParts {
         tuner,
+        fresh_tuner: Box::new(move || {
+            build_tuner(&fresh_experiment, replay_policy.as_deref())
+                .ok()
+                .map(|(tuner, _)| tuner)
+        }),
         executor,
         executor_events,
         dir,
-        state,
+        meta,
         template: TrialTemplate {
             command,
             env: file
@@ -495,7 +520,6 @@ fn prepare_with(
             resources: file.trial.resources.clone(),
             cwd,
             stop_grace: Duration::from_secs_f64(file.trial.stop_grace_s),
-            report_timeout: file.trial.report_timeout_s.map(Duration::from_secs_f64),
             checkpoint_roots: file.trial.checkpoint_roots.clone(),
         },
         reporter,
@@ -504,11 +528,6 @@ fn prepare_with(
         secret: new_secret()?,
         journal,
         resume: resume.map(|(_, errored)| errored),
-        limits: RunLimits {
-            time_budget: file.time_budget_s.map(Duration::from_secs_f64),
-            max_total_results: file.max_total_results,
-            fail_fast: file.fail_fast,
-        },
     };
     Ok(Prepared {
         experiment,
@@ -566,6 +585,14 @@ fn build_tuner(
             seed: file.seed,
             max_failures: file.max_failures,
             stop: file.stop.clone(),
+            limits: Limits {
+                time_budget_s: file.time_budget_s,
+                max_total_results: file.max_total_results,
+                fail_fast: file.fail_fast,
+                report_timeout_s: file.trial.report_timeout_s,
+            },
+            missing_metric: file.missing_metric,
+            require_report: file.trial.require_report,
         },
         searcher,
         scheduler,
@@ -579,9 +606,46 @@ fn build_tuner(
 pub fn replay_journal(dir: &Path) -> Result<Tuner, SetupError> {
     let experiment = experiment::load(&dir.join(EXPERIMENT_FILE), &[])?;
     let (mut tuner, _) = build_tuner(&experiment, None)?;
-    let (journal, inputs) = Journal::open(dir)?;
-    journal::replay(&mut tuner, &inputs, journal.path())?;
+    let (journal, contents) = Journal::open(dir)?;
+    journal::replay(&mut tuner, &contents, journal.path())?;
     Ok(tuner)
+}
+
+/// A directory whose trials ran but whose journal is gone cannot be resumed: replaying nothing
+/// would run every trial again and append to their old result files.
+fn refuse_without_journal(dir: &Path) -> Result<(), SetupError> {
+    let journal = dir.join(journal::JOURNAL_FILE);
+    let has_journal = std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0);
+    if has_journal {
+        return Ok(());
+    }
+    let trial_dirs = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("trial_"))
+                .count()
+        })
+        .unwrap_or(0);
+    if trial_dirs == 0 {
+        return Err(SetupError::Invalid {
+            path: journal,
+            message: "does not exist, so there is nothing to resume: the experiment's first head \
+                      ended before it began (or this is not an experiment directory)\nhint: \
+                      start it with `rtune run`"
+                .into(),
+        });
+    }
+    Err(SetupError::Invalid {
+        path: journal,
+        message: format!(
+            "is missing or empty, but the experiment has {trial_dirs} trial director{}: without \
+             its journal rtune cannot know what they did, and resuming would run them again \
+             over their old results\nhint: run the experiment again with `rtune run` (into a new \
+             directory), or restore journal.jsonl from a backup",
+            if trial_dirs == 1 { "y" } else { "ies" }
+        ),
+    })
 }
 
 /// A TOML string literal for an override built from a command-line flag.

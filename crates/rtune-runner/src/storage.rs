@@ -12,20 +12,24 @@
 //!     checkpoints/checkpoint_000003/ ...
 //! ```
 //!
-//! Logs are appended line by line, so a crash loses at most the line being written; snapshots
-//! (`experiment_state.json`, `params.json`, `policy.json`) are written to a temporary file and
-//! renamed over the old one, so they are never half-written.
+//! Logs are appended line by line (one `write` per line, through files kept open while the head
+//! runs), so a crash loses at most the line being written; snapshots (`experiment_state.json`,
+//! `params.json`, `policy.json`) are written to a temporary file and renamed over the old one, so
+//! they are never half-written. None of them is fsynced: the journal is what a resume trusts
+//! (see [`crate::journal`]), and these files are rebuilt or cut back to what it says.
 
-use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rtune_core::scheduler::PolicyStep;
-use rtune_core::tuner::{HistoryEntry, Trial};
-use rtune_core::{CheckpointId, Config, Decision, Mode, TrialId, TrialResult};
-use serde::{Deserialize, Serialize};
+use rtune_core::tuner::Truncation;
+use rtune_core::{CheckpointId, Config, Decision, TrialId, TrialResult};
 use serde_json::{Map, Value};
+
+use crate::state::ExperimentState;
 
 /// File names inside an experiment directory.
 pub const EXPERIMENT_FILE: &str = "experiment.toml";
@@ -35,9 +39,9 @@ pub const EVENTS_FILE: &str = "events.jsonl";
 pub const LINEAGE_FILE: &str = "lineage.jsonl";
 /// Inside a trial directory: the trial's config by iteration.
 pub const POLICY_FILE: &str = "policy.json";
-
-/// The version of `experiment_state.json`'s layout (2: `head`, INTERRUPTED, `policy`).
-pub const STATE_FORMAT: u32 = 2;
+/// Inside a trial directory: results that stopped counting (rolled back, replaced by an
+/// exploit), as they were written, each with why.
+pub const SUPERSEDED_FILE: &str = "superseded.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -92,103 +96,54 @@ fn io_error<'a>(
     }
 }
 
-/// The snapshot of an experiment that `rtune status` and `rtune best` read, also while it runs.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ExperimentState {
-    pub format: u32,
-    pub name: String,
-    /// `running`, `finished` or `interrupted`.
-    pub status: String,
-    pub metric: String,
-    pub mode: Mode,
-    pub scheduler: String,
-    pub searcher: String,
-    /// Dotted names of the searched parameters: the table's parameter columns.
-    pub parameters: Vec<String>,
-    /// How many trials the searcher will create, when known.
-    pub total_trials: Option<usize>,
-    /// Seconds since the Unix epoch.
-    pub started_at: f64,
-    pub finished_at: Option<f64>,
-    pub trials: Vec<Trial>,
-    /// Where each trial's latest run was placed (`local cpu=1 gpu=0`, a SLURM step, ...).
-    #[serde(default)]
-    pub placements: BTreeMap<String, String>,
-    /// The process running the experiment, and when it last wrote this file: a reader can tell
-    /// a live experiment from one whose head died.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<HeadInfo>,
-}
-
-/// Who runs an experiment: `rtune status` says "not running" when this process is gone or its
-/// heartbeat is old.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct HeadInfo {
-    pub pid: u32,
-    pub host: String,
-    /// Unix time of the latest write of the snapshot; rewritten at least every
-    /// [`HEARTBEAT_S`] seconds while the experiment runs.
-    pub heartbeat: f64,
-}
-
-/// How often a running head rewrites the snapshot even when nothing changed.
-pub const HEARTBEAT_S: f64 = 10.0;
-
-impl ExperimentState {
-    /// For a `running` snapshot: why its head is not running any more, if it is not (the
-    /// process is gone from this host, or the heartbeat is older than three periods).
-    pub fn dead_head(&self, this_host: &str, now: f64) -> Option<String> {
-        if self.status != "running" {
-            return None;
-        }
-        let head = self.head.as_ref()?;
-        let age = now - head.heartbeat;
-        let gone = head.host == this_host && !process_alive(head.pid);
-        if gone || age > 3.0 * HEARTBEAT_S {
-            Some(format!(
-                "the experiment is NOT running: its head (pid {} on {}) {}; its last heartbeat \
-                 was {:.0} s ago\nhint: continue it with `rtune resume <dir>`",
-                head.pid,
-                head.host,
-                if gone { "is gone" } else { "stopped writing" },
-                age.max(0.0)
-            ))
-        } else {
-            None
-        }
-    }
-}
-
-/// Whether a process with this pid exists (signal 0 checks without sending anything).
-fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
-    let status = unsafe { libc::kill(pid, 0) };
-    status == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-impl ExperimentState {
-    /// Read `experiment_state.json` from an experiment directory (or the file itself).
-    pub fn read(dir: &Path) -> Result<ExperimentState, StorageError> {
-        let path = if dir.is_dir() {
-            dir.join(STATE_FILE)
-        } else {
-            dir.to_path_buf()
-        };
-        let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
-        serde_json::from_str(&text).map_err(|e| StorageError::BadState {
-            path,
-            message: e.to_string(),
-        })
-    }
-}
-
 /// An experiment's directory.
 #[derive(Clone, Debug)]
 pub struct ExperimentDir {
     path: PathBuf,
+    /// Append-only files kept open, and the trial directories known to exist.
+    open: Arc<Mutex<OpenFiles>>,
+}
+
+/// Files kept open for appending while the head runs: one `open` per file rather than one per
+/// line. The experiment's logs stay open; a trial's result files are closed when its run ends
+/// ([`ExperimentDir::close_trial`]), so the number open is bounded by the running trials.
+#[derive(Debug, Default)]
+struct OpenFiles {
+    files: HashMap<PathBuf, File>,
+    /// progress.csv's columns by file (fixed by its first row).
+    csv_columns: HashMap<PathBuf, Vec<String>>,
+    made: HashSet<TrialId>,
+}
+
+impl OpenFiles {
+    fn append(&mut self, path: &Path, text: &str) -> Result<(), StorageError> {
+        if !self.files.contains_key(path) {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(io_error("open", path))?;
+            self.files.insert(path.to_path_buf(), file);
+        }
+        let Some(file) = self.files.get_mut(path) else {
+            return Ok(());
+        };
+        // One write call per line, so concurrent readers never see a line's first half only.
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            // A full disk: leave no half line behind.
+            let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = file.set_len(written.saturating_sub(text.len() as u64));
+            self.files.remove(path);
+            return Err(write_error(path, text.len(), e));
+        }
+        Ok(())
+    }
+
+    /// Close every file under `dir` (before it is rewritten, or when its trial stops running).
+    fn close_under(&mut self, dir: &Path) {
+        self.files.retain(|path, _| !path.starts_with(dir));
+        self.csv_columns.retain(|path, _| !path.starts_with(dir));
+    }
 }
 
 /// A file in an experiment directory that `rtune submit` made for a run yet to start: the run
@@ -248,8 +203,9 @@ impl ExperimentDir {
                 Err(e) => return Err(io_error("create", &candidate)(e)),
             }
         };
-        let dir = ExperimentDir { path };
-        write_atomic(&dir.path.join(EXPERIMENT_FILE), experiment_text.as_bytes())?;
+        let dir = ExperimentDir::open(&path);
+        // A resume needs it; the only file besides the journal that is fsynced.
+        write_durable(&dir.path.join(EXPERIMENT_FILE), experiment_text.as_bytes())?;
         Ok(dir)
     }
 
@@ -257,7 +213,18 @@ impl ExperimentDir {
     pub fn open(path: &Path) -> ExperimentDir {
         ExperimentDir {
             path: path.to_path_buf(),
+            open: Arc::default(),
         }
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, OpenFiles> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn append_json_line(&self, path: &Path, value: &Value) -> Result<(), StorageError> {
+        let mut text = value.to_string();
+        text.push('\n');
+        self.files().append(path, &text)
     }
 
     pub fn path(&self) -> &Path {
@@ -267,8 +234,171 @@ impl ExperimentDir {
     /// A trial's files; creates its directory if needed.
     pub fn trial(&self, id: TrialId) -> Result<TrialFiles, StorageError> {
         let dir = self.path.join(id.name());
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        if !self.files().made.contains(&id) {
+            fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+            self.files().made.insert(id);
+        }
         Ok(TrialFiles { dir })
+    }
+
+    /// Close a trial's result files (its run ended; they reopen on its next result).
+    pub fn close_trial(&self, id: TrialId) {
+        self.files().close_under(&self.path.join(id.name()));
+    }
+
+    /// Append one result to the trial's result.json (JSON lines with `config`, `done` and `run`)
+    /// and progress.csv.
+    pub fn append_result(
+        &self,
+        result: &TrialResult,
+        config: &Config,
+        done: bool,
+        run: u32,
+    ) -> Result<(), StorageError> {
+        let files = self.trial(result.trial)?;
+        let line = result_line(&result.metrics, config, done, run);
+        self.append_json_line(&files.result_path(), &Value::Object(line.clone()))?;
+        let path = files.progress_path();
+        let mut open = self.files();
+        let mut text = String::new();
+        if !open.csv_columns.contains_key(&path) {
+            let columns = match read_csv_header(&path) {
+                Some(columns) => columns,
+                None => {
+                    let columns: Vec<String> =
+                        line.keys().filter(|k| *k != "config").cloned().collect();
+                    text.push_str(&csv_line(&columns));
+                    columns
+                }
+            };
+            open.csv_columns.insert(path.clone(), columns);
+        }
+        if let Some(columns) = open.csv_columns.get(&path) {
+            text.push_str(&csv_row(columns, &line));
+        }
+        open.append(&path, &text)
+    }
+
+    /// The trial's results after `through_iteration` stop counting: result.json and
+    /// progress.csv keep the lines up to there, and the others are appended to superseded.json
+    /// with why. Lines are in increasing iteration, so what stays is a prefix.
+    pub fn truncate_results(
+        &self,
+        trial: TrialId,
+        through_iteration: u64,
+        reason: Truncation,
+        now: f64,
+    ) -> Result<(), StorageError> {
+        let files = self.trial(trial)?;
+        self.close_trial(trial);
+        let path = files.result_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error("read", &path)(e)),
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let kept = lines
+            .iter()
+            .take_while(|line| {
+                serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("training_iteration").and_then(Value::as_u64))
+                    .is_some_and(|i| i <= through_iteration)
+            })
+            .count();
+        if kept == lines.len() {
+            return Ok(());
+        }
+        let mut superseded = String::new();
+        for line in &lines[kept..] {
+            let mut value: Map<String, Value> = serde_json::from_str(line).unwrap_or_default();
+            value.insert(
+                "superseded".into(),
+                serde_json::json!({"reason": reason.as_str(), "time": json_f64(now)}),
+            );
+            superseded.push_str(&Value::Object(value).to_string());
+            superseded.push('\n');
+        }
+        self.files()
+            .append(&files.dir.join(SUPERSEDED_FILE), &superseded)?;
+        let mut json: String = lines[..kept].iter().map(|l| format!("{l}\n")).collect();
+        if kept == 0 {
+            json.clear();
+        }
+        write_atomic(&path, json.as_bytes())?;
+        rewrite_csv_rows(&files.progress_path(), kept)
+    }
+
+    /// Make progress.csv hold one row per line of result.json (a head killed between the two
+    /// appends left it a row short): rebuilt from result.json when the counts differ.
+    pub fn repair_progress(&self, trial: TrialId) -> Result<(), StorageError> {
+        let files = self.trial(trial)?;
+        self.close_trial(trial);
+        let lines: Vec<Map<String, Value>> = fs::read_to_string(files.result_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let path = files.progress_path();
+        if read_csv_rows(&path).len() == lines.len() {
+            return Ok(());
+        }
+        let mut csv = String::new();
+        if let Some(first) = lines.first() {
+            let columns: Vec<String> = read_csv_header(&path)
+                .unwrap_or_else(|| first.keys().filter(|k| *k != "config").cloned().collect());
+            csv.push_str(&csv_line(&columns));
+            for line in &lines {
+                csv.push_str(&csv_row(&columns, line));
+            }
+        }
+        write_atomic(&path, csv.as_bytes())
+    }
+
+    /// Mark the trial's last result as its final one (`done: true`): it completed on its own,
+    /// after a report whose answer could not know it was the last.
+    pub fn mark_last_done(&self, trial: TrialId) -> Result<(), StorageError> {
+        let files = self.trial(trial)?;
+        self.close_trial(trial);
+        let path = files.result_path();
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let Some(last) = lines.last_mut() else {
+            return Ok(());
+        };
+        let Ok(Value::Object(mut value)) = serde_json::from_str::<Value>(last) else {
+            return Ok(());
+        };
+        if value.get("done") == Some(&Value::Bool(true)) {
+            return Ok(());
+        }
+        value.insert("done".into(), Value::Bool(true));
+        *last = Value::Object(value).to_string();
+        let mut json = lines.join("\n");
+        json.push('\n');
+        write_atomic(&path, json.as_bytes())?;
+        // progress.csv's last row, in its `done` column.
+        let csv_path = files.progress_path();
+        let Some(columns) = read_csv_header(&csv_path) else {
+            return Ok(());
+        };
+        let Some(done_column) = columns.iter().position(|c| c == "done") else {
+            return Ok(());
+        };
+        let mut rows = read_csv_rows(&csv_path);
+        if let Some(row) = rows.last_mut()
+            && let Some(cell) = row.get_mut(done_column)
+        {
+            *cell = "true".into();
+        }
+        let mut csv = csv_line(&columns);
+        for row in &rows {
+            csv.push_str(&csv_line(row));
+        }
+        write_atomic(&csv_path, csv.as_bytes())
     }
 
     /// Append a decision, with the iteration of the trial it was made at, to decisions.jsonl.
@@ -284,7 +414,7 @@ impl ExperimentDir {
         };
         line.insert("time".into(), json_f64(now));
         line.insert("training_iteration".into(), iteration.into());
-        append_json_line(&self.path.join(DECISIONS_FILE), &Value::Object(line))
+        self.append_json_line(&self.path.join(DECISIONS_FILE), &Value::Object(line))
     }
 
     /// Append a searcher's proposal of a trial's config, with why, to decisions.jsonl
@@ -306,15 +436,15 @@ impl ExperimentDir {
             "time": json_f64(now),
             "training_iteration": 0,
         });
-        append_json_line(&self.path.join(DECISIONS_FILE), &line)
+        self.append_json_line(&self.path.join(DECISIONS_FILE), &line)
     }
 
     pub fn append_event(&self, event: &Value) -> Result<(), StorageError> {
-        append_json_line(&self.path.join(EVENTS_FILE), event)
+        self.append_json_line(&self.path.join(EVENTS_FILE), event)
     }
 
     pub fn append_lineage(&self, line: &Value) -> Result<(), StorageError> {
-        append_json_line(&self.path.join(LINEAGE_FILE), line)
+        self.append_json_line(&self.path.join(LINEAGE_FILE), line)
     }
 
     /// Write the state snapshot atomically.
@@ -463,83 +593,72 @@ impl TrialFiles {
             Err(e) => Err(io_error("delete", &path)(e)),
         }
     }
+}
 
-    /// Rewrite result.json and progress.csv from a trial's history (what the journal says it
-    /// reported and what still counts): after a resume, rolled-back results are gone and results
-    /// the old head counted but had not written yet are there.
-    pub fn rewrite_results(&self, history: &[HistoryEntry]) -> Result<(), StorageError> {
-        let mut json = String::new();
-        for entry in history {
-            let mut line = entry.result.metrics.clone();
-            line.insert("done".into(), entry.done.into());
-            line.insert("config".into(), Value::Object(entry.config.clone()));
-            json.push_str(&Value::Object(line).to_string());
-            json.push('\n');
-        }
-        let mut csv = String::new();
-        if let Some(first) = history.first() {
-            let mut columns: Vec<String> = first.result.metrics.keys().cloned().collect();
-            columns.push("done".into());
-            csv.push_str(&csv_line(&columns));
-            for entry in history {
-                csv.push_str(&csv_row(&columns, &entry.result, entry.done));
-            }
-        }
-        write_atomic(&self.result_path(), json.as_bytes())?;
-        write_atomic(&self.progress_path(), csv.as_bytes())
-    }
-
-    /// Append one result to result.json (JSON lines with `done` and `config`) and progress.csv.
-    pub fn append_result(
-        &self,
-        result: &TrialResult,
-        config: &Config,
-        done: bool,
-    ) -> Result<(), StorageError> {
-        let mut line = result.metrics.clone();
-        line.insert("done".into(), done.into());
-        line.insert("config".into(), Value::Object(config.clone()));
-        append_json_line(&self.result_path(), &Value::Object(line))?;
-        self.append_progress(result, done)
-    }
-
-    /// progress.csv: the columns are fixed by the first row (later new keys are left out, as a
-    /// CSV cannot grow columns); nested values are written as JSON.
-    fn append_progress(&self, result: &TrialResult, done: bool) -> Result<(), StorageError> {
-        let path = self.progress_path();
-        // The header may hold quoted newlines, so it is read as a CSV record, not as a line.
-        let existing_header = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .from_path(&path)
-            .ok()
-            .and_then(|mut reader| reader.records().next()?.ok())
-            .map(|record| record.iter().map(str::to_string).collect::<Vec<_>>())
-            .filter(|columns| !columns.is_empty());
-        let mut text = String::new();
-        let columns: Vec<String> = match existing_header {
-            Some(columns) => columns,
-            None => {
-                let mut columns: Vec<String> = result.metrics.keys().cloned().collect();
-                columns.push("done".into());
-                text.push_str(&csv_line(&columns));
-                columns
-            }
-        };
-        text.push_str(&csv_row(&columns, result, done));
-        append_text(&path, &text)
-    }
+/// One result.json line: the result's keys, then `config`, `done` and `run`.
+fn result_line(
+    metrics: &Map<String, Value>,
+    config: &Config,
+    done: bool,
+    run: u32,
+) -> Map<String, Value> {
+    let mut line = metrics.clone();
+    line.insert("config".into(), Value::Object(config.clone()));
+    line.insert("done".into(), done.into());
+    line.insert("run".into(), run.into());
+    line
 }
 
 /// One progress.csv line (with its newline) for these columns.
-fn csv_row(columns: &[String], result: &TrialResult, done: bool) -> String {
+fn csv_row(columns: &[String], line: &Map<String, Value>) -> String {
     let row: Vec<String> = columns
         .iter()
-        .map(|c| match c.as_str() {
-            "done" => done.to_string(),
-            _ => result.metrics.get(c).map(csv_value).unwrap_or_default(),
-        })
+        .map(|c| line.get(c).map(csv_value).unwrap_or_default())
         .collect();
     csv_line(&row)
+}
+
+/// progress.csv's header, if it has one. The header may hold quoted newlines, so it is read as
+/// a CSV record, not as a line.
+fn read_csv_header(path: &Path) -> Option<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .ok()
+        .and_then(|mut reader| reader.records().next()?.ok())
+        .map(|record| record.iter().map(str::to_string).collect::<Vec<_>>())
+        .filter(|columns| !columns.is_empty())
+}
+
+/// progress.csv's rows, without the header.
+fn read_csv_rows(path: &Path) -> Vec<Vec<String>> {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_path(path)
+        .map(|mut reader| {
+            reader
+                .records()
+                .filter_map(Result::ok)
+                .map(|r| r.iter().map(str::to_string).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Keep progress.csv's header and its first `rows` rows.
+fn rewrite_csv_rows(path: &Path, rows: usize) -> Result<(), StorageError> {
+    let Some(columns) = read_csv_header(path) else {
+        return Ok(());
+    };
+    let mut csv = String::new();
+    if rows > 0 {
+        csv.push_str(&csv_line(&columns));
+        for row in read_csv_rows(path).iter().take(rows) {
+            csv.push_str(&csv_line(row));
+        }
+    }
+    write_atomic(path, csv.as_bytes())
 }
 
 fn json_f64(value: f64) -> Value {
@@ -573,32 +692,20 @@ fn csv_value(value: &Value) -> String {
     }
 }
 
-fn append_text(path: &Path, text: &str) -> Result<(), StorageError> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_error("open", path))?;
-    let before = file.metadata().map_err(io_error("open", path))?.len();
-    // One write call per line, so concurrent readers never see a line's first half only.
-    if let Err(e) = file.write_all(text.as_bytes()) {
-        // A full disk: leave no half line behind.
-        let _ = file.set_len(before);
-        return Err(write_error(path, text.len(), e));
-    }
-    Ok(())
-}
-
-fn append_json_line(path: &Path, value: &Value) -> Result<(), StorageError> {
-    let mut text = value.to_string();
-    text.push('\n');
-    append_text(path, &text)
-}
-
 /// Write a file so that readers see either the old or the new content, never a part: write a
-/// temporary file next to it (`.<name>.<random>.tmp`), flush it to disk, rename it over the
-/// target. On any error the temporary file is removed (tempfile's drop), so none is left.
+/// temporary file next to it (`.<name>.<random>.tmp`), rename it over the target. On any error
+/// the temporary file is removed (tempfile's drop), so none is left. Not fsynced: what it writes
+/// can be rebuilt from the journal.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
+    write_file(path, content, false)
+}
+
+/// [`write_atomic`], flushed to the disk before the rename: for files a resume needs.
+pub fn write_durable(path: &Path, content: &[u8]) -> Result<(), StorageError> {
+    write_file(path, content, true)
+}
+
+fn write_file(path: &Path, content: &[u8], durable: bool) -> Result<(), StorageError> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -615,7 +722,13 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
     // Through the plain file, so an error keeps its errno (ENOSPC names the free space).
     tmp.as_file_mut()
         .write_all(content)
-        .and_then(|()| tmp.as_file().sync_data())
+        .and_then(|()| {
+            if durable {
+                tmp.as_file().sync_data()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(|e| write_error(path, content.len(), e))?;
     tmp.persist(path)
         .map_err(|e| io_error("replace", path)(e.error))?;
@@ -703,21 +816,96 @@ mod tests {
                 ("training_iteration", json!(2)),
             ],
         );
-        files.append_result(&r1, &config, false).expect("r1");
-        files.append_result(&r2, &config, true).expect("r2");
-        let lines: Vec<Value> = fs::read_to_string(files.result_path())
-            .expect("result.json")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json line"))
-            .collect();
+        dir.append_result(&r1, &config, false, 0).expect("r1");
+        dir.append_result(&r2, &config, true, 1).expect("r2");
+        let lines = json_lines(&files.result_path());
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["done"], true);
+        assert_eq!(lines[1]["run"], 1);
         assert_eq!(lines[1]["config"]["lr"], 0.1);
         let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
         assert_eq!(
             csv,
-            "loss,note,training_iteration,done\n1.5,\"a,b\",1,false\n1.0,,2,true\n"
+            "loss,note,training_iteration,done,run\n1.5,\"a,b\",1,false,0\n1.0,,2,true,1\n"
         );
+        // A second head (a resume) appends under the same header, not a second one.
+        let resumed = ExperimentDir::open(dir.path());
+        resumed
+            .append_result(&r1, &config, false, 2)
+            .expect("after resume");
+        let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
+        assert_eq!(csv.matches("loss,").count(), 1, "{csv}");
+    }
+
+    fn json_lines(path: &Path) -> Vec<Value> {
+        fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+
+    fn at(iteration: u64, loss: f64) -> TrialResult {
+        result(
+            0,
+            &[
+                ("loss", json!(loss)),
+                ("training_iteration", json!(iteration)),
+            ],
+        )
+    }
+
+    #[test]
+    fn results_that_stop_counting_move_to_superseded_json_with_why() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = dir.trial(TrialId(0)).expect("trial dir");
+        let config = Config::new();
+        for i in 1..=4 {
+            dir.append_result(&at(i, 1.0 / i as f64), &config, false, 0)
+                .expect("append");
+        }
+        dir.truncate_results(TrialId(0), 2, Truncation::RolledBack, 10.0)
+            .expect("truncate");
+        // The restarted run reports iterations 3 and 4 again.
+        dir.append_result(&at(3, 0.2), &config, false, 1)
+            .expect("again");
+        let iterations: Vec<u64> = json_lines(&files.result_path())
+            .iter()
+            .map(|l| l["training_iteration"].as_u64().expect("iteration"))
+            .collect();
+        assert_eq!(iterations, [1, 2, 3]);
+        let superseded = json_lines(&files.dir().join(SUPERSEDED_FILE));
+        assert_eq!(superseded.len(), 2);
+        assert_eq!(superseded[0]["training_iteration"], 3);
+        assert_eq!(superseded[0]["run"], 0);
+        assert_eq!(superseded[0]["superseded"]["reason"], "rolled back");
+        let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
+        assert_eq!(csv.lines().count(), 4, "header and 3 rows: {csv}");
+        assert!(csv.ends_with(",false,1\n"), "{csv}");
+        // Everything rolled back (a restart from scratch): empty files.
+        dir.truncate_results(TrialId(0), 0, Truncation::RolledBack, 11.0)
+            .expect("truncate all");
+        assert!(json_lines(&files.result_path()).is_empty());
+    }
+
+    #[test]
+    fn the_final_result_of_a_completed_trial_is_marked_done() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = dir.trial(TrialId(0)).expect("trial dir");
+        for i in 1..=2 {
+            dir.append_result(&at(i, 1.0), &Config::new(), false, 0)
+                .expect("append");
+        }
+        dir.mark_last_done(TrialId(0)).expect("mark");
+        let done: Vec<bool> = json_lines(&files.result_path())
+            .iter()
+            .map(|l| l["done"].as_bool().expect("done"))
+            .collect();
+        assert_eq!(done, [false, true]);
+        let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
+        assert!(csv.ends_with("true,0\n"), "{csv}");
     }
 
     #[test]
@@ -727,12 +915,11 @@ mod tests {
         let files = dir.trial(TrialId(0)).expect("trial dir");
         let config = Config::new();
         let odd = [("a \"b\"", json!(1)), ("c,\nd", json!("x\ny"))];
-        files
-            .append_result(&result(0, &odd), &config, false)
+        dir.append_result(&result(0, &odd), &config, false, 0)
             .expect("first");
-        // The second append must read the existing header back as the same two columns.
-        files
-            .append_result(&result(0, &odd), &config, true)
+        // A new head's first append must read the existing header back as the same columns.
+        ExperimentDir::open(dir.path())
+            .append_result(&result(0, &odd), &config, true, 0)
             .expect("second");
         let text = fs::read_to_string(files.progress_path()).expect("progress.csv");
         let rows: Vec<Vec<String>> = csv::Reader::from_reader(text.as_bytes())
@@ -741,7 +928,10 @@ mod tests {
             .collect();
         assert_eq!(
             rows,
-            vec![vec!["1", "x\ny", "false"], vec!["1", "x\ny", "true"]]
+            vec![
+                vec!["1", "x\ny", "false", "0"],
+                vec!["1", "x\ny", "true", "0"]
+            ]
         );
         let header = csv::Reader::from_reader(text.as_bytes())
             .headers()
@@ -749,7 +939,7 @@ mod tests {
             .clone();
         assert_eq!(
             header.iter().collect::<Vec<_>>(),
-            ["a \"b\"", "c,\nd", "done"]
+            ["a \"b\"", "c,\nd", "done", "run"]
         );
     }
 
@@ -820,19 +1010,20 @@ mod tests {
         let storage = tempfile::tempdir().expect("tempdir");
         let dir = ExperimentDir::create(storage.path(), "exp", "").expect("create");
         let state = ExperimentState {
-            format: STATE_FORMAT,
+            format: crate::state::STATE_FORMAT,
             name: "exp".into(),
-            status: "running".into(),
+            status: crate::state::RunStatus::Running,
             metric: "loss".into(),
-            mode: Mode::Min,
+            mode: rtune_core::Mode::Min,
             scheduler: "fifo".into(),
             searcher: "random".into(),
             parameters: vec!["lr".into()],
             total_trials: Some(3),
             started_at: 1.0,
             finished_at: None,
+            ended: None,
+            counts: Default::default(),
             trials: Vec::new(),
-            placements: BTreeMap::new(),
             head: None,
         };
         dir.write_state(&state).expect("write");

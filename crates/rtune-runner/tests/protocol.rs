@@ -17,7 +17,9 @@ use std::time::Duration;
 use rtune_client::{ClientError, Session, TrialAction};
 use rtune_core::TrialId;
 use rtune_protocol::{MAX_LINE_BYTES, Response};
-use rtune_runner::server::{ProtocolServer, ReportEvent, SHUTTING_DOWN, run_token};
+use rtune_runner::server::{
+    ConnectionLimits, ProtocolServer, ReportEvent, SHUTTING_DOWN, run_token,
+};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -50,7 +52,12 @@ struct Server {
 
 impl Server {
     /// `answer(report, n)`: the response to the `n`-th report (from 0) of that trial.
-    fn start(mut answer: Answer) -> Server {
+    fn start(answer: Answer) -> Server {
+        Server::start_with(answer, ConnectionLimits::for_this_process())
+    }
+
+    /// [`Server::start`] with the given connection limits.
+    fn start_with(mut answer: Answer, limits: ConnectionLimits) -> Server {
         let (addr_tx, addr_rx) = std_mpsc::channel();
         let (received_tx, received) = std_mpsc::channel();
         let (shutdown, mut shutdown_rx) = oneshot::channel::<()>();
@@ -62,7 +69,7 @@ impl Server {
             runtime.block_on(async move {
                 let (tx, mut reports) = mpsc::unbounded_channel();
                 let bind: SocketAddr = "127.0.0.1:0".parse().expect("address");
-                let addr = ProtocolServer::start(bind, SECRET.to_string(), tx)
+                let addr = ProtocolServer::start_with(bind, SECRET.to_string(), tx, limits)
                     .await
                     .expect("server starts");
                 addr_tx.send(addr).expect("test waits for the address");
@@ -455,6 +462,129 @@ fn once_the_loop_is_gone_reports_are_told_rtune_is_shutting_down() {
     }
     let _ = done_tx.send(());
     thread.join().expect("server thread");
+}
+
+/// A valid report line of trial `trial`, run 0.
+fn report_line(trial: u32) -> String {
+    json!({"v": 1, "secret": token(trial, 0), "trial": format!("{trial:05}"), "run": 0,
+           "type": "report", "metrics": {"loss": 1.0}})
+    .to_string()
+}
+
+/// Whether the server closed `reader`'s connection (EOF) within the read timeout.
+fn closed_by_server(reader: &mut BufReader<TcpStream>) -> bool {
+    let mut rest = String::new();
+    matches!(reader.read_line(&mut rest), Ok(0))
+}
+
+#[test]
+fn connections_without_a_valid_token_are_closed_and_authenticated_ones_stay_open() {
+    let server = Server::start_with(
+        scripted(&[(TrialAction::Continue, ""), (TrialAction::Continue, "")]),
+        ConnectionLimits {
+            max_connections: 64,
+            authenticate_within: Duration::from_millis(200),
+        },
+    );
+    // A trial's connection: authenticated by its first report.
+    let (mut trial, mut trial_reader) = raw_connection(server.addr);
+    let answer = send_line(&mut trial, &mut trial_reader, &report_line(1));
+    assert_eq!(answer["action"], "continue", "{answer}");
+    // Idle connections, one that sends garbage, one that sends only half a line.
+    let mut idle: Vec<(TcpStream, BufReader<TcpStream>)> =
+        (0..20).map(|_| raw_connection(server.addr)).collect();
+    let (mut garbage, mut garbage_reader) = raw_connection(server.addr);
+    let answer = send_line(&mut garbage, &mut garbage_reader, "{not json");
+    assert!(answer["error"].as_str().is_some(), "{answer}");
+    let (mut half, half_reader) = raw_connection(server.addr);
+    half.write_all(b"{\"v\":1,").expect("write");
+    idle.push((garbage, garbage_reader));
+    idle.push((half, half_reader));
+    for (_, reader) in &mut idle {
+        assert!(
+            closed_by_server(reader),
+            "an unauthenticated connection stays open"
+        );
+    }
+    // The trial's connection has been idle longer than that, and is still served.
+    let answer = send_line(&mut trial, &mut trial_reader, &report_line(1));
+    assert_eq!(answer["action"], "continue", "{answer}");
+    assert_eq!(server.next().trial, TrialId(1));
+    assert_eq!(server.next().trial, TrialId(1));
+}
+
+#[test]
+fn at_the_limit_a_new_connection_evicts_the_oldest_unauthenticated_one() {
+    let server = Server::start_with(
+        scripted(&[(TrialAction::Continue, "")]),
+        ConnectionLimits {
+            max_connections: 4,
+            authenticate_within: Duration::from_secs(600),
+        },
+    );
+    let mut idle: Vec<(TcpStream, BufReader<TcpStream>)> =
+        (0..4).map(|_| raw_connection(server.addr)).collect();
+    // A fifth connection, from a trial: it takes the place of the oldest idle one at once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars = trial_env(&server.addr.to_string(), "00002", 0, dir.path(), &json!({}));
+    let mut s = session(&vars);
+    assert_eq!(
+        s.report(&metrics(json!({"loss": 0.5}))).expect("report"),
+        TrialAction::Continue
+    );
+    assert_eq!(server.next().trial, TrialId(2));
+    assert!(
+        closed_by_server(&mut idle[0].1),
+        "the oldest idle one was closed"
+    );
+    // The rest were not needed and stay.
+    for (stream, _) in &idle[1..] {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+    }
+    for (_, reader) in &mut idle[1..] {
+        let mut rest = String::new();
+        assert!(
+            reader.read_line(&mut rest).is_err(),
+            "still open (the read timed out)"
+        );
+    }
+}
+
+#[test]
+fn when_every_connection_is_authenticated_a_new_one_waits_for_a_free_place() {
+    let server = Server::start_with(
+        Box::new(|_, _| Response::action(TrialAction::Continue, "")),
+        ConnectionLimits {
+            max_connections: 2,
+            authenticate_within: Duration::from_secs(600),
+        },
+    );
+    let mut trials: Vec<(TcpStream, BufReader<TcpStream>)> =
+        (1..=2).map(|_| raw_connection(server.addr)).collect();
+    for (n, (stream, reader)) in trials.iter_mut().enumerate() {
+        let answer = send_line(stream, reader, &report_line(n as u32 + 1));
+        assert_eq!(answer["action"], "continue", "{answer}");
+    }
+    // A third trial connects (the kernel queues it) and reports: not served while both stay.
+    let (mut third, mut third_reader) = raw_connection(server.addr);
+    third
+        .write_all(format!("{}\n", report_line(3)).as_bytes())
+        .expect("write");
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut answer = String::new();
+    assert!(third_reader.read_line(&mut answer).is_err(), "{answer}");
+    // One trial ends: the third is served.
+    drop(trials.remove(0));
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    third_reader.read_line(&mut answer).expect("answered");
+    let answer: Value = serde_json::from_str(&answer).expect("JSON");
+    assert_eq!(answer["action"], "continue", "{answer}");
 }
 
 /// `python3`, or None (with a note) where it is missing.

@@ -206,9 +206,13 @@ fn max_total_results_ends_the_experiment_when_the_budget_is_spent() {
         }
     }
     assert_eq!(results, 60);
+    // Why it ended is part of the core's state (in the journal's snapshot) and of the
+    // projection readers see.
+    assert_eq!(state["ended"]["kind"], "result_budget", "{state}");
+    assert_eq!(state["ended"]["results"], 60, "{state}");
     let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
     assert!(
-        journal.contains("the budget of 60 results (max_total_results) is used up"),
+        journal.contains("\"result_budget\""),
         "the stop is in the journal"
     );
 

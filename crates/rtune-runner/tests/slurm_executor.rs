@@ -156,7 +156,7 @@ async fn next_exit(
                 run,
                 message,
             } => return (trial, run, false, message),
-            ExecutorEvent::Placed { description, .. } => placed.push(description),
+            ExecutorEvent::Placed { placement, .. } => placed.push(placement.label),
         }
     }
 }
@@ -226,7 +226,7 @@ async fn steps_spread_over_nodes_with_distinct_gpus_and_stop_leaves_no_step() {
         );
         l.resources = res(1.0, 1);
         assert!(ex.has_room(1, &res(1.0, 1)));
-        placements.push(ex.start(l).expect("start").description);
+        placements.push(ex.start(l).expect("start").label);
     }
     assert_eq!(
         placements,
@@ -335,10 +335,10 @@ async fn steps_get_exactly_what_they_ask_for_whatever_rtune_inherited() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut l = launch(dir.path(), 0, "env > env0.txt");
     l.resources = res(2.0, 1);
-    assert_eq!(ex.start(l).expect("start").description, "n1 cpu=2 gpus=1");
+    assert_eq!(ex.start(l).expect("start").label, "n1 cpu=2 gpus=1");
     let mut l = launch(dir.path(), 1, "env > env1.txt");
     l.resources = res(0.5, 0);
-    assert_eq!(ex.start(l).expect("start").description, "n1 cpu=1");
+    assert_eq!(ex.start(l).expect("start").label, "n1 cpu=1");
     let mut placed = Vec::new();
     for _ in 0..2 {
         let (trial, _, success, message) = next_exit(&mut rx, &mut placed).await;
@@ -387,7 +387,7 @@ async fn multi_worker_trials_span_nodes_with_ranks() {
     );
     l.workers = 3;
     assert_eq!(
-        ex.start(l).expect("start").description,
+        ex.start(l).expect("start").label,
         "n1 cpu=2 + n2 cpu=1 workers=3"
     );
     let mut placed = Vec::new();
@@ -585,12 +585,15 @@ async fn job_per_trial_runs_fails_and_stops() {
     l.workers = 2;
     l.resources = res(1.0, 1);
     l.env.push(("RTUNE_SECRET".into(), "s3cret".into()));
-    let placement = ex.start(l).expect("submit").description;
+    let placement = ex.start(l).expect("submit");
+    assert!(placement.queued, "{placement:?}");
+    assert_eq!(placement.queue_reason.as_deref(), Some("submitted"));
+    assert!(placement.job_id.is_some(), "{placement:?}");
+    let placement = placement.label;
     assert!(
         placement.starts_with("job ") && placement.ends_with(" PENDING (submitted)"),
         "{placement}"
     );
-    assert!(rtune_runner::executor::is_queued_placement(&placement));
     let mut failing = launch(dir.path(), 1, "echo bad >&2; exit 3");
     failing.run = 2;
     ex.start(failing).expect("submit");
@@ -670,13 +673,8 @@ async fn a_requeued_trial_job_is_a_lost_run_and_never_runs_again() {
     let ready = fifo(&dir.path().join("ready"));
     let placement = ex
         .start(launch(dir.path(), 0, "echo r > ready; exec sleep 1000"))
-        .expect("submit")
-        .description;
-    let id = placement
-        .strip_prefix("job ")
-        .and_then(|p| p.split_whitespace().next())
-        .expect("the placement names the job")
-        .to_string();
+        .expect("submit");
+    let id = placement.job_id.expect("the placement names the job");
     read(&ready);
     // What a preemption with requeue, a node failure or an operator does.
     let out = Command::new("scontrol")
@@ -737,13 +735,14 @@ async fn job_per_trial_waits_in_the_queue_as_pending() {
             .await
             .expect("an event")
             .expect("open");
-        let ExecutorEvent::Placed { description, .. } = event else {
+        let ExecutorEvent::Placed { placement, .. } = event else {
             panic!("expected Placed, got {event:?}");
         };
-        assert!(description.contains(" PENDING ("), "{description}");
-        if description.ends_with(" PENDING (Resources)")
-            || description.ends_with(" PENDING (Priority)")
-        {
+        assert!(placement.queued, "{placement:?}");
+        if matches!(
+            placement.queue_reason.as_deref(),
+            Some("Resources" | "Priority")
+        ) {
             break;
         }
     }

@@ -45,6 +45,11 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     output
 }
 
+/// `text` as a TOML basic string (a JSON string is one).
+pub fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a JSON string is a TOML basic string")
+}
+
 /// The lines of a JSON-lines file.
 pub fn json_lines(path: &Path) -> Vec<Value> {
     let content = std::fs::read_to_string(path)

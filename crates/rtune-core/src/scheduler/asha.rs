@@ -56,13 +56,13 @@ impl Default for AshaConfig {
 }
 
 /// One rung: a milestone and the score of every trial recorded there.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Rung {
     milestone: f64,
     recorded: BTreeMap<TrialId, f64>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Bracket {
     /// Highest milestone first: that is the order in which a result walks them.
     rungs: Vec<Rung>,
@@ -291,14 +291,37 @@ impl Scheduler for AshaScheduler {
         self.bracket_of(ctx, trial);
     }
 
+    fn save(&self) -> Value {
+        super::save_fields(&[
+            ("brackets", serde_json::to_value(&self.brackets)),
+            ("trial_bracket", serde_json::to_value(&self.trial_bracket)),
+        ])
+    }
+
+    fn restore(&mut self, mut state: Value) -> Result<(), String> {
+        let brackets: Vec<Bracket> = super::load_field(&mut state, "brackets")?;
+        let shape = |b: &[Bracket]| -> Vec<Vec<f64>> {
+            b.iter()
+                .map(|b| b.rungs.iter().map(|r| r.milestone).collect())
+                .collect()
+        };
+        if shape(&brackets) != shape(&self.brackets) {
+            return Err("its brackets and rungs differ from the experiment file's".into());
+        }
+        self.brackets = brackets;
+        self.trial_bracket = super::load_field(&mut state, "trial_bracket")?;
+        Ok(())
+    }
+
     fn on_trial_rollback(
         &mut self,
         _ctx: &mut SchedulerContext<'_>,
         trial: TrialId,
-        kept: Option<&TrialResult>,
+        kept_time: Option<f64>,
     ) {
-        let until = kept
-            .and_then(|r| r.get(&self.config.time_attr))
+        // A kept result without the time attribute (NaN) reached no rung.
+        let until = kept_time
+            .filter(|t| !t.is_nan())
             .unwrap_or(f64::NEG_INFINITY);
         if let Some(&b) = self.trial_bracket.get(&trial) {
             for rung in &mut self.brackets[b].rungs {

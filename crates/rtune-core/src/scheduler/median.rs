@@ -134,6 +134,21 @@ impl Scheduler for MedianStoppingScheduler {
         "median"
     }
 
+    fn save(&self) -> serde_json::Value {
+        super::save_fields(&[
+            ("results", serde_json::to_value(&self.results)),
+            ("paused", serde_json::to_value(&self.paused)),
+            ("pause_refused", serde_json::to_value(&self.pause_refused)),
+        ])
+    }
+
+    fn restore(&mut self, mut state: serde_json::Value) -> Result<(), String> {
+        self.results = super::load_field(&mut state, "results")?;
+        self.paused = super::load_field(&mut state, "paused")?;
+        self.pause_refused = super::load_field(&mut state, "pause_refused")?;
+        Ok(())
+    }
+
     fn time_attr(&self) -> Option<&str> {
         Some(&self.config.time_attr)
     }
@@ -142,10 +157,10 @@ impl Scheduler for MedianStoppingScheduler {
         &mut self,
         _ctx: &mut SchedulerContext<'_>,
         trial: TrialId,
-        kept: Option<&TrialResult>,
+        kept_time: Option<f64>,
     ) {
-        let until = kept
-            .and_then(|r| r.get(&self.config.time_attr))
+        let until = kept_time
+            .filter(|t| !t.is_nan())
             .unwrap_or(f64::NEG_INFINITY);
         if let Some(results) = self.results.get_mut(&trial) {
             results.retain(|&(time, _)| time <= until);
@@ -510,6 +525,7 @@ mod tests {
             seed: 1,
             max_failures: 0,
             stop: BTreeMap::from([("training_iteration".to_string(), 4.0)]),
+            ..TunerSettings::default()
         };
         let configs = (0..3)
             .map(|i: u32| {

@@ -156,16 +156,36 @@ pub trait Scheduler: Send + std::fmt::Debug {
     /// A trial failed for good.
     fn on_trial_error(&mut self, _ctx: &mut SchedulerContext<'_>, _trial: TrialId) {}
 
-    /// A trial's results after `kept` (its last result that still counts; `None`: all of them)
-    /// were rolled back: it restarts from an earlier checkpoint (a lost run, a retry) and will
-    /// report those iterations again. Forget what was recorded from them, so nothing is counted
-    /// twice and a rolled-back result never counts. The default keeps nothing per result.
+    /// A trial's results after its last one that still counts were rolled back: it restarts
+    /// from an earlier checkpoint (a lost run, a retry) and will report those iterations again.
+    /// `kept_time` is the `time_attr` of that last result (`None`: none counts any more; NaN:
+    /// it lacked the key). Forget what was recorded from the others, so nothing is counted twice
+    /// and a rolled-back result never counts. The default keeps nothing per result.
     fn on_trial_rollback(
         &mut self,
         _ctx: &mut SchedulerContext<'_>,
         _trial: TrialId,
-        _kept: Option<&TrialResult>,
+        _kept_time: Option<f64>,
     ) {
+    }
+
+    /// The scheduler's own state as a value, for the journal's snapshots ([`Scheduler::restore`]
+    /// reads it back). Stateless schedulers keep the default (`null`).
+    fn save(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Load a state [`Scheduler::save`] wrote (possibly an earlier release's) into a scheduler
+    /// freshly built from the same settings.
+    fn restore(&mut self, state: serde_json::Value) -> Result<(), String> {
+        if state.is_null() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} keeps no state, but the snapshot has some",
+                self.name()
+            ))
+        }
     }
 
     /// Which existing PENDING or PAUSED trial to run next, if any. `None` lets the tuner ask the
@@ -187,6 +207,32 @@ pub trait Scheduler: Send + std::fmt::Debug {
     fn time_attr(&self) -> Option<&str> {
         None
     }
+}
+
+/// A snapshot of named state fields (`save` of a scheduler or searcher).
+pub(crate) fn save_fields(
+    fields: &[(&str, serde_json::Result<serde_json::Value>)],
+) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in fields {
+        // A field that cannot be written leaves a snapshot that does not restore; the runner
+        // checks every snapshot by restoring it before it relies on it.
+        let value = value.as_ref().map_or(serde_json::Value::Null, Clone::clone);
+        map.insert((*name).to_string(), value);
+    }
+    serde_json::Value::Object(map)
+}
+
+/// One field of a saved state (see [`save_fields`]), for `restore`.
+pub(crate) fn load_field<T: serde::de::DeserializeOwned>(
+    state: &mut serde_json::Value,
+    name: &str,
+) -> Result<T, String> {
+    let value = state
+        .get_mut(name)
+        .map(serde_json::Value::take)
+        .ok_or_else(|| format!("the saved state has no `{name}`"))?;
+    serde_json::from_value(value).map_err(|e| format!("`{name}`: {e}"))
 }
 
 /// A scheduler's fixed end of every trial: it stops a trial once `time_attr` reaches `max_t`.

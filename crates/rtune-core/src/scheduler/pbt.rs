@@ -73,7 +73,7 @@ enum Mutation {
     Distribution(Domain),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct MemberState {
     /// `time_attr` of the last perturbation check (or the donor's, after an exploit).
     last_perturbation_time: f64,
@@ -366,6 +366,23 @@ impl Scheduler for PbtScheduler {
 
     fn creates_population(&self) -> bool {
         true
+    }
+
+    fn save(&self) -> Value {
+        super::save_fields(&[
+            ("members", serde_json::to_value(&self.members)),
+            ("next_sync", serde_json::to_value(self.next_sync)),
+            ("released", serde_json::to_value(&self.released)),
+            ("warned_missing", serde_json::to_value(&self.warned_missing)),
+        ])
+    }
+
+    fn restore(&mut self, mut state: Value) -> Result<(), String> {
+        self.members = super::load_field(&mut state, "members")?;
+        self.next_sync = super::load_field(&mut state, "next_sync")?;
+        self.released = super::load_field(&mut state, "released")?;
+        self.warned_missing = super::load_field(&mut state, "warned_missing")?;
+        Ok(())
     }
 
     fn on_trial_add(&mut self, _ctx: &mut SchedulerContext<'_>, trial: TrialId) {
@@ -723,6 +740,7 @@ mod tests {
                 "training_iteration".to_string(),
                 max_iteration as f64,
             )]),
+            ..TunerSettings::default()
         };
         let configs = configs.into_iter().map(object).collect();
         let mut tuner = Tuner::new(
@@ -981,6 +999,7 @@ mod tests {
             seed: 1,
             max_failures: 0,
             stop: std::collections::BTreeMap::new(),
+            ..TunerSettings::default()
         };
         let configs = vec![object(json!({"a": 1})), object(json!({"a": 2}))];
         let mut tuner = Tuner::new(
@@ -1448,6 +1467,7 @@ mod tests {
             seed: 0,
             max_failures: 0,
             stop: Default::default(),
+            ..TunerSettings::default()
         };
         let scheduler = pbt(
             PbtConfig::default(),

@@ -62,6 +62,19 @@ impl Scheduler for PolicyReplayScheduler {
         "replay"
     }
 
+    fn save(&self) -> serde_json::Value {
+        super::save_fields(&[
+            ("next", serde_json::to_value(self.next)),
+            ("current", serde_json::to_value(&self.current)),
+        ])
+    }
+
+    fn restore(&mut self, mut state: serde_json::Value) -> Result<(), String> {
+        self.next = super::load_field(&mut state, "next")?;
+        self.current = super::load_field(&mut state, "current")?;
+        Ok(())
+    }
+
     fn on_trial_result(
         &mut self,
         _ctx: &mut SchedulerContext<'_>,

@@ -92,12 +92,13 @@ const INCUMBENT_STARTS: usize = 2;
 const MAX_PENDING: usize = 32;
 
 /// What the searcher knows of one trial it proposed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Record {
     /// The config in the encoding's coordinates (`None` if it cannot be encoded).
     point: Option<Vec<f64>>,
     finished: bool,
     /// Score (higher is better; `-inf` for NaN or infinite values) at each rung.
+    #[serde(with = "super::tpe::level_map")]
     rungs: BTreeMap<Level, f64>,
 }
 
@@ -714,6 +715,26 @@ impl Searcher for GpSearcher {
 
     fn total_trials(&self) -> Option<usize> {
         Some(self.settings.num_samples)
+    }
+
+    fn on_trial_replayed(&mut self, trial: TrialId, config: &Config) {
+        let point = self.encoding.encode(&values_of(&self.space, config));
+        self.records.insert(
+            trial,
+            Record {
+                point,
+                ..Record::default()
+            },
+        );
+    }
+
+    fn save(&self) -> serde_json::Value {
+        crate::scheduler::save_fields(&[("records", serde_json::to_value(&self.records))])
+    }
+
+    fn restore(&mut self, mut state: serde_json::Value) -> Result<(), String> {
+        self.records = crate::scheduler::load_field(&mut state, "records")?;
+        Ok(())
     }
 }
 

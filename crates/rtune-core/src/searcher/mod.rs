@@ -74,4 +74,28 @@ pub trait Searcher: Send {
     fn total_trials(&self) -> Option<usize> {
         None
     }
+
+    /// A journal replay: trial `trial` was created with `config` (as this searcher, or an
+    /// earlier release of it, proposed). Record it as if `suggest` had proposed it, without
+    /// computing a proposal. Searchers that keep nothing per proposal keep the default.
+    fn on_trial_replayed(&mut self, _trial: TrialId, _config: &Config) {}
+
+    /// The searcher's own state as a value, for the journal's snapshots. Searchers whose
+    /// proposals depend only on the trial number (random, grid, fixed) keep the default.
+    fn save(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Load a state [`Searcher::save`] wrote into a searcher freshly built from the same
+    /// settings.
+    fn restore(&mut self, state: serde_json::Value) -> Result<(), String> {
+        if state.is_null() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} keeps no state, but the snapshot has some",
+                self.name()
+            ))
+        }
+    }
 }

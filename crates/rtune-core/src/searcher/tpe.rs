@@ -88,8 +88,27 @@ impl Ord for Level {
     }
 }
 
+/// `BTreeMap<Level, f64>` as a list of `[level, score]` pairs (JSON map keys are text).
+pub(crate) mod level_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Level;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<Level, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(f64, f64)> = map.iter().map(|(l, v)| (l.0, *v)).collect();
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Level, f64>, D::Error> {
+        let pairs: Vec<(f64, f64)> = Vec::deserialize(d)?;
+        Ok(pairs.into_iter().map(|(l, v)| (Level(l), v)).collect())
+    }
+}
+
 /// What the searcher knows of one trial it proposed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Record {
     /// The config in model coordinates (`None` if it cannot be encoded).
     point: Option<Vec<f64>>,
@@ -97,6 +116,7 @@ struct Record {
     /// Latest report: (training_iteration, score).
     latest: Option<(u64, f64)>,
     /// Score at each rung, where the trial first reached it.
+    #[serde(with = "level_map")]
     rungs: BTreeMap<Level, f64>,
 }
 
@@ -475,5 +495,25 @@ impl Searcher for TpeSearcher {
 
     fn total_trials(&self) -> Option<usize> {
         Some(self.settings.num_samples)
+    }
+
+    fn on_trial_replayed(&mut self, trial: TrialId, config: &Config) {
+        let point = self.encoding.encode(&values_of(&self.space, config));
+        self.records.insert(
+            trial,
+            Record {
+                point,
+                ..Record::default()
+            },
+        );
+    }
+
+    fn save(&self) -> serde_json::Value {
+        crate::scheduler::save_fields(&[("records", serde_json::to_value(&self.records))])
+    }
+
+    fn restore(&mut self, mut state: serde_json::Value) -> Result<(), String> {
+        self.records = crate::scheduler::load_field(&mut state, "records")?;
+        Ok(())
     }
 }

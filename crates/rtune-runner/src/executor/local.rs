@@ -285,20 +285,30 @@ impl Executor for LocalExecutor {
             },
         );
 
-        let mut description = format!("local cpu={}", fmt_num(cpus));
+        let mut label = format!("local cpu={}", fmt_num(cpus));
         if !gpu_indices.is_empty() {
             let ids: Vec<&str> = gpu_indices
                 .iter()
                 .map(|&i| self.node.gpus[i].as_str())
                 .collect();
-            description.push_str(&format!(" gpu={}", ids.join(",")));
+            label.push_str(&format!(" gpu={}", ids.join(",")));
         }
         if launch.workers > 1 {
-            description.push_str(&format!(" workers={}", launch.workers));
+            label.push_str(&format!(" workers={}", launch.workers));
         }
         Ok(Placement {
-            description,
+            executor: rtune_core::ExecutorKind::Local,
             queued: false,
+            queue_reason: None,
+            job_id: None,
+            step_id: None,
+            nodes: vec![rtune_core::NodeShare {
+                node: "localhost".into(),
+                cpus: cpus.ceil() as u32,
+                gpus: gpu_indices.iter().map(|&i| i as u32).collect(),
+                gpu_count: gpu_indices.len() as u32,
+            }],
+            label,
         })
     }
 
@@ -1092,7 +1102,7 @@ mod tests {
             l.workers = 2;
             l.resources = res(1.0, 1);
             l.env.push(("TRIAL_".into(), trial.to_string()));
-            placements.push(ex.start(l).expect("start").description);
+            placements.push(ex.start(l).expect("start").label);
         }
         assert_eq!(placements[0], "local cpu=2 gpu=0,1 workers=2");
         assert_eq!(placements[1], "local cpu=2 gpu=2,3 workers=2");
@@ -1115,10 +1125,7 @@ mod tests {
         ex.release(TrialId(0));
         let mut l = launch(dir.path(), 2, "exit 0");
         l.resources = res(1.0, 2);
-        assert_eq!(
-            ex.start(l).expect("start").description,
-            "local cpu=1 gpu=0,1"
-        );
+        assert_eq!(ex.start(l).expect("start").label, "local cpu=1 gpu=0,1");
         next_exit(&mut rx).await;
     }
 

@@ -69,22 +69,11 @@ pub struct TrialLaunch {
     pub stderr: PathBuf,
 }
 
-/// Where a trial was placed, for the log and the trial table.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Placement {
-    /// For example `local cpu=1 gpu=0,1`.
-    pub description: String,
-    /// The run's processes do not run yet (a job waiting in SLURM's queue): the executor sends
-    /// [`ExecutorEvent::Placed`] with `running: true` once they do, and the run's time counts
-    /// from then. False for executors whose processes start in `start`.
-    pub queued: bool,
-}
-
-/// Whether a placement description says the run still waits in SLURM's queue
-/// (`job 12 PENDING (Resources)`): the trials table then shows the trial as PENDING.
-pub fn is_queued_placement(description: &str) -> bool {
-    description.starts_with("job ") && description.contains(" PENDING (")
-}
+/// Where a trial was placed (typed; see [`rtune_core::Placement`]). `queued` says the run's
+/// processes do not run yet (a job waiting in SLURM's queue): the executor sends
+/// [`ExecutorEvent::Placed`] with `running: true` once they do, and the run's time counts from
+/// then. False for executors whose processes start in `start`.
+pub use rtune_core::Placement;
 
 /// What an executor tells the run loop.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,8 +111,8 @@ pub enum ExecutorEvent {
         trial: TrialId,
         /// The run number given in its [`TrialLaunch`].
         run: u32,
-        /// The new placement, e.g. `job 12 PENDING (Resources)` or `job 12 n1 cpu=2 gpus=1`.
-        description: String,
+        /// The new placement: still queued (with SLURM's reason), or on its nodes.
+        placement: Placement,
         /// The run's processes run now (the job left the queue): queue time ends here.
         running: bool,
         /// When they started, in Unix seconds, if the executor knows it more precisely than

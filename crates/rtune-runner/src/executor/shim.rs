@@ -8,7 +8,9 @@
 //!   `rtune run` still ends the trial.
 //! * It is a child subreaper (`PR_SET_CHILD_SUBREAPER`): processes whose parent exits, such as a
 //!   grandchild started with `setsid` or a daemon that double-forked, are re-parented to the shim
-//!   instead of init, so they stay its descendants and can be found by walking `/proc`.
+//!   instead of init, so they stay its descendants and can be found by following the kernel's
+//!   list of each process's children (`/proc/<pid>/task/<tid>/children`) down from the shim:
+//!   a few reads per process of the trial, however many processes the machine runs.
 //! * On [`STOP_SIGNAL`] (from the executor, or the parent-death signal) it sends SIGTERM to every
 //!   descendant, waits the grace period it was started with and then SIGKILLs whatever is left.
 //!   [`KILL_SIGNAL`] SIGKILLs everything at once.
@@ -205,7 +207,7 @@ fn supervise(args: &ShimArgs) -> i32 {
         if let Some(at) = kill_at
             && now >= at
         {
-            signal_tree(me, worker, libc::SIGKILL);
+            signal_tree(me, Some(worker), libc::SIGKILL);
             kill_at = Some(now + SWEEP_INTERVAL);
             continue;
         }
@@ -223,7 +225,7 @@ fn supervise(args: &ShimArgs) -> i32 {
                         args.grace.as_secs_f64()
                     );
                 }
-                signal_tree(me, worker, libc::SIGTERM);
+                signal_tree(me, Some(worker), libc::SIGTERM);
                 let at = Instant::now() + args.grace;
                 kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
             }
@@ -236,7 +238,7 @@ fn supervise(args: &ShimArgs) -> i32 {
     let deadline = Instant::now() + KILL_WAIT;
     loop {
         reap_children(worker);
-        let left = signal_tree(me, worker, libc::SIGKILL);
+        let left = signal_tree(me, None, libc::SIGKILL);
         if left == 0 {
             break;
         }
@@ -306,10 +308,23 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
     (result > 0).then_some(result)
 }
 
-/// Sends `signal` to every live descendant of `me` and every member of the program's process
-/// group; returns how many processes it signalled.
-fn signal_tree(me: i32, worker_group: i32, signal: i32) -> usize {
-    let targets = trial_processes(me, worker_group);
+/// Sends `signal` to every live descendant of `me` and, while the program has not been reaped
+/// (`worker_group`: its process group, whose id cannot be reused until then), to every member of
+/// its process group; returns how many descendants it signalled.
+fn signal_tree(me: i32, worker_group: Option<i32>, signal: i32) -> usize {
+    if let Some(group) = worker_group {
+        // The group in one call: its members are the program's descendants (found below as
+        // well), unless a process of the same session joined it from outside.
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(-group, signal);
+        }
+    }
+    let targets = match descendants(me) {
+        Some(found) => found,
+        // No `children` files in this kernel (CONFIG_PROC_CHILDREN): read every process.
+        None => trial_processes_from_table(me, worker_group),
+    };
     for &pid in &targets {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe {
@@ -319,9 +334,50 @@ fn signal_tree(me: i32, worker_group: i32, signal: i32) -> usize {
     targets.len()
 }
 
-/// The live (not zombie) processes below `root` in the process tree, plus the live members of
-/// process group `group`.
-fn trial_processes(root: i32, group: i32) -> Vec<i32> {
+/// The live (not zombie) processes below `root`, found from `root` down through each process's
+/// `/proc/<pid>/task/<tid>/children` (children are listed under the thread that forked them).
+/// Exact for the shim's tree, since as a child subreaper it keeps every orphan of the tree below
+/// itself; what it reads grows with the trial's processes and threads, not with the machine's.
+/// None when the kernel has no such files.
+fn descendants(root: i32) -> Option<Vec<i32>> {
+    if !Path::new(&format!("/proc/{root}/task/{root}/children")).exists() {
+        return None;
+    }
+    let mut found: Vec<i32> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        // A process that exited meanwhile has no task directory: it has no children left.
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                if pid != root && !found.contains(&pid) {
+                    found.push(pid);
+                    frontier.push(pid);
+                }
+            }
+        }
+    }
+    // Zombies wait for their parent (or the shim) to reap them: they hold nothing any more.
+    found.retain(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| parse_proc_stat(&stat))
+            .is_some_and(|stat| !stat.is_zombie())
+    });
+    Some(found)
+}
+
+/// [`descendants`] from the whole process table, plus the live members of process group
+/// `group`: for kernels without `children` files.
+fn trial_processes_from_table(root: i32, group: Option<i32>) -> Vec<i32> {
     let table = process_table();
     let mut found: Vec<i32> = Vec::new();
     let mut frontier = vec![root];
@@ -334,7 +390,7 @@ fn trial_processes(root: i32, group: i32) -> Vec<i32> {
         }
     }
     for (pid, stat) in &table {
-        if stat.pgrp == group && *pid != root && !found.contains(pid) {
+        if Some(stat.pgrp) == group && *pid != root && !found.contains(pid) {
             found.push(*pid);
         }
     }
@@ -434,6 +490,53 @@ mod tests {
             })
         );
         assert_eq!(parse_proc_stat("garbage"), None);
+    }
+
+    #[test]
+    fn descendants_are_found_through_the_children_lists() {
+        let me = std::process::id() as i32;
+        if descendants(me).is_none() {
+            eprintln!("SKIPPED: this kernel has no /proc/<pid>/task/<tid>/children");
+            return;
+        }
+        // A child that starts a grandchild and waits for it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 1000 & wait"])
+            .spawn()
+            .expect("sh starts");
+        let sh = child.id() as i32;
+        let below_sh = |found: &[i32]| -> Vec<i32> {
+            found
+                .iter()
+                .copied()
+                .filter(|&pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|stat| parse_proc_stat(&stat))
+                        .is_some_and(|stat| stat.ppid == sh)
+                })
+                .collect()
+        };
+        // Bounded polling until sh has started its grandchild.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let found = loop {
+            let found = descendants(me).expect("children files");
+            if !below_sh(&found).is_empty() || Instant::now() >= deadline {
+                break found;
+            }
+            std::thread::sleep(SWEEP_INTERVAL);
+        };
+        let below_sh = below_sh(&found);
+        for &pid in below_sh.iter().chain([sh].iter()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        child.wait().expect("reaped");
+        assert!(found.contains(&sh), "{found:?}");
+        assert_eq!(below_sh.len(), 1, "the grandchild: {found:?}");
+        assert!(!found.contains(&me));
     }
 
     #[test]

@@ -249,10 +249,10 @@ impl Executor for SimulatedExecutor {
         sim.schedule(trial, at);
         drop(sim);
         self.shared.queue_changed.notify_one();
-        Ok(Placement {
-            description: format!("simulated {}", self.benchmark.describe()),
-            queued: false,
-        })
+        Ok(Placement::nowhere(
+            rtune_core::ExecutorKind::Simulated,
+            format!("simulated {}", self.benchmark.describe()),
+        ))
     }
 
     fn stop(&mut self, trial: TrialId, _grace: Duration) {

@@ -749,7 +749,16 @@ impl Executor for SlurmExecutor {
             Arc::clone(&shared),
             self.events.clone(),
         ));
-        let description = self.describe(&shares, cw, gw, launch.workers);
+        let label = self.describe(&shares, cw, gw, launch.workers);
+        let nodes = shares
+            .iter()
+            .map(|s| rtune_core::NodeShare {
+                node: self.allocation.nodes[s.node].name.clone(),
+                cpus: s.workers * cw,
+                gpus: Vec::new(),
+                gpu_count: s.workers * gw,
+            })
+            .collect();
         self.trials.insert(
             launch.trial,
             StepSlot {
@@ -761,8 +770,13 @@ impl Executor for SlurmExecutor {
             },
         );
         Ok(Placement {
-            description,
+            executor: rtune_core::ExecutorKind::SlurmStep,
             queued: false,
+            queue_reason: None,
+            job_id: Some(self.allocation.job_id.clone()),
+            step_id: None,
+            nodes,
+            label,
         })
     }
 

@@ -499,15 +499,10 @@ impl Executor for SlurmJobsExecutor {
             state: std::sync::Mutex::new("PENDING".to_string()),
             finished: AtomicBool::new(false),
         });
-        let shape = format!(
-            "cpu={}{}",
-            launch.workers * slurm_cpus(launch.resources.cpu),
-            if launch.resources.gpu > 0 {
-                format!(" gpus={}", launch.workers * launch.resources.gpu)
-            } else {
-                String::new()
-            }
-        );
+        let shape = JobShape {
+            cpus: launch.workers * slurm_cpus(launch.resources.cpu),
+            gpus: launch.workers * launch.resources.gpu,
+        };
         lock(&self.watched).insert(
             job_id.clone(),
             Watched {
@@ -515,7 +510,7 @@ impl Executor for SlurmJobsExecutor {
                 run: launch.run,
                 shape,
                 shared: Arc::clone(&shared),
-                last_description: format!("job {job_id} PENDING (submitted)"),
+                last_placement: queued_placement(&job_id, "submitted"),
                 misses: 0,
             },
         );
@@ -534,10 +529,7 @@ impl Executor for SlurmJobsExecutor {
                 stop_requested: false,
             },
         );
-        Ok(Placement {
-            description: format!("job {job_id} PENDING (submitted)"),
-            queued: true,
-        })
+        Ok(queued_placement(&job_id, "submitted"))
     }
 
     fn stop(&mut self, trial: TrialId, grace: Duration) {
@@ -583,12 +575,61 @@ impl Executor for SlurmJobsExecutor {
 struct Watched {
     trial: TrialId,
     run: u32,
-    /// `cpu=2 gpus=1`, for the placement once the job runs.
-    shape: String,
+    /// What the job asked for, for the placement once it runs.
+    shape: JobShape,
     shared: Arc<JobShared>,
-    last_description: String,
+    last_placement: Placement,
     /// Consecutive polls that did not list the job.
     misses: u32,
+}
+
+/// The CPUs and GPUs a job asked for, over all its tasks.
+#[derive(Clone, Copy, Debug)]
+struct JobShape {
+    cpus: u32,
+    gpus: u32,
+}
+
+/// A job waiting in SLURM's queue, for `reason` (`Resources`, `Priority`, `submitted`).
+fn queued_placement(job_id: &str, reason: &str) -> Placement {
+    Placement {
+        executor: rtune_core::ExecutorKind::SlurmJob,
+        queued: true,
+        queue_reason: Some(reason.to_string()),
+        job_id: Some(job_id.to_string()),
+        step_id: None,
+        nodes: Vec::new(),
+        label: format!("job {job_id} PENDING ({reason})"),
+    }
+}
+
+/// A job running on `nodes` (squeue's host list); its CPUs and GPUs are shown per job, split
+/// evenly over its nodes.
+fn running_placement(job_id: &str, nodes: &str, shape: JobShape) -> Placement {
+    let hosts =
+        super::slurm_common::expand_hostlist(nodes).unwrap_or_else(|_| vec![nodes.to_string()]);
+    let count = u32::try_from(hosts.len().max(1)).unwrap_or(1);
+    let mut label = format!("job {job_id} {nodes} cpu={}", shape.cpus);
+    if shape.gpus > 0 {
+        label.push_str(&format!(" gpus={}", shape.gpus));
+    }
+    Placement {
+        executor: rtune_core::ExecutorKind::SlurmJob,
+        queued: false,
+        queue_reason: None,
+        job_id: Some(job_id.to_string()),
+        step_id: None,
+        nodes: hosts
+            .into_iter()
+            .map(|node| rtune_core::NodeShare {
+                node,
+                cpus: shape.cpus / count,
+                gpus: Vec::new(),
+                gpu_count: shape.gpus / count,
+            })
+            .collect(),
+        label,
+    }
 }
 
 /// Polls after which a job squeue no longer lists is taken as gone.
@@ -707,20 +748,23 @@ async fn poll_jobs(
             }
             lock(&watch.shared.state).clone_from(&status.state);
             let running = !status.nodes.is_empty() && status.nodes != "(null)";
-            let description = match status.state.as_str() {
-                "PENDING" => format!("job {id} PENDING ({})", status.reason),
-                _ if running => format!("job {id} {} {}", status.nodes, watch.shape),
-                other => format!("job {id} {other} ({})", status.reason),
+            let placement = if running {
+                running_placement(id, &status.nodes, watch.shape)
+            } else {
+                let mut placement = queued_placement(id, &status.reason);
+                if status.state != "PENDING" {
+                    placement.label = format!("job {id} {} ({})", status.state, status.reason);
+                }
+                placement
             };
             // A short job may start and end between two looks: its placement still says where
             // it ran.
-            if description != watch.last_description && (!is_final_state(&status.state) || running)
-            {
-                watch.last_description.clone_from(&description);
+            if placement != watch.last_placement && (!is_final_state(&status.state) || running) {
+                watch.last_placement.clone_from(&placement);
                 let _ = events.send(ExecutorEvent::Placed {
                     trial: watch.trial,
                     run: watch.run,
-                    description,
+                    placement,
                     running,
                     started_at: status.start_time.filter(|_| running),
                 });
@@ -1013,7 +1057,7 @@ mod tests {
                 stderr: work.path().join("stderr.log"),
             })
             .expect("submitted");
-        assert!(placement.description.contains("999999001"));
+        assert_eq!(placement.job_id.as_deref(), Some("999999001"));
         assert!(
             lock(&executor.watched).contains_key("999999001"),
             "the job is followed, so its trial will end"
