@@ -740,7 +740,8 @@ fn report_help_names_every_format() {
 /// because no example run is sure to produce these: trial 0's runs were placed with typed
 /// placements (a local run on GPUs 0 and 1, a SLURM job that waited in the queue and then ran on
 /// n2), its result.json holds a run that restarted from iteration 1 (a file written before
-/// superseded lines were moved out), and superseded.json a rolled-back result.
+/// superseded lines were moved out); trial 1 has a rolled-back result in superseded.json and is
+/// flagged silent.
 fn write_typed_experiment(dir: &Path) {
     use serde_json::json;
     let lines = |values: &[Value]| values.iter().map(|v| format!("{v}\n")).collect::<String>();
@@ -754,9 +755,9 @@ fn write_typed_experiment(dir: &Path) {
              "placement": {"executor": "slurm_job", "queued": false, "job_id": "12",
                            "nodes": [{"node": "n2", "cpus": 2, "gpus": [], "gpu_count": 1}],
                            "label": "job 12 on n2"}},
-            {"id": 1, "config": {"lr": 0.001}, "status": "TERMINATED", "tag": "", "iteration": 2,
+            {"id": 1, "config": {"lr": 0.001}, "status": "RUNNING", "tag": "", "iteration": 2,
              "time_total_s": 2.0, "best": {"value": 0.5, "iteration": 2}, "runs": 1, "failures": 0,
-             "placement": null}
+             "placement": null, "silent": true, "last_report_at": 1002.0}
         ]
     });
     std::fs::write(dir.join("experiment_state.json"), state.to_string()).expect("state");
@@ -837,4 +838,7 @@ fn dashboard_reads_typed_placements_and_draws_the_results_that_count() {
         strings(&page["timelineLanes"]),
         ["SLURM job queue", "local · GPU 0,1", "n2"]
     );
+    // A trial the runner flags silent (no report for much longer than its peers) is marked.
+    assert_eq!(page["badge"]["silent"], "1 silent", "{}", page["badge"]);
+    assert_eq!(strings(&page["badge"]["silentRows"]), ["RUNNING (silent)"]);
 }

@@ -112,6 +112,8 @@ try {
     className: document.getElementById('exp-status').className,
     errors: document.getElementById('exp-errors').textContent,
     errorCount: Number(document.getElementById('exp-errors').dataset.count),
+    silent: document.getElementById('exp-silent').textContent,
+    silentRows: Array.from(document.querySelectorAll('#trials-table td.silent')).map((td) => td.textContent),
   }));
   await showView(page, 'parallel');
   const parallel = await page.evaluate(() => window.rtuneParallel());
