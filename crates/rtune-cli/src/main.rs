@@ -50,7 +50,7 @@ enum Command {
     Plan(PlanArgs),
     /// Serve a live web page of experiments: trials, learning curves, importance, lineage, ...
     Dashboard(dashboard::DashboardArgs),
-    /// Write the dashboard's views as one self-contained HTML file (or the main plots as SVG).
+    /// Write the dashboard's views as one self-contained HTML file (or the main plots as SVG or PNG).
     Report(dashboard::ReportArgs),
 }
 

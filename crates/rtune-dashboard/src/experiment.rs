@@ -13,41 +13,94 @@ use serde_json::Value;
 
 use crate::DashboardError;
 use crate::model::{
-    self, Action, DecisionLine, EventLine, LineageLine, Mode, ResultPoint, StateFile, TrialState,
+    self, Action, DecisionLine, EventLine, LineageLine, Mode, Placement, PlacementField,
+    ResultLine, SpaceParam, StateFile, TrialState,
 };
 use crate::tail::Tail;
 
-/// A trial's learning curve, column by column.
+/// A trial's results, column by column, in the order of its file. Missing numbers are NaN here
+/// and `null` in JSON.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Curve {
     /// training_iteration
     pub it: Vec<u64>,
-    /// the metric (null where a report did not include it)
-    pub v: Vec<Option<f64>>,
-    /// time_total_s
-    pub t: Vec<Option<f64>>,
+    /// the experiment's metric
+    pub v: Vec<f64>,
     /// timestamp (Unix seconds)
-    pub ts: Vec<Option<f64>>,
-}
-
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
+    pub ts: Vec<f64>,
+    /// Every other reported numeric key (`time_total_s`, `train_loss`, ...), one column each,
+    /// as long as `it`.
+    pub m: BTreeMap<String, Vec<f64>>,
+    /// superseded.json only: why each line stopped counting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub why: Vec<String>,
 }
 
 impl Curve {
-    fn push(&mut self, p: ResultPoint) {
-        self.it.push(p.iteration);
-        self.v.push(finite(p.value));
-        self.t.push(finite(p.time_total_s));
-        self.ts.push(finite(p.timestamp));
+    fn push(&mut self, line: ResultLine) {
+        let n = self.it.len();
+        self.it.push(line.iteration);
+        self.v.push(line.value);
+        self.ts.push(line.timestamp);
+        for (key, x) in line.numbers {
+            let column = self.m.entry(key).or_insert_with(|| vec![f64::NAN; n]);
+            // A key repeated within one line: the first one counts.
+            if column.len() == n {
+                column.push(x);
+            }
+        }
+        for column in self.m.values_mut() {
+            column.resize(n + 1, f64::NAN);
+        }
+        if let Some(reason) = line.superseded {
+            self.why.resize(n, String::new());
+            self.why.push(reason);
+        }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Appends `more` (read after what this curve holds).
+    fn extend(&mut self, more: &Curve) {
+        let (n, total) = (self.len(), self.len() + more.len());
+        self.it.extend(&more.it);
+        self.v.extend(&more.v);
+        self.ts.extend(&more.ts);
+        for (key, column) in &more.m {
+            self.m
+                .entry(key.clone())
+                .or_insert_with(|| vec![f64::NAN; n])
+                .extend(column);
+        }
+        for column in self.m.values_mut() {
+            column.resize(total, f64::NAN);
+        }
+        if !more.why.is_empty() {
+            self.why.resize(n, String::new());
+            self.why.extend(more.why.iter().cloned());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
         self.it.is_empty()
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.it.len()
+    }
+
+    /// The indices of the results that count, in order: where a trial's iterations go back
+    /// (files written before superseded lines were moved to superseded.json: a run rolled back
+    /// after a failure, or restarted by a PBT exploit from an earlier iteration), the later
+    /// line replaces the earlier ones from its iteration on. For a current result.json, whose
+    /// iterations only increase, that is every line.
+    pub fn counting(&self) -> Vec<usize> {
+        let mut kept: Vec<usize> = Vec::with_capacity(self.it.len());
+        for (k, &it) in self.it.iter().enumerate() {
+            while kept.last().is_some_and(|&j| self.it[j] >= it) {
+                kept.pop();
+            }
+            kept.push(k);
+        }
+        kept
     }
 }
 
@@ -61,11 +114,15 @@ pub struct TrialRow {
     pub params: BTreeMap<String, Value>,
     pub iteration: u64,
     pub time_total_s: f64,
+    /// (value, iteration)
     pub best: Option<(f64, u64)>,
     pub runs: u32,
     pub failures: u32,
     pub error: Option<String>,
-    pub placement: Option<String>,
+    pub placement: Option<Placement>,
+    /// No report for much longer than its peers (the runner's rule; absent in older files).
+    pub silent: bool,
+    pub last_report_at: Option<f64>,
 }
 
 /// The experiment-level part of the state, without trials.
@@ -79,6 +136,9 @@ pub struct Header {
     pub scheduler: String,
     pub searcher: String,
     pub parameters: Vec<String>,
+    /// The searched parameters' domains from experiment.toml; None when it could not be read
+    /// (then the page places values as they come, linear or categorical, and says so).
+    pub space: Option<Vec<SpaceParam>>,
     pub total_trials: Option<usize>,
     pub started_at: f64,
     pub finished_at: Option<f64>,
@@ -91,6 +151,8 @@ pub struct Snapshot {
     pub header: Header,
     pub trials: Vec<TrialRow>,
     pub curves: BTreeMap<u32, Curve>,
+    /// Results that stopped counting (superseded.json), by trial.
+    pub superseded: BTreeMap<u32, Curve>,
     pub decisions: Vec<DecisionLine>,
     /// How many plain `continue` decisions were left out of `decisions`.
     pub continue_decisions: u64,
@@ -108,9 +170,16 @@ pub struct Update {
     pub header: Option<Header>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trials: Option<Vec<TrialRow>>,
-    /// New points by trial.
+    /// New results by trial, to append.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub points: BTreeMap<u32, Curve>,
+    /// Trials whose result.json was rewritten (lines moved to superseded.json): their whole
+    /// curve, replacing what the page holds.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub curves: BTreeMap<u32, Curve>,
+    /// Trials whose superseded.json grew or was rewritten: all of it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub superseded: BTreeMap<u32, Curve>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<DecisionLine>,
     pub continue_decisions: u64,
@@ -120,7 +189,7 @@ pub struct Update {
     pub lineage: Vec<LineageLine>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
-    /// A file was replaced or truncated: the page must load the snapshot again.
+    /// A log file was replaced or truncated: the page must load the snapshot again.
     pub reset: bool,
 }
 
@@ -128,6 +197,8 @@ impl Update {
     pub fn is_empty(&self) -> bool {
         self.header.is_none()
             && self.points.is_empty()
+            && self.curves.is_empty()
+            && self.superseded.is_empty()
             && self.decisions.is_empty()
             && self.events.is_empty()
             && self.lineage.is_empty()
@@ -136,11 +207,68 @@ impl Update {
     }
 }
 
-struct TrialTail {
-    results: Tail,
+/// A trial's result file or superseded file, read by offset.
+struct ResultTail {
+    tail: Tail,
     /// Lines read, for messages naming the line.
     lines: u64,
-    /// Done: the trial ended and its file was read to its end after that.
+}
+
+impl ResultTail {
+    fn new(path: PathBuf) -> ResultTail {
+        ResultTail {
+            tail: Tail::new(path),
+            lines: 0,
+        }
+    }
+
+    /// Reads what was appended into `curve`. Returns the new lines' curve, or with `true` the
+    /// whole curve when the file was rewritten (and `curve` read again from its start).
+    fn read(
+        &mut self,
+        curve: &mut Curve,
+        metric: &str,
+        problems: &mut Vec<String>,
+    ) -> Option<(Curve, bool)> {
+        let read = match self.tail.read_lines() {
+            Ok(read) => read,
+            Err(e) => {
+                problems.push(format!("cannot read {}: {e}", self.tail.path().display()));
+                return None;
+            }
+        };
+        if read.restarted {
+            *curve = Curve::default();
+            self.lines = 0;
+        }
+        let mut fresh = Curve::default();
+        for line in &read.lines {
+            self.lines += 1;
+            match ResultLine::parse(line, metric) {
+                Ok(point) => fresh.push(point),
+                Err(e) => problems.push(format!(
+                    "{} line {}: {e}",
+                    self.tail.path().display(),
+                    self.lines
+                )),
+            }
+        }
+        if fresh.is_empty() && !read.restarted {
+            return None;
+        }
+        curve.extend(&fresh);
+        Some(if read.restarted {
+            (curve.clone(), true)
+        } else {
+            (fresh, false)
+        })
+    }
+}
+
+struct TrialTail {
+    results: ResultTail,
+    superseded: ResultTail,
+    /// Done: the trial ended and its files were read to their end after that.
     done: bool,
 }
 
@@ -149,8 +277,11 @@ pub struct Experiment {
     dir: PathBuf,
     state: StateFile,
     state_stamp: Option<(SystemTime, u64)>,
+    /// The search space from experiment.toml, once read.
+    space: Option<Vec<SpaceParam>>,
     trials: Vec<TrialRow>,
     curves: BTreeMap<u32, Curve>,
+    superseded: BTreeMap<u32, Curve>,
     result_tails: BTreeMap<u32, TrialTail>,
     decisions_tail: Tail,
     decisions_lines: u64,
@@ -181,8 +312,10 @@ impl Experiment {
             dir: dir.to_path_buf(),
             state: StateFile::default(),
             state_stamp: None,
+            space: None,
             trials: Vec::new(),
             curves: BTreeMap::new(),
+            superseded: BTreeMap::new(),
             result_tails: BTreeMap::new(),
             decisions_tail: Tail::new(dir.join(model::DECISIONS_FILE)),
             decisions_lines: 0,
@@ -215,6 +348,7 @@ impl Experiment {
             scheduler: s.scheduler.clone(),
             searcher: s.searcher.clone(),
             parameters: s.parameters.clone(),
+            space: self.space.clone(),
             total_trials: s.total_trials,
             started_at: s.started_at,
             finished_at: s.finished_at,
@@ -239,6 +373,7 @@ impl Experiment {
             header: self.header(),
             trials: self.trials.clone(),
             curves: self.curves.clone(),
+            superseded: self.superseded.clone(),
             decisions: self.decisions.clone(),
             continue_decisions: self.continue_decisions,
             events: self.events.clone(),
@@ -277,6 +412,21 @@ impl Experiment {
         Ok(update)
     }
 
+    /// Reads the search space from experiment.toml (written when the experiment starts, and
+    /// never changed: a resume refuses a changed space).
+    fn read_space(&mut self, update: &mut Update) {
+        let path = self.dir.join(model::EXPERIMENT_FILE);
+        match fs::read_to_string(&path) {
+            Ok(text) => match model::read_space(&text, &path.display().to_string()) {
+                Ok(space) => self.space = Some(space),
+                Err(e) => self.problem(update, e.to_string()),
+            },
+            // Not written yet, or an experiment from before it was: the page says so.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => self.problem(update, format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
     fn refresh_state(&mut self, update: &mut Update) -> Result<(), DashboardError> {
         let path = self.dir.join(model::STATE_FILE);
         let io = |source| DashboardError::Io {
@@ -306,19 +456,19 @@ impl Experiment {
             }
         };
         self.state_stamp = Some(stamp);
+        if self.space.is_none() {
+            self.read_space(update);
+        }
         self.trials = state
             .trials
             .iter()
             .map(|t| trial_row(t, &state.parameters, &state.placements))
             .collect();
         for t in &state.trials {
+            let trial_dir = self.dir.join(model::trial_dir_name(t.id));
             self.result_tails.entry(t.id).or_insert_with(|| TrialTail {
-                results: Tail::new(
-                    self.dir
-                        .join(model::trial_dir_name(t.id))
-                        .join(model::RESULT_FILE),
-                ),
-                lines: 0,
+                results: ResultTail::new(trial_dir.join(model::RESULT_FILE)),
+                superseded: ResultTail::new(trial_dir.join(model::SUPERSEDED_FILE)),
                 done: false,
             });
         }
@@ -337,49 +487,39 @@ impl Experiment {
             .collect();
         let mut problems = Vec::new();
         for (&id, tail) in self.result_tails.iter_mut() {
-            if tail.done {
+            let is_ended = ended.get(&id).copied().unwrap_or(false);
+            // A trial that ended writes no more results (unless a resume starts it again).
+            if tail.done && is_ended {
                 continue;
             }
-            let is_ended = ended.get(&id).copied().unwrap_or(false);
-            let read = match tail.results.read_lines() {
-                Ok(read) => read,
-                Err(e) => {
-                    problems.push(format!(
-                        "cannot read {}: {e}",
-                        tail.results.path().display()
-                    ));
-                    continue;
+            let curve = self.curves.entry(id).or_default();
+            match tail.results.read(curve, &metric, &mut problems) {
+                Some((whole, true)) => {
+                    update.points.remove(&id);
+                    update.curves.insert(id, whole);
                 }
-            };
-            if read.restarted {
-                update.reset = true;
-                self.curves.remove(&id);
-                tail.lines = 0;
+                Some((fresh, false)) => {
+                    update.points.insert(id, fresh);
+                }
+                None => {}
             }
-            let mut fresh = Curve::default();
-            for line in &read.lines {
-                tail.lines += 1;
-                match ResultPoint::parse(line, &metric) {
-                    Ok(point) => fresh.push(point),
-                    Err(e) => problems.push(format!(
-                        "{} line {}: {e}",
-                        tail.results.path().display(),
-                        tail.lines
-                    )),
-                }
+            if curve.is_empty() {
+                self.curves.remove(&id);
+            }
+            let superseded = self.superseded.entry(id).or_default();
+            if tail
+                .superseded
+                .read(superseded, &metric, &mut problems)
+                .is_some()
+            {
+                update.superseded.insert(id, superseded.clone());
+            }
+            if superseded.is_empty() {
+                self.superseded.remove(&id);
             }
             // A trial that has ended writes no more results: once read after it ended, it is
             // not looked at again.
             tail.done = is_ended;
-            if fresh.is_empty() {
-                continue;
-            }
-            let curve = self.curves.entry(id).or_default();
-            curve.it.extend(&fresh.it);
-            curve.v.extend(&fresh.v);
-            curve.t.extend(&fresh.t);
-            curve.ts.extend(&fresh.ts);
-            update.points.insert(id, fresh);
         }
         for p in problems {
             self.problem(update, p);
@@ -512,7 +652,7 @@ impl Experiment {
 fn trial_row(
     t: &TrialState,
     parameters: &[String],
-    placements: &BTreeMap<String, String>,
+    placements: &BTreeMap<String, PlacementField>,
 ) -> TrialRow {
     let params = parameters
         .iter()
@@ -523,12 +663,15 @@ fn trial_row(
             )
         })
         .collect();
-    let id_text = format!("{:05}", t.id);
-    let placement = placements
-        .get(&id_text)
-        .or_else(|| placements.get(&model::trial_dir_name(t.id)))
-        .or_else(|| placements.get(&t.id.to_string()))
-        .cloned();
+    // Format 3 has the placement in the trial; format 2 in a map by trial id.
+    let placement = t.placement.clone().or_else(|| {
+        let id_text = format!("{:05}", t.id);
+        placements
+            .get(&id_text)
+            .or_else(|| placements.get(&model::trial_dir_name(t.id)))
+            .or_else(|| placements.get(&t.id.to_string()))
+            .cloned()
+    });
     TrialRow {
         id: t.id,
         name: format!("{}{}", model::trial_dir_name(t.id), t.tag),
@@ -536,10 +679,62 @@ fn trial_row(
         params,
         iteration: t.iteration,
         time_total_s: t.time_total_s,
-        best: t.best,
+        best: t.best.map(model::BestField::pair),
         runs: t.runs,
         failures: t.failures,
         error: t.error.clone(),
-        placement,
+        placement: placement.and_then(PlacementField::into_placement),
+        silent: t.silent,
+        last_report_at: t.last_report_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(it: u64, numbers: &[(&str, f64)]) -> ResultLine {
+        ResultLine {
+            iteration: it,
+            value: it as f64,
+            timestamp: f64::NAN,
+            run: None,
+            numbers: numbers.iter().map(|(k, x)| (k.to_string(), *x)).collect(),
+            superseded: None,
+        }
+    }
+
+    #[test]
+    fn a_restart_replaces_the_results_from_its_iteration_on() {
+        let mut c = Curve::default();
+        for it in [1, 2, 3, 2, 3, 4] {
+            c.push(line(it, &[]));
+        }
+        assert_eq!(c.counting(), [0, 3, 4, 5]);
+        let mut monotone = Curve::default();
+        for it in [1, 2, 3] {
+            monotone.push(line(it, &[]));
+        }
+        assert_eq!(monotone.counting(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn columns_of_other_keys_stay_as_long_as_the_iterations() {
+        let mut c = Curve::default();
+        c.push(line(1, &[("train_loss", 2.0)]));
+        c.push(line(2, &[("acc", 0.5)]));
+        let mut more = Curve::default();
+        more.push(line(3, &[("grad_norm", 1.0)]));
+        c.extend(&more);
+        assert_eq!(c.len(), 3);
+        for (key, column) in &c.m {
+            assert_eq!(column.len(), 3, "{key}");
+        }
+        assert_eq!(c.m["train_loss"][0], 2.0);
+        assert!(c.m["train_loss"][1].is_nan() && c.m["acc"][0].is_nan());
+        assert_eq!(c.m["grad_norm"][2], 1.0);
+        // In JSON a missing number is null.
+        let json = serde_json::to_value(&c).map(|v| v["m"]["acc"].clone());
+        assert_eq!(json.ok(), Some(serde_json::json!([null, 0.5, null])));
     }
 }

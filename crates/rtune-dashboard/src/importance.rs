@@ -309,6 +309,8 @@ mod tests {
             failures: 0,
             error: None,
             placement: None,
+            silent: false,
+            last_report_at: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod model;
 pub mod page;
 pub mod raster;
 pub mod report;
+pub mod scale;
 pub mod server;
 pub mod svg;
 pub mod tail;

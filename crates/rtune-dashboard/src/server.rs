@@ -201,7 +201,8 @@ async fn experiments(State(hub): State<Arc<Hub>>) -> Response {
         .enumerate()
         .map(|(i, w)| {
             let e = lock(w);
-            json!({"index": i, "name": e.header().name, "dir": e.dir().display().to_string()})
+            let header = e.header();
+            json!({"index": i, "name": header.name, "dir": header.dir, "started_at": header.started_at})
         })
         .collect();
     axum::Json(list).into_response()

@@ -12,6 +12,15 @@ pub struct Tail {
     offset: u64,
     /// The bytes after the last newline read so far: a line still being written.
     partial: Vec<u8>,
+    /// The file read so far (device and inode): a file replaced by a rename is another one,
+    /// even when it has grown past `offset`.
+    identity: Option<(u64, u64)>,
+}
+
+/// Which file `meta` describes.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
 }
 
 impl Tail {
@@ -20,6 +29,7 @@ impl Tail {
             path,
             offset: 0,
             partial: Vec::new(),
+            identity: None,
         }
     }
 
@@ -33,21 +43,24 @@ impl Tail {
     }
 
     /// The complete lines appended since the last call. A missing file has no lines yet; a file
-    /// shorter than what was read (replaced or truncated) is read again from its start, and
-    /// `restarted` says so.
+    /// replaced by another one or shorter than what was read (truncated) is read again from its
+    /// start, and `restarted` says so.
     pub fn read_lines(&mut self) -> io::Result<TailRead> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TailRead::default()),
             Err(e) => return Err(e),
         };
-        let len = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let len = meta.len();
         let mut restarted = false;
-        if len < self.offset {
+        let now = identity(&meta);
+        if len < self.offset || self.identity.is_some_and(|before| before != now) {
             self.offset = 0;
             self.partial.clear();
             restarted = true;
         }
+        self.identity = Some(now);
         if len == self.offset {
             return Ok(TailRead {
                 lines: Vec::new(),
@@ -140,6 +153,23 @@ mod tests {
         let read = tail.read_lines()?;
         assert!(read.restarted);
         assert_eq!(read.lines, vec!["x"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_longer_one_is_read_again() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("result.json");
+        std::fs::write(&path, "1\n2\n")?;
+        let mut tail = Tail::new(path.clone());
+        assert_eq!(tail.read_lines()?.lines.len(), 2);
+        // Rewritten through a temporary file and a rename, and longer than before.
+        let tmp = dir.path().join("result.json.tmp");
+        std::fs::write(&tmp, "1\n3\n4\n")?;
+        std::fs::rename(&tmp, &path)?;
+        let read = tail.read_lines()?;
+        assert!(read.restarted);
+        assert_eq!(read.lines, vec!["1", "3", "4"]);
         Ok(())
     }
 

@@ -24,6 +24,11 @@ fn write_experiment(dir: &Path) {
         ]
     });
     std::fs::write(dir.join("experiment_state.json"), state.to_string()).expect("write state");
+    std::fs::write(
+        dir.join("experiment.toml"),
+        "name = \"fixture\"\n[space]\nlr = { loguniform = [0.001, 1.0] }\nepochs = 3\n",
+    )
+    .expect("write experiment.toml");
     std::fs::create_dir_all(dir.join("trial_00000")).expect("mkdir");
     std::fs::write(
         dir.join("trial_00000/result.json"),
@@ -142,7 +147,15 @@ fn serves_the_page_the_stream_and_the_files() {
     assert_eq!(event, "snapshot");
     let snapshot: Value = serde_json::from_str(&data).expect("snapshot JSON");
     assert_eq!(snapshot["curves"]["0"]["v"], json!([0.9, 0.5]));
-    assert_eq!(snapshot["trials"][0]["placement"], "local cpu=1 gpu=0");
+    // A format-2 placement (text) reaches the page typed, its label kept for display.
+    let placement = &snapshot["trials"][0]["placement"];
+    assert_eq!(placement["label"], "local cpu=1 gpu=0");
+    assert_eq!(placement["nodes"][0]["gpus"], json!([0]));
+    // The search space from experiment.toml.
+    assert_eq!(
+        snapshot["header"]["space"],
+        json!([{"name": "lr", "distribution": "loguniform", "scale": "log", "low": 0.001, "high": 1.0, "integer": false}])
+    );
     assert_eq!(snapshot["trials"][1]["error"], "exit status 1");
     assert_eq!(snapshot["continue_decisions"], 1);
 
@@ -161,6 +174,41 @@ fn serves_the_page_the_stream_and_the_files() {
     let update: Value = serde_json::from_str(&data).expect("update JSON");
     assert_eq!(update["points"]["0"]["it"], json!([3]), "{update}");
     assert_eq!(update["points"]["0"]["v"], json!([0.25]));
+
+    // result.json rewritten with a superseded line moved out (the runner's rename): the trial's
+    // whole curve replaces the page's, and superseded.json's line arrives apart.
+    let trial = dir.path().join("trial_00000");
+    std::fs::write(
+        trial.join("superseded.json"),
+        "{\"loss\":0.25,\"training_iteration\":3,\"run\":0,\"superseded\":{\"reason\":\"rolled back after a failure\",\"time\":1004}}\n",
+    )
+    .expect("superseded");
+    std::fs::write(
+        trial.join("result.json.tmp"),
+        "{\"loss\":0.9,\"training_iteration\":1,\"run\":0,\"train_loss\":1.1}\n\
+         {\"loss\":0.5,\"training_iteration\":2,\"run\":0,\"train_loss\":0.7}\n\
+         {\"loss\":0.4,\"training_iteration\":3,\"run\":1,\"train_loss\":0.6}\n",
+    )
+    .expect("rewrite");
+    std::fs::rename(trial.join("result.json.tmp"), trial.join("result.json")).expect("rename");
+    let mut replaced = Value::Null;
+    let mut superseded = Value::Null;
+    // Both may come in one update or two.
+    while replaced.is_null() || superseded.is_null() {
+        let (event, data) = next_event(&mut reader);
+        assert_eq!(event, "update");
+        let update: Value = serde_json::from_str(&data).expect("update JSON");
+        if !update["curves"]["0"].is_null() {
+            replaced = update["curves"]["0"].clone();
+        }
+        if !update["superseded"]["0"].is_null() {
+            superseded = update["superseded"]["0"].clone();
+        }
+    }
+    assert_eq!(replaced["it"], json!([1, 2, 3]));
+    assert_eq!(replaced["v"], json!([0.9, 0.5, 0.4]));
+    assert_eq!(replaced["m"]["train_loss"], json!([1.1, 0.7, 0.6]));
+    assert_eq!(superseded["why"], json!(["rolled back after a failure"]));
 
     // Trial files: the ones the page links to, and nothing else.
     let (head, body) = get(port, "/files/0/0/stderr.log");

@@ -21,7 +21,9 @@ try {
   const loadedMs = Date.now() - t0;
   const firstRenderMs = await page.evaluate(() => window.rtuneFirstRenderMs);
   const views = {};
-  for (const v of ['curves', 'best', 'parallel', 'importance', 'decisions', 'timeline', 'trials']) {
+  for (const v of ['curves', 'best', 'parallel', 'slice', 'importance', 'decisions', 'timeline', 'trials']) {
+    // A page from an older rtune may lack a view: measured side by side, it is left out.
+    if (!(await page.$(`#tabs button[data-view="${v}"]`))) continue;
     const renders = await page.evaluate(() => Number(document.body.dataset.renders));
     const s = Date.now();
     await page.click(`#tabs button[data-view="${v}"]`);
