@@ -37,7 +37,7 @@ __all__ = [
     "trial_name", "is_tuning",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _UNSET = object()
 _session: Any = _UNSET
