@@ -336,7 +336,9 @@ fn exit_code_of(err: &anyhow::Error) -> ExitCode {
         )) => exit::CLAIMED,
         Some(SetupError::Run(RunError::Journal(JournalError::Fenced(_)))) => exit::CLAIM_LOST,
         Some(SetupError::Claim(ClaimError::Io { .. })) => exit::CANNOT_WRITE,
-        Some(SetupError::Run(RunError::Journal(_) | RunError::Storage(_)))
+        Some(SetupError::Run(
+            RunError::Journal(_) | RunError::Storage(_) | RunError::TrialFiles { .. },
+        ))
         | Some(SetupError::Storage(_)) => exit::CANNOT_WRITE,
         _ if err
             .downcast_ref::<rtune_runner::experiment::ExperimentError>()

@@ -424,6 +424,18 @@ fn a_full_disk_stops_the_head_cleanly_and_resume_finishes_after_space_is_freed()
         leftovers.is_empty(),
         "no temporary snapshot is left: {leftovers:?}"
     );
+    // rtune's own failed writes (a trial's params.json, its directory) are never counted as a
+    // trial's failure: no error.txt blames them.
+    for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+        let error = std::fs::read_to_string(entry.path().join("error.txt")).unwrap_or_default();
+        for rtunes_own in ["params.json", "policy.json", "cannot prepare", "stdout.log"] {
+            assert!(
+                !error.contains(rtunes_own),
+                "{}: a failure of rtune's own write counted against the trial: {error}",
+                entry.path().display()
+            );
+        }
+    }
     let remounted = std::process::Command::new("mount")
         .args(["-o", "remount,size=64m"])
         .arg(&mount)

@@ -47,6 +47,23 @@ pub enum RunError {
         "no trial can run: {pending} trial(s) are waiting but the scheduler picks none and nothing is running\nhint: this is a scheduler bug; the state so far is in {dir}"
     )]
     Stuck { pending: usize, dir: PathBuf },
+    /// rtune could not write what a trial needs to start (its directory, params.json, the copy
+    /// of a donor's checkpoint): rtune's failure, not the trial's, so it is not counted against
+    /// the trial; the experiment stops like for a journal write failure.
+    #[error(
+        "{message}\nthe trials were stopped; {} is not counted as failed and `rtune resume` continues the experiment once this is fixed",
+        trial.name()
+    )]
+    TrialFiles { trial: TrialId, message: String },
+}
+
+/// Why a trial's run could not start.
+enum StartError {
+    /// rtune's own files (a full disk, a missing donor checkpoint): not the trial's fault.
+    Rtune(String),
+    /// The trial's program could not be started (a missing program, a bad working directory):
+    /// its failure, retried like any other.
+    Trial(String),
 }
 
 /// What a user can do after a journal error: resume, unless another head has taken over.
@@ -427,9 +444,9 @@ impl Loop<'_> {
                     self.running.insert(trial, RunningTrial { run });
                     self.record_placement(trial, run, placement, unix_now());
                 }
-                Err(message) => {
-                    // The trial could not even start (missing program, unwritable dir): that is
-                    // its failure, retried like any other.
+                Err(StartError::Trial(message)) => {
+                    // The trial's program could not even start: that is its failure, retried
+                    // like any other.
                     self.write_error(trial, &message);
                     self.feed(Input::Exit {
                         now: unix_now(),
@@ -439,21 +456,40 @@ impl Loop<'_> {
                     });
                     self.apply_effects();
                 }
+                Err(StartError::Rtune(message)) => {
+                    // rtune's own files failed (a full disk): the run is lost through no fault
+                    // of the trial, and the experiment stops until this is fixed.
+                    self.feed(Input::Exit {
+                        now: unix_now(),
+                        trial,
+                        run,
+                        exit: Exit::Lost(format!("rtune could not prepare its run: {message}")),
+                    });
+                    self.apply_effects();
+                    if self.fatal.is_none() {
+                        self.fatal = Some(RunError::TrialFiles { trial, message });
+                    }
+                    break;
+                }
             }
             self.dirty = true;
         }
     }
 
-    fn start(&mut self, launch: Launch) -> Result<Placement, String> {
+    fn start(&mut self, launch: Launch) -> Result<Placement, StartError> {
         let trial = launch.trial;
         let files = self
             .dir
             .trial(trial)
-            .map_err(|e| format!("cannot prepare the trial's directory: {e}"))?;
+            .map_err(|e| StartError::Rtune(format!("cannot prepare the trial's directory: {e}")))?;
         files
             .write_params(&launch.config)
-            .map_err(|e| e.to_string())?;
-        self.write_policy(trial);
+            .map_err(|e| StartError::Rtune(e.to_string()))?;
+        if let Some(policy) = self.tuner.trial(trial).map(|t| &t.policy) {
+            files
+                .write_policy(policy)
+                .map_err(|e| StartError::Rtune(e.to_string()))?;
+        }
         let restore_dir = match launch.restore {
             None => None,
             Some(c) if c.trial == trial => Some(files.checkpoint_dir(c.iteration)),
@@ -462,13 +498,14 @@ impl Loop<'_> {
                 // decided (see `copy_donor_checkpoint`).
                 let target = files.exploit_dir(c);
                 if !target.is_dir() {
-                    self.copy_donor_checkpoint(trial, c)?;
+                    self.copy_donor_checkpoint(trial, c)
+                        .map_err(StartError::Rtune)?;
                 }
                 Some(target)
             }
         };
-        let config_json =
-            serde_json::to_string(&launch.config).map_err(|e| format!("config: {e}"))?;
+        let config_json = serde_json::to_string(&launch.config)
+            .map_err(|e| StartError::Rtune(format!("config: {e}")))?;
         use rtune_protocol::env as e;
         let mut env = vec![
             (e::PROTOCOL.to_string(), rtune_protocol::VERSION.to_string()),
@@ -511,7 +548,11 @@ impl Loop<'_> {
                 stdout: files.stdout_path(),
                 stderr: files.stderr_path(),
             })
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                // Its log files could not be opened: rtune's files, not the trial's doing.
+                crate::executor::ExecutorError::Io { .. } => StartError::Rtune(e.to_string()),
+                other => StartError::Trial(other.to_string()),
+            })
     }
 
     /// An exploit's target gets its own copy of the donor's checkpoint as soon as the exploit is
