@@ -1081,6 +1081,66 @@ impl Tuner {
         }
     }
 
+    /// [`Tuner::snapshot`] written as JSON straight from the core's state (no copy of the trials:
+    /// a large experiment's snapshot costs no memory but the writer's buffer).
+    pub fn write_snapshot(&self, writer: impl std::io::Write) -> serde_json::Result<()> {
+        /// Serializes exactly as [`CoreSnapshot`].
+        #[derive(Serialize)]
+        struct SnapshotRef<'a> {
+            format: u32,
+            trials: &'a [Trial],
+            rng_word_pos: String,
+            searcher_finished: bool,
+            interrupted: bool,
+            results_received: u64,
+            started_at: Option<f64>,
+            ended: &'a Option<EndReason>,
+            scheduler: Value,
+            searcher: Value,
+        }
+        serde_json::to_writer(
+            writer,
+            &SnapshotRef {
+                format: SNAPSHOT_FORMAT,
+                trials: &self.trials,
+                rng_word_pos: self.rng.get_word_pos().to_string(),
+                searcher_finished: self.searcher_finished,
+                interrupted: self.interrupted,
+                results_received: self.results_received,
+                started_at: self.started_at,
+                ended: &self.ended,
+                scheduler: self.scheduler.save(),
+                searcher: self.searcher.save(),
+            },
+        )
+    }
+
+    /// A digest of the whole state (its snapshot's JSON), computed without holding the text:
+    /// two tuners of one process with equal digests hold the same state (the hash is not stable
+    /// across Rust releases; it is never stored).
+    pub fn state_digest(&self) -> u64 {
+        struct Hashing(std::collections::hash_map::DefaultHasher);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                std::hash::Hasher::write(&mut self.0, bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hashing = Hashing(std::collections::hash_map::DefaultHasher::new());
+        // A hasher never fails a write; serialization fails only for a state JSON cannot hold,
+        // whose snapshot is never written either.
+        if self
+            .write_snapshot(std::io::BufWriter::new(&mut hashing))
+            .is_err()
+        {
+            return 0;
+        }
+        std::hash::Hasher::finish(&hashing.0)
+    }
+
     /// Load a snapshot into a tuner freshly built from the experiment's file (its settings,
     /// searcher and scheduler, with no inputs applied yet).
     pub fn restore_snapshot(&mut self, snapshot: CoreSnapshot) -> Result<(), TunerError> {

@@ -289,10 +289,17 @@ impl Journal {
         self.since_snapshot
     }
 
-    /// Rewrite the journal as its header and `snapshot` (which must be the core's state after
-    /// every line so far): written to a temporary file, fsynced, renamed over the journal, and
-    /// the directory fsynced, so a crash leaves either the old journal or the new one.
-    pub fn compact(&mut self, snapshot: CoreSnapshot) -> Result<(), JournalError> {
+    /// Rewrite the journal as its header and one snapshot of the core, which `write_snapshot`
+    /// writes (the core's state after every line so far). The new journal is written to a
+    /// temporary file and fsynced; `verify` then gets the snapshot as read back from that file
+    /// and says whether it restores to the same state: only then is the file renamed over the
+    /// journal (and the directory fsynced), so a crash leaves the old journal or the new one,
+    /// and a snapshot that would not restore is never relied on. Returns whether it compacted.
+    pub fn compact(
+        &mut self,
+        write_snapshot: impl FnOnce(&mut dyn Write) -> serde_json::Result<()>,
+        verify: impl FnOnce(CoreSnapshot) -> bool,
+    ) -> Result<bool, JournalError> {
         self.check_claim()?;
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
@@ -303,36 +310,45 @@ impl Journal {
                 source,
             }
         };
-        let header = serde_json::to_vec(&Header {
-            journal: JOURNAL_FORMAT,
-            rtune: RTUNE_VERSION.to_string(),
-        })
-        .map_err(|e| self.malformed(e))?;
-        let line = serde_json::to_vec(&SnapshotLine {
-            snapshot,
-            rtune: RTUNE_VERSION.to_string(),
-        })
-        .map_err(|e| self.malformed(e))?;
-        let mut text = Vec::with_capacity(header.len() + line.len() + 2);
-        text.extend_from_slice(&header);
-        text.push(b'\n');
-        text.extend_from_slice(&line);
-        text.push(b'\n');
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let tmp_path = dir.join(format!("{JOURNAL_FILE}.compacting"));
-        let mut tmp = File::create(&tmp_path).map_err(io("create", &tmp_path))?;
-        if let Err(source) = tmp.write_all(&text).and_then(|()| tmp.sync_data()) {
+        let written = (|| -> Result<(), JournalError> {
+            let file = File::create(&tmp_path).map_err(io("create", &tmp_path))?;
+            let mut out = io::BufWriter::new(file);
+            let header = Header {
+                journal: JOURNAL_FORMAT,
+                rtune: RTUNE_VERSION.to_string(),
+            };
+            serde_json::to_writer(&mut out, &header).map_err(|e| self.malformed(e))?;
+            out.write_all(b"\n{\"snapshot\":")
+                .map_err(io("write", &tmp_path))?;
+            write_snapshot(&mut out).map_err(|e| self.malformed(e))?;
+            let rtune = serde_json::to_string(RTUNE_VERSION).map_err(|e| self.malformed(e))?;
+            writeln!(out, ",\"rtune\":{rtune}}}").map_err(io("write", &tmp_path))?;
+            let file = out
+                .into_inner()
+                .map_err(|e| io("write", &tmp_path)(e.into_error()))?;
+            file.sync_data().map_err(io("write", &tmp_path))
+        })();
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp_path);
-            return Err(JournalError::Io {
-                action: "write",
-                path: tmp_path,
-                needed: text.len(),
-                source,
-            });
+            return Err(e);
         }
-        drop(tmp);
+        let read_back = File::open(&tmp_path)
+            .ok()
+            .and_then(|file| {
+                let mut lines = io::BufReader::new(file);
+                let mut header = String::new();
+                io::BufRead::read_line(&mut lines, &mut header).ok()?;
+                serde_json::from_reader::<_, SnapshotLine>(lines).ok()
+            })
+            .map(|line| line.snapshot);
+        if !read_back.is_some_and(verify) {
+            let _ = std::fs::remove_file(&tmp_path);
+            return Ok(false);
+        }
         std::fs::rename(&tmp_path, &self.path).map_err(io("replace", &self.path))?;
-        if let Ok(dir) = File::open(dir) {
+        if let Ok(dir) = File::open(&dir) {
             let _ = dir.sync_all();
         }
         self.file = OpenOptions::new()
@@ -340,10 +356,10 @@ impl Journal {
             .append(true)
             .open(&self.path)
             .map_err(io("open", &self.path))?;
-        self.len = text.len() as u64;
+        self.len = self.file.metadata().map_err(io("read", &self.path))?.len();
         self.since_snapshot = 0;
         self.unsynced = false;
-        Ok(())
+        Ok(true)
     }
 
     /// Flush what was appended since the last call to the disk, on a blocking thread (never on

@@ -141,11 +141,50 @@ fn render(state: &ExperimentState, trials: &[&TrialRecord], format: TableFormat)
     }
 }
 
+/// The trials a live view shows: every running trial, then the best finished or waiting ones,
+/// at most `max_rows` in all.
+pub fn live_rows(
+    tuner: &rtune_core::Tuner,
+    max_rows: usize,
+) -> std::collections::BTreeSet<rtune_core::TrialId> {
+    let mode = tuner.settings().mode;
+    let trials = tuner.trials();
+    let mut rows: Vec<&rtune_core::tuner::Trial> = trials
+        .iter()
+        .filter(|t| t.status == TrialStatus::Running)
+        .take(max_rows)
+        .collect();
+    let mut rest: Vec<&rtune_core::tuner::Trial> = trials
+        .iter()
+        .filter(|t| t.status != TrialStatus::Running)
+        .collect();
+    // Best first, trials without a result last, by id among equals.
+    rest.sort_by(|a, b| {
+        let score =
+            |t: &rtune_core::tuner::Trial| t.best.map_or(f64::NEG_INFINITY, |(v, _)| mode.score(v));
+        score(b).total_cmp(&score(a)).then(a.id.cmp(&b.id))
+    });
+    let room = max_rows.saturating_sub(rows.len());
+    rows.extend(rest.into_iter().take(room));
+    rows.into_iter().map(|t| t.id).collect()
+}
+
 /// The rows a live view shows: every running trial, then the best finished or waiting ones, at
-/// most `max_rows` in all; a summary line says what was left out.
+/// most `max_rows` in all; a summary line says what was left out (of all the trials the state's
+/// counts name, when it holds only some).
 pub fn live_table(state: &ExperimentState, max_rows: usize) -> String {
+    let total = state.counts.values().sum::<usize>().max(state.trials.len());
     if state.trials.len() <= max_rows {
-        return trials_table(state, TableFormat::Table);
+        let mut text = trials_table(state, TableFormat::Table);
+        let hidden = total - state.trials.len();
+        if hidden > 0 {
+            let _ = writeln!(
+                text,
+                "... and {hidden} more trials ({}); `rtune status` shows all",
+                status_counts(state)
+            );
+        }
+        return text;
     }
     let mode = state.mode;
     let mut rows: Vec<&TrialRecord> = state
@@ -168,7 +207,7 @@ pub fn live_table(state: &ExperimentState, max_rows: usize) -> String {
     rows.extend(rest.iter().take(room).copied());
     rows.sort_by_key(|t| t.id);
     let mut text = render(state, &rows, TableFormat::Table);
-    let hidden = state.trials.len() - rows.len();
+    let hidden = total - rows.len();
     if hidden > 0 {
         let _ = writeln!(
             text,
@@ -531,7 +570,22 @@ impl Reporter {
         self
     }
 
-    /// Called about once a second with the current state.
+    /// Whether the next [`Reporter::tick`] draws a table (on a terminal always; in a log every
+    /// `report_interval_s`): the caller builds the state it shows only then.
+    pub fn wants_table(&self) -> bool {
+        !self.quiet
+            && (self.bar.is_some()
+                || self
+                    .last_table_real
+                    .is_none_or(|last| last.elapsed().as_secs_f64() >= self.interval_s))
+    }
+
+    /// How many trials a live table shows.
+    pub fn rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// Called with the current state (its shown rows) when [`Reporter::wants_table`].
     pub fn tick(&mut self, now: f64, state: &ExperimentState) {
         if self.quiet {
             return;

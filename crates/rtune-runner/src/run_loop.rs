@@ -21,12 +21,14 @@ use rtune_core::{Action, CheckpointId, TrialId, TrialStatus};
 use rtune_protocol::{Response, TrialAction};
 use serde_json::json;
 use tokio::sync::mpsc;
+// tokio's Instant follows the simulator's virtual clock (a paused runtime), std's would not.
+use tokio::time::Instant;
 
 use crate::executor::{Executor, ExecutorEvent, Placement, Resources, TrialLaunch};
 use crate::journal::{Journal, JournalError};
 use crate::report::Reporter;
 use crate::server::{ProtocolServer, ReportEvent};
-use crate::state::{ExperimentState, HEARTBEAT_S, HeadInfo, RunStatus, StateMeta};
+use crate::state::{ExperimentState, HEARTBEAT_S, HeadInfo, Projection, RunStatus, StateMeta};
 use crate::storage::ExperimentDir;
 
 /// Errors that end a run before or while it runs. Trial failures are not errors of the run: they
@@ -143,12 +145,6 @@ pub fn unix_now() -> f64 {
     crate::clock::unix_now()
 }
 
-/// Messages from the loop's own timers.
-enum Timer {
-    /// A trial told to stop or pause has had its grace period: end its process if it still runs.
-    EndDeadline { trial: TrialId, run: u32 },
-}
-
 pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     let RunParts {
         mut tuner,
@@ -174,7 +170,6 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         None => local.to_string(),
     };
     tracing::debug!(%addr, "protocol server listening");
-    let (timer_tx, mut timers) = mpsc::unbounded_channel::<Timer>();
 
     let head = HeadInfo {
         pid: std::process::id(),
@@ -193,7 +188,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         addr,
         secret,
         running: HashMap::new(),
-        timer_tx,
+        end_deadlines: std::collections::BinaryHeap::new(),
         dirty: true,
         journal,
         maybe_more: true,
@@ -291,7 +286,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
             // `still_head`: nothing is handled (or written) once another head took over.
             Some(report) = reports.recv() => if lp.still_head() { lp.on_report(report) },
             Some(event) = executor_events.recv() => if lp.still_head() { lp.on_executor_event(event) },
-            Some(timer) = timers.recv() => if lp.still_head() { lp.on_timer(timer) },
+            () = next_deadline(&lp.end_deadlines) => if lp.still_head() { lp.on_end_deadline() },
             _ = ticker.tick() => if lp.still_head() { lp.on_tick() },
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
@@ -321,7 +316,7 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     // A head that ends cleanly leaves a journal that is one snapshot: the next head (a resume,
     // possibly of a later release) reads nothing else.
     lp.compact();
-    let state = lp.write_state(status, Some(unix_now()))?;
+    let state = lp.write_state(status, Some(unix_now()))?.state(|_| true);
     let ended = lp.tuner.ended().cloned();
     reporter.finish(&state, dir.path());
     Ok(RunOutcome {
@@ -331,6 +326,17 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
         time_limit,
         ended,
     })
+}
+
+/// Runs told to stop or pause, by when they must have exited, earliest first.
+type EndDeadlines = std::collections::BinaryHeap<std::cmp::Reverse<(Instant, TrialId, u32)>>;
+
+/// When the earliest end deadline is due (never while there is none).
+async fn next_deadline(deadlines: &EndDeadlines) {
+    match deadlines.peek() {
+        Some(std::cmp::Reverse((at, _, _))) => tokio::time::sleep_until(*at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next delivery of a signal, or never when it could not be installed.
@@ -360,7 +366,9 @@ struct Loop<'a> {
     addr: String,
     secret: String,
     running: HashMap<TrialId, RunningTrial>,
-    timer_tx: mpsc::UnboundedSender<Timer>,
+    /// Runs told to stop or pause, by when they must have exited (earliest first): one queue
+    /// and one timer in the loop's `select!`, not a task per run.
+    end_deadlines: EndDeadlines,
     /// Whether the state on disk is behind the tuner's.
     dirty: bool,
     journal: Journal,
@@ -735,14 +743,17 @@ impl Loop<'_> {
         Response::error(message)
     }
 
-    fn on_timer(&mut self, timer: Timer) {
-        match timer {
-            Timer::EndDeadline { trial, run } => {
-                // The trial was told to exit and has not: signal its processes.
-                if self.running.get(&trial).is_some_and(|r| r.run == run) {
-                    tracing::debug!("{} did not exit after its grace period", trial.name());
-                    self.executor.stop(trial, self.template.stop_grace);
-                }
+    /// A run told to stop or pause has had its grace period: if it still runs, end it.
+    fn on_end_deadline(&mut self) {
+        let now = Instant::now();
+        while let Some(std::cmp::Reverse((at, trial, run))) = self.end_deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.end_deadlines.pop();
+            if self.running.get(&trial).is_some_and(|r| r.run == run) {
+                tracing::debug!("{} did not exit after its grace period", trial.name());
+                self.executor.stop(trial, self.template.stop_grace);
             }
         }
     }
@@ -750,12 +761,8 @@ impl Loop<'_> {
     /// A trial told to stop or pause gets `stop_grace` to exit by itself; after that its run is
     /// ended, so a trial that ignores the answer cannot hold its slot.
     fn schedule_end(&mut self, trial: TrialId, run: u32) {
-        let tx = self.timer_tx.clone();
-        let grace = self.template.stop_grace;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let _ = tx.send(Timer::EndDeadline { trial, run });
-        });
+        let at = Instant::now() + self.template.stop_grace;
+        self.end_deadlines.push(std::cmp::Reverse((at, trial, run)));
     }
 
     /// About once a second: what is due on the clock (the time budget, report timeouts), the
@@ -805,8 +812,20 @@ impl Loop<'_> {
         let snapshot_due = self.dirty && since.is_none_or(|s| s >= SNAPSHOT_MIN_INTERVAL);
         let heartbeat_due = since.is_none_or(|s| s.as_secs_f64() >= HEARTBEAT_S);
         if snapshot_due || heartbeat_due {
-            match self.write_state(RunStatus::Running, None) {
-                Ok(state) => self.reporter.tick(now, &state),
+            let wants_table = self.reporter.wants_table();
+            let rows = self.reporter.rows();
+            let shown = match self.write_state(RunStatus::Running, None) {
+                // Only the rows the console shows (counts and best are over all).
+                Ok(projection) => Ok(wants_table.then(|| {
+                    let shown = crate::report::live_rows(projection.tuner, rows);
+                    projection.state(|t| shown.contains(&t.id))
+                })),
+                Err(e) => Err(e),
+            };
+            release_free_memory();
+            match shown {
+                Ok(Some(state)) => self.reporter.tick(now, &state),
+                Ok(None) => {}
                 Err(e) if self.fatal.is_none() => {
                     // A full disk: stop the trials like for the journal (never leave them
                     // running behind an exited head).
@@ -822,29 +841,32 @@ impl Loop<'_> {
     }
 
     /// Rewrite the journal as one snapshot of the core, once the snapshot is known to restore
-    /// to the very same state (else the journal keeps growing, and a warning says why).
+    /// to the very same state (else the journal keeps growing, and a warning says why). The
+    /// snapshot is written straight from the core's state and checked by digest, so a large
+    /// experiment's compaction holds no copy of it but the one restored for the check.
     fn compact(&mut self) {
         if self.fatal.is_some() || self.journal.lines_since_snapshot() == 0 {
             return;
         }
-        let snapshot = self.tuner.snapshot();
-        let checked = serde_json::to_string(&snapshot)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .and_then(|parsed| {
-                let mut fresh = (self.fresh_tuner)()?;
-                fresh.restore_snapshot(parsed).ok()?;
-                Some(fresh.fingerprint() == self.tuner.fingerprint())
-            });
-        if checked != Some(true) {
-            tracing::warn!(
+        let tuner: &Tuner = self.tuner;
+        let fresh_tuner = &self.fresh_tuner;
+        let compacted = self.journal.compact(
+            |out| tuner.write_snapshot(out),
+            |snapshot| {
+                fresh_tuner().is_some_and(|mut fresh| {
+                    fresh.restore_snapshot(snapshot).is_ok()
+                        && fresh.state_digest() == tuner.state_digest()
+                })
+            },
+        );
+        release_free_memory();
+        match compacted {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
                 "the core's snapshot does not restore to the same state, so the journal is not \
                  compacted (a resume replays it whole)"
-            );
-            return;
-        }
-        if let Err(e) = self.journal.compact(snapshot) {
-            self.fatal = Some(RunError::Journal(e));
+            ),
+            Err(e) => self.fatal = Some(RunError::Journal(e)),
         }
     }
 
@@ -1157,27 +1179,40 @@ impl Loop<'_> {
         }
     }
 
-    /// Write `experiment_state.json`, the projection of the core's state; returns it.
+    /// Write `experiment_state.json`, the projection of the core's state (straight from the
+    /// core into the file: a large experiment's state is not copied), and return the projection
+    /// for the caller to take what it shows from.
     fn write_state(
         &mut self,
         status: RunStatus,
         finished_at: Option<f64>,
-    ) -> Result<ExperimentState, RunError> {
+    ) -> Result<Projection<'_>, RunError> {
         self.journal.check_claim()?; // a head that lost its claim writes nothing
         let now = unix_now();
         self.head.heartbeat = now;
-        let state = ExperimentState::project(
-            &self.meta,
-            self.tuner,
+        self.last_write_real = Some(std::time::Instant::now());
+        self.dirty = false;
+        let projection = Projection {
+            meta: &self.meta,
+            tuner: self.tuner,
             status,
             now,
-            Some(self.head.clone()),
+            head: Some(self.head.clone()),
             finished_at,
-        );
-        self.last_write_real = Some(std::time::Instant::now());
-        self.dir.write_state(&state)?;
-        self.dirty = false;
-        Ok(state)
+        };
+        self.dir.write_state_with(|out| projection.write(out))?;
+        Ok(projection)
+    }
+}
+
+/// Hand the memory freed by a large, short-lived allocation (a compaction's check, a state
+/// write) back to the system: glibc's allocator keeps it otherwise, and the head's resident size
+/// would stay at its peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system; it touches no live data.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

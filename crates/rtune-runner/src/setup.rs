@@ -395,6 +395,8 @@ fn prepare_with(
             .ok_or(SetupError::NoStorage)?;
     // Absolute, so the paths trials get (RTUNE_TRIAL_DIR, ...) hold in their own directories.
     let storage = crate::workdir::absolute(&storage, &start_dir);
+    // What a resume rebuilt, and how long it took: the console's first lines say it.
+    let mut resumed_from = String::new();
     let (dir, journal) = match resume {
         None => {
             let dir = ExperimentDir::create(&storage, &file.name, &experiment.text_as_run)?;
@@ -426,6 +428,7 @@ fn prepare_with(
                     age: unix_now() - head.heartbeat,
                 });
             }
+            let replay_started = std::time::Instant::now();
             let (mut journal, contents) = Journal::open(path)?;
             journal.hold_claim(claim);
             let mut exploits = Vec::new();
@@ -463,6 +466,22 @@ fn prepare_with(
                 );
             }
             crate::results::reconcile(&dir, &tuner, &touched, &tail_results, unix_now())?;
+            resumed_from = format!(
+                "\n  rebuilt from its journal: {}{} line(s) replayed, in {} ms{}",
+                match &contents.snapshot {
+                    Some((_, release)) => format!("a snapshot (rtune {release}) and "),
+                    None => String::new(),
+                },
+                contents.entries.len(),
+                replay_started.elapsed().as_millis(),
+                match tuner.replay_divergences() {
+                    0 => String::new(),
+                    n => format!(
+                        "; {n} of the journal's decisions differ from what this release would \
+                         decide, and were kept"
+                    ),
+                }
+            );
             if !options.overrides.is_empty() || options.executor.is_some() {
                 write_durable(
                     &path.join(EXPERIMENT_FILE),
@@ -484,7 +503,7 @@ fn prepare_with(
         .total_trials()
         .map_or("an open number of".to_string(), |n| n.to_string());
     reporter.start(&format!(
-        "rtune {}: experiment {} {} at {}\n  {total} trials, searcher {}, scheduler {}, metric {} ({})\n  {}\n  results: {}",
+        "rtune {}: experiment {} {} at {}\n  {total} trials, searcher {}, scheduler {}, metric {} ({})\n  {}\n  results: {}{resumed_from}",
         env!("CARGO_PKG_VERSION"),
         file.name,
         if resume.is_some() {

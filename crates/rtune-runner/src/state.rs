@@ -192,8 +192,182 @@ pub struct StateMeta {
     pub parameters: Vec<String>,
 }
 
+/// What a projection says besides its trials.
+pub struct Projection<'a> {
+    pub meta: &'a StateMeta,
+    pub tuner: &'a Tuner,
+    pub status: RunStatus,
+    pub now: f64,
+    pub head: Option<HeadInfo>,
+    pub finished_at: Option<f64>,
+}
+
+impl Projection<'_> {
+    fn counts(&self) -> BTreeMap<TrialStatus, usize> {
+        let mut counts = BTreeMap::new();
+        for trial in self.tuner.trials() {
+            *counts.entry(trial.status).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// The state with the trials `keep` selects (all: the file's content; a few: what a live
+    /// console shows), counts and best over all of them.
+    pub fn state(&self, keep: impl Fn(&Trial) -> bool) -> ExperimentState {
+        let silent = self.tuner.silent_trials(self.now);
+        ExperimentState {
+            format: STATE_FORMAT,
+            name: self.meta.name.clone(),
+            status: self.status,
+            metric: self.meta.metric.clone(),
+            mode: self.meta.mode,
+            scheduler: self.tuner.scheduler_name().to_string(),
+            searcher: self.tuner.searcher_name().to_string(),
+            parameters: self.meta.parameters.clone(),
+            total_trials: self.tuner.total_trials(),
+            started_at: self.tuner.started_at().unwrap_or(self.now),
+            finished_at: self.finished_at,
+            ended: self.tuner.ended().cloned(),
+            counts: self.counts(),
+            trials: self
+                .tuner
+                .trials()
+                .iter()
+                .filter(|t| keep(t))
+                .map(|t| TrialRecord::from_trial(t, silent.contains(&t.id)))
+                .collect(),
+            head: self.head.clone(),
+        }
+    }
+
+    /// The state file's JSON written straight from the core (the trials are not copied), as
+    /// [`Projection::state`] with every trial serializes.
+    pub fn write(&self, out: &mut dyn std::io::Write) -> serde_json::Result<()> {
+        let silent = self.tuner.silent_trials(self.now);
+        let trials = TrialsRef {
+            trials: self.tuner.trials(),
+            silent: &silent,
+        };
+        let state = StateRef {
+            format: STATE_FORMAT,
+            name: &self.meta.name,
+            status: self.status,
+            metric: &self.meta.metric,
+            mode: self.meta.mode,
+            scheduler: self.tuner.scheduler_name(),
+            searcher: self.tuner.searcher_name(),
+            parameters: &self.meta.parameters,
+            total_trials: self.tuner.total_trials(),
+            started_at: self.tuner.started_at().unwrap_or(self.now),
+            finished_at: self.finished_at,
+            ended: self.tuner.ended(),
+            counts: self.counts(),
+            trials,
+            head: self.head.as_ref(),
+        };
+        serde_json::to_writer(out, &state)
+    }
+}
+
+/// Serializes exactly as [`ExperimentState`], borrowing from the core.
+#[derive(Serialize)]
+struct StateRef<'a> {
+    format: u32,
+    name: &'a str,
+    status: RunStatus,
+    metric: &'a str,
+    mode: Mode,
+    scheduler: &'a str,
+    searcher: &'a str,
+    parameters: &'a [String],
+    total_trials: Option<usize>,
+    started_at: f64,
+    finished_at: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<&'a EndReason>,
+    counts: BTreeMap<TrialStatus, usize>,
+    trials: TrialsRef<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<&'a HeadInfo>,
+}
+
+struct TrialsRef<'a> {
+    trials: &'a [Trial],
+    silent: &'a [TrialId],
+}
+
+impl Serialize for TrialsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.trials
+                .iter()
+                .map(|t| TrialRecordRef::new(t, self.silent.contains(&t.id))),
+        )
+    }
+}
+
+/// Serializes exactly as [`TrialRecord`], borrowing from the core's trial.
+#[derive(Serialize)]
+struct TrialRecordRef<'a> {
+    id: TrialId,
+    name: String,
+    status: TrialStatus,
+    config: &'a Config,
+    tag: &'a str,
+    iteration: u64,
+    time_total_s: f64,
+    last_result: Option<&'a Map<String, Value>>,
+    best: Option<BestValue>,
+    #[serde(serialize_with = "keys_of")]
+    checkpoints: &'a BTreeMap<u64, f64>,
+    restore: Option<CheckpointId>,
+    runs: u32,
+    failures: u32,
+    error: Option<&'a str>,
+    policy: &'a [PolicyStep],
+    placement: Option<&'a Placement>,
+    started_at: Option<f64>,
+    last_report_at: Option<f64>,
+    silent: bool,
+}
+
+impl<'a> TrialRecordRef<'a> {
+    fn new(trial: &'a Trial, silent: bool) -> Self {
+        TrialRecordRef {
+            id: trial.id,
+            name: trial.id.name(),
+            status: trial.status,
+            config: &trial.config,
+            tag: &trial.tag,
+            iteration: trial.iteration,
+            time_total_s: trial.time_total_s,
+            last_result: trial.last_result.as_ref().map(|r| &r.metrics),
+            best: trial
+                .best
+                .map(|(value, iteration)| BestValue { value, iteration }),
+            checkpoints: &trial.checkpoints,
+            restore: trial.restore,
+            runs: trial.runs,
+            failures: trial.failures,
+            error: trial.error.as_deref(),
+            policy: &trial.policy,
+            placement: trial.placement.as_ref(),
+            started_at: trial.run_started_at,
+            last_report_at: trial.last_report_at,
+            silent,
+        }
+    }
+}
+
+fn keys_of<S: serde::Serializer>(
+    map: &&BTreeMap<u64, f64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(map.keys())
+}
+
 impl ExperimentState {
-    /// The projection of `tuner` at `now`.
+    /// The projection of `tuner` at `now`, every trial in it.
     pub fn project(
         meta: &StateMeta,
         tuner: &Tuner,
@@ -202,33 +376,15 @@ impl ExperimentState {
         head: Option<HeadInfo>,
         finished_at: Option<f64>,
     ) -> ExperimentState {
-        let silent = tuner.silent_trials(now);
-        let trials: Vec<TrialRecord> = tuner
-            .trials()
-            .iter()
-            .map(|t| TrialRecord::from_trial(t, silent.contains(&t.id)))
-            .collect();
-        let mut counts = BTreeMap::new();
-        for trial in &trials {
-            *counts.entry(trial.status).or_insert(0) += 1;
-        }
-        ExperimentState {
-            format: STATE_FORMAT,
-            name: meta.name.clone(),
+        Projection {
+            meta,
+            tuner,
             status,
-            metric: meta.metric.clone(),
-            mode: meta.mode,
-            scheduler: tuner.scheduler_name().to_string(),
-            searcher: tuner.searcher_name().to_string(),
-            parameters: meta.parameters.clone(),
-            total_trials: tuner.total_trials(),
-            started_at: tuner.started_at().unwrap_or(now),
-            finished_at,
-            ended: tuner.ended().cloned(),
-            counts,
-            trials,
+            now,
             head,
+            finished_at,
         }
+        .state(|_| true)
     }
 
     /// Read `experiment_state.json` from an experiment directory (or the file itself). Reads

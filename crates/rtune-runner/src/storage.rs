@@ -449,12 +449,19 @@ impl ExperimentDir {
 
     /// Write the state snapshot atomically.
     pub fn write_state(&self, state: &ExperimentState) -> Result<(), StorageError> {
+        self.write_state_with(|out| serde_json::to_writer(out, state))
+    }
+
+    /// Write the state file from `write`, which serializes it straight into the file (a large
+    /// experiment's state is never held as text).
+    pub fn write_state_with(
+        &self,
+        write: impl FnOnce(&mut dyn Write) -> serde_json::Result<()>,
+    ) -> Result<(), StorageError> {
         let path = self.path.join(STATE_FILE);
-        let text = serde_json::to_vec(state).map_err(|e| StorageError::BadState {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&path, &text)
+        write_atomic_with(&path, |out| {
+            write(out).map_err(|e| io::Error::other(e.to_string()))
+        })
     }
 }
 
@@ -703,6 +710,34 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), StorageError> {
 /// [`write_atomic`], flushed to the disk before the rename: for files a resume needs.
 pub fn write_durable(path: &Path, content: &[u8]) -> Result<(), StorageError> {
     write_file(path, content, true)
+}
+
+/// [`write_atomic`] of what `write` writes into the file (through a buffer), for large files.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), StorageError> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| write_error(path, 0, e))?;
+    let mut out = io::BufWriter::with_capacity(1 << 16, tmp);
+    write(&mut out).map_err(|e| write_error(path, 0, e))?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| write_error(path, 0, e.into_error()))?;
+    tmp.persist(path)
+        .map_err(|e| io_error("replace", path)(e.error))?;
+    Ok(())
 }
 
 fn write_file(path: &Path, content: &[u8], durable: bool) -> Result<(), StorageError> {

@@ -441,6 +441,15 @@ fn replaying_the_inputs_rebuilds_the_same_state() {
     }
     assert_eq!(from_snapshot.replay_divergences(), 0);
     assert_eq!(live.tuner.fingerprint(), from_snapshot.fingerprint());
+    assert_eq!(live.tuner.state_digest(), from_snapshot.state_digest());
+    // The snapshot written without a copy is the snapshot.
+    let mut written = Vec::new();
+    live.tuner.write_snapshot(&mut written).expect("write");
+    assert_eq!(
+        String::from_utf8(written).expect("utf-8"),
+        serde_json::to_string(&live.tuner.snapshot()).expect("snapshot")
+    );
+    assert_ne!(live.tuner.state_digest(), first_half.state_digest());
 }
 
 /// The journal's recorded outcomes win over a later release's code: a replay under a
