@@ -297,6 +297,16 @@ fn a_checkpoint_an_exploit_will_restart_from_is_never_deleted() {
     t.on_exit(b.trial, Exit::Success, 3.0).expect("b exits");
     assert_eq!(t.trials()[1].status, TrialStatus::Paused);
     assert_eq!(t.trials()[1].iteration, 1, "b continues from a's iteration");
+    // Its results after a's iteration were replaced by the exploit (superseded.json says so),
+    // not rolled back to be reported again.
+    assert!(
+        t.drain_effects().contains(&Effect::Truncated {
+            trial: b.trial,
+            through_iteration: 1,
+            reason: Truncation::Exploited
+        }),
+        "the exploit's truncation"
+    );
     let relaunch = t.next_to_run(3.0).expect("b restarts");
     assert_eq!(
         relaunch.restore,
