@@ -151,6 +151,11 @@ if case == "silent":
         with open(os.path.join(s.trial_dir, "seen.json"), "w") as f:
             json.dump(seen, f)
         s.report({"loss": 1.5})
+elif case == "diverge":
+    # Trial 0 diverges first (the client sends NaN as null), then recovers.
+    first = float("nan") if s.trial_id.endswith("0") else 1.0
+    for loss in [first, 0.5, 0.25]:
+        s.report({"loss": loss})
 elif case == "progress":
     if s.trial_id.endswith("0"):
         s.report({"loss": 0.25})
@@ -240,6 +245,28 @@ fn a_hanging_trial_is_flagged_silent_in_the_table_and_the_state_but_not_ended() 
         assert_eq!(trial["status"], "TERMINATED", "{trial}");
         assert_eq!(trial["silent"], false, "{trial}");
     }
+}
+
+/// A wrong metric name ends the experiment at the first result (refusals.rs), but a metric that
+/// is NaN (a diverged trial; JSON has no NaN, so clients send `null`) is a result like any other.
+#[test]
+fn a_nan_metric_is_recorded_and_does_not_end_the_experiment() {
+    if !python_available() {
+        return;
+    }
+    let storage = tempfile::tempdir().expect("tempdir");
+    let file = observer_experiment(storage.path(), "nan", "diverge", "num_samples = 2\n");
+    let output = run_file(&file, storage.path(), &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let dir = storage.path().join("nan");
+    let losses: Vec<Value> = json_lines(&dir.join("trial_00000").join("result.json"))
+        .iter()
+        .map(|r| r["loss"].clone())
+        .collect();
+    assert_eq!(losses, vec![Value::Null, 0.5.into(), 0.25.into()]);
+    let state = state(&dir);
+    assert_eq!(state["counts"]["TERMINATED"], 2, "{state}");
+    assert_eq!(state["trials"][0]["best"]["value"], 0.25, "{state}");
 }
 
 #[test]

@@ -1307,7 +1307,12 @@ impl Tuner {
             metric,
             "the scheduler metric (`metric` in the experiment file)",
         )?;
-        if value.is_none() && self.settings.missing_metric == MissingMetric::Error {
+        // Only a result without the key is the misspelled-name mistake. `null` is how clients
+        // send NaN or infinity (a diverged trial): recorded, and skipped by the schedulers.
+        if value.is_none()
+            && !metrics.contains_key(metric)
+            && self.settings.missing_metric == MissingMetric::Error
+        {
             return Err(ReportRefusal::MissingMetric {
                 metric: metric.clone(),
                 reported: reported(),
