@@ -189,24 +189,36 @@ fn observer_experiment(dir: &Path, name: &str, case: &str, extra: &str) -> PathB
     file
 }
 
+/// Runs an observer experiment, which must succeed; returns the storage (removed when dropped),
+/// the experiment's directory and the output. None (the test is skipped) without python3.
+fn run_observer(
+    name: &str,
+    case: &str,
+    extra: &str,
+) -> Option<(tempfile::TempDir, PathBuf, Output)> {
+    if !python_available() {
+        return None;
+    }
+    let storage = tempfile::tempdir().expect("tempdir");
+    let file = observer_experiment(storage.path(), name, case, extra);
+    let output = run_file(&file, storage.path(), &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let dir = storage.path().join(name);
+    Some((storage, dir, output))
+}
+
 /// The silent rule (tuner.rs: SILENT_FACTOR, SILENT_MIN_S) never flags a trial before 30 s
 /// without a report, so this test takes about 31 s (it runs beside the others).
 #[test]
 fn a_hanging_trial_is_flagged_silent_in_the_table_and_the_state_but_not_ended() {
-    if !python_available() {
-        return;
-    }
-    let storage = tempfile::tempdir().expect("tempdir");
-    let file = observer_experiment(
-        storage.path(),
+    // Silence is a flag, not a failure: the trial reports again and finishes.
+    let Some((_storage, dir, output)) = run_observer(
         "hang",
         "silent",
         "num_samples = 2\n[executor]\nmax_concurrent_trials = 2\n",
-    );
-    let output = run_file(&file, storage.path(), &[]);
-    // Silence is a flag, not a failure: the trial reported again and finished.
-    assert!(output.status.success(), "{}", text(&output));
-    let dir = storage.path().join("hang");
+    ) else {
+        return;
+    };
     let out = stdout(&output);
 
     // The trial itself saw the flag in experiment_state.json while it hung.
@@ -251,14 +263,9 @@ fn a_hanging_trial_is_flagged_silent_in_the_table_and_the_state_but_not_ended() 
 /// is NaN (a diverged trial; JSON has no NaN, so clients send `null`) is a result like any other.
 #[test]
 fn a_nan_metric_is_recorded_and_does_not_end_the_experiment() {
-    if !python_available() {
+    let Some((_storage, dir, _)) = run_observer("nan", "diverge", "num_samples = 2\n") else {
         return;
-    }
-    let storage = tempfile::tempdir().expect("tempdir");
-    let file = observer_experiment(storage.path(), "nan", "diverge", "num_samples = 2\n");
-    let output = run_file(&file, storage.path(), &[]);
-    assert!(output.status.success(), "{}", text(&output));
-    let dir = storage.path().join("nan");
+    };
     let losses: Vec<Value> = json_lines(&dir.join("trial_00000").join("result.json"))
         .iter()
         .map(|r| r["loss"].clone())
@@ -271,18 +278,13 @@ fn a_nan_metric_is_recorded_and_does_not_end_the_experiment() {
 
 #[test]
 fn the_live_headline_shows_the_best_so_far_and_the_time_left() {
-    if !python_available() {
-        return;
-    }
-    let storage = tempfile::tempdir().expect("tempdir");
-    let file = observer_experiment(
-        storage.path(),
+    let Some((_storage, _, output)) = run_observer(
         "headline",
         "progress",
         "num_samples = 3\n[executor]\nmax_concurrent_trials = 1\n",
-    );
-    let output = run_file(&file, storage.path(), &[]);
-    assert!(output.status.success(), "{}", text(&output));
+    ) else {
+        return;
+    };
     let out = stdout(&output);
     // Trial 1 went on only after a snapshot with trial 0 finished had been written, and every
     // snapshot written while trials run prints a table with its headline (report_interval_s is
@@ -403,19 +405,16 @@ fn a_run_ends_with_its_path_and_commands_and_names_find_experiments_under_the_st
     );
 
     // NAME under the storage root ($RTUNE_STORAGE), from another directory.
-    let by_name = run_ok(
-        rtune()
-            .args(["status", "asha-next"])
+    let under_root = |args: &[&str]| {
+        let mut cmd = rtune();
+        cmd.args(args)
             .env("RTUNE_STORAGE", &root)
-            .current_dir(&elsewhere),
-    );
+            .current_dir(&elsewhere);
+        cmd
+    };
+    let by_name = run_ok(&mut under_root(&["status", "asha-next"]));
     assert_eq!(stdout(&by_name), stdout(&status));
-    let best_by_name = run_ok(
-        rtune()
-            .args(["best", "asha-next", "--json"])
-            .env("RTUNE_STORAGE", &root)
-            .current_dir(&elsewhere),
-    );
+    let best_by_name = run_ok(&mut under_root(&["best", "asha-next", "--json"]));
     let best: Value = serde_json::from_slice(&best_by_name.stdout).expect("best JSON");
 
     // A second experiment there, whose trials all end in ERROR.
@@ -438,10 +437,7 @@ fn a_run_ends_with_its_path_and_commands_and_names_find_experiments_under_the_st
         "{err}"
     );
     // A misspelled name gets the near one.
-    let output = rtune()
-        .args(["status", "asha-nxt"])
-        .env("RTUNE_STORAGE", &root)
-        .current_dir(&elsewhere)
+    let output = under_root(&["status", "asha-nxt"])
         .output()
         .expect("rtune status");
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
@@ -452,12 +448,7 @@ fn a_run_ends_with_its_path_and_commands_and_names_find_experiments_under_the_st
     );
 
     // `rtune list`: both, with status, trial counts, ERROR counts and best values.
-    let listed = run_ok(
-        rtune()
-            .args(["list", "--json"])
-            .env("RTUNE_STORAGE", &root)
-            .current_dir(&elsewhere),
-    );
+    let listed = run_ok(&mut under_root(&["list", "--json"]));
     let listed: Value = serde_json::from_slice(&listed.stdout).expect("list JSON");
     let listed = listed.as_array().expect("an array");
     assert_eq!(listed.len(), 2, "{listed:?}");
