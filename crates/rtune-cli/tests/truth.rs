@@ -1,5 +1,6 @@
 //! Runs that tell the truth early (issue 22), each checked through real `rtune` processes: a
-//! trainable that never reports, a trainable that hangs, `rtune best` without the metric, the
+//! trainable that never reports, a trainable that hangs, a NaN metric (a diverged trial, not a
+//! wrong metric name), `rtune best` without the metric, the
 //! commands a finished run prints, finding experiments by name (`rtune status NAME`, `rtune
 //! list`), result files under PBT (`done`, `run`, `superseded.json`), numbers that read back
 //! exactly, the simulated executor's console, the live headline, and README's quick start.
