@@ -340,9 +340,13 @@ fn exit_code_of(err: &anyhow::Error) -> ExitCode {
             RunError::Journal(_) | RunError::Storage(_) | RunError::TrialFiles { .. },
         ))
         | Some(SetupError::Storage(_)) => exit::CANNOT_WRITE,
+        // A file that is wrong, or an experiment named on the command line that is not one.
         _ if err
             .downcast_ref::<rtune_runner::experiment::ExperimentError>()
-            .is_some() =>
+            .is_some()
+            || err
+                .downcast_ref::<rtune_runner::catalog::CatalogError>()
+                .is_some() =>
         {
             exit::INVALID_INPUT
         }

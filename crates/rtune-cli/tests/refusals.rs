@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{json_lines, rtune, run_ok, text};
+use common::{json_lines, python_available, rtune, run_ok, text};
 use serde_json::Value;
 
 /// A trial that does what `config["case"]` says, one fresh connection per report (a refused
@@ -130,17 +130,6 @@ fn iterations(trial: &Path) -> Vec<u64> {
 fn error_of(answer: &Value) -> &str {
     assert_eq!(answer["ok"], false, "{answer}");
     answer["error"].as_str().unwrap_or_default()
-}
-
-fn python_available() -> bool {
-    let found = std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: python3 not found");
-    }
-    found
 }
 
 #[test]

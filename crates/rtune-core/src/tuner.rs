@@ -1367,7 +1367,12 @@ impl Tuner {
             metric,
             "the scheduler metric (`metric` in the experiment file)",
         )?;
-        if value.is_none() && self.settings.missing_metric == MissingMetric::Error {
+        // Only a result without the key is the misspelled-name mistake. `null` is how clients
+        // send NaN or infinity (a diverged trial): recorded, and skipped by the schedulers.
+        if value.is_none()
+            && !metrics.contains_key(metric)
+            && self.settings.missing_metric == MissingMetric::Error
+        {
             return Err(ReportRefusal::MissingMetric {
                 metric: metric.clone(),
                 reported: reported(),
@@ -2028,6 +2033,13 @@ impl Tuner {
         trial.last_report_at = None;
         trial.run_started_at = None;
         let ending = trial.ending.take();
+        // A pause that restarts it from another trial's checkpoint is a PBT exploit decided
+        // while it ran (a plain pause restarts from its own): what it reported after the
+        // donor's iteration was replaced, not rolled back to be reported again.
+        let truncation = match (ending, trial.restore) {
+            (Some(Ending::Pause), Some(c)) if c.trial != id => Truncation::Exploited,
+            _ => Truncation::RolledBack,
+        };
         let exit = match (ending, exit) {
             (Some(Ending::Timeout), _) => Exit::Failure(format!(
                 "no report for {} s (trial.report_timeout_s): the run was ended",
@@ -2151,7 +2163,7 @@ impl Tuner {
             status,
             TrialStatus::Paused | TrialStatus::Pending | TrialStatus::Interrupted
         ) {
-            self.rewind(id);
+            self.rewind(id, truncation);
         }
         let last = self.trials[id.0 as usize].last_result.clone();
         let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
@@ -2197,8 +2209,8 @@ impl Tuner {
 
     /// A trial that will restart: its iteration and time become those of what it restarts from
     /// (its restore checkpoint, or nothing), and results it reported after its restart point
-    /// stop counting, so no iteration is stored twice.
-    fn rewind(&mut self, id: TrialId) {
+    /// stop counting (for `reason`), so no iteration is stored twice.
+    fn rewind(&mut self, id: TrialId, reason: Truncation) {
         let Some(trial) = self.trials.get(id.0 as usize) else {
             return;
         };
@@ -2221,7 +2233,7 @@ impl Tuner {
             self.effects.push(Effect::Truncated {
                 trial: id,
                 through_iteration: point,
-                reason: Truncation::RolledBack,
+                reason,
             });
             let mut ctx = SchedulerContext::new(&mut self.rng, &self.trials);
             self.scheduler.on_trial_rollback(&mut ctx, id, kept_time);
@@ -2315,7 +2327,7 @@ impl Tuner {
             let trial = &mut self.trials[id.0 as usize];
             trial.failures = 0;
             trial.error = None;
-            self.rewind(id);
+            self.rewind(id, Truncation::RolledBack);
         }
     }
 

@@ -60,6 +60,18 @@ pub fn json_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Whether `python3` runs; the tests that need it say they were skipped otherwise.
+pub fn python_available() -> bool {
+    let found = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: python3 not found");
+    }
+    found
+}
+
 /// Whether a SLURM cluster answers (`SLURM_CONF` set and `sinfo` works). Without one the SLURM
 /// tests say they were skipped, unless `RTUNE_REQUIRE_SLURM=1` (CI), where they fail.
 pub fn cluster_available(test: &str) -> bool {

@@ -38,6 +38,25 @@ fn metrics(loss: f64) -> serde_json::Map<String, Value> {
 }
 
 #[test]
+fn a_null_metric_is_a_diverged_trial_but_a_missing_one_is_a_wrong_name() {
+    let mut t = tuner(1, 0);
+    let a = t.next_to_run(0.0).expect("a");
+    // NaN or infinity reaches rtune as null: recorded, the trial goes on.
+    let mut null = serde_json::Map::new();
+    null.insert("loss".into(), Value::Null);
+    assert_eq!(t.check_report(a.trial, &null), Ok(()));
+    let reply = t.on_result(a.trial, null, false, 1.0).expect("a null loss");
+    assert_eq!(reply.action, Action::Continue);
+    assert_eq!(t.trials()[0].best, None);
+    let mut misspelled = serde_json::Map::new();
+    misspelled.insert("los".into(), 0.5.into());
+    assert!(matches!(
+        t.check_report(a.trial, &misspelled),
+        Err(ReportRefusal::MissingMetric { .. })
+    ));
+}
+
+#[test]
 fn runs_trials_to_the_stop_criterion_and_finds_the_best() {
     let mut t = tuner(2, 0);
     let a = t.next_to_run(0.0).unwrap();
@@ -297,6 +316,16 @@ fn a_checkpoint_an_exploit_will_restart_from_is_never_deleted() {
     t.on_exit(b.trial, Exit::Success, 3.0).expect("b exits");
     assert_eq!(t.trials()[1].status, TrialStatus::Paused);
     assert_eq!(t.trials()[1].iteration, 1, "b continues from a's iteration");
+    // Its results after a's iteration were replaced by the exploit (superseded.json says so),
+    // not rolled back to be reported again.
+    assert!(
+        t.drain_effects().contains(&Effect::Truncated {
+            trial: b.trial,
+            through_iteration: 1,
+            reason: Truncation::Exploited
+        }),
+        "the exploit's truncation"
+    );
     let relaunch = t.next_to_run(3.0).expect("b restarts");
     assert_eq!(
         relaunch.restore,
