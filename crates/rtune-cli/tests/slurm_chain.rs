@@ -96,11 +96,12 @@ fn a_requeued_trial_job_restarts_from_its_checkpoint_as_a_new_run() {
             .args(["--format", "json"]),
     );
     let rows: Value = serde_json::from_slice(&table.stdout).expect("JSON table");
-    let placement = rows[0]["placement"].as_str().unwrap_or("").to_string();
-    let job = placement
-        .strip_prefix("job ")
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("placement {placement:?}"))
+    // The typed placement names the trial's SLURM job.
+    let placement = &rows[0]["placement"];
+    assert_eq!(placement["executor"], "slurm_job", "{placement}");
+    let job = placement["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("placement without a job: {placement}"))
         .to_string();
     run_ok(Command::new("scontrol").args(["requeue", &job]));
 

@@ -133,9 +133,12 @@ fn asha_inside_an_allocation_runs_trials_as_steps_on_both_nodes() {
     let mut nodes = std::collections::BTreeSet::new();
     for row in &rows {
         assert_eq!(field(row, "status"), "TERMINATED", "{row}");
-        let placement = field(row, "placement");
-        assert!(placement.ends_with(" cpu=1"), "{row}");
-        nodes.insert(placement.split(' ').next().unwrap_or("").to_string());
+        let placement = &row["placement"];
+        assert_eq!(placement["executor"], "slurm_step", "{row}");
+        let shares = placement["nodes"].as_array().expect("nodes");
+        assert_eq!(shares.len(), 1, "one node per trial: {row}");
+        assert_eq!(shares[0]["cpus"], 1, "{row}");
+        nodes.insert(shares[0]["node"].as_str().unwrap_or("").to_string());
     }
     assert_eq!(
         nodes.into_iter().collect::<Vec<_>>(),
@@ -388,13 +391,17 @@ fn job_per_trial_executor_runs_an_experiment_from_outside_any_allocation() {
     assert_eq!(rows.len(), 6);
     for row in &rows {
         assert_eq!(field(row, "status"), "TERMINATED", "{row}");
-        let placement = field(row, "placement");
+        let placement = &row["placement"];
+        assert_eq!(placement["executor"], "slurm_job", "{row}");
         assert!(
-            placement.starts_with("job ") && placement.ends_with(" cpu=1"),
-            "the placement names the job and its node: {row}"
+            placement["job_id"].as_str().is_some_and(|j| !j.is_empty()),
+            "the placement names the job: {row}"
         );
+        let shares = placement["nodes"].as_array().expect("nodes");
+        assert_eq!(shares.len(), 1, "one node per trial: {row}");
+        assert_eq!(shares[0]["cpus"], 1, "{row}");
         assert!(
-            placement.contains(" n1 ") || placement.contains(" n2 "),
+            matches!(shares[0]["node"].as_str(), Some("n1" | "n2")),
             "{row}"
         );
     }

@@ -136,7 +136,10 @@ impl TrialRecord {
             tag: trial.tag.clone(),
             iteration: trial.iteration,
             time_total_s: trial.time_total_s,
-            last_result: trial.last_result.as_ref().map(|r| r.metrics.clone()),
+            last_result: trial
+                .last_result
+                .as_ref()
+                .and_then(|r| serde_json::from_str(r.metrics.get()).ok()),
             best: trial
                 .best
                 .map(|(value, iteration)| BestValue { value, iteration }),
@@ -316,7 +319,7 @@ struct TrialRecordRef<'a> {
     tag: &'a str,
     iteration: u64,
     time_total_s: f64,
-    last_result: Option<&'a Map<String, Value>>,
+    last_result: Option<&'a serde_json::value::RawValue>,
     best: Option<BestValue>,
     #[serde(serialize_with = "keys_of")]
     checkpoints: &'a BTreeMap<u64, f64>,
@@ -341,7 +344,7 @@ impl<'a> TrialRecordRef<'a> {
             tag: &trial.tag,
             iteration: trial.iteration,
             time_total_s: trial.time_total_s,
-            last_result: trial.last_result.as_ref().map(|r| &r.metrics),
+            last_result: trial.last_result.as_ref().map(|r| &*r.metrics),
             best: trial
                 .best
                 .map(|(value, iteration)| BestValue { value, iteration }),
