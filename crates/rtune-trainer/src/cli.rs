@@ -29,6 +29,9 @@ pub enum CliError {
     /// Bad usage or config value.
     #[error("{0}")]
     Usage(String),
+    /// A bad `RTUNE_TRAINER_ISA`.
+    #[error(transparent)]
+    Isa(#[from] crate::isa::IsaError),
 }
 
 /// Fine-tune a BLOOM causal LM on SQuAD-format QA data (rtune's built-in trainer).
@@ -88,7 +91,13 @@ pub enum DeviceKind {
 /// The autodiff device for `kind`.
 pub fn training_device(kind: DeviceKind) -> Result<Device, CliError> {
     match kind {
-        DeviceKind::Cpu => Ok(Device::flex().autodiff()),
+        DeviceKind::Cpu => {
+            // Checked here so that a bad RTUNE_TRAINER_ISA stops the run with its message
+            // (the kernels would fall back to the detected level with a warning).
+            let isa = crate::isa::from_env()?;
+            tracing::info!(isa = isa.name(), "CPU kernels");
+            Ok(Device::flex().autodiff())
+        }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => Ok(Device::cuda(0).autodiff()),
         #[cfg(not(feature = "cuda"))]
@@ -241,7 +250,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let result = run_bench(&config, training_device(args.device)?)?;
             println!(
-                "bench: layers={} hidden={} heads={} vocab={} seq={} batch={} params={} AdamW precision={} device={:?} threads={}",
+                "bench: layers={} hidden={} heads={} vocab={} seq={} batch={} params={} AdamW precision={} device={:?} threads={} isa={}",
                 config.layers,
                 config.hidden,
                 config.heads,
@@ -251,7 +260,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 result.parameters,
                 args.precision.name(),
                 args.device,
-                rayon::current_num_threads()
+                rayon::current_num_threads(),
+                match args.device {
+                    DeviceKind::Cpu => crate::isa::selected().name(),
+                    DeviceKind::Cuda => "n/a",
+                }
             );
             for (step, loss) in &result.losses {
                 println!("LOSS step={step} loss={loss:.4}");
