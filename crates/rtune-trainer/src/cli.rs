@@ -32,6 +32,10 @@ pub enum CliError {
     /// A bad `RTUNE_TRAINER_ISA`.
     #[error(transparent)]
     Isa(#[from] crate::isa::IsaError),
+    /// `--device cuda` without what it needs.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaUnavailable),
 }
 
 /// Fine-tune a BLOOM causal LM on SQuAD-format QA data (rtune's built-in trainer).
@@ -99,7 +103,10 @@ pub fn training_device(kind: DeviceKind) -> Result<Device, CliError> {
             Ok(Device::flex().autodiff())
         }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(Device::cuda(0).autodiff()),
+        DeviceKind::Cuda => {
+            crate::cuda::preflight()?;
+            Ok(Device::cuda(0).autodiff())
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(CliError::Usage(
             "--device cuda needs rtune-train-lm built with `--features cuda`".into(),
@@ -176,7 +183,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Compute precision: f32, or bf16 / f16 over f32 master weights (f16 with dynamic loss
-    /// scaling). On the CPU (burn's flex backend) bf16 and f16 run, but slower than f32.
+    /// scaling). On the CPU, bf16 multiplies bf16 (AMX or AVX512_BF16 where the CPU has them)
+    /// with f32 activations; f16 runs on burn's f16 tensors, slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
@@ -215,7 +223,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Compute precision: f32, or bf16 / f16 over f32 master weights (f16 with dynamic loss
-    /// scaling). On the CPU (burn's flex backend) bf16 and f16 run, but slower than f32.
+    /// scaling). On the CPU, bf16 multiplies bf16 (AMX or AVX512_BF16 where the CPU has them)
+    /// with f32 activations; f16 runs on burn's f16 tensors, slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }

@@ -23,6 +23,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 type Ad = Autodiff<Flex>;
 type AdTensor = burn::backend::tensor::FloatTensor<Ad>;
@@ -66,17 +67,36 @@ fn values(t: &FlexTensor) -> &[f32] {
     }
 }
 
-/// `len` values written by `init` through the pointer it is given (skips zero-filling a buffer
-/// that is overwritten anyway).
+/// An output value not written yet.
+type Uninit = MaybeUninit<f32>;
+
+/// `len` values that `init` writes, every one of them (skips zero-filling a buffer that is
+/// overwritten anyway).
+///
+/// # Safety
+/// `init` must write all `len` values.
+unsafe fn initialised_by(len: usize, init: impl FnOnce(&mut [Uninit])) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    init(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: init wrote all len values (caller).
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// [`initialised_by`] for a writer that takes a pointer.
 ///
 /// # Safety
 /// `init` must write all `len` values.
 unsafe fn written_by(len: usize, init: impl FnOnce(*mut f32)) -> Vec<f32> {
-    let mut values = Vec::with_capacity(len);
-    init(values.as_mut_ptr());
-    // SAFETY: init wrote all len values (caller).
-    unsafe { values.set_len(len) };
-    values
+    // SAFETY: forwarded from the caller.
+    unsafe { initialised_by(len, |out| init(out.as_mut_ptr().cast())) }
+}
+
+/// The values of a contiguous f32 tensor, to change in place, if no other tensor shares them.
+fn values_mut(t: &mut FlexTensor) -> Option<&mut [f32]> {
+    let (start, end) = t.layout().contiguous_offsets()?;
+    t.try_storage_mut::<f32>()
+        .map(|values| &mut values[start..end])
 }
 
 fn new_tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
@@ -229,47 +249,50 @@ fn max_of(xs: &[f32]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // GELU
 
-/// BLOOM's tanh-approximation GELU `x * sigmoid(2 * 0.79788456 * x * (1 + 0.044715 x^2))`,
-/// writing the value and, if `derivative` is not empty, its derivative.
-fn gelu_chunk(x: &[f32], out: &mut [f32], derivative: &mut [f32]) {
-    gelu_chunk_impl(x, out, derivative)
-}
-
 multiversion! {
-    fn gelu_chunk_impl(x: &[f32], out: &mut [f32], derivative: &mut [f32]) {
+    /// BLOOM's tanh-approximation GELU `x * sigmoid(2 * 0.79788456 * x * (1 + 0.044715 x^2))`,
+    /// writing the value and, if `derivative` is not empty, its derivative.
+    fn gelu_chunk(x: &[f32], out: &mut [Uninit], derivative: &mut [Uninit]) {
         const B: f32 = 2.0 * 0.797_884_6;
         const A: f32 = B * 0.044_715;
         if derivative.is_empty() {
             for (o, &v) in out.iter_mut().zip(x) {
                 let z = (A * v * v + B) * v;
                 let s = 1.0 / (1.0 + exp_approx(-z));
-                *o = v * s;
+                o.write(v * s);
             }
         } else {
             for ((o, d), &v) in out.iter_mut().zip(derivative.iter_mut()).zip(x) {
                 let square = v * v;
                 let z = (A * square + B) * v;
                 let s = 1.0 / (1.0 + exp_approx(-z));
-                *o = v * s;
-                *d = s + v * s * (1.0 - s) * (3.0 * A * square + B);
+                o.write(v * s);
+                d.write(s + v * s * (1.0 - s) * (3.0 * A * square + B));
             }
         }
     }
 }
 
 fn gelu_values(x: &[f32], with_derivative: bool) -> (Vec<f32>, Vec<f32>) {
-    let mut out = vec![0f32; x.len()];
-    let mut derivative = vec![0f32; if with_derivative { x.len() } else { 0 }];
-    if with_derivative {
-        out.par_chunks_mut(CHUNK)
-            .zip(derivative.par_chunks_mut(CHUNK))
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|((o, d), x)| gelu_chunk(x, o, d));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_chunk(x, o, &mut []));
-    }
+    let mut derivative = Vec::new();
+    // SAFETY: the chunks of `out` (and of `derivative`) cover it, and gelu_chunk writes every
+    // value of its chunks.
+    let out = unsafe {
+        initialised_by(x.len(), |out| {
+            if with_derivative {
+                derivative = initialised_by(x.len(), |derivative| {
+                    out.par_chunks_mut(CHUNK)
+                        .zip(derivative.par_chunks_mut(CHUNK))
+                        .zip(x.par_chunks(CHUNK))
+                        .for_each(|((o, d), x)| gelu_chunk(x, o, d));
+                });
+            } else {
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(o, x)| gelu_chunk(x, o, &mut []));
+            }
+        })
+    };
     (out, derivative)
 }
 
@@ -289,14 +312,26 @@ impl Backward<Flex, 1> for GeluBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [parent] = ops.parents;
-        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let mut grad = contiguous(grads.consume::<Flex>(&ops.node));
         if let Some(parent) = parent {
-            let shape = grad.layout().shape().to_vec();
-            let mut out = values(&grad).to_vec();
-            out.par_chunks_mut(CHUNK)
-                .zip(values(&ops.state).par_chunks(CHUNK))
-                .for_each(|(g, d)| mul_in_place(g, d));
-            grads.register::<Flex>(parent.id, new_tensor(out, &shape));
+            let multiply = |g: &mut [f32]| {
+                g.par_chunks_mut(CHUNK)
+                    .zip(values(&ops.state).par_chunks(CHUNK))
+                    .for_each(|(g, d)| mul_in_place(g, d))
+            };
+            // The incoming gradient's buffer is reused when nothing else holds it.
+            let grad = match values_mut(&mut grad) {
+                Some(g) => {
+                    multiply(g);
+                    grad
+                }
+                None => {
+                    let mut out = values(&grad).to_vec();
+                    multiply(&mut out);
+                    new_tensor(out, grad.layout().shape())
+                }
+            };
+            grads.register::<Flex>(parent.id, grad);
         }
     }
 }
@@ -334,31 +369,28 @@ pub fn gelu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
 // Layer norm
 
 multiversion! {
-    /// Normalises each row of `x` (`width` values): writes `xhat` and the row's `1/std` and, if
-    /// `out` is not empty, `xhat * weight + bias`.
+    /// Normalises each row of `x` (`width` values): writes `xhat`, the row's `1/std` and
+    /// `xhat * weight + bias`.
     fn layer_norm_rows(
         x: &[f32],
         width: usize,
         weight: &[f32],
         bias: &[f32],
         epsilon: f32,
-        xhat: &mut [f32],
+        xhat: &mut [Uninit],
         rstd: &mut [f32],
-        out: &mut [f32],
+        out: &mut [Uninit],
     ) {
-        for (row, (xr, hr)) in x.chunks(width).zip(xhat.chunks_mut(width)).enumerate() {
+        let rows = x.chunks(width).zip(xhat.chunks_mut(width)).zip(out.chunks_mut(width));
+        for (((xr, hr), or), r) in rows.zip(rstd.iter_mut()) {
             let mean = sum_by(xr, |v| v) / width as f32;
             let var = sum_by(xr, |v| (v - mean) * (v - mean)) / width as f32;
-            let r = 1.0 / (var + epsilon).sqrt();
-            rstd[row] = r;
-            for (h, &v) in hr.iter_mut().zip(xr) {
-                *h = (v - mean) * r;
-            }
-            if !out.is_empty() {
-                let or = &mut out[row * width..(row + 1) * width];
-                for (((o, &h), &w), &b) in or.iter_mut().zip(hr.iter()).zip(weight).zip(bias) {
-                    *o = h * w + b;
-                }
+            *r = 1.0 / (var + epsilon).sqrt();
+            let outputs = hr.iter_mut().zip(or.iter_mut());
+            for (((h, o), &v), (&w, &b)) in outputs.zip(xr).zip(weight.iter().zip(bias)) {
+                let normalised = (v - mean) * *r;
+                h.write(normalised);
+                o.write(normalised * w + b);
             }
         }
     }
@@ -368,7 +400,7 @@ multiversion! {
     /// Layer norm's backward pass over a block of rows: `dx` rows, and the block's partial sums
     /// of `g * xhat` and `g` (added into `dw`, `db`) for the weight and the bias.
     fn layer_norm_backward_rows(
-        dx: &mut [f32],
+        dx: &mut [Uninit],
         g: &[f32],
         xhat: &[f32],
         rstd: &[f32],
@@ -397,7 +429,7 @@ multiversion! {
             let mean_gwh = sum_zip_by(&gw, hr, |a, b| a * b) / width as f32;
             let r = rstd[row];
             for ((o, &p), &hv) in out.iter_mut().zip(&gw).zip(hr) {
-                *o = r * (p - mean_gw - hv * mean_gwh);
+                o.write(r * (p - mean_gw - hv * mean_gwh));
             }
         }
     }
@@ -417,15 +449,24 @@ fn layer_norm_forward(
     epsilon: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rows = x.len() / width;
-    let mut xhat = vec![0f32; x.len()];
     let mut rstd = vec![0f32; rows];
-    let mut out = vec![0f32; x.len()];
+    let mut out = Vec::new();
     let per = rows_per_task(rows);
-    xhat.par_chunks_mut(per * width)
-        .zip(rstd.par_chunks_mut(per))
-        .zip(out.par_chunks_mut(per * width))
-        .zip(x.par_chunks(per * width))
-        .for_each(|(((h, r), o), x)| layer_norm_rows(x, width, weight, bias, epsilon, h, r, o));
+    // SAFETY: the chunks cover xhat and out, and layer_norm_rows writes every value of its
+    // rows.
+    let xhat = unsafe {
+        initialised_by(x.len(), |xhat| {
+            out = initialised_by(x.len(), |out| {
+                xhat.par_chunks_mut(per * width)
+                    .zip(rstd.par_chunks_mut(per))
+                    .zip(out.par_chunks_mut(per * width))
+                    .zip(x.par_chunks(per * width))
+                    .for_each(|(((h, r), o), x)| {
+                        layer_norm_rows(x, width, weight, bias, epsilon, h, r, o)
+                    });
+            });
+        })
+    };
     (xhat, rstd, out)
 }
 
@@ -454,19 +495,24 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let rows = g.len() / width;
         let per = rows_per_task(rows);
         // Per task: dx rows, and partial sums of g * xhat and g for the weight and bias.
-        let mut dx = vec![0f32; g.len()];
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(per * width)
-            .zip(g.par_chunks(per * width))
-            .zip(xhat.par_chunks(per * width))
-            .zip(rstd.par_chunks(per))
-            .map(|(((dx, g), xhat), rstd)| {
-                let mut dw = vec![0f32; width];
-                let mut db = vec![0f32; width];
-                layer_norm_backward_rows(dx, g, xhat, rstd, weight, &mut dw, &mut db);
-                (dw, db)
+        let mut partials: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+        // SAFETY: the chunks cover dx and layer_norm_backward_rows writes all of each.
+        let dx = unsafe {
+            initialised_by(g.len(), |dx| {
+                partials = dx
+                    .par_chunks_mut(per * width)
+                    .zip(g.par_chunks(per * width))
+                    .zip(xhat.par_chunks(per * width))
+                    .zip(rstd.par_chunks(per))
+                    .map(|(((dx, g), xhat), rstd)| {
+                        let mut dw = vec![0f32; width];
+                        let mut db = vec![0f32; width];
+                        layer_norm_backward_rows(dx, g, xhat, rstd, weight, &mut dw, &mut db);
+                        (dw, db)
+                    })
+                    .collect();
             })
-            .collect();
+        };
         let mut dw = vec![0f32; width];
         let mut db = vec![0f32; width];
         for (pw, pb) in &partials {
@@ -1188,16 +1234,28 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let Some(parent) = parent else { return };
         let g = values(&grad).first().copied().unwrap_or(0.0);
-        let shape = ops.state.probs.layout().shape().to_vec();
-        let targets = &ops.state.targets;
-        let width = shape[1];
+        let CrossEntropyState { mut probs, targets } = ops.state;
+        let width = probs.layout().shape()[1];
         let scale = g / targets.len() as f32;
-        let mut d = values(&ops.state.probs).to_vec();
         let per = rows_per_task(targets.len());
-        d.par_chunks_mut(per * width)
-            .zip(targets.par_chunks(per))
-            .for_each(|(d, targets)| cross_entropy_grad_rows(d, targets, width, scale));
-        grads.register::<Flex>(parent.id, new_tensor(d, &shape));
+        let gradient = |d: &mut [f32]| {
+            d.par_chunks_mut(per * width)
+                .zip(targets.par_chunks(per))
+                .for_each(|(d, targets)| cross_entropy_grad_rows(d, targets, width, scale))
+        };
+        // The saved probabilities become the gradient in place (this node is their only user).
+        let d = match values_mut(&mut probs) {
+            Some(d) => {
+                gradient(d);
+                probs
+            }
+            None => {
+                let mut d = values(&probs).to_vec();
+                gradient(&mut d);
+                new_tensor(d, probs.layout().shape())
+            }
+        };
+        grads.register::<Flex>(parent.id, d);
     }
 }
 
@@ -1291,22 +1349,26 @@ multiversion! {
         p: &[f32],
         g: &[f32],
         moments: Option<(&[f32], &[f32])>,
-        outputs: (&mut [f32], &mut [f32], &mut [f32]),
+        outputs: (&mut [Uninit], &mut [Uninit], &mut [Uninit]),
         c: AdamWScalars,
     ) {
         let (np, nm, nv) = outputs;
         let outputs = np.iter_mut().zip(nm.iter_mut()).zip(nv.iter_mut());
+        let write = |((np, nm), nv): ((&mut Uninit, &mut Uninit), &mut Uninit), values| {
+            let (p, m, v) = values;
+            np.write(p);
+            nm.write(m);
+            nv.write(v);
+        };
         match moments {
             Some((m, v)) => {
-                for ((((np, nm), nv), (&p, &g)), (&m, &v)) in
-                    outputs.zip(p.iter().zip(g)).zip(m.iter().zip(v))
-                {
-                    (*np, *nm, *nv) = adamw_element(p, g, m, v, c);
+                for ((out, (&p, &g)), (&m, &v)) in outputs.zip(p.iter().zip(g)).zip(m.iter().zip(v)) {
+                    write(out, adamw_element(p, g, m, v, c));
                 }
             }
             None => {
-                for (((np, nm), nv), (&p, &g)) in outputs.zip(p.iter().zip(g)) {
-                    (*np, *nm, *nv) = adamw_element(p, g, 0.0, 0.0, c);
+                for (out, (&p, &g)) in outputs.zip(p.iter().zip(g)) {
+                    write(out, adamw_element(p, g, 0.0, 0.0, c));
                 }
             }
         }
@@ -1336,9 +1398,6 @@ pub fn adamw_step<const D: usize>(
     if pv.len() != gv.len() {
         return None;
     }
-    let mut new_p = vec![0f32; pv.len()];
-    let mut new_m = vec![0f32; pv.len()];
-    let mut new_v = vec![0f32; pv.len()];
     let (b1, b2) = (step.beta_1, step.beta_2);
     let correction_1 = 1.0 - b1.powi(step.time);
     let correction_2 = 1.0 - b2.powi(step.time);
@@ -1359,18 +1418,30 @@ pub fn adamw_step<const D: usize>(
     if mv.is_some_and(|m| m.len() != pv.len()) || vv.is_some_and(|v| v.len() != pv.len()) {
         return None;
     }
-    new_p
-        .par_chunks_mut(CHUNK)
-        .zip(new_m.par_chunks_mut(CHUNK))
-        .zip(new_v.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(chunk, ((np, nm), nv))| {
-            let start = chunk * CHUNK;
-            let end = start + np.len();
-            let (p, g) = (&pv[start..end], &gv[start..end]);
-            let (m, v) = (mv.map(|m| &m[start..end]), vv.map(|v| &v[start..end]));
-            adamw_chunk(p, g, m.zip(v), (np, nm, nv), scalars);
-        });
+    let len = pv.len();
+    let (mut new_m, mut new_v) = (Vec::new(), Vec::new());
+    // SAFETY: the chunks cover the three outputs and adamw_chunk writes every value of its
+    // chunks.
+    let new_p = unsafe {
+        initialised_by(len, |new_p| {
+            new_m = initialised_by(len, |new_m| {
+                new_v = initialised_by(len, |new_v| {
+                    new_p
+                        .par_chunks_mut(CHUNK)
+                        .zip(new_m.par_chunks_mut(CHUNK))
+                        .zip(new_v.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(chunk, ((np, nm), nv))| {
+                            let start = chunk * CHUNK;
+                            let end = start + np.len();
+                            let (p, g) = (&pv[start..end], &gv[start..end]);
+                            let (m, v) = (mv.map(|m| &m[start..end]), vv.map(|v| &v[start..end]));
+                            adamw_chunk(p, g, m.zip(v), (np, nm, nv), scalars);
+                        });
+                });
+            });
+        })
+    };
     let wrap = |values: Vec<f32>| Tensor::from_primitive::<Flex>(new_tensor(values, &shape));
     Some((wrap(new_p), wrap(new_m), wrap(new_v)))
 }

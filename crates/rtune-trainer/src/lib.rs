@@ -11,6 +11,8 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod isa;
 pub mod kernels;

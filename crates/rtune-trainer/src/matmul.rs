@@ -410,59 +410,6 @@ unsafe fn pack_f32<const W: usize, const ROUND: bool>(
     }
 }
 
-/// Packs `outer x kc` of `src` as bf16 pairs into strips of `strip_len` words: pair `q` (k
-/// values `2q`, `2q + 1`) of strip row `r` goes to `index(r, q)`. Zero-padded.
-///
-/// # Safety
-/// `src` must address a valid `outer x kc` matrix; `dst` must hold `outer.div_ceil(rows) *
-/// strip_len` words, and `index` stay below `strip_len`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn pack_pairs(
-    src: Operand,
-    (outer, rows_per_strip): (usize, usize),
-    kc: usize,
-    kcp: usize,
-    dst: &mut [u32],
-    strip_len: usize,
-    index: impl Fn(usize, usize) -> usize,
-) {
-    let pairs = kc / 2;
-    for (s, strip) in dst.chunks_exact_mut(strip_len).enumerate() {
-        let r0 = s * rows_per_strip;
-        let rows = rows_per_strip.min(outer - r0);
-        if rows < rows_per_strip || kc < kcp {
-            strip.fill(0);
-        }
-        let out = strip.as_mut_ptr();
-        // SAFETY: (r0 + r, p) lies inside src for r < rows, p < kc; index < strip_len.
-        unsafe {
-            let base = src.ptr.offset(r0 as isize * src.row_stride);
-            let at = |r: usize, p: usize| {
-                *base.offset(r as isize * src.row_stride + p as isize * src.col_stride)
-            };
-            if src.col_stride == 1 {
-                for r in 0..rows {
-                    for q in 0..pairs {
-                        *out.add(index(r, q)) = bf16_pair(at(r, 2 * q), at(r, 2 * q + 1));
-                    }
-                }
-            } else {
-                for q in 0..pairs {
-                    for r in 0..rows {
-                        *out.add(index(r, q)) = bf16_pair(at(r, 2 * q), at(r, 2 * q + 1));
-                    }
-                }
-            }
-            if kc % 2 == 1 {
-                for r in 0..rows {
-                    *out.add(index(r, pairs)) = bf16_pair(at(r, kc - 1), 0.0);
-                }
-            }
-        }
-    }
-}
-
 /// Runs the blocked loops of one product with kernel `K`.
 ///
 /// # Safety
@@ -742,7 +689,7 @@ unsafe fn write_tile<const NR: usize>(acc: &[[f32; NR]], out: &TileOut) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Kernel, Operand, Panel, TileOut, pack_f32, pack_pairs};
+    use super::{Kernel, Operand, Panel, TileOut, bf16_pair, pack_f32};
     use std::arch::x86_64::*;
 
     /// The A rows of a tile, rows past `out.rows` repeating the last one (never read past the
@@ -912,7 +859,8 @@ mod x86 {
     }
 
     /// AVX512_BF16 kernel: 8 x 32 tile, `vdpbf16ps` multiplies two k per instruction.
-    /// Packed A: strips of `[k / 2][8]` bf16 pairs; packed B: `[k / 2][32]`.
+    /// Packed A: strips of 8 rows of `kcp / 2` bf16 pairs (`[r][q]`); packed B: strips of
+    /// `[q][32]` pairs.
     pub struct Avx512DotBf16;
 
     impl Kernel for Avx512DotBf16 {
@@ -933,15 +881,15 @@ mod x86 {
             kcp: usize,
             dst: &mut [u32],
         ) -> (Panel<u32>, usize) {
-            let len = 8 * kcp / 2;
-            // SAFETY: forwarded; q * 8 + r < len.
-            unsafe { pack_pairs(a, (rows, 8), kc, kcp, dst, len, |r, q| q * 8 + r) };
+            let pairs = kcp / 2;
+            // SAFETY: forwarded; the caller checked the CPU has AVX512_BF16.
+            unsafe { pack_dot_a(a, rows, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
-                row_stride: 1,
-                col_stride: 8,
+                row_stride: pairs as isize,
+                col_stride: 1,
             };
-            (panel, len)
+            (panel, 8 * pairs)
         }
 
         unsafe fn pack_b(
@@ -951,15 +899,15 @@ mod x86 {
             kcp: usize,
             dst: &mut [u32],
         ) -> (Panel<u32>, usize) {
-            let len = 32 * kcp / 2;
-            // SAFETY: forwarded; q * 32 + c < len.
-            unsafe { pack_pairs(b.t(), (cols, 32), kc, kcp, dst, len, |c, q| q * 32 + c) };
+            let pairs = kcp / 2;
+            // SAFETY: forwarded; the caller checked the CPU has AVX512_BF16.
+            unsafe { pack_dot_b(b.t(), cols, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: 32,
                 col_stride: 1,
             };
-            (panel, len)
+            (panel, 32 * pairs)
         }
 
         unsafe fn tile(kcp: usize, a: Panel<u32>, b: Panel<u32>, out: &TileOut) {
@@ -1040,9 +988,8 @@ mod x86 {
             dst: &mut [u32],
         ) -> (Panel<u32>, usize) {
             let len = 32 * kcp / 2;
-            let index = |r: usize, q: usize| (q / 16) * BLOCK + r * 16 + q % 16;
-            // SAFETY: forwarded; the index stays below len.
-            unsafe { pack_pairs(a, (rows, 32), kc, kcp, dst, len, index) };
+            // SAFETY: forwarded; AMX-BF16 CPUs have AVX512_BF16.
+            unsafe { pack_amx_a(a, rows, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: 0,
@@ -1059,10 +1006,8 @@ mod x86 {
             dst: &mut [u32],
         ) -> (Panel<u32>, usize) {
             let len = 32 * kcp / 2;
-            let index =
-                |c: usize, q: usize| (q / 16) * BLOCK + (c / 16) * 256 + (q % 16) * 16 + c % 16;
-            // SAFETY: forwarded; the index stays below len.
-            unsafe { pack_pairs(b.t(), (cols, 32), kc, kcp, dst, len, index) };
+            // SAFETY: forwarded; AMX-BF16 CPUs have AVX512_BF16.
+            unsafe { pack_amx_b(b.t(), cols, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: 0,
@@ -1097,16 +1042,37 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
     unsafe fn tile_amx(kcp: usize, a: *const u32, b: *const u32, out: &TileOut) {
         const ROW_BYTES: usize = 64;
-        // SAFETY: the tile registers are configured (begin_task); every load reads 16 rows of
-        // 64 bytes inside the packed strips, whose k extent is kcp (a multiple of 32).
+        // A whole tile without scale or bias (most of them) goes between C and the tile
+        // registers directly: loaded into the accumulators when C is added to, stored from
+        // them at the end. Otherwise the result goes through a buffer.
+        let direct = out.rows == 32 && out.cols == 32 && out.alpha == 1.0 && out.bias.is_null();
+        let c_stride = out.row_stride as usize * size_of::<f32>();
+        // SAFETY: the tile registers are configured (begin_task); C loads and stores touch the
+        // 32 x 32 tile `out` addresses; every A and B load reads 16 rows of 64 bytes inside the
+        // packed strips, whose k extent is kcp (a multiple of 32).
         unsafe {
-            std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            if direct && out.load_c {
+                std::arch::asm!(
+                    "tileloadd tmm0, [{c00} + {stride}*1]",
+                    "tileloadd tmm1, [{c01} + {stride}*1]",
+                    "tileloadd tmm2, [{c10} + {stride}*1]",
+                    "tileloadd tmm3, [{c11} + {stride}*1]",
+                    c00 = in(reg) out.c,
+                    c01 = in(reg) out.c.add(16),
+                    c10 = in(reg) out.c.offset(16 * out.row_stride),
+                    c11 = in(reg) out.c.offset(16 * out.row_stride).add(16),
+                    stride = in(reg) c_stride,
+                    options(nostack, readonly)
+                );
+            } else {
+                std::arch::asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
             for block in 0..kcp / 32 {
                 let a = a.add(block * BLOCK);
                 let b = b.add(block * BLOCK);
@@ -1128,10 +1094,21 @@ mod x86 {
                 );
             }
         }
-        // The four 16 x 16 results into one 32 x 32 row-major buffer.
-        let mut tile = Aligned([0f32; 32 * 32]);
-        let base = tile.0.as_mut_ptr();
-        // SAFETY: each store writes 16 rows of 64 bytes, 128 bytes apart, inside the buffer.
+        let (target, stride) = if direct {
+            (out.c, c_stride)
+        } else {
+            (std::ptr::null_mut(), 128)
+        };
+        // The four 16 x 16 results into C, or into one 32 x 32 row-major buffer.
+        let mut buffer = std::mem::MaybeUninit::<Aligned>::uninit();
+        let base = if direct {
+            target
+        } else {
+            buffer.as_mut_ptr().cast::<f32>()
+        };
+        let row = stride / size_of::<f32>();
+        // SAFETY: each store writes 16 rows of 64 bytes, `stride` apart, inside the C tile or
+        // the buffer.
         unsafe {
             std::arch::asm!(
                 "tilestored [{c00} + {stride}*1], tmm0",
@@ -1140,16 +1117,19 @@ mod x86 {
                 "tilestored [{c11} + {stride}*1], tmm3",
                 c00 = in(reg) base,
                 c01 = in(reg) base.add(16),
-                c10 = in(reg) base.add(16 * 32),
-                c11 = in(reg) base.add(16 * 32 + 16),
-                stride = in(reg) 128usize,
+                c10 = in(reg) base.add(16 * row),
+                c11 = in(reg) base.add(16 * row + 16),
+                stride = in(reg) stride,
                 options(nostack)
             );
+        }
+        if direct {
+            return;
         }
         let mut c0 = [_mm512_setzero_ps(); 32];
         let mut c1 = [_mm512_setzero_ps(); 32];
         for i in 0..out.rows {
-            // SAFETY: row i of the buffer.
+            // SAFETY: row i of the buffer, written by the tile stores.
             unsafe {
                 c0[i] = _mm512_load_ps(base.add(i * 32));
                 c1[i] = _mm512_load_ps(base.add(i * 32 + 16));
@@ -1157,6 +1137,313 @@ mod x86 {
         }
         // SAFETY: forwarded.
         unsafe { write_tile_avx512(&c0, &c1, out) }
+    }
+
+    /// [`Avx512DotBf16`]'s A strips: rows of `kcp / 2` pairs, 8 rows per strip.
+    ///
+    /// # Safety
+    /// `a` must address a valid `rows x kc` matrix, `dst` hold the strips; AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    unsafe fn pack_dot_a(a: Operand, rows: usize, kc: usize, kcp: usize, dst: &mut [u32]) {
+        let pairs = kcp / 2;
+        let padded = rows.next_multiple_of(8);
+        let out = dst.as_mut_ptr();
+        // SAFETY: row x < padded of the [x][q] layout lies inside dst.
+        unsafe {
+            pack_pair_blocks(
+                a,
+                rows,
+                kc,
+                kcp,
+                padded,
+                Orientation::ByOuter,
+                |x, qb, row| store(out.add(x * pairs + qb * 16), (pairs - qb * 16).min(16), row),
+            )
+        }
+    }
+
+    /// [`Avx512DotBf16`]'s B strips: `[q][32]` pairs per 32 columns.
+    ///
+    /// # Safety
+    /// `b_t` must address a valid `cols x kc` matrix (B transposed), `dst` hold the strips;
+    /// AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    unsafe fn pack_dot_b(b_t: Operand, cols: usize, kc: usize, kcp: usize, dst: &mut [u32]) {
+        let pairs = kcp / 2;
+        let padded = cols.next_multiple_of(32);
+        let out = dst.as_mut_ptr();
+        // SAFETY: strip x / 32, pair row q, column x % 32 (+ 16 lanes) lies inside dst.
+        unsafe {
+            pack_pair_blocks(
+                b_t,
+                cols,
+                kc,
+                kcp,
+                padded,
+                Orientation::ByPair,
+                |x, q, row| store(out.add((x / 32) * 32 * pairs + q * 32 + x % 32), 16, row),
+            )
+        }
+    }
+
+    /// [`AmxBf16`]'s A strips.
+    ///
+    /// # Safety
+    /// As [`pack_dot_a`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    unsafe fn pack_amx_a(a: Operand, rows: usize, kc: usize, kcp: usize, dst: &mut [u32]) {
+        let len = 32 * kcp / 2;
+        let padded = rows.next_multiple_of(32);
+        let out = dst.as_mut_ptr();
+        // SAFETY: strip x / 32, block qb, row x % 32 lies inside dst.
+        unsafe {
+            pack_pair_blocks(
+                a,
+                rows,
+                kc,
+                kcp,
+                padded,
+                Orientation::ByOuter,
+                |x, qb, row| {
+                    store(
+                        out.add((x / 32) * len + qb * BLOCK + (x % 32) * 16),
+                        16,
+                        row,
+                    )
+                },
+            )
+        }
+    }
+
+    /// [`AmxBf16`]'s B strips.
+    ///
+    /// # Safety
+    /// As [`pack_dot_b`].
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    unsafe fn pack_amx_b(b_t: Operand, cols: usize, kc: usize, kcp: usize, dst: &mut [u32]) {
+        let len = 32 * kcp / 2;
+        let padded = cols.next_multiple_of(32);
+        let out = dst.as_mut_ptr();
+        // SAFETY: strip x / 32, block q / 16, half, pair row q % 16 lies inside dst.
+        unsafe {
+            pack_pair_blocks(
+                b_t,
+                cols,
+                kc,
+                kcp,
+                padded,
+                Orientation::ByPair,
+                |x, q, row| {
+                    let half = (x % 32) / 16;
+                    let at = (x / 32) * len + (q / 16) * BLOCK + half * 256 + (q % 16) * 16;
+                    store(out.add(at), 16, row)
+                },
+            )
+        }
+    }
+
+    /// Stores the first `lanes` (at most 16) 32-bit lanes of `row` at `ptr`.
+    ///
+    /// # Safety
+    /// The lanes written must lie inside the packing buffer.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    #[inline]
+    unsafe fn store(ptr: *mut u32, lanes: usize, row: __m512i) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if lanes >= 16 {
+                _mm512_storeu_si512(ptr.cast(), row);
+            } else {
+                _mm512_mask_storeu_epi32(ptr.cast(), lane_mask(lanes), row);
+            }
+        }
+    }
+
+    /// How [`pack_pair_blocks`] hands over each block of 16 x 16 bf16 pairs.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Orientation {
+        /// One 16-pair row per outer index: `emit(x, q_block, row)`, lanes the pairs
+        /// `16 * q_block ..` of row `x` (A panels: k runs along each row).
+        ByOuter,
+        /// One 16-wide row per pair index: `emit(x0, q, row)`, lanes the outer indices
+        /// `x0 .. x0 + 16` (B panels: the columns run along each row).
+        ByPair,
+    }
+
+    /// The lane mask of the first `count` (at most 16) lanes.
+    #[inline(always)]
+    fn lane_mask(count: usize) -> __mmask16 {
+        ((1u32 << count.min(16)) - 1) as __mmask16
+    }
+
+    /// Packs `outer x kc` of `src` (element `(x, k)`) as bf16 pairs, zero-padded to `padded`
+    /// outer indices and `kcp` k, in blocks of 16 outer indices x 16 pairs (32 k), handing
+    /// each block's rows to `emit` in `orientation`. Vectorised: a block is 32 loads, 16
+    /// conversions (`vcvtne2ps2bf16`, round to nearest even; like the other bf16 instructions
+    /// it treats subnormal inputs as zero) and, when the source runs the other way than the
+    /// rows handed over, one 16 x 16 transpose.
+    ///
+    /// # Safety
+    /// `src` must address a valid `outer x kc` matrix; `emit` must store inside the buffer;
+    /// the CPU must have AVX-512 BW and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    #[inline]
+    unsafe fn pack_pair_blocks(
+        src: Operand,
+        outer: usize,
+        kc: usize,
+        kcp: usize,
+        padded: usize,
+        orientation: Orientation,
+        mut emit: impl FnMut(usize, usize, __m512i),
+    ) {
+        let pairs = kcp / 2;
+        for x0 in (0..padded).step_by(16) {
+            let xs = outer.saturating_sub(x0).min(16);
+            for qb in 0..pairs.div_ceil(16) {
+                let k0 = qb * 32;
+                let ks = kc.saturating_sub(k0).min(32);
+                // SAFETY: the block's valid part, xs x ks at (x0, k0), lies inside src.
+                let (mut rows, by_outer) = unsafe { pair_block(src, (x0, xs), (k0, ks)) };
+                if by_outer != (orientation == Orientation::ByOuter) {
+                    transpose_16x16(&mut rows);
+                }
+                match orientation {
+                    Orientation::ByOuter => {
+                        for (x, row) in rows.iter().enumerate().take(padded - x0) {
+                            emit(x0 + x, qb, *row);
+                        }
+                    }
+                    Orientation::ByPair => {
+                        for (q, row) in rows.iter().enumerate().take(pairs - qb * 16) {
+                            emit(x0, qb * 16 + q, *row);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bf16 pairs of the `xs x ks` block of `src` at `(x0, k0)` (zeros outside it), as 16
+    /// rows, and whether they run by outer index (`true`: row x holds pairs 0..16) or by pair
+    /// (`false`: row q holds outer indices 0..16), whichever the source's layout gives
+    /// without a transpose.
+    ///
+    /// # Safety
+    /// The block's valid part must lie inside `src`.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")]
+    #[inline]
+    unsafe fn pair_block(
+        src: Operand,
+        (x0, xs): (usize, usize),
+        (k0, ks): (usize, usize),
+    ) -> ([__m512i; 16], bool) {
+        let mut rows = [_mm512_setzero_si512(); 16];
+        // SAFETY (all loads): masked to the valid xs x ks part of the block.
+        if src.col_stride == 1 {
+            // k runs along memory: each outer index's 32 k are two loads and one conversion.
+            let (low, high) = (lane_mask(ks), lane_mask(ks.saturating_sub(16)));
+            for (x, row) in rows.iter_mut().enumerate().take(xs) {
+                unsafe {
+                    let at = src
+                        .ptr
+                        .offset((x0 + x) as isize * src.row_stride + k0 as isize);
+                    let lo = _mm512_maskz_loadu_ps(low, at);
+                    let hi = _mm512_maskz_loadu_ps(high, at.add(16));
+                    *row = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                }
+            }
+            (rows, true)
+        } else if src.row_stride == 1 {
+            // The outer index runs along memory: pair q interleaves k rows 2q and 2q + 1.
+            let valid = lane_mask(xs);
+            // Word 2c of the result takes word c (k even), word 2c + 1 word 16 + c (k odd).
+            let interleave = _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            );
+            let load = |k: usize| {
+                if k < ks {
+                    unsafe {
+                        let at = src
+                            .ptr
+                            .offset((k0 + k) as isize * src.col_stride + x0 as isize);
+                        _mm512_maskz_loadu_ps(valid, at)
+                    }
+                } else {
+                    _mm512_setzero_ps()
+                }
+            };
+            for (q, row) in rows.iter_mut().enumerate().take(ks.div_ceil(2)) {
+                let (even, odd) = (load(2 * q), load(2 * q + 1));
+                let words: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even)) };
+                *row = _mm512_permutexvar_epi16(interleave, words);
+            }
+            (rows, false)
+        } else {
+            // Neither direction contiguous (no product of the trainer has this): one value at
+            // a time.
+            for (x, row) in rows.iter_mut().enumerate().take(xs) {
+                let mut words = [0u32; 16];
+                for (q, word) in words.iter_mut().enumerate() {
+                    let value = |k: usize| {
+                        if k < ks {
+                            unsafe {
+                                *src.ptr.offset(
+                                    (x0 + x) as isize * src.row_stride
+                                        + (k0 + k) as isize * src.col_stride,
+                                )
+                            }
+                        } else {
+                            0.0
+                        }
+                    };
+                    *word = bf16_pair(value(2 * q), value(2 * q + 1));
+                }
+                *row = unsafe { _mm512_loadu_si512(words.as_ptr().cast()) };
+            }
+            (rows, true)
+        }
+    }
+
+    /// Transposes a 16 x 16 matrix of 32-bit values held as 16 rows.
+    #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+    #[inline]
+    fn transpose_16x16(rows: &mut [__m512i; 16]) {
+        let r = *rows;
+        // Within 128-bit lanes: 2 x 2 blocks of 32-bit values, then of 64-bit pairs.
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        let mut u = [_mm512_setzero_si512(); 16];
+        for i in 0..4 {
+            u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+            u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+            u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+            u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+        }
+        // u[4b + j] holds columns j, j + 4, j + 8, j + 12 of rows 4b..4b + 4, one per 128-bit
+        // lane. Gather the lanes of the same column: first across row groups (0, 1) and (2,
+        // 3), then across the halves.
+        let mut v = [_mm512_setzero_si512(); 16];
+        for half in 0..2 {
+            for j in 0..4 {
+                let (a, b) = (u[8 * half + j], u[8 * half + 4 + j]);
+                v[8 * half + 2 * j] = _mm512_shuffle_i32x4::<0x88>(a, b);
+                v[8 * half + 2 * j + 1] = _mm512_shuffle_i32x4::<0xdd>(a, b);
+            }
+        }
+        // v[2j] holds columns j and j + 8 (rows 0-3, 4-7 of the half); v[2j + 1] columns
+        // j + 4 and j + 12.
+        for j in 0..4 {
+            for (offset, lane) in [(0, 2 * j), (4, 2 * j + 1)] {
+                let (a, b) = (v[lane], v[8 + lane]);
+                rows[j + offset] = _mm512_shuffle_i32x4::<0x88>(a, b);
+                rows[j + offset + 8] = _mm512_shuffle_i32x4::<0xdd>(a, b);
+            }
+        }
     }
 
     #[repr(C, align(64))]

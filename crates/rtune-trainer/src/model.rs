@@ -256,15 +256,14 @@ impl BatchMask {
             }
             for (h, &slope) in slopes.iter().enumerate() {
                 let slope = slope as f32;
-                for i in 0..seq {
-                    let offset = ((b * n_head + h) * seq + i) * seq;
-                    for j in 0..seq {
-                        bias[offset + j] = if j > i || row[j] == 0 {
-                            MASKED
-                        } else {
-                            slope * positions[j]
-                        };
+                let head = &mut bias[(b * n_head + h) * seq * seq..][..seq * seq];
+                for (i, query) in head.chunks_exact_mut(seq).enumerate() {
+                    // Keys up to the query's position: ALiBi unless padding; later ones masked.
+                    let (visible, future) = query.split_at_mut(i + 1);
+                    for ((value, &m), &position) in visible.iter_mut().zip(row).zip(&positions) {
+                        *value = if m == 0 { MASKED } else { slope * position };
                     }
+                    future.fill(MASKED);
                 }
             }
         }

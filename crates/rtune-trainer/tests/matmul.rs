@@ -56,16 +56,34 @@ impl Stored {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How the product is written: `C = alpha AB (+ C) (+ bias)`.
+#[derive(Debug, Clone, Copy)]
+struct Output {
+    alpha: f32,
+    accumulate: bool,
+    bias: bool,
+}
+
+/// `C = AB`.
+const PLAIN: Output = Output {
+    alpha: 1.0,
+    accumulate: false,
+    bias: false,
+};
+
 fn check(
     isa: Isa,
     (m, n, k): (usize, usize, usize),
     (a_t, b_t): (bool, bool),
     precision: InputPrecision,
-    accumulate: bool,
-    with_bias: bool,
+    output: Output,
     parallel: bool,
 ) {
+    let Output {
+        alpha,
+        accumulate,
+        bias: with_bias,
+    } = output;
     let a = Stored::new(m, k, a_t, 1);
     let b = Stored::new(k, n, b_t, 2);
     assert_eq!((a.rows, a.cols, b.rows, b.cols), (m, k, k, n));
@@ -73,7 +91,6 @@ fn check(
     let dst_stride = n + 5;
     let before = values(m * dst_stride, 4);
     let mut dst = before.clone();
-    let alpha = 0.75f32;
     let spec = Gemm {
         alpha,
         accumulate,
@@ -98,9 +115,8 @@ fn check(
         InputPrecision::F32 => x,
         InputPrecision::Bf16 => round_bf16(x),
     };
-    let what = format!(
-        "{isa} {m}x{n}x{k} a_t={a_t} b_t={b_t} {precision:?} acc={accumulate} bias={with_bias} par={parallel}"
-    );
+    let what =
+        format!("{isa} {m}x{n}x{k} a_t={a_t} b_t={b_t} {precision:?} {output:?} par={parallel}");
     for r in 0..m {
         for c in 0..dst_stride {
             let got = dst[r * dst_stride + c];
@@ -152,11 +168,25 @@ fn every_instruction_set_matches_a_float64_reference() {
         (9, 1030, 20),
         (4, 6, 0),
     ];
+    let scaled = Output {
+        alpha: 0.75,
+        accumulate: true,
+        bias: true,
+    };
+    let accumulated = Output {
+        accumulate: true,
+        ..PLAIN
+    };
+    let biased = Output {
+        bias: true,
+        ..PLAIN
+    };
     for &level in &levels {
         for &shape in &shapes {
             for layout in [(false, false), (true, false), (false, true), (true, true)] {
                 for precision in [InputPrecision::F32, InputPrecision::Bf16] {
-                    check(level, shape, layout, precision, false, false, false);
+                    check(level, shape, layout, precision, PLAIN, false);
+                    check(level, shape, layout, precision, accumulated, false);
                 }
             }
             check(
@@ -164,8 +194,7 @@ fn every_instruction_set_matches_a_float64_reference() {
                 shape,
                 (false, false),
                 InputPrecision::F32,
-                true,
-                true,
+                scaled,
                 true,
             );
             check(
@@ -173,8 +202,7 @@ fn every_instruction_set_matches_a_float64_reference() {
                 shape,
                 (true, true),
                 InputPrecision::Bf16,
-                true,
-                true,
+                scaled,
                 true,
             );
             check(
@@ -182,8 +210,15 @@ fn every_instruction_set_matches_a_float64_reference() {
                 shape,
                 (false, true),
                 InputPrecision::F32,
-                false,
+                biased,
                 true,
+            );
+            check(
+                level,
+                shape,
+                (true, false),
+                InputPrecision::Bf16,
+                biased,
                 true,
             );
         }
