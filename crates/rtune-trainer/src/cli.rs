@@ -29,6 +29,13 @@ pub enum CliError {
     /// Bad usage or config value.
     #[error("{0}")]
     Usage(String),
+    /// A bad `RTUNE_TRAINER_ISA`.
+    #[error(transparent)]
+    Isa(#[from] crate::isa::IsaError),
+    /// `--device cuda` without what it needs.
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaUnavailable),
 }
 
 /// Fine-tune a BLOOM causal LM on SQuAD-format QA data (rtune's built-in trainer).
@@ -88,9 +95,18 @@ pub enum DeviceKind {
 /// The autodiff device for `kind`.
 pub fn training_device(kind: DeviceKind) -> Result<Device, CliError> {
     match kind {
-        DeviceKind::Cpu => Ok(Device::flex().autodiff()),
+        DeviceKind::Cpu => {
+            // Checked here so that a bad RTUNE_TRAINER_ISA stops the run with its message
+            // (the kernels would fall back to the detected level with a warning).
+            let isa = crate::isa::from_env()?;
+            tracing::info!(isa = isa.name(), "CPU kernels");
+            Ok(Device::flex().autodiff())
+        }
         #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Ok(Device::cuda(0).autodiff()),
+        DeviceKind::Cuda => {
+            crate::cuda::preflight()?;
+            Ok(Device::cuda(0).autodiff())
+        }
         #[cfg(not(feature = "cuda"))]
         DeviceKind::Cuda => Err(CliError::Usage(
             "--device cuda needs rtune-train-lm built with `--features cuda`".into(),
@@ -167,7 +183,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Compute precision: f32, or bf16 / f16 over f32 master weights (f16 with dynamic loss
-    /// scaling). On the CPU (burn's flex backend) bf16 and f16 run, but slower than f32.
+    /// scaling). On the CPU, bf16 multiplies bf16 (AMX or AVX512_BF16 where the CPU has them)
+    /// with f32 activations; f16 runs on burn's f16 tensors, slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
@@ -206,7 +223,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Compute precision: f32, or bf16 / f16 over f32 master weights (f16 with dynamic loss
-    /// scaling). On the CPU (burn's flex backend) bf16 and f16 run, but slower than f32.
+    /// scaling). On the CPU, bf16 multiplies bf16 (AMX or AVX512_BF16 where the CPU has them)
+    /// with f32 activations; f16 runs on burn's f16 tensors, slower than f32.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
 }
@@ -241,7 +259,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let result = run_bench(&config, training_device(args.device)?)?;
             println!(
-                "bench: layers={} hidden={} heads={} vocab={} seq={} batch={} params={} AdamW precision={} device={:?} threads={}",
+                "bench: layers={} hidden={} heads={} vocab={} seq={} batch={} params={} AdamW precision={} device={:?} threads={} isa={}",
                 config.layers,
                 config.hidden,
                 config.heads,
@@ -251,7 +269,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 result.parameters,
                 args.precision.name(),
                 args.device,
-                rayon::current_num_threads()
+                rayon::current_num_threads(),
+                match args.device {
+                    DeviceKind::Cpu => crate::isa::selected().name(),
+                    DeviceKind::Cuda => "n/a",
+                }
             );
             for (step, loss) in &result.losses {
                 println!("LOSS step={step} loss={loss:.4}");

@@ -2,15 +2,19 @@
 //!
 //! burn composes layer norm, attention, GELU and cross entropy from many element-wise tensor ops,
 //! each a pass over memory and a node in the autodiff graph whose backward pass runs several
-//! more. Here each of them is one forward pass over raw `f32` slices and one hand-written
-//! backward pass, registered as a single autodiff node (burn's backend-extension path:
-//! [`Tensor::try_into_primitive`] to the `Autodiff<Flex>` primitive, a [`Backward`] impl,
-//! [`Tensor::from_primitive`] back).
+//! more. Here each of them, and the linear layers, is one forward pass over raw `f32` slices and
+//! one hand-written backward pass, registered as a single autodiff node (burn's
+//! backend-extension path: [`Tensor::try_into_primitive`] to the `Autodiff<Flex>` primitive, a
+//! [`Backward`] impl, [`Tensor::from_primitive`] back). The matrix products go through
+//! [`crate::matmul`] (f32, or bf16 inputs with f32 accumulation); the element-wise loops are
+//! compiled for AVX-512, AVX2+FMA and the baseline target, and run the variant
+//! [`crate::isa::selected`] picks.
 //!
 //! Every entry point returns `None` when the tensor is not an `f32` tensor on the flex backend
 //! (a CUDA device, another dtype, a gradient-checkpointing autodiff device); the caller then
 //! falls back to the composed burn ops, so other backends keep working unchanged.
 
+use crate::matmul::{Gemm, InputPrecision, Operand};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -19,6 +23,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 type Ad = Autodiff<Flex>;
 type AdTensor = burn::backend::tensor::FloatTensor<Ad>;
@@ -39,6 +44,12 @@ fn plain_primitive<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     t.clone().try_into_primitive::<Flex>().ok()
 }
 
+/// True when `t` is an f32 tensor on the flex backend (with or without autodiff): the tensors
+/// the kernels here take.
+pub fn is_flex_f32<const D: usize>(t: &Tensor<D>) -> bool {
+    plain_primitive(t).is_some() || autodiff_primitive(t).is_some()
+}
+
 /// The values of a flex f32 tensor of any layout, contiguous.
 fn contiguous(t: FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
@@ -54,6 +65,38 @@ fn values(t: &FlexTensor) -> &[f32] {
         Some(values) => values,
         None => unreachable!("kernel tensors are contiguous f32"),
     }
+}
+
+/// An output value not written yet.
+type Uninit = MaybeUninit<f32>;
+
+/// `len` values that `init` writes, every one of them (skips zero-filling a buffer that is
+/// overwritten anyway).
+///
+/// # Safety
+/// `init` must write all `len` values.
+unsafe fn initialised_by(len: usize, init: impl FnOnce(&mut [Uninit])) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    init(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: init wrote all len values (caller).
+    unsafe { values.set_len(len) };
+    values
+}
+
+/// [`initialised_by`] for a writer that takes a pointer.
+///
+/// # Safety
+/// `init` must write all `len` values.
+unsafe fn written_by(len: usize, init: impl FnOnce(*mut f32)) -> Vec<f32> {
+    // SAFETY: forwarded from the caller.
+    unsafe { initialised_by(len, |out| init(out.as_mut_ptr().cast())) }
+}
+
+/// The values of a contiguous f32 tensor, to change in place, if no other tensor shares them.
+fn values_mut(t: &mut FlexTensor) -> Option<&mut [f32]> {
+    let (start, end) = t.layout().contiguous_offsets()?;
+    t.try_storage_mut::<f32>()
+        .map(|values| &mut values[start..end])
 }
 
 fn new_tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
@@ -92,7 +135,9 @@ fn exp_approx(x: f32) -> f32 {
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-86.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // ROUND + n for the integer n nearest x / ln 2; its bits are ROUND's plus n.
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -101,29 +146,43 @@ fn exp_approx(x: f32) -> f32 {
     p = p * r + 1.666_666_6e-1;
     p = p * r + 5e-1;
     let p = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of ROUND + n (n + 127 is the biased exponent, in 1..=254 after the
+    // clamp): integer arithmetic that vectorises, where a float-to-int `as` conversion (with
+    // its saturation rules) made the compiler fall back to scalar code.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23);
     if tiny { 0.0 } else { p * scale }
 }
 
-/// Runs `body` compiled for AVX2+FMA when the CPU has them (the default x86-64 target only
-/// allows SSE2), otherwise as compiled for the default target.
+/// Runs `body` compiled for AVX-512 or for AVX2+FMA when [`crate::isa::selected`] allows them
+/// (the default x86-64 target only allows SSE2), otherwise as compiled for the default target.
 macro_rules! multiversion {
-    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        fn $name($($arg: $ty),*) {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn inner($($arg: $ty),*) $body
+            #[allow(clippy::too_many_arguments)]
+            fn inner($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     inner($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports the features `fast` is compiled for.
-                    unsafe { fast($($arg),*) };
-                    return;
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    inner($($arg),*)
+                }
+                let isa = crate::isa::selected();
+                if isa.has_avx512() {
+                    // SAFETY: the selected level is one the CPU supports.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if isa >= crate::isa::Isa::Avx2 {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             inner($($arg),*)
@@ -131,51 +190,117 @@ macro_rules! multiversion {
     };
 }
 
+/// Independent partial sums in the reductions below. One running sum forces one addition after
+/// the other (the compiler may not reorder floating-point additions); 16 lanes fill an AVX-512
+/// register (two AVX2 ones), so the loops vectorise.
+const LANES: usize = 16;
+
+/// `sum(f(x))` over `xs`, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_by(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a += f(x);
+        }
+    }
+    rest.iter().map(|&x| f(x)).sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+/// `sum(f(a, b))` over `a` and `b` side by side, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_zip_by(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[..len], &b[..len]);
+    let mut acc = [0f32; LANES];
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let rest = chunks_a
+        .remainder()
+        .iter()
+        .zip(chunks_b.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum::<f32>();
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for ((s, &x), &y) in acc.iter_mut().zip(ca).zip(cb) {
+            *s += f(x, y);
+        }
+    }
+    rest + acc.iter().sum::<f32>()
+}
+
+/// The largest value of `xs` (NaN ignored; -inf for none), in [`LANES`] partial maxima.
+#[inline(always)]
+fn max_of(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = if x > *a { x } else { *a };
+        }
+    }
+    rest.iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
 // ---------------------------------------------------------------------------------------------
 // GELU
 
-/// BLOOM's tanh-approximation GELU `x * sigmoid(2 * 0.79788456 * x * (1 + 0.044715 x^2))`,
-/// writing the value and, if `derivative` is not empty, its derivative.
-fn gelu_chunk(x: &[f32], out: &mut [f32], derivative: &mut [f32]) {
-    gelu_chunk_impl(x, out, derivative)
-}
-
 multiversion! {
-    fn gelu_chunk_impl(x: &[f32], out: &mut [f32], derivative: &mut [f32]) {
+    /// BLOOM's tanh-approximation GELU `x * sigmoid(2 * 0.79788456 * x * (1 + 0.044715 x^2))`,
+    /// writing the value and, if `derivative` is not empty, its derivative.
+    fn gelu_chunk(x: &[f32], out: &mut [Uninit], derivative: &mut [Uninit]) {
         const B: f32 = 2.0 * 0.797_884_6;
         const A: f32 = B * 0.044_715;
         if derivative.is_empty() {
             for (o, &v) in out.iter_mut().zip(x) {
                 let z = (A * v * v + B) * v;
                 let s = 1.0 / (1.0 + exp_approx(-z));
-                *o = v * s;
+                o.write(v * s);
             }
         } else {
             for ((o, d), &v) in out.iter_mut().zip(derivative.iter_mut()).zip(x) {
                 let square = v * v;
                 let z = (A * square + B) * v;
                 let s = 1.0 / (1.0 + exp_approx(-z));
-                *o = v * s;
-                *d = s + v * s * (1.0 - s) * (3.0 * A * square + B);
+                o.write(v * s);
+                d.write(s + v * s * (1.0 - s) * (3.0 * A * square + B));
             }
         }
     }
 }
 
 fn gelu_values(x: &[f32], with_derivative: bool) -> (Vec<f32>, Vec<f32>) {
-    let mut out = vec![0f32; x.len()];
-    let mut derivative = vec![0f32; if with_derivative { x.len() } else { 0 }];
-    if with_derivative {
-        out.par_chunks_mut(CHUNK)
-            .zip(derivative.par_chunks_mut(CHUNK))
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|((o, d), x)| gelu_chunk(x, o, d));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_chunk(x, o, &mut []));
-    }
+    let mut derivative = Vec::new();
+    // SAFETY: the chunks of `out` (and of `derivative`) cover it, and gelu_chunk writes every
+    // value of its chunks.
+    let out = unsafe {
+        initialised_by(x.len(), |out| {
+            if with_derivative {
+                derivative = initialised_by(x.len(), |derivative| {
+                    out.par_chunks_mut(CHUNK)
+                        .zip(derivative.par_chunks_mut(CHUNK))
+                        .zip(x.par_chunks(CHUNK))
+                        .for_each(|((o, d), x)| gelu_chunk(x, o, d));
+                });
+            } else {
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK))
+                    .for_each(|(o, x)| gelu_chunk(x, o, &mut []));
+            }
+        })
+    };
     (out, derivative)
+}
+
+multiversion! {
+    /// `values[i] *= factors[i]`.
+    fn mul_in_place(values: &mut [f32], factors: &[f32]) {
+        values.iter_mut().zip(factors).for_each(|(v, f)| *v *= f);
+    }
 }
 
 #[derive(Debug)]
@@ -187,14 +312,26 @@ impl Backward<Flex, 1> for GeluBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [parent] = ops.parents;
-        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let mut grad = contiguous(grads.consume::<Flex>(&ops.node));
         if let Some(parent) = parent {
-            let shape = grad.layout().shape().to_vec();
-            let mut out = values(&grad).to_vec();
-            out.par_chunks_mut(CHUNK)
-                .zip(values(&ops.state).par_chunks(CHUNK))
-                .for_each(|(g, d)| g.iter_mut().zip(d).for_each(|(g, d)| *g *= d));
-            grads.register::<Flex>(parent.id, new_tensor(out, &shape));
+            let multiply = |g: &mut [f32]| {
+                g.par_chunks_mut(CHUNK)
+                    .zip(values(&ops.state).par_chunks(CHUNK))
+                    .for_each(|(g, d)| mul_in_place(g, d))
+            };
+            // The incoming gradient's buffer is reused when nothing else holds it.
+            let grad = match values_mut(&mut grad) {
+                Some(g) => {
+                    multiply(g);
+                    grad
+                }
+                None => {
+                    let mut out = values(&grad).to_vec();
+                    multiply(&mut out);
+                    new_tensor(out, grad.layout().shape())
+                }
+            };
+            grads.register::<Flex>(parent.id, grad);
         }
     }
 }
@@ -231,31 +368,68 @@ pub fn gelu<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
 // ---------------------------------------------------------------------------------------------
 // Layer norm
 
-/// Normalises each row of `x` (`width` values): writes `xhat` and the row's `1/std` and, if
-/// `out` is not empty, `xhat * weight + bias`.
-#[allow(clippy::too_many_arguments)]
-fn layer_norm_rows(
-    x: &[f32],
-    width: usize,
-    weight: &[f32],
-    bias: &[f32],
-    epsilon: f32,
-    xhat: &mut [f32],
-    rstd: &mut [f32],
-    out: &mut [f32],
-) {
-    for (row, (xr, hr)) in x.chunks(width).zip(xhat.chunks_mut(width)).enumerate() {
-        let mean = xr.iter().sum::<f32>() / width as f32;
-        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-        let r = 1.0 / (var + epsilon).sqrt();
-        rstd[row] = r;
-        for (h, &v) in hr.iter_mut().zip(xr) {
-            *h = (v - mean) * r;
+multiversion! {
+    /// Normalises each row of `x` (`width` values): writes `xhat`, the row's `1/std` and
+    /// `xhat * weight + bias`.
+    fn layer_norm_rows(
+        x: &[f32],
+        width: usize,
+        weight: &[f32],
+        bias: &[f32],
+        epsilon: f32,
+        xhat: &mut [Uninit],
+        rstd: &mut [f32],
+        out: &mut [Uninit],
+    ) {
+        let rows = x.chunks(width).zip(xhat.chunks_mut(width)).zip(out.chunks_mut(width));
+        for (((xr, hr), or), r) in rows.zip(rstd.iter_mut()) {
+            let mean = sum_by(xr, |v| v) / width as f32;
+            let var = sum_by(xr, |v| (v - mean) * (v - mean)) / width as f32;
+            *r = 1.0 / (var + epsilon).sqrt();
+            let outputs = hr.iter_mut().zip(or.iter_mut());
+            for (((h, o), &v), (&w, &b)) in outputs.zip(xr).zip(weight.iter().zip(bias)) {
+                let normalised = (v - mean) * *r;
+                h.write(normalised);
+                o.write(normalised * w + b);
+            }
         }
-        if !out.is_empty() {
-            let or = &mut out[row * width..(row + 1) * width];
-            for (((o, &h), &w), &b) in or.iter_mut().zip(hr.iter()).zip(weight).zip(bias) {
-                *o = h * w + b;
+    }
+}
+
+multiversion! {
+    /// Layer norm's backward pass over a block of rows: `dx` rows, and the block's partial sums
+    /// of `g * xhat` and `g` (added into `dw`, `db`) for the weight and the bias.
+    fn layer_norm_backward_rows(
+        dx: &mut [Uninit],
+        g: &[f32],
+        xhat: &[f32],
+        rstd: &[f32],
+        weight: &[f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+    ) {
+        let width = weight.len();
+        for (gr, hr) in g.chunks(width).zip(xhat.chunks(width)) {
+            for (((dw, db), &gv), &hv) in dw.iter_mut().zip(db.iter_mut()).zip(gr).zip(hr) {
+                *dw += gv * hv;
+                *db += gv;
+            }
+        }
+        let mut gw = vec![0f32; width];
+        for (row, ((out, gr), hr)) in dx
+            .chunks_mut(width)
+            .zip(g.chunks(width))
+            .zip(xhat.chunks(width))
+            .enumerate()
+        {
+            for ((p, &gv), &w) in gw.iter_mut().zip(gr).zip(weight) {
+                *p = gv * w;
+            }
+            let mean_gw = sum_by(&gw, |v| v) / width as f32;
+            let mean_gwh = sum_zip_by(&gw, hr, |a, b| a * b) / width as f32;
+            let r = rstd[row];
+            for ((o, &p), &hv) in out.iter_mut().zip(&gw).zip(hr) {
+                o.write(r * (p - mean_gw - hv * mean_gwh));
             }
         }
     }
@@ -275,15 +449,24 @@ fn layer_norm_forward(
     epsilon: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rows = x.len() / width;
-    let mut xhat = vec![0f32; x.len()];
     let mut rstd = vec![0f32; rows];
-    let mut out = vec![0f32; x.len()];
+    let mut out = Vec::new();
     let per = rows_per_task(rows);
-    xhat.par_chunks_mut(per * width)
-        .zip(rstd.par_chunks_mut(per))
-        .zip(out.par_chunks_mut(per * width))
-        .zip(x.par_chunks(per * width))
-        .for_each(|(((h, r), o), x)| layer_norm_rows(x, width, weight, bias, epsilon, h, r, o));
+    // SAFETY: the chunks cover xhat and out, and layer_norm_rows writes every value of its
+    // rows.
+    let xhat = unsafe {
+        initialised_by(x.len(), |xhat| {
+            out = initialised_by(x.len(), |out| {
+                xhat.par_chunks_mut(per * width)
+                    .zip(rstd.par_chunks_mut(per))
+                    .zip(out.par_chunks_mut(per * width))
+                    .zip(x.par_chunks(per * width))
+                    .for_each(|(((h, r), o), x)| {
+                        layer_norm_rows(x, width, weight, bias, epsilon, h, r, o)
+                    });
+            });
+        })
+    };
     (xhat, rstd, out)
 }
 
@@ -312,43 +495,24 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let rows = g.len() / width;
         let per = rows_per_task(rows);
         // Per task: dx rows, and partial sums of g * xhat and g for the weight and bias.
-        let mut dx = vec![0f32; g.len()];
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(per * width)
-            .zip(g.par_chunks(per * width))
-            .zip(xhat.par_chunks(per * width))
-            .zip(rstd.par_chunks(per))
-            .map(|(((dx, g), xhat), rstd)| {
-                let mut dw = vec![0f32; width];
-                let mut db = vec![0f32; width];
-                for (gr, hr) in g.chunks(width).zip(xhat.chunks(width)) {
-                    for (((dw, db), &gv), &hv) in dw.iter_mut().zip(db.iter_mut()).zip(gr).zip(hr) {
-                        *dw += gv * hv;
-                        *db += gv;
-                    }
-                }
-                for (row, ((out, gr), hr)) in dx
-                    .chunks_mut(width)
-                    .zip(g.chunks(width))
-                    .zip(xhat.chunks(width))
-                    .enumerate()
-                {
-                    let mut mean_gw = 0f32;
-                    let mut mean_gwh = 0f32;
-                    for ((&gv, &w), &hv) in gr.iter().zip(weight).zip(hr) {
-                        mean_gw += gv * w;
-                        mean_gwh += gv * w * hv;
-                    }
-                    mean_gw /= width as f32;
-                    mean_gwh /= width as f32;
-                    let r = rstd[row];
-                    for (((o, &gv), &w), &hv) in out.iter_mut().zip(gr).zip(weight).zip(hr) {
-                        *o = r * (gv * w - mean_gw - hv * mean_gwh);
-                    }
-                }
-                (dw, db)
+        let mut partials: Vec<(Vec<f32>, Vec<f32>)> = Vec::new();
+        // SAFETY: the chunks cover dx and layer_norm_backward_rows writes all of each.
+        let dx = unsafe {
+            initialised_by(g.len(), |dx| {
+                partials = dx
+                    .par_chunks_mut(per * width)
+                    .zip(g.par_chunks(per * width))
+                    .zip(xhat.par_chunks(per * width))
+                    .zip(rstd.par_chunks(per))
+                    .map(|(((dx, g), xhat), rstd)| {
+                        let mut dw = vec![0f32; width];
+                        let mut db = vec![0f32; width];
+                        layer_norm_backward_rows(dx, g, xhat, rstd, weight, &mut dw, &mut db);
+                        (dw, db)
+                    })
+                    .collect();
             })
-            .collect();
+        };
         let mut dw = vec![0f32; width];
         let mut db = vec![0f32; width];
         for (pw, pb) in &partials {
@@ -435,46 +599,28 @@ pub fn layer_norm<const D: usize>(
 // ---------------------------------------------------------------------------------------------
 // Attention
 
-/// `dst = beta * lhs * rhs` (`m x k` times `k x n`) for strided f32 matrices, one thread.
+/// `dst = scale * lhs * rhs` (`m x k` times `k x n`), destination rows `dst_row_stride` apart,
+/// on one thread (attention runs one task per batch element and head).
 ///
 /// # Safety
-/// The pointers and strides must address valid `m x k`, `k x n` and `m x n` matrices, the
-/// destination not overlapping the operands.
+/// As [`crate::matmul::gemm`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
+    precision: InputPrecision,
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
-    (dst_rs, dst_cs): (isize, isize),
-    lhs: *const f32,
-    (lhs_rs, lhs_cs): (isize, isize),
-    rhs: *const f32,
-    (rhs_rs, rhs_cs): (isize, isize),
-    beta: f32,
+    dst_row_stride: usize,
+    lhs: Operand,
+    rhs: Operand,
+    scale: f32,
 ) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            dst_cs,
-            dst_rs,
-            false,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    let spec = Gemm {
+        alpha: scale,
+        precision,
+        ..Gemm::new(m, n, k)
+    };
+    // SAFETY: forwarded from the caller; the selected level is one the CPU supports.
+    unsafe { crate::matmul::gemm(crate::isa::selected(), &spec, dst, dst_row_stride, lhs, rhs) }
 }
 
 /// Shapes of one attention call: `qkv` is `[batch, seq, heads, 3, head_dim]`, the bias
@@ -494,6 +640,11 @@ impl AttentionShape {
     fn scale(&self) -> f32 {
         1.0 / (self.head_dim as f32).sqrt()
     }
+    /// Offset in `qkv` of head `h`'s queries in batch element `b` (keys and values follow,
+    /// `head_dim` apart); rows are `3 * hidden` apart.
+    fn qkv_base(&self, b: usize, h: usize) -> usize {
+        b * self.seq * 3 * self.hidden() + h * 3 * self.head_dim
+    }
 }
 
 /// Row-wise `softmax(row + bias)` in place.
@@ -504,17 +655,14 @@ fn softmax_rows(scores: &mut [f32], bias: &[f32], seq: usize) {
 multiversion! {
     fn softmax_rows_impl(scores: &mut [f32], bias: &[f32], seq: usize) {
         for (row, bias) in scores.chunks_mut(seq).zip(bias.chunks(seq)) {
-            let mut max = f32::NEG_INFINITY;
             for (s, &b) in row.iter_mut().zip(bias) {
                 *s += b;
-                max = max.max(*s);
             }
-            let mut sum = 0f32;
+            let max = max_of(row);
             for s in row.iter_mut() {
                 *s = exp_approx(*s - max);
-                sum += *s;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum_by(row, |x| x);
             for s in row.iter_mut() {
                 *s *= inv;
             }
@@ -522,9 +670,26 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// Softmax's backward pass per row: `dS = P * (dP - rowsum(dP * P))`, in place in `d_s`.
+    fn softmax_backward_rows(d_s: &mut [f32], p: &[f32], seq: usize) {
+        for (ds, pr) in d_s.chunks_mut(seq).zip(p.chunks(seq)) {
+            let dot = sum_zip_by(ds, pr, |a, b| a * b);
+            for (x, &pv) in ds.iter_mut().zip(pr) {
+                *x = pv * (*x - dot);
+            }
+        }
+    }
+}
+
 /// Forward pass: the context `[batch, seq, hidden]` and the probabilities
 /// `[batch, heads, seq, seq]`.
-fn attention_forward(qkv: &[f32], bias: &[f32], shape: AttentionShape) -> (Vec<f32>, Vec<f32>) {
+fn attention_forward(
+    qkv: &[f32],
+    bias: &[f32],
+    shape: AttentionShape,
+    precision: InputPrecision,
+) -> (Vec<f32>, Vec<f32>) {
     let AttentionShape {
         batch,
         seq,
@@ -532,50 +697,58 @@ fn attention_forward(qkv: &[f32], bias: &[f32], shape: AttentionShape) -> (Vec<f
         head_dim,
     } = shape;
     let hidden = shape.hidden();
-    let row = 3 * hidden as isize;
-    let mut context = vec![0f32; batch * seq * hidden];
-    let mut probs = vec![0f32; batch * heads * seq * seq];
+    let row = 3 * hidden;
+    // Every task writes its head's probabilities and its head's columns of the context, so
+    // together they write both completely (set_len below).
+    let mut context = Vec::with_capacity(batch * seq * hidden);
+    let mut probs = Vec::with_capacity(batch * heads * seq * seq);
     let context_ptr = SharedMut(context.as_mut_ptr());
-    probs
-        .par_chunks_mut(seq * seq)
+    let probs_ptr = SharedMut(probs.as_mut_ptr());
+    (0..batch * heads)
+        .into_par_iter()
         .zip(bias.par_chunks(seq * seq))
-        .enumerate()
-        .for_each(|(task, (p, bias))| {
+        .for_each(|(task, bias)| {
             let (b, h) = (task / heads, task % heads);
-            let base = b * seq * 3 * hidden + h * 3 * head_dim;
-            let q = qkv[base..].as_ptr();
-            let k = qkv[base + head_dim..].as_ptr();
-            let v = qkv[base + 2 * head_dim..].as_ptr();
+            // SAFETY: task's seq x seq block of probs, written only by this task.
+            let p_ptr = unsafe { probs_ptr.get().add(task * seq * seq) };
+            let base = shape.qkv_base(b, h);
+            let q = Operand::rows(qkv[base..].as_ptr(), row);
+            let k = Operand::rows(qkv[base + head_dim..].as_ptr(), row);
+            let v = Operand::rows(qkv[base + 2 * head_dim..].as_ptr(), row);
             // SAFETY: q, k, v address `seq` rows of `head_dim` values `row` apart inside qkv;
-            // p is this task's `seq x seq` block.
-            unsafe {
+            // the product writes all of p's block, after which it is a valid slice.
+            let p = unsafe {
                 matmul(
+                    precision,
                     (seq, seq, head_dim),
-                    p.as_mut_ptr(),
-                    (seq as isize, 1),
+                    p_ptr,
+                    seq,
                     q,
-                    (row, 1),
-                    k,
-                    (1, row),
+                    k.t(),
                     shape.scale(),
-                )
+                );
+                std::slice::from_raw_parts_mut(p_ptr, seq * seq)
             };
             softmax_rows(p, bias, seq);
             // SAFETY: this task's head occupies columns h*head_dim.. of every row of its
             // batch element in the context; no other task writes them.
             unsafe {
                 matmul(
+                    precision,
                     (seq, head_dim, seq),
                     context_ptr.get().add(b * seq * hidden + h * head_dim),
-                    (hidden as isize, 1),
-                    p.as_ptr(),
-                    (seq as isize, 1),
+                    hidden,
+                    Operand::rows(p.as_ptr(), seq),
                     v,
-                    (row, 1),
                     1.0,
                 )
             };
         });
+    // SAFETY: the tasks wrote every value of both (above).
+    unsafe {
+        context.set_len(batch * seq * hidden);
+        probs.set_len(batch * heads * seq * seq);
+    }
     (context, probs)
 }
 
@@ -584,6 +757,7 @@ struct AttentionState {
     qkv: FlexTensor,
     probs: FlexTensor,
     shape: AttentionShape,
+    precision: InputPrecision,
 }
 
 #[derive(Debug)]
@@ -596,7 +770,12 @@ impl Backward<Flex, 1> for AttentionBackward {
         let [parent] = ops.parents;
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let Some(parent) = parent else { return };
-        let shape = ops.state.shape;
+        let AttentionState {
+            ref qkv,
+            ref probs,
+            shape,
+            precision,
+        } = ops.state;
         let AttentionShape {
             batch,
             seq,
@@ -604,80 +783,69 @@ impl Backward<Flex, 1> for AttentionBackward {
             head_dim,
         } = shape;
         let hidden = shape.hidden();
-        let row = 3 * hidden as isize;
-        let qkv = values(&ops.state.qkv);
-        let probs = values(&ops.state.probs);
+        let row = 3 * hidden;
+        let qkv = values(qkv);
+        let probs = values(probs);
         let d_out = values(&grad);
-        let mut d_qkv = vec![0f32; qkv.len()];
+        // Each task writes its head's q, k and v columns of every row of its batch element, so
+        // together they write all of d_qkv (set_len below).
+        let mut d_qkv = Vec::with_capacity(qkv.len());
         let d_ptr = SharedMut(d_qkv.as_mut_ptr());
         probs
             .par_chunks(seq * seq)
             .enumerate()
             .for_each(|(task, p)| {
                 let (b, h) = (task / heads, task % heads);
-                let base = b * seq * 3 * hidden + h * 3 * head_dim;
-                let q = qkv[base..].as_ptr();
-                let k = qkv[base + head_dim..].as_ptr();
-                let v = qkv[base + 2 * head_dim..].as_ptr();
-                let d_o = d_out[b * seq * hidden + h * head_dim..].as_ptr();
-                let mut d_s = vec![0f32; seq * seq];
+                let base = shape.qkv_base(b, h);
+                let q = Operand::rows(qkv[base..].as_ptr(), row);
+                let k = Operand::rows(qkv[base + head_dim..].as_ptr(), row);
+                let v = Operand::rows(qkv[base + 2 * head_dim..].as_ptr(), row);
+                let d_o = Operand::rows(d_out[b * seq * hidden + h * head_dim..].as_ptr(), hidden);
+                let p_op = Operand::rows(p.as_ptr(), seq);
                 // SAFETY: as in the forward pass; this task writes only its head's q, k and v
                 // columns of d_qkv.
                 unsafe {
                     let d_base = d_ptr.get().add(base);
                     // dV = P^T dO
                     matmul(
+                        precision,
                         (seq, head_dim, seq),
                         d_base.add(2 * head_dim),
-                        (row, 1),
-                        p.as_ptr(),
-                        (1, seq as isize),
+                        row,
+                        p_op.t(),
                         d_o,
-                        (hidden as isize, 1),
                         1.0,
                     );
-                    // dP = dO V^T
-                    matmul(
-                        (seq, seq, head_dim),
-                        d_s.as_mut_ptr(),
-                        (seq as isize, 1),
-                        d_o,
-                        (hidden as isize, 1),
-                        v,
-                        (1, row),
-                        1.0,
-                    );
-                    // dS = P * (dP - rowsum(dP * P))
-                    for (ds, pr) in d_s.chunks_mut(seq).zip(p.chunks(seq)) {
-                        let dot: f32 = ds.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (x, &pv) in ds.iter_mut().zip(pr) {
-                            *x = pv * (*x - dot);
-                        }
-                    }
+                    // dP = dO V^T (writes all of d_s)
+                    let mut d_s = written_by(seq * seq, |d_s| {
+                        matmul(precision, (seq, seq, head_dim), d_s, seq, d_o, v.t(), 1.0)
+                    });
+                    softmax_backward_rows(&mut d_s, p, seq);
+                    let d_s_op = Operand::rows(d_s.as_ptr(), seq);
                     // dQ = scale dS K
                     matmul(
+                        precision,
                         (seq, head_dim, seq),
                         d_base,
-                        (row, 1),
-                        d_s.as_ptr(),
-                        (seq as isize, 1),
+                        row,
+                        d_s_op,
                         k,
-                        (row, 1),
                         shape.scale(),
                     );
                     // dK = scale dS^T Q
                     matmul(
+                        precision,
                         (seq, head_dim, seq),
                         d_base.add(head_dim),
-                        (row, 1),
-                        d_s.as_ptr(),
-                        (1, seq as isize),
+                        row,
+                        d_s_op.t(),
                         q,
-                        (row, 1),
                         shape.scale(),
                     );
                 }
             });
+        // SAFETY: the tasks wrote every value (above).
+        unsafe { d_qkv.set_len(qkv.len()) };
         grads.register::<Flex>(parent.id, new_tensor(d_qkv, &[batch, seq, 3 * hidden]));
     }
 }
@@ -685,8 +853,13 @@ impl Backward<Flex, 1> for AttentionBackward {
 /// BLOOM self-attention from the fused projection `qkv` (`[batch, seq, 3 * hidden]`, viewed as
 /// `(heads, 3, head_dim)` per position) and the additive `bias` (`[batch, heads, seq, seq]`,
 /// no gradient): `softmax(q k^T / sqrt(head_dim) + bias) v` with heads merged back, as one
-/// fused op. `None` off the flex backend.
-pub fn attention(qkv: &Tensor<3>, bias: &Tensor<4>, heads: usize) -> Option<Tensor<3>> {
+/// fused op, its matrix products in `precision`. `None` off the flex backend.
+pub fn attention(
+    qkv: &Tensor<3>,
+    bias: &Tensor<4>,
+    heads: usize,
+    precision: InputPrecision,
+) -> Option<Tensor<3>> {
     let [batch, seq, width] = qkv.dims();
     let bias_values = if bias.is_autodiff() {
         autodiff_primitive(bias)?.into_primitive()
@@ -706,14 +879,16 @@ pub fn attention(qkv: &Tensor<3>, bias: &Tensor<4>, heads: usize) -> Option<Tens
     let out_shape = [batch, seq, shape.hidden()];
     if let Some(plain) = plain_primitive(qkv) {
         let plain = contiguous(plain);
-        let (context, _) = attention_forward(values(&plain), values(&bias_values), shape);
+        let (context, _) =
+            attention_forward(values(&plain), values(&bias_values), shape, precision);
         return Some(Tensor::from_primitive::<Flex>(new_tensor(
             context, &out_shape,
         )));
     }
     let qkv = autodiff_primitive(qkv)?;
     let input = contiguous(qkv.primitive().clone());
-    let (context, probs) = attention_forward(values(&input), values(&bias_values), shape);
+    let (context, probs) =
+        attention_forward(values(&input), values(&bias_values), shape, precision);
     let output = match AttentionBackward
         .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([qkv.node()])
         .compute_bound()
@@ -724,6 +899,7 @@ pub fn attention(qkv: &Tensor<3>, bias: &Tensor<4>, heads: usize) -> Option<Tens
                 qkv: input,
                 probs: new_tensor(probs, &[batch, heads, seq, seq]),
                 shape,
+                precision,
             },
             new_tensor(context, &out_shape),
         ),
@@ -733,32 +909,310 @@ pub fn attention(qkv: &Tensor<3>, bias: &Tensor<4>, heads: usize) -> Option<Tens
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cross entropy
+// Linear layers
 
-/// Softmax of each row of `logits` in place; returns the summed `-log p[target]` of the rows.
-fn softmax_nll_rows(logits: &mut [f32], targets: &[i64], width: usize) -> f64 {
-    let mut total = 0f64;
-    for (row, &target) in logits.chunks_mut(width).zip(targets) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let picked = row[target as usize];
-        let mut sum = 0f32;
-        exp_shifted(row, max);
-        for &v in row.iter() {
-            sum += v;
-        }
-        total += f64::from(sum.ln() + max - picked);
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
+/// How a linear layer's weight is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[in, out]`: `y = x W` (burn's `linear`; the model's dense layers).
+    InOut,
+    /// `[out, in]`: `y = x W^T` (PyTorch's; the word embeddings as the tied lm_head).
+    OutIn,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LinearShape {
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+    layout: WeightLayout,
+    precision: InputPrecision,
+}
+
+impl LinearShape {
+    /// The weight as the `inputs x outputs` right-hand operand.
+    fn weight(&self, w: &[f32]) -> Operand {
+        match self.layout {
+            WeightLayout::InOut => Operand::rows(w.as_ptr(), self.outputs),
+            WeightLayout::OutIn => Operand::rows(w.as_ptr(), self.inputs).t(),
         }
     }
-    total
+
+    /// A new `m x n` matrix `lhs rhs (+ bias)`, computed over rayon's threads.
+    ///
+    /// # Safety
+    /// As [`crate::matmul::gemm`].
+    unsafe fn product(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        lhs: Operand,
+        rhs: Operand,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let spec = Gemm {
+            bias,
+            precision: self.precision,
+            parallel: true,
+            ..Gemm::new(m, n, k)
+        };
+        let isa = crate::isa::selected();
+        // SAFETY: forwarded from the caller; gemm writes all m x n values of its destination;
+        // the selected level is one the CPU supports.
+        unsafe {
+            written_by(m * n, |dst| {
+                crate::matmul::gemm(isa, &spec, dst, n, lhs, rhs)
+            })
+        }
+    }
+}
+
+fn linear_forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, shape: LinearShape) -> Vec<f32> {
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+        ..
+    } = shape;
+    // SAFETY: x is rows x inputs, the weight inputs x outputs (checked by `linear`).
+    unsafe {
+        shape.product(
+            (rows, outputs, inputs),
+            Operand::rows(x.as_ptr(), inputs),
+            shape.weight(w),
+            bias,
+        )
+    }
 }
 
 multiversion! {
-    fn exp_shifted(row: &mut [f32], max: f32) {
-        for v in row.iter_mut() {
-            *v = exp_approx(*v - max);
+    /// `sums[j] += rows[r][j]` over the rows of `rows` (`sums.len()` columns).
+    fn add_rows(sums: &mut [f32], rows: &[f32]) {
+        for row in rows.chunks_exact(sums.len()) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+    }
+}
+
+/// Column sums of a row-major matrix with `width` columns.
+fn column_sums(values: &[f32], width: usize) -> Vec<f32> {
+    let rows = values.len() / width;
+    let per = rows_per_task(rows);
+    values
+        .par_chunks(per * width)
+        .map(|chunk| {
+            let mut sums = vec![0f32; width];
+            add_rows(&mut sums, chunk);
+            sums
+        })
+        .reduce(
+            || vec![0f32; width],
+            |mut a, b| {
+                add_rows(&mut a, &b);
+                a
+            },
+        )
+}
+
+#[derive(Debug, Clone)]
+struct LinearState {
+    input: FlexTensor,
+    weight: FlexTensor,
+    shape: LinearShape,
+}
+
+/// The gradients of a linear layer that are asked for: input, weight, bias.
+fn linear_backward(
+    state: &LinearState,
+    d_out: &[f32],
+    [want_input, want_weight, want_bias]: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let shape = state.shape;
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+        layout,
+        ..
+    } = shape;
+    let x = Operand::rows(values(&state.input).as_ptr(), inputs);
+    let w = values(&state.weight);
+    let dy = Operand::rows(d_out.as_ptr(), outputs);
+    // SAFETY (all three products): the operands are the saved rows x inputs input, the saved
+    // weight and the rows x outputs output gradient.
+    // dX = dY W^T
+    let d_input = want_input
+        .then(|| unsafe { shape.product((rows, inputs, outputs), dy, shape.weight(w).t(), None) });
+    let d_weight = want_weight.then(|| match layout {
+        // dW = X^T dY, [in, out]
+        WeightLayout::InOut => unsafe { shape.product((inputs, outputs, rows), x.t(), dy, None) },
+        // dW = dY^T X, [out, in]
+        WeightLayout::OutIn => unsafe { shape.product((outputs, inputs, rows), dy.t(), x, None) },
+    });
+    let d_bias = want_bias.then(|| column_sums(d_out, outputs));
+    [d_input, d_weight, d_bias]
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let want = [node_x.is_some(), node_w.is_some(), false];
+        let [dx, dw, _] = linear_backward(&ops.state, values(&grad), want);
+        let ids = [node_x.map(|n| n.id), node_w.map(|n| n.id), None];
+        register_linear_grads(&ops.state, grads, ids, [dx, dw, None]);
+    }
+}
+
+#[derive(Debug)]
+struct LinearBiasBackward;
+
+impl Backward<Flex, 3> for LinearBiasBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let nodes = ops.parents;
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let want = [nodes[0].is_some(), nodes[1].is_some(), nodes[2].is_some()];
+        let computed = linear_backward(&ops.state, values(&grad), want);
+        register_linear_grads(&ops.state, grads, nodes.map(|n| n.map(|n| n.id)), computed);
+    }
+}
+
+fn register_linear_grads(
+    state: &LinearState,
+    grads: &mut Gradients,
+    ids: [Option<burn::backend::autodiff::NodeId>; 3],
+    computed: [Option<Vec<f32>>; 3],
+) {
+    let input_shape = state.input.layout().shape().to_vec();
+    let weight_shape = state.weight.layout().shape().to_vec();
+    let shapes = [input_shape, weight_shape, vec![state.shape.outputs]];
+    for ((id, values), shape) in ids.into_iter().zip(computed).zip(shapes) {
+        if let (Some(id), Some(values)) = (id, values) {
+            grads.register::<Flex>(id, new_tensor(values, &shape));
+        }
+    }
+}
+
+/// A linear layer `y = x W (+ b)` (weight `[in, out]`) or `y = x W^T (+ b)` (weight
+/// `[out, in]`) over the last dimension of `x`, as one op whose matrix products run in
+/// `precision` ([`crate::matmul`]; the weight stays f32, only the product's inputs are
+/// rounded). `None` off the flex backend or for shapes that do not fit.
+pub fn linear<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    layout: WeightLayout,
+    precision: InputPrecision,
+) -> Option<Tensor<D>> {
+    let dims = x.dims();
+    let inputs = dims[D - 1];
+    let [w0, w1] = weight.dims();
+    let (w_in, outputs) = match layout {
+        WeightLayout::InOut => (w0, w1),
+        WeightLayout::OutIn => (w1, w0),
+    };
+    if w_in != inputs || bias.is_some_and(|b| b.dims() != [outputs]) {
+        return None;
+    }
+    let mut out_dims = dims.to_vec();
+    out_dims[D - 1] = outputs;
+    let shape = LinearShape {
+        rows: dims[..D - 1].iter().product(),
+        inputs,
+        outputs,
+        layout,
+        precision,
+    };
+    if let (Some(x), Some(w)) = (plain_primitive(x), plain_primitive(weight)) {
+        let b = match bias {
+            Some(b) => Some(contiguous(plain_primitive(b)?)),
+            None => None,
+        };
+        let (x, w) = (contiguous(x), contiguous(w));
+        let y = linear_forward(values(&x), values(&w), b.as_ref().map(values), shape);
+        return Some(Tensor::from_primitive::<Flex>(new_tensor(y, &out_dims)));
+    }
+    let (x, w) = (autodiff_primitive(x)?, autodiff_primitive(weight)?);
+    let b = match bias {
+        Some(b) => Some(autodiff_primitive(b)?),
+        None => None,
+    };
+    let input = contiguous(x.primitive().clone());
+    let w_values = contiguous(w.primitive().clone());
+    let b_values = b.as_ref().map(|b| contiguous(b.primitive().clone()));
+    let y = linear_forward(
+        values(&input),
+        values(&w_values),
+        b_values.as_ref().map(values),
+        shape,
+    );
+    let y = new_tensor(y, &out_dims);
+    let state = LinearState {
+        input,
+        weight: w_values,
+        shape,
+    };
+    type Strategy = burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    let output = match b {
+        Some(b) => match LinearBiasBackward
+            .prepare::<Strategy>([x.node(), w.node(), b.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+        None => match LinearBackward
+            .prepare::<Strategy>([x.node(), w.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    };
+    Some(Tensor::from_primitive::<Ad>(output))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross entropy
+
+multiversion! {
+    /// Softmax of each row of `logits` in place; returns the summed `-log p[target]` of the
+    /// rows.
+    fn softmax_nll_rows(logits: &mut [f32], targets: &[i64], width: usize) -> f64 {
+        let mut total = 0f64;
+        for (row, &target) in logits.chunks_mut(width).zip(targets) {
+            let max = max_of(row);
+            let picked = row[target as usize];
+            for v in row.iter_mut() {
+                *v = exp_approx(*v - max);
+            }
+            let sum = sum_by(row, |x| x);
+            total += f64::from(sum.ln() + max - picked);
+            let inv = 1.0 / sum;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+        total
+    }
+}
+
+multiversion! {
+    /// Cross entropy's gradient per row, in place over the probabilities: `(p - onehot) * scale`.
+    fn cross_entropy_grad_rows(d: &mut [f32], targets: &[i64], width: usize, scale: f32) {
+        for (row, &t) in d.chunks_mut(width).zip(targets) {
+            row[t as usize] -= 1.0;
+            row.iter_mut().for_each(|v| *v *= scale);
         }
     }
 }
@@ -780,21 +1234,28 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let Some(parent) = parent else { return };
         let g = values(&grad).first().copied().unwrap_or(0.0);
-        let shape = ops.state.probs.layout().shape().to_vec();
-        let targets = &ops.state.targets;
-        let width = shape[1];
+        let CrossEntropyState { mut probs, targets } = ops.state;
+        let width = probs.layout().shape()[1];
         let scale = g / targets.len() as f32;
-        let mut d = values(&ops.state.probs).to_vec();
         let per = rows_per_task(targets.len());
-        d.par_chunks_mut(per * width)
-            .zip(targets.par_chunks(per))
-            .for_each(|(d, targets)| {
-                for (row, &t) in d.chunks_mut(width).zip(targets) {
-                    row[t as usize] -= 1.0;
-                    row.iter_mut().for_each(|v| *v *= scale);
-                }
-            });
-        grads.register::<Flex>(parent.id, new_tensor(d, &shape));
+        let gradient = |d: &mut [f32]| {
+            d.par_chunks_mut(per * width)
+                .zip(targets.par_chunks(per))
+                .for_each(|(d, targets)| cross_entropy_grad_rows(d, targets, width, scale))
+        };
+        // The saved probabilities become the gradient in place (this node is their only user).
+        let d = match values_mut(&mut probs) {
+            Some(d) => {
+                gradient(d);
+                probs
+            }
+            None => {
+                let mut d = values(&probs).to_vec();
+                gradient(&mut d);
+                new_tensor(d, probs.layout().shape())
+            }
+        };
+        grads.register::<Flex>(parent.id, d);
     }
 }
 
@@ -859,6 +1320,61 @@ pub struct AdamWStep {
     pub time: i32,
 }
 
+/// The per-step scalars of [`adamw_chunk`].
+#[derive(Debug, Clone, Copy)]
+struct AdamWScalars {
+    b1: f32,
+    b2: f32,
+    correction_1: f32,
+    correction_2: f32,
+    epsilon: f32,
+    /// `1 - lr * weight_decay` (exactly 1 without weight decay, which leaves p unchanged).
+    keep: f32,
+    lr: f32,
+}
+
+/// AdamW's update of one element: the new parameter and moments.
+#[inline(always)]
+fn adamw_element(p: f32, g: f32, m: f32, v: f32, c: AdamWScalars) -> (f32, f32, f32) {
+    let m1 = m * c.b1 + g * (1.0 - c.b1);
+    let m2 = v * c.b2 + g * g * (1.0 - c.b2);
+    let delta = (m1 / c.correction_1) / ((m2 / c.correction_2).sqrt() + c.epsilon);
+    (p * c.keep - delta * c.lr, m1, m2)
+}
+
+multiversion! {
+    /// AdamW over one chunk; `moments` `None` on the first step (zero moments: `0 * b + x` is
+    /// exactly `x`, so the values equal the first-step formulas).
+    fn adamw_chunk(
+        p: &[f32],
+        g: &[f32],
+        moments: Option<(&[f32], &[f32])>,
+        outputs: (&mut [Uninit], &mut [Uninit], &mut [Uninit]),
+        c: AdamWScalars,
+    ) {
+        let (np, nm, nv) = outputs;
+        let outputs = np.iter_mut().zip(nm.iter_mut()).zip(nv.iter_mut());
+        let write = |((np, nm), nv): ((&mut Uninit, &mut Uninit), &mut Uninit), values| {
+            let (p, m, v) = values;
+            np.write(p);
+            nm.write(m);
+            nv.write(v);
+        };
+        match moments {
+            Some((m, v)) => {
+                for ((out, (&p, &g)), (&m, &v)) in outputs.zip(p.iter().zip(g)).zip(m.iter().zip(v)) {
+                    write(out, adamw_element(p, g, m, v, c));
+                }
+            }
+            None => {
+                for (out, (&p, &g)) in outputs.zip(p.iter().zip(g)) {
+                    write(out, adamw_element(p, g, 0.0, 0.0, c));
+                }
+            }
+        }
+    }
+}
+
 /// One AdamW update of a parameter in a single pass over its values: returns the new
 /// parameter and moments. The arithmetic is burn's `AdamW` step, element by element.
 /// `None` off the flex backend (or for tensors with autodiff).
@@ -882,48 +1398,50 @@ pub fn adamw_step<const D: usize>(
     if pv.len() != gv.len() {
         return None;
     }
-    let mut new_p = vec![0f32; pv.len()];
-    let mut new_m = vec![0f32; pv.len()];
-    let mut new_v = vec![0f32; pv.len()];
     let (b1, b2) = (step.beta_1, step.beta_2);
     let correction_1 = 1.0 - b1.powi(step.time);
     let correction_2 = 1.0 - b2.powi(step.time);
     let decay_rate = step.lr * f64::from(step.weight_decay);
     let keep = (1.0 - decay_rate) as f32;
     let lr = step.lr as f32;
+    let scalars = AdamWScalars {
+        b1,
+        b2,
+        correction_1,
+        correction_2,
+        epsilon: step.epsilon,
+        keep: if decay_rate == 0.0 { 1.0 } else { keep },
+        lr,
+    };
     let mv = m.as_ref().map(values);
     let vv = v.as_ref().map(values);
     if mv.is_some_and(|m| m.len() != pv.len()) || vv.is_some_and(|v| v.len() != pv.len()) {
         return None;
     }
-    new_p
-        .par_chunks_mut(CHUNK)
-        .zip(new_m.par_chunks_mut(CHUNK))
-        .zip(new_v.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(chunk, ((np, nm), nv))| {
-            let start = chunk * CHUNK;
-            let end = start + np.len();
-            let (p, g) = (&pv[start..end], &gv[start..end]);
-            let (m, v) = (mv.map(|m| &m[start..end]), vv.map(|v| &v[start..end]));
-            let outputs = np.iter_mut().zip(nm.iter_mut()).zip(nv.iter_mut());
-            for (i, ((np, nm), nv)) in outputs.enumerate() {
-                let gi = g[i];
-                let m1 = match m {
-                    Some(m) => m[i] * b1 + gi * (1.0 - b1),
-                    None => gi * (1.0 - b1),
-                };
-                let m2 = match v {
-                    Some(v) => v[i] * b2 + gi * gi * (1.0 - b2),
-                    None => gi * gi * (1.0 - b2),
-                };
-                let delta = (m1 / correction_1) / ((m2 / correction_2).sqrt() + step.epsilon);
-                let decayed = if decay_rate == 0.0 { p[i] } else { p[i] * keep };
-                *np = decayed - delta * lr;
-                *nm = m1;
-                *nv = m2;
-            }
-        });
+    let len = pv.len();
+    let (mut new_m, mut new_v) = (Vec::new(), Vec::new());
+    // SAFETY: the chunks cover the three outputs and adamw_chunk writes every value of its
+    // chunks.
+    let new_p = unsafe {
+        initialised_by(len, |new_p| {
+            new_m = initialised_by(len, |new_m| {
+                new_v = initialised_by(len, |new_v| {
+                    new_p
+                        .par_chunks_mut(CHUNK)
+                        .zip(new_m.par_chunks_mut(CHUNK))
+                        .zip(new_v.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(chunk, ((np, nm), nv))| {
+                            let start = chunk * CHUNK;
+                            let end = start + np.len();
+                            let (p, g) = (&pv[start..end], &gv[start..end]);
+                            let (m, v) = (mv.map(|m| &m[start..end]), vv.map(|v| &v[start..end]));
+                            adamw_chunk(p, g, m.zip(v), (np, nm, nv), scalars);
+                        });
+                });
+            });
+        })
+    };
     let wrap = |values: Vec<f32>| Tensor::from_primitive::<Flex>(new_tensor(values, &shape));
     Some((wrap(new_p), wrap(new_m), wrap(new_v)))
 }

@@ -11,8 +11,12 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
+pub mod isa;
 pub mod kernels;
+pub mod matmul;
 pub mod model;
 pub mod precision;
 pub mod squad;

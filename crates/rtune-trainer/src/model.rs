@@ -6,7 +6,8 @@
 //! state saved with one model instance applies to another loaded from the same checkpoint.
 
 use crate::config::{BloomConfig, alibi_slopes};
-use crate::kernels;
+use crate::kernels::{self, WeightLayout};
+use crate::matmul::InputPrecision;
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
@@ -36,9 +37,21 @@ fn in_dtype<const D: usize>(tensor: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
 }
 
 impl Dense {
-    fn forward<const D: usize>(&self, input: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
-        let weight = in_dtype(self.weight.val(), dtype);
-        linear(input, weight, Some(in_dtype(self.bias.val(), dtype)))
+    fn forward<const D: usize>(&self, input: Tensor<D>, mask: &BatchMask) -> Tensor<D> {
+        let (weight, bias) = (self.weight.val(), self.bias.val());
+        // The fused kernel covers f32 activations on the CPU backend; it declines the rest.
+        if let Some(output) = kernels::linear(
+            &input,
+            &weight,
+            Some(&bias),
+            WeightLayout::InOut,
+            mask.matmul,
+        ) {
+            return output;
+        }
+        let dtype = mask.dtype;
+        let weight = in_dtype(weight, dtype);
+        linear(input, weight, Some(in_dtype(bias, dtype)))
     }
 }
 
@@ -210,8 +223,11 @@ pub struct Bloom {
 pub struct BatchMask {
     /// `[batch, heads, seq, seq]`: ALiBi bias plus [`MASKED`] for future and padding keys.
     pub bias: Tensor<4>,
-    /// The compute dtype of the forward pass (f32 unless [`BatchMask::with_precision`]).
+    /// The dtype of the activations (f32 unless [`BatchMask::with_precision`] changed it).
     pub dtype: FloatDType,
+    /// The input precision of the matrix products that the CPU kernels compute
+    /// ([`crate::kernels::linear`], [`crate::kernels::attention`]).
+    pub matmul: InputPrecision,
 }
 
 impl BatchMask {
@@ -240,15 +256,14 @@ impl BatchMask {
             }
             for (h, &slope) in slopes.iter().enumerate() {
                 let slope = slope as f32;
-                for i in 0..seq {
-                    let offset = ((b * n_head + h) * seq + i) * seq;
-                    for j in 0..seq {
-                        bias[offset + j] = if j > i || row[j] == 0 {
-                            MASKED
-                        } else {
-                            slope * positions[j]
-                        };
+                let head = &mut bias[(b * n_head + h) * seq * seq..][..seq * seq];
+                for (i, query) in head.chunks_exact_mut(seq).enumerate() {
+                    // Keys up to the query's position: ALiBi unless padding; later ones masked.
+                    let (visible, future) = query.split_at_mut(i + 1);
+                    for ((value, &m), &position) in visible.iter_mut().zip(row).zip(&positions) {
+                        *value = if m == 0 { MASKED } else { slope * position };
                     }
+                    future.fill(MASKED);
                 }
             }
         }
@@ -256,11 +271,24 @@ impl BatchMask {
         Self {
             bias,
             dtype: FloatDType::F32,
+            matmul: InputPrecision::F32,
         }
     }
 
-    /// The same mask for a forward pass in `precision`'s compute dtype.
+    /// The same mask for a forward pass in `precision`.
+    ///
+    /// On the CPU backend bf16 means bf16 matrix products (inputs rounded to bf16, f32
+    /// accumulation, in the fused kernels) with f32 activations: the CPU has bf16 dot-product
+    /// instructions but no bf16 arithmetic for the element-wise ops, which burn would run by
+    /// converting to f32 and back. Elsewhere (CUDA), and for f16, the activations themselves
+    /// take the compute dtype.
     pub fn with_precision(self, precision: crate::precision::Precision) -> Self {
+        if precision == crate::precision::Precision::Bf16 && kernels::is_flex_f32(&self.bias) {
+            return Self {
+                matmul: InputPrecision::Bf16,
+                ..self
+            };
+        }
         let dtype = precision.dtype();
         // float16 has no -1e9: the masked entries become its lowest finite value (as HF's
         // `finfo(dtype).min`), not -inf, so fully masked padding rows stay finite.
@@ -272,6 +300,7 @@ impl BatchMask {
         Self {
             bias: in_dtype(bias, dtype),
             dtype,
+            matmul: self.matmul,
         }
     }
 }
@@ -290,19 +319,19 @@ impl Block {
         let dt = mask.dtype;
         let ln = self.input_layernorm.forward(x.clone(), eps, dt);
         let residual = if residual_post_ln { ln.clone() } else { x };
-        let fused = self.self_attention.query_key_value.forward(ln, dt);
-        let context = match kernels::attention(&fused, &mask.bias, n_head) {
+        let fused = self.self_attention.query_key_value.forward(ln, mask);
+        let context = match kernels::attention(&fused, &mask.bias, n_head, mask.matmul) {
             Some(context) => context,
             None => composed_attention(fused.reshape([b, s, n_head, 3, head_dim]), mask),
         };
-        let x = residual + self.self_attention.dense.forward(context, dt);
+        let x = residual + self.self_attention.dense.forward(context, mask);
         let ln = self.post_attention_layernorm.forward(x.clone(), eps, dt);
         let residual = if residual_post_ln { ln.clone() } else { x };
         residual
             + self
                 .mlp
                 .dense_4h_to_h
-                .forward(bloom_gelu(self.mlp.dense_h_to_4h.forward(ln, dt)), dt)
+                .forward(bloom_gelu(self.mlp.dense_h_to_4h.forward(ln, mask)), mask)
     }
 }
 
@@ -627,7 +656,18 @@ impl Bloom {
     /// Logits `[batch, seq, vocab]` (tied lm_head), in f32 whatever the compute dtype.
     pub fn logits(&self, ids: Tensor<2, Int>, mask: &BatchMask) -> Tensor<3> {
         let hidden = self.hidden_states(ids, mask);
-        let lm_head = in_dtype(self.word_embeddings.val(), mask.dtype).transpose();
+        self.lm_head(hidden, mask)
+    }
+
+    /// The tied lm_head: `hidden` times the transposed word embeddings, in f32.
+    fn lm_head<const D: usize>(&self, hidden: Tensor<D>, mask: &BatchMask) -> Tensor<D> {
+        let embeddings = self.word_embeddings.val();
+        if let Some(logits) =
+            kernels::linear(&hidden, &embeddings, None, WeightLayout::OutIn, mask.matmul)
+        {
+            return logits;
+        }
+        let lm_head = in_dtype(embeddings, mask.dtype).transpose();
         in_f32(linear(hidden, lm_head, None), mask.dtype)
     }
 
@@ -650,9 +690,8 @@ impl Bloom {
         let count = rows.len();
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [count]), &device);
         let selected = hidden.select(0, rows);
-        let lm_head = in_dtype(self.word_embeddings.val(), mask.dtype).transpose();
         // The cross entropy runs in f32 (as under PyTorch's autocast).
-        let logits = in_f32(linear(selected, lm_head, None), mask.dtype);
+        let logits = self.lm_head(selected, mask);
         if let Some(loss) = kernels::cross_entropy(&logits, &targets) {
             return Some(loss);
         }

@@ -2,12 +2,15 @@
 //! scaling for float16.
 //!
 //! The parameters (the master weights) and the optimizer state stay in f32 whatever the
-//! precision. With `bf16` or `f16`, every weight is cast to that dtype where the forward pass
-//! uses it (linear layers, layer norms, embeddings, the tied lm_head), so activations and
-//! their gradients are bf16/f16 and the matrix products run in that dtype; the logits are cast
-//! back to f32 for the cross entropy. burn's autodiff casts each weight's gradient back to f32
-//! (the backward of a cast), so AdamW updates f32 master weights, as PyTorch's autocast with
-//! f32 parameters (and transformers' Trainer with `--fp16` / `--bf16`) does.
+//! precision. With `bf16` on the CPU backend, the fused kernels multiply every matrix product's
+//! inputs rounded to bf16 with f32 accumulation and keep the activations in f32
+//! ([`crate::model::BatchMask::with_precision`]). Otherwise (`f16`, and `bf16` on CUDA) every
+//! weight is cast to that dtype where the forward pass uses it (linear layers, layer norms,
+//! embeddings, the tied lm_head), so activations and their gradients are bf16/f16 and the
+//! matrix products run in that dtype; the logits are cast back to f32 for the cross entropy.
+//! burn's autodiff casts each weight's gradient back to f32 (the backward of a cast), so AdamW
+//! updates f32 master weights, as PyTorch's autocast with f32 parameters (and transformers'
+//! Trainer with `--fp16` / `--bf16`) does.
 //!
 //! float16's range is small (largest 65,504, smallest normal 6.1e-5), so with `f16` the loss
 //! is multiplied by a dynamic scale before the backward pass and the gradients divided by it

@@ -3,8 +3,9 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::module::layer_norm;
-use rtune_trainer::kernels;
+use burn::tensor::module::{layer_norm, linear};
+use rtune_trainer::kernels::{self, WeightLayout};
+use rtune_trainer::matmul::InputPrecision;
 use rtune_trainer::model::tensor_values;
 
 fn values(count: usize, seed: u32) -> Vec<f32> {
@@ -130,7 +131,7 @@ fn attention_matches_composed() {
         let qkv = tensor(qkv_data.clone(), [batch, seq, width], device).require_grad();
         let bias = tensor(bias_data.clone(), [batch, heads, seq, seq], device);
         let y = if fused {
-            kernels::attention(&qkv, &bias, heads).expect("flex f32 tensors")
+            kernels::attention(&qkv, &bias, heads, InputPrecision::F32).expect("flex f32 tensors")
         } else {
             composed_attention(qkv.clone(), bias, heads)
         };
@@ -147,13 +148,97 @@ fn attention_matches_composed() {
     let plain = Device::flex();
     let qkv = tensor(qkv_data.clone(), [batch, seq, width], &plain);
     let bias = tensor(bias_data.clone(), [batch, heads, seq, seq], &plain);
-    let fused = kernels::attention(&qkv, &bias, heads).expect("flex f32 tensors");
+    let fused =
+        kernels::attention(&qkv, &bias, heads, InputPrecision::F32).expect("flex f32 tensors");
     assert_close(
         &tensor_values(fused),
         &tensor_values(composed_attention(qkv, bias, heads)),
         1e-5,
         "plain value",
     );
+}
+
+#[test]
+fn linear_matches_composed() {
+    let (batch, rows, inputs, outputs) = (2, 19, 23, 37);
+    let x_data = values(batch * rows * inputs, 9);
+    let w_data = values(inputs * outputs, 10);
+    let b_data = values(outputs, 11);
+    let upstream = values(batch * rows * outputs, 12);
+    for layout in [WeightLayout::InOut, WeightLayout::OutIn] {
+        for with_bias in [false, true] {
+            let w_shape = match layout {
+                WeightLayout::InOut => [inputs, outputs],
+                WeightLayout::OutIn => [outputs, inputs],
+            };
+            let run = |fused: Option<InputPrecision>, device: &Device| {
+                let x = tensor(x_data.clone(), [batch, rows, inputs], device).require_grad();
+                let w = tensor(w_data.clone(), w_shape, device).require_grad();
+                let b = tensor(b_data.clone(), [outputs], device).require_grad();
+                let bias = with_bias.then_some(&b);
+                let y = match fused {
+                    Some(precision) => {
+                        kernels::linear(&x, &w, bias, layout, precision).expect("flex f32 tensors")
+                    }
+                    None => {
+                        let weight = match layout {
+                            WeightLayout::InOut => w.clone(),
+                            WeightLayout::OutIn => w.clone().transpose(),
+                        };
+                        linear(x.clone(), weight, bias.cloned())
+                    }
+                };
+                let value = tensor_values(y.clone());
+                let up = tensor(upstream.clone(), [batch, rows, outputs], device);
+                let grads = y.mul(up).sum().backward();
+                let b_grad = with_bias.then(|| tensor_values(b.grad(&grads).expect("b grad")));
+                (
+                    value,
+                    tensor_values(x.grad(&grads).expect("x grad")),
+                    tensor_values(w.grad(&grads).expect("w grad")),
+                    b_grad,
+                )
+            };
+            let what = format!("{layout:?} bias={with_bias}");
+            let device = Device::flex().autodiff();
+            let fused = run(Some(InputPrecision::F32), &device);
+            let composed = run(None, &device);
+            assert_close(&fused.0, &composed.0, 1e-5, &format!("{what} value"));
+            assert_close(&fused.1, &composed.1, 1e-4, &format!("{what} dx"));
+            assert_close(&fused.2, &composed.2, 1e-4, &format!("{what} dw"));
+            if with_bias {
+                let (fused_b, b) = (fused.3.expect("bias"), composed.3.expect("bias"));
+                assert_close(&fused_b, &b, 1e-4, &format!("{what} db"));
+            }
+            // bf16 products: close to f32, but not equal. Each input keeps 8 significant bits
+            // (relative error up to 2^-9), and the sums run over 23 to 38 products of values
+            // up to 2 in magnitude, so errors of a few hundredths are expected (tests/matmul.rs
+            // checks the bf16 arithmetic itself exactly).
+            let bf16 = run(Some(InputPrecision::Bf16), &device);
+            assert_close(&bf16.0, &composed.0, 0.1, &format!("{what} bf16 value"));
+            assert_close(&bf16.2, &composed.2, 0.1, &format!("{what} bf16 dw"));
+            assert_ne!(bf16.0, fused.0, "{what}: bf16 computed in f32?");
+            // Without autodiff.
+            let plain = Device::flex();
+            let x = tensor(x_data.clone(), [batch, rows, inputs], &plain);
+            let w = tensor(w_data.clone(), w_shape, &plain);
+            let b = tensor(b_data.clone(), [outputs], &plain);
+            let fused =
+                kernels::linear(&x, &w, with_bias.then_some(&b), layout, InputPrecision::F32)
+                    .expect("flex f32 tensors");
+            assert_close(
+                &tensor_values(fused),
+                &composed.0,
+                1e-5,
+                &format!("{what} plain value"),
+            );
+        }
+    }
+    // A weight that does not fit the input is declined (the caller falls back to burn's ops).
+    let device = Device::flex();
+    let x = tensor(x_data.clone(), [batch, rows, inputs], &device);
+    let w = tensor(w_data.clone(), [outputs, inputs], &device);
+    assert!(kernels::linear(&x, &w, None, WeightLayout::InOut, InputPrecision::F32).is_none());
 }
 
 #[test]
