@@ -33,8 +33,54 @@ from pathlib import Path
 EPOCHS = 52
 METRIC = "val_cross_entropy"
 FRACTIONS = (0.10, 0.25, 0.50, 1.00)
-DEFAULT_TASKS = ["3945", "7593", "34539", "126026", "146212", "167168", "168868", "189906"]
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG_SPACE = ROOT / "benchmarks" / "yahpo" / "lcbench" / "config_space.json"
+
+
+def lcbench_tasks():
+    """lcbench's 34 OpenML task ids, from the benchmark's config space (encoding.json also knows
+    a 35th, 167083, that the data set left out: it is not a task)."""
+    space = json.loads(CONFIG_SPACE.read_text())
+    (task,) = [h for h in space["hyperparameters"] if h["name"] == "OpenML_task_id"]
+    return sorted(task["choices"], key=int)
+
+
+# The tasks rtune's searchers were developed on before the split (the old default 8, and the 3
+# of issue 24's report, the first 3 others in numeric order). They are all in the tuning half.
+LOOKED_AT = ["3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167168",
+             "168868", "189906"]
+
+
+def task_halves():
+    """The fixed split: (tuning, held_out), 17 tasks each. Tuning: the 11 tasks looked at before
+    (LOOKED_AT) and every fourth of the other 23 in numeric order, from the first. Held out: the
+    other 17, which no setting of rtune's searchers was chosen on."""
+    others = [t for t in lcbench_tasks() if t not in LOOKED_AT]
+    tuning = sorted(LOOKED_AT + others[::4], key=int)
+    held_out = [t for t in others if t not in tuning]
+    return tuning, held_out
+
+
+def parse_tasks(text):
+    """`--tasks`: "all", "tuning", "held-out", or task ids separated by commas. Exits with the
+    option named on a task lcbench does not have."""
+    tuning, held_out = task_halves()
+    named = {"all": lcbench_tasks(), "tuning": tuning, "held-out": held_out}
+    tasks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part in named:
+            tasks += [t for t in named[part] if t not in tasks]
+        elif part in named["all"]:
+            if part not in tasks:
+                tasks.append(part)
+        else:
+            sys.exit(f"--tasks: {part!r} is not an lcbench task; the 34 tasks are "
+                     f"{', '.join(named['all'])} (or write all, tuning or held-out)")
+    if not tasks:
+        sys.exit("--tasks: no task given")
+    return tasks
 
 # name -> (family, options)
 METHODS = {
@@ -208,8 +254,14 @@ def simulate(policy, surrogate, workers, budget_epochs):
     return trace
 
 
+def study_name(task, seed):
+    """Optuna's HyperbandPruner puts a trial in a bracket by hashing the study name with the trial
+    number, and an unnamed study gets a random UUID: a fixed name makes a run reproducible."""
+    return f"bench-search-{task}-seed{seed}"
+
+
 class OptunaPolicy:
-    def __init__(self, opts, seed):
+    def __init__(self, opts, task, seed):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -225,7 +277,9 @@ class OptunaPolicy:
             )
         self.optuna = optuna
         self.pruning = opts["pruner"] is not None
-        self.study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+        self.study = optuna.create_study(
+            study_name=study_name(task, seed), direction="minimize", sampler=sampler, pruner=pruner
+        )
 
     def new_trial(self):
         t = self.study.ask()
@@ -297,14 +351,14 @@ class SyneTunePolicy:
         return decision != self.STOP
 
 
-def run_anchor(family, opts, task, seed, workers, budget_epochs):
+def run_anchor(family, opts, task, seed, workers, budget_epochs, surrogate=None):
     import logging
     import warnings
 
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    surrogate = Surrogate(task)
-    policy = OptunaPolicy(opts, seed) if family == "optuna" else SyneTunePolicy(opts, seed)
+    surrogate = surrogate or Surrogate(task)
+    policy = OptunaPolicy(opts, task, seed) if family == "optuna" else SyneTunePolicy(opts, seed)
     return simulate(policy, surrogate, workers, budget_epochs)
 
 
@@ -372,9 +426,11 @@ def fmt(x):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rtune", default=str(ROOT / "target" / "debug" / "rtune"))
-    p.add_argument("--rtune-bench", default=str(ROOT / "target" / "debug" / "rtune-bench"))
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    p.add_argument("--rtune", default=str(ROOT / "target" / "release" / "rtune"))
+    p.add_argument("--rtune-bench", default=str(ROOT / "target" / "release" / "rtune-bench"))
+    p.add_argument("--tasks", default="all",
+                   help="all (lcbench's 34), tuning or held-out (the fixed halves, see task_halves), "
+                        "or task ids separated by commas")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--workers", default="1,4")
     p.add_argument("--budget", type=float, default=200, help="full-training equivalents (x 52 epochs)")
@@ -389,7 +445,7 @@ def main():
                    help="with --reuse: no new runs, the table from the runs there")
     args = p.parse_args()
 
-    tasks = [t for t in args.tasks.split(",") if t]
+    tasks = parse_tasks(args.tasks)
     workers_list = [int(w) for w in args.workers.split(",") if w]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
