@@ -1,17 +1,37 @@
-//! Gaussian-process search that works with ASHA (MOBSTER-class, as in Syne Tune).
+//! Gaussian-process search that works with ASHA (MOBSTER-class, as in Syne Tune), judging each
+//! config by what ASHA will let it become.
 //!
 //! One GP models the metric jointly over the configuration and the resource (the rung a result
 //! was reported at): inputs are the unit-cube-encoded config (numbers scaled to `[0, 1]`, in log
 //! space for log domains, integers on bins of their values, each `choice` one-hot) plus the
 //! resource on a log scale in `[0, 1]`. The kernel is Matérn-5/2 with one length scale per input
 //! (ARD); its variance, length scales and noise are fitted by maximising the marginal likelihood
-//! (plus weak log-normal priors) with Adam from two starting points. A proposal maximises the
-//! expected improvement at the *acquisition rung* (the highest rung with at least `min_points`
-//! results, else the lowest one that has any, Syne Tune's `resource_acq = "bohb"` rule) over
-//! `n_candidates` random configs followed by a local search from the best ones and from the best
-//! configs at the highest rung any trial has reached (the incumbents at the highest fidelity seen,
-//! see [`INCUMBENT_STARTS`]). With `pruning_aware` (and ASHA) the expected improvement is weighted
-//! by the GP's probability that the config passes the lower rungs' cutoffs ([`Gate`]).
+//! (plus weak log-normal priors, [`model`]).
+//!
+//! **The acquisition.** A proposal maximises the expected improvement at the *acquisition rung*
+//! (the highest rung with at least `min_points` results, else the lowest one that has any, Syne
+//! Tune's `resource_acq = "bohb"` rule), *counted only where the config passes ASHA's cutoffs at
+//! the rungs below it* ([`Gate`]): `E[(f_top - best)^+ 1{f_r >= cutoff_r for every lower rung
+//! r}]` under the GP's joint posterior over the config's values at those rungs. Why: under ASHA
+//! a new config is compared at the first rung long before anyone learns its full-training value.
+//! Expected improvement at the top rung alone keeps proposing configs whose top-rung value is
+//! uncertain and whose first-rung value the model already knows to be poor; ASHA stops them
+//! there, so that uncertainty is never resolved and the same kind of proposal comes again. On
+//! lcbench that was the plateau: after a few hundred trials nearly every proposal was stopped
+//! at epoch 1 (docs/benchmarks.md). The expectation is computed with the gate values drawn from
+//! their joint posterior ([`GATE_DRAWS`] draws shared by every candidate) and, given each draw,
+//! the top-rung expected improvement in closed form (the conditional normal), so a config that
+//! passes the gates also gets the higher top-rung value that passing implies.
+//!
+//! The maximisation runs over `n_candidates` random configs followed by a local search from the
+//! best ones and from the best configs at the highest rung any trial has reached (the incumbents
+//! at the highest fidelity seen, see [`INCUMBENT_STARTS`]).
+//!
+//! **Cost.** The hyperparameters are refitted when the results have grown by [`REFIT_GROWTH`]
+//! since the last fit (Syne Tune's `opt_skip_*` idea: refitting is the expensive part, and it
+//! changes little from one result to the next) and reused in between; at most
+//! `max_observations` results enter the posterior, chosen per rung; the gates are only
+//! evaluated for candidates whose plain expected improvement could still win.
 //!
 //! Asynchronous: a proposal uses every result so far, also from running trials, and never waits.
 //! Trials that are running but have no result at the acquisition rung yet are *fantasized*
@@ -19,23 +39,26 @@
 //! which shrinks the variance near them so that parallel proposals spread out.
 //!
 //! Pure and replayable like the other searchers: every proposal draws from its own ChaCha8
-//! stream (seed, stream = trial number), and the state is the configs proposed and the results
+//! stream (seed, stream = trial number), and the state ([`GpState`]) is a function of the calls
 //! received, in order.
+
+mod model;
 
 use std::collections::BTreeMap;
 use std::f64::consts::{PI, SQRT_2};
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::scheduler::asha::percentile;
 use crate::searcher::parzen::{Dim, Encoding, erfc, standard_normal};
-use crate::searcher::tpe::{
-    Level, proposal_rng, random_proposal, round6, values_of, warm_start_proposal,
-};
+use crate::searcher::tpe::{proposal_rng, random_proposal, round6, values_of, warm_start_proposal};
 use crate::searcher::{Proposal, Searcher, Suggestion};
 use crate::space::SearchSpace;
 use crate::{Config, CoreRng, Mode, TrialId, TrialResult};
+
+use model::{Posterior, Theta, fit_hyperparameters, random_start};
 
 /// Everything a [`GpSearcher`] is configured with (the `[searcher]` keys, already checked).
 #[derive(Clone, Debug, PartialEq)]
@@ -47,12 +70,14 @@ pub struct GpSettings {
     pub num_samples: usize,
     /// Trials `0..n_initial` are random (after the warm-start points, which count towards it).
     pub n_initial: usize,
-    /// Random candidates scored by expected improvement per proposal (before the local search).
+    /// Random candidates scored per proposal (before the local search).
     pub n_candidates: usize,
+    /// The share of the model-phase proposals drawn at random instead.
+    pub random_fraction: f64,
     /// Results a rung needs to be the acquisition rung.
     pub min_points: usize,
-    /// At most this many results enter the GP (the acquisition rung's and higher ones first,
-    /// the rest drawn at random); the hyperparameters are fitted on at most [`FIT_POINTS`].
+    /// At most this many results enter the GP's posterior (the same share of each rung, the
+    /// best first); the hyperparameters are fitted on at most [`FIT_POINTS`] of them.
     pub max_observations: usize,
     /// Running trials without a result at the acquisition rung enter the GP at their posterior
     /// mean (kriging believer).
@@ -65,18 +90,22 @@ pub struct GpSettings {
     /// time. `None`: each trial's latest result counts, at its resource.
     pub levels: Option<Vec<f64>>,
     /// ASHA's promotion quantile (`1 - 1/reduction_factor`) when `levels` are its rungs and
-    /// `pruning_aware` is on: the expected improvement is weighted by the model's probability
-    /// that the config passes the rungs below the acquisition rung (see [`Gate`]).
+    /// `pruning_aware` is on: the expected improvement only counts where the config passes the
+    /// rungs below the acquisition rung (see [`Gate`]).
     pub rung_cutoff_quantile: Option<f64>,
 }
 
-/// The hyperparameters are fitted on at most this many results (a random subset, the
-/// acquisition rung's first): the fit costs O(n^3) per step.
+/// The hyperparameters are fitted on at most this many results (a random subset of those in
+/// the posterior): the fit costs O(n^3) per step.
 pub const FIT_POINTS: usize = 80;
-/// Adam steps per start when fitting the hyperparameters.
-const FIT_STEPS: usize = 30;
-/// Local-search steps from each of the best candidates.
-const LOCAL_STEPS: usize = 24;
+/// The hyperparameters are refitted once the results have grown by this fraction since the last
+/// fit (and at every result while there are fewer than 1 / REFIT_GROWTH).
+pub const REFIT_GROWTH: f64 = 0.1;
+/// A fit also starts from a random point every this many fits.
+const RESTART_EVERY: usize = 3;
+/// Local-search steps from each start, and the neighbours scored at each step.
+const LOCAL_STEPS: usize = 16;
+const NEIGHBOURS: usize = 1;
 /// Candidates the local search starts from.
 const LOCAL_STARTS: usize = 3;
 /// Best results the local search also starts from: late in a search the largest expected
@@ -84,21 +113,83 @@ const LOCAL_STARTS: usize = 3;
 /// starts from its best trials too). They are taken at the highest rung any trial has reached,
 /// not at the acquisition rung: early in a search that rung is a low one, whose best configs are
 /// often not the best after full training (on lcbench's task 189906, epoch-1 ranks correlate at
-/// -0.47 with epoch-52 ranks), and starting there exploits them too soon. The incumbent the user
-/// is given is defined at full fidelity too. On lcbench (4 tasks x 3 seeds, docs/benchmarks.md)
-/// the two choices are within noise of each other; this one is slightly ahead early.
+/// -0.47 with epoch-52 ranks). The incumbent the user is given is defined at full fidelity too.
 const INCUMBENT_STARTS: usize = 2;
 /// At most this many pending trials are fantasized.
 const MAX_PENDING: usize = 32;
+/// Draws of the gate values per proposal (the same draws for every candidate, so candidates are
+/// compared without sampling noise between them).
+const GATE_DRAWS: usize = 128;
+
+/// Mean and standard deviation of a set of scores.
+#[derive(Clone, Copy, Debug)]
+struct Standardiser {
+    mean: f64,
+    sd: f64,
+}
+
+impl Standardiser {
+    fn of(values: impl Iterator<Item = f64>) -> Standardiser {
+        let values: Vec<f64> = values.collect();
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let sd = if var.sqrt() > 1e-12 * mean.abs().max(1.0) {
+            var.sqrt()
+        } else {
+            1.0
+        };
+        Standardiser { mean, sd }
+    }
+
+    fn apply(&self, value: f64) -> f64 {
+        (value - self.mean) / self.sd
+    }
+}
 
 /// What the searcher knows of one trial it proposed.
-#[derive(Clone, Debug, Default)]
-struct Record {
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct TrialRecord {
     /// The config in the encoding's coordinates (`None` if it cannot be encoded).
     point: Option<Vec<f64>>,
     finished: bool,
-    /// Score (higher is better; `-inf` for NaN or infinite values) at each rung.
-    rungs: BTreeMap<Level, f64>,
+    /// `(rung, score)` in increasing rung order; the score is higher-is-better, `None` for a
+    /// NaN or infinite value (it counts as the worst value seen).
+    rungs: Vec<(f64, Option<f64>)>,
+}
+
+impl TrialRecord {
+    fn at(&self, level: f64) -> Option<Option<f64>> {
+        self.rungs
+            .iter()
+            .find(|(l, _)| same_level(*l, level))
+            .map(|(_, s)| *s)
+    }
+
+    fn highest(&self) -> Option<f64> {
+        self.rungs.last().map(|(l, _)| *l)
+    }
+}
+
+/// The hyperparameters fitted last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Fitted {
+    theta: Theta,
+    /// How many results there were when they were fitted.
+    results: usize,
+    /// How many fits there have been.
+    fits: usize,
+}
+
+/// Everything a [`GpSearcher`] has learnt: a function of the calls it received, in order (the
+/// same calls give the same state). Kept apart from the settings so that it can be saved and
+/// restored as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpState {
+    /// Every trial it proposed, by trial number.
+    trials: BTreeMap<TrialId, TrialRecord>,
+    /// The hyperparameters in use, refitted when the results grow by [`REFIT_GROWTH`].
+    fitted: Option<Fitted>,
 }
 
 /// `type = "gp"`: see the module documentation.
@@ -108,7 +199,11 @@ pub struct GpSearcher {
     encoding: Encoding,
     /// Input columns: one per numeric parameter, one per choice value, plus the resource.
     columns: usize,
-    records: BTreeMap<TrialId, Record>,
+    state: GpState,
+}
+
+fn same_level(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 /// The results a GP is fitted on, in model coordinates.
@@ -139,15 +234,6 @@ struct Data {
 
 /// A rung below the acquisition rung, where ASHA stops a trial whose score is below the
 /// promotion quantile of the scores recorded there.
-///
-/// Why: with a minimum resource of 1, most proposals are judged at rungs whose ranking can be
-/// far from the acquisition rung's (on some lcbench tasks epoch-1 scores rank configs almost
-/// opposite to epoch 52). Expected improvement at the acquisition rung alone then keeps
-/// proposing configs that ASHA stops at the first rung, and the search stalls. The proposal
-/// maximises `EI * P(pass)`, where `P(pass)` is the smallest, over the gates, of the joint
-/// GP's probability that the config scores at least the gate's cutoff: the smallest, because
-/// the events are strongly positively correlated (a product would count the same risk
-/// several times).
 #[derive(Clone, Debug)]
 struct Gate {
     level: f64,
@@ -164,13 +250,29 @@ struct Gate {
 /// How good a candidate is: its acquisition value and the parts it is made of.
 #[derive(Clone, Copy, Debug)]
 struct Score {
-    /// `ei * survival`.
+    /// The expected improvement at the acquisition rung counted where the gates are passed
+    /// (the plain expected improvement without gates).
     acquisition: f64,
+    /// The plain expected improvement at the acquisition rung (an upper bound of
+    /// `acquisition`).
     ei: f64,
-    /// Probability of passing the gates (1 without any).
-    survival: f64,
+    /// The share of gate draws that pass every gate (1 without gates).
+    pass: f64,
+    /// `ei` times each gate's own pass probability: it ranks candidates whose acquisition is 0
+    /// for want of a passing draw (a lower bound of the acquisition, as passing one gate makes
+    /// passing the others likelier).
+    fallback: f64,
     mean: f64,
     sd: f64,
+}
+
+impl Score {
+    /// The acquisition first; where it is 0 for both (deep in the tails), the fallback, then
+    /// the optimistic bound decide.
+    fn better_than(&self, other: &Score) -> bool {
+        let key = |s: &Score| (s.acquisition, s.fallback, s.mean + 2.0 * s.sd);
+        key(self).partial_cmp(&key(other)) == Some(std::cmp::Ordering::Greater)
+    }
 }
 
 impl GpSearcher {
@@ -195,8 +297,19 @@ impl GpSearcher {
             space,
             encoding,
             columns,
-            records: BTreeMap::new(),
+            state: GpState::default(),
         })
+    }
+
+    /// What the searcher has learnt (for saving it).
+    pub fn state(&self) -> &GpState {
+        &self.state
+    }
+
+    /// Continues from a saved state: the searcher then proposes what the one that saved it
+    /// would have.
+    pub fn restore(&mut self, state: GpState) {
+        self.state = state;
     }
 
     /// The model inputs of an encoded config at resource coordinate `r`.
@@ -226,12 +339,12 @@ impl GpSearcher {
     /// The results to fit on now, or why there are none.
     fn data(&self, asking: TrialId, rng: &mut CoreRng) -> Result<Data, String> {
         let s = &self.settings;
-        // Every (trial, rung, score) with an encodable config.
-        let mut results: Vec<(&[f64], f64, f64)> = Vec::new();
-        for r in self.records.values() {
+        // Every (trial's point, rung, score) with an encodable config.
+        let mut results: Vec<(&[f64], f64, Option<f64>)> = Vec::new();
+        for r in self.state.trials.values() {
             let Some(point) = &r.point else { continue };
             for (level, score) in &r.rungs {
-                results.push((point, level.0, *score));
+                results.push((point, *level, *score));
             }
         }
         if results.len() < 2 {
@@ -242,16 +355,27 @@ impl GpSearcher {
                 s.metric
             ));
         }
-        let mut counts: BTreeMap<Level, usize> = BTreeMap::new();
+        let Some(worst) = results.iter().filter_map(|r| r.2).min_by(f64::total_cmp) else {
+            return Err(format!(
+                "every result of {} so far is NaN or infinite",
+                s.metric
+            ));
+        };
+        // Rungs in increasing order with their result counts.
+        let mut counts: Vec<(f64, usize)> = Vec::new();
         for (_, level, _) in &results {
-            *counts.entry(Level(*level)).or_default() += 1;
+            match counts.iter_mut().find(|(l, _)| same_level(*l, *level)) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((*level, 1)),
+            }
         }
+        counts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let rung = counts
             .iter()
             .rev()
-            .find(|(_, n)| **n >= s.min_points)
-            .or_else(|| counts.iter().next())
-            .map_or(1.0, |(l, _)| l.0);
+            .find(|(_, n)| *n >= s.min_points)
+            .or_else(|| counts.first())
+            .map_or(1.0, |(l, _)| *l);
         // The resource on a log scale in [0, 1].
         let (r_min, r_max) = match &s.levels {
             Some(levels) => (
@@ -259,8 +383,8 @@ impl GpSearcher {
                 levels.last().copied().unwrap_or(1.0),
             ),
             None => (
-                counts.keys().next().map_or(1.0, |l| l.0),
-                counts.keys().next_back().map_or(1.0, |l| l.0),
+                counts.first().map_or(1.0, |c| c.0),
+                counts.last().map_or(1.0, |c| c.0),
             ),
         };
         let coordinate = |r: f64| {
@@ -273,53 +397,23 @@ impl GpSearcher {
             }
         };
         let total = results.len();
-        // The acquisition rung's results and higher ones first, each group in random order.
-        let mut order: Vec<usize> = (0..total).collect();
-        for i in (1..total).rev() {
-            order.swap(i, rng.random_range(0..=i));
-        }
-        order.sort_by_key(|&i| results[i].1 < rung);
-        order.truncate(s.max_observations.max(2));
-        let worst = results
+        let chosen = active_set(&results, &counts, rung, s.max_observations.max(2), rng);
+        let non_finite = chosen.iter().filter(|&&i| results[i].2.is_none()).count();
+        let raw: Vec<f64> = chosen
             .iter()
-            .map(|r| r.2)
-            .filter(|v| v.is_finite())
-            .min_by(f64::total_cmp);
-        let non_finite = order.iter().filter(|&&i| !results[i].2.is_finite()).count();
-        let Some(worst) = worst else {
-            return Err(format!(
-                "every result of {} so far is NaN or infinite",
-                s.metric
-            ));
-        };
-        let raw: Vec<f64> = order
-            .iter()
-            .map(|&i| {
-                let v = results[i].2;
-                if v.is_finite() { v } else { worst }
-            })
+            .map(|&i| results[i].2.unwrap_or(worst))
             .collect();
-        let mean = raw.iter().sum::<f64>() / raw.len() as f64;
-        let var = raw.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / raw.len() as f64;
-        let sd = if var.sqrt() > 1e-12 * mean.abs().max(1.0) {
-            var.sqrt()
-        } else {
-            1.0
-        };
-        let y: Vec<f64> = raw.iter().map(|v| (v - mean) / sd).collect();
-        let x: Vec<Vec<f64>> = order
+        let standardiser = Standardiser::of(raw.iter().copied());
+        let y: Vec<f64> = raw.iter().map(|v| standardiser.apply(*v)).collect();
+        let x: Vec<Vec<f64>> = chosen
             .iter()
             .map(|&i| self.inputs(results[i].0, coordinate(results[i].1)))
             .collect();
-        let at_rung_mask: Vec<bool> = order
+        let best = chosen
             .iter()
-            .map(|&i| (results[i].1 - rung).abs() <= 1e-9 * rung.abs().max(1.0))
-            .collect();
-        let best = y
-            .iter()
-            .zip(&at_rung_mask)
-            .filter(|(_, at)| **at)
-            .map(|(v, _)| *v)
+            .zip(&y)
+            .filter(|&(&i, _)| same_level(results[i].1, rung))
+            .map(|(_, v)| *v)
             .fold(f64::NEG_INFINITY, f64::max);
         let best = if best.is_finite() {
             best
@@ -330,18 +424,20 @@ impl GpSearcher {
         let gates = match (&s.levels, s.rung_cutoff_quantile) {
             (Some(levels), Some(quantile)) => levels
                 .iter()
-                .filter(|&&level| level < rung - 1e-9 * rung.abs().max(1.0))
+                .filter(|&&level| level < rung && !same_level(level, rung))
                 .filter_map(|&level| {
                     let scores: Vec<f64> = self
-                        .records
+                        .state
+                        .trials
                         .values()
-                        .filter_map(|r| r.rungs.get(&Level(level)).copied())
+                        .filter_map(|r| r.at(level))
+                        .map(|score| score.unwrap_or(f64::NEG_INFINITY))
                         .collect();
                     let raw_cutoff = percentile(scores.iter().copied(), quantile * 100.0)?;
                     raw_cutoff.is_finite().then(|| Gate {
                         level,
                         coordinate: coordinate(level),
-                        cutoff: (raw_cutoff - mean) / sd,
+                        cutoff: standardiser.apply(raw_cutoff),
                         raw_cutoff,
                         recorded: scores.len(),
                     })
@@ -350,16 +446,17 @@ impl GpSearcher {
             _ => Vec::new(),
         };
         let incumbent_rung = self
-            .records
+            .state
+            .trials
             .values()
-            .filter_map(|r| r.rungs.keys().next_back().copied())
-            .max();
+            .filter_map(TrialRecord::highest)
+            .max_by(f64::total_cmp);
         let mut at_top: Vec<(&[f64], f64)> = incumbent_rung
             .map(|top| {
-                self.records
+                self.state
+                    .trials
                     .values()
-                    .filter_map(|r| Some((r.point.as_deref()?, *r.rungs.get(&top)?)))
-                    .filter(|(_, score)| score.is_finite())
+                    .filter_map(|r| Some((r.point.as_deref()?, r.at(top)??)))
                     .collect()
             })
             .unwrap_or_default();
@@ -369,14 +466,17 @@ impl GpSearcher {
             .take(INCUMBENT_STARTS)
             .map(|(point, _)| point.to_vec())
             .collect();
-        let incumbent_rung = incumbent_rung.map(|l| l.0);
         let pending = if s.fantasize {
-            self.records
+            self.state
+                .trials
                 .iter()
                 .filter(|&(id, r)| {
                     *id != asking
                         && !r.finished
-                        && !r.rungs.keys().any(|l| l.0 >= rung - 1e-9 * rung.abs())
+                        && !r
+                            .rungs
+                            .iter()
+                            .any(|(l, _)| *l >= rung || same_level(*l, rung))
                 })
                 .filter_map(|(_, r)| r.point.as_ref())
                 .take(MAX_PENDING)
@@ -391,7 +491,10 @@ impl GpSearcher {
             rung,
             rung_coordinate,
             best,
-            at_rung: counts.get(&Level(rung)).copied().unwrap_or(0),
+            at_rung: counts
+                .iter()
+                .find(|(l, _)| same_level(*l, rung))
+                .map_or(0, |c| c.1),
             total,
             pending,
             non_finite,
@@ -401,103 +504,130 @@ impl GpSearcher {
         })
     }
 
-    /// The model's proposal: `(values, ei, details)`, or why the GP could not be fitted.
+    /// The hyperparameters for this proposal: the last fit's while the results have grown by
+    /// less than [`REFIT_GROWTH`] since, else a new fit (from the last fit and a random start),
+    /// which is remembered.
+    fn hyperparameters(&mut self, data: &Data, rng: &mut CoreRng) -> (Theta, bool) {
+        if let Some(fitted) = &self.state.fitted
+            && fitted.theta.0.len() == self.columns + 2
+            && (data.total as f64) < fitted.results as f64 * (1.0 + REFIT_GROWTH)
+        {
+            return (fitted.theta.clone(), false);
+        }
+        let fit_n = data.x.len().min(FIT_POINTS);
+        // The posterior's results are in random order within each rung's share, so the first
+        // FIT_POINTS of a shuffled order are a random subset.
+        let mut order: Vec<usize> = (0..data.x.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        order.truncate(fit_n);
+        let x: Vec<Vec<f64>> = order.iter().map(|&i| data.x[i].clone()).collect();
+        let y: Vec<f64> = order.iter().map(|&i| data.y[i]).collect();
+        // From the last fit, and from a random start at every RESTART_EVERY-th fit (and the
+        // first): the last fit is usually close, the random start keeps it from staying in a
+        // poor local optimum as the data change.
+        let fits = self.state.fitted.as_ref().map_or(0, |f| f.fits);
+        let mut starts = vec![
+            self.state
+                .fitted
+                .as_ref()
+                .map(|f| f.theta.clone())
+                .filter(|t| t.0.len() == self.columns + 2)
+                .unwrap_or_else(|| Theta::default_for(self.columns)),
+        ];
+        if fits.is_multiple_of(RESTART_EVERY) {
+            starts.push(random_start(self.columns, rng));
+        }
+        let theta = fit_hyperparameters(&x, &y, starts);
+        self.state.fitted = Some(Fitted {
+            theta: theta.clone(),
+            results: data.total,
+            fits: fits + 1,
+        });
+        (theta, true)
+    }
+
+    /// The model's proposal: `(values, score, details)`, or why the GP could not be fitted.
     fn model_proposal(
-        &self,
+        &mut self,
         data: &Data,
         rng: &mut CoreRng,
     ) -> Result<(Vec<Value>, Score, Value), String> {
-        let p = self.columns;
-        let fit_n = data.x.len().min(FIT_POINTS);
-        let theta = fit_hyperparameters(&data.x[..fit_n], &data.y[..fit_n], p, rng);
-        let mut gp = Gp::fit(data.x.clone(), &data.y, &theta)
+        let (theta, refitted) = self.hyperparameters(data, rng);
+        let mut gp = Posterior::fit(&data.x, &data.y, &theta)
             .ok_or("the kernel matrix is not positive definite even with jitter")?;
-        let fantasized = data.pending.len();
-        if fantasized > 0 {
-            let mut x = data.x.clone();
-            let mut y = data.y.clone();
-            for pending in &data.pending {
-                y.push(gp.predict(pending).0);
-                x.push(pending.clone());
-            }
-            if let Some(with) = Gp::fit(x, &y, &theta) {
-                gp = with;
-            }
-        }
-        let score = |point: &[f64]| -> Score {
-            let (mean, var) = gp.predict(&self.inputs(point, data.rung_coordinate));
-            let sd = var.sqrt();
-            let ei = expected_improvement(mean, sd, data.best);
-            let survival = data
-                .gates
-                .iter()
-                .map(|gate| {
-                    let (m, v) = gp.predict(&self.inputs(point, gate.coordinate));
-                    normal_cdf((m - gate.cutoff) / v.sqrt())
-                })
-                .fold(1.0, f64::min);
-            Score {
-                acquisition: ei * survival,
-                ei,
-                survival,
-                mean,
-                sd,
-            }
+        let fantasized = if data.pending.is_empty() {
+            0
+        } else {
+            gp.fantasize(&data.pending)
         };
-        let better = |a: &Score, b: &Score| {
-            // The acquisition first; where it underflows to 0 for both, the optimistic bound
-            // (weighted by the chance to pass the gates) decides.
-            let optimistic = |s: &Score| (s.mean + 2.0 * s.sd) * s.survival.max(1e-300);
-            a.acquisition > b.acquisition
-                || (a.acquisition == b.acquisition && optimistic(a) > optimistic(b))
-        };
-        // Random candidates, scored.
-        let mut scored: Vec<(Vec<f64>, Score)> = Vec::new();
+        let acquisition = Acquisition::new(self, &gp, data, rng);
+        // Random candidates, scored by their plain expected improvement first (all at once);
+        // the gates are only evaluated for those that could still be among the best
+        // LOCAL_STARTS.
+        let mut points: Vec<Vec<f64>> = Vec::new();
         for _ in 0..self.settings.n_candidates.max(1) {
             let config = self.space.sample(0, rng);
-            let Some(point) = self.encoding.encode(&values_of(&self.space, &config)) else {
-                continue;
-            };
-            let s = score(&point);
-            scored.push((point, s));
+            if let Some(point) = self.encoding.encode(&values_of(&self.space, &config)) {
+                points.push(point);
+            }
         }
-        if scored.is_empty() {
+        if points.is_empty() {
             return Err("no candidate config could be encoded".into());
         }
-        // Local search from the best few: perturb, snap to the domains, keep improvements.
-        let mut starts: Vec<usize> = (0..scored.len()).collect();
-        starts.sort_by(|&a, &b| {
-            if better(&scored[a].1, &scored[b].1) {
-                std::cmp::Ordering::Less
-            } else if better(&scored[b].1, &scored[a].1) {
-                std::cmp::Ordering::Greater
-            } else {
-                a.cmp(&b)
+        let plain = acquisition.plain_many(&points);
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        order.sort_by(|&a, &b| plain[b].ei.total_cmp(&plain[a].ei));
+        let mut starts: Vec<(Vec<f64>, Score)> = Vec::new();
+        for i in order {
+            if starts.len() >= LOCAL_STARTS
+                && plain[i].ei <= starts[LOCAL_STARTS - 1].1.acquisition
+                && plain[i].ei > 0.0
+            {
+                break;
             }
-        });
-        starts.truncate(LOCAL_STARTS);
-        for incumbent in &data.incumbents {
-            let s = score(incumbent);
-            starts.push(scored.len());
-            scored.push((incumbent.clone(), s));
+            let s = acquisition.complete(&points[i], plain[i]);
+            starts.push((points[i].clone(), s));
+            sort_best_first(&mut starts);
+            starts.truncate(LOCAL_STARTS);
         }
+        for incumbent in &data.incumbents {
+            let plain = acquisition.plain_many(std::slice::from_ref(incumbent))[0];
+            starts.push((incumbent.clone(), acquisition.complete(incumbent, plain)));
+        }
+        // Local search from each start: NEIGHBOURS perturbed copies per step (scored at once),
+        // snapped to the domains; move to the best if it improves, else shrink the step.
         let mut best: Option<(Vec<f64>, Score)> = None;
-        for start in starts {
-            let (mut point, mut s) = scored[start].clone();
+        for (mut point, mut s) in starts {
             let mut scale = 0.2;
             for _ in 0..LOCAL_STEPS {
-                let Some(next) = self.perturb(&point, scale, rng) else {
-                    continue;
-                };
-                let t = score(&next);
-                if better(&t, &s) {
-                    point = next;
-                    s = t;
-                } else {
-                    scale = (scale * 0.8).max(0.01);
+                let next: Vec<Vec<f64>> = (0..NEIGHBOURS)
+                    .filter_map(|_| self.perturb(&point, scale, rng))
+                    .collect();
+                let plain = acquisition.plain_many(&next);
+                let mut order: Vec<usize> = (0..next.len()).collect();
+                order.sort_by(|&a, &b| plain[b].ei.total_cmp(&plain[a].ei));
+                let mut moved = false;
+                for i in order {
+                    // The plain expected improvement bounds the acquisition: below the current
+                    // point's, the gates cannot make it better.
+                    let t = if plain[i].ei < s.acquisition {
+                        plain[i]
+                    } else {
+                        acquisition.complete(&next[i], plain[i])
+                    };
+                    if t.better_than(&s) {
+                        point = next[i].clone();
+                        s = t;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    scale = (scale * 0.7).max(0.01);
                 }
             }
-            if best.as_ref().is_none_or(|(_, b)| better(&s, b)) {
+            if best.as_ref().is_none_or(|(_, b)| s.better_than(b)) {
                 best = Some((point, s));
             }
         }
@@ -505,22 +635,24 @@ impl GpSearcher {
             return Err("no candidate config could be scored".into());
         };
         let values = self.encoding.decode(&point);
-        let (lengthscales, variance, noise) = theta.natural(p);
+        let (lengthscales, variance, noise) = theta.natural();
         let mut details = json!({
             "model": "gp",
             "kernel": "matern52_ard",
             "acquisition": if data.gates.is_empty() {
                 "expected_improvement"
             } else {
-                "expected_improvement_times_pass_probability"
+                "expected_improvement_where_the_gates_pass"
             },
+            "acquisition_value": round6(chosen.acquisition),
             "ei": round6(chosen.ei),
             "mean": round6(chosen.mean),
             "sd": round6(chosen.sd),
             "incumbent": round6(data.best),
             "observations": data.total,
             "used": data.x.len(),
-            "fitted_on": fit_n,
+            "refitted": refitted,
+            "fitted_at": self.state.fitted.as_ref().map_or(0, |f| f.results),
             "rung": data.rung,
             "rung_results": data.at_rung,
             "resource_attr": self.settings.resource_attr,
@@ -540,7 +672,7 @@ impl GpSearcher {
             details["fantasized"] = json!(fantasized);
         }
         if !data.gates.is_empty() {
-            details["pass_probability"] = json!(round6(chosen.survival));
+            details["pass_probability"] = json!(round6(chosen.pass));
             details["gates"] = data
                 .gates
                 .iter()
@@ -588,6 +720,244 @@ impl GpSearcher {
     }
 }
 
+/// Which results enter the posterior: all of them up to `max`; beyond that, the same share of
+/// `max` for each rung (what a rung leaves unused goes to the others), and within a rung its
+/// best quarter first, the rest at random. Every rung keeps a say (the gates are judged at the
+/// low ones, the acquisition at a high one), and the model is most accurate where the good
+/// configs are (as Syne Tune's subsampling keeps the best results).
+fn active_set(
+    results: &[(&[f64], f64, Option<f64>)],
+    counts: &[(f64, usize)],
+    rung: f64,
+    max: usize,
+    rng: &mut CoreRng,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..results.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    if results.len() <= max {
+        return order;
+    }
+    // Quotas: rungs from the acquisition rung down get theirs first, as in water filling.
+    let mut quota = vec![0usize; counts.len()];
+    let mut left = max;
+    let mut open: Vec<usize> = (0..counts.len()).collect();
+    while left > 0 && !open.is_empty() {
+        let share = (left / open.len()).max(1);
+        let mut next = Vec::new();
+        // Higher rungs (the acquisition rung's side) first when a share does not divide.
+        open.sort_by(|&a, &b| {
+            let near = |i: usize| (counts[i].0 - rung).abs();
+            near(a).total_cmp(&near(b))
+        });
+        for &i in &open {
+            if left == 0 {
+                break;
+            }
+            let room = counts[i].1 - quota[i];
+            let take = share.min(room).min(left);
+            quota[i] += take;
+            left -= take;
+            if quota[i] < counts[i].1 {
+                next.push(i);
+            }
+        }
+        open = next;
+    }
+    let mut chosen = Vec::with_capacity(max);
+    for (k, &(level, _)) in counts.iter().enumerate() {
+        let mut at: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| same_level(results[i].1, level))
+            .collect();
+        let best_n = quota[k].div_ceil(4);
+        // The best quarter of the quota (stable: the random order breaks ties), then at random.
+        let mut by_score = at.clone();
+        by_score.sort_by(|&a, &b| {
+            let s = |i: usize| results[i].2.unwrap_or(f64::NEG_INFINITY);
+            s(b).total_cmp(&s(a))
+        });
+        let best: Vec<usize> = by_score.into_iter().take(best_n).collect();
+        at.retain(|i| !best.contains(i));
+        chosen.extend(best);
+        chosen.extend(at.into_iter().take(quota[k] - best_n.min(quota[k])));
+    }
+    chosen
+}
+
+/// The acquisition function of one proposal.
+struct Acquisition<'a> {
+    searcher: &'a GpSearcher,
+    gp: &'a Posterior,
+    data: &'a Data,
+    /// Standard normal draws of the gate values, `GATE_DRAWS x gates`.
+    draws: Vec<Vec<f64>>,
+}
+
+impl<'a> Acquisition<'a> {
+    fn new(
+        searcher: &'a GpSearcher,
+        gp: &'a Posterior,
+        data: &'a Data,
+        rng: &mut CoreRng,
+    ) -> Acquisition<'a> {
+        let draws = if data.gates.is_empty() {
+            Vec::new()
+        } else {
+            // Antithetic pairs (z, -z): half the draws' sampling error for the same cost.
+            (0..GATE_DRAWS / 2)
+                .flat_map(|_| {
+                    let z: Vec<f64> = data.gates.iter().map(|_| standard_normal(rng)).collect();
+                    let minus = z.iter().map(|v| -v).collect();
+                    [z, minus]
+                })
+                .collect()
+        };
+        Acquisition {
+            searcher,
+            gp,
+            data,
+            draws,
+        }
+    }
+
+    /// The plain expected improvement at the acquisition rung (the acquisition when there are
+    /// no gates, else an upper bound of it) of each point.
+    fn plain_many(&self, points: &[Vec<f64>]) -> Vec<Score> {
+        let inputs: Vec<Vec<f64>> = points
+            .iter()
+            .map(|p| self.searcher.inputs(p, self.data.rung_coordinate))
+            .collect();
+        self.gp
+            .predict_many(&inputs)
+            .into_iter()
+            .map(|(mean, var)| {
+                let sd = var.sqrt();
+                let ei = expected_improvement(mean, sd, self.data.best);
+                Score {
+                    acquisition: ei,
+                    ei,
+                    pass: 1.0,
+                    fallback: ei,
+                    mean,
+                    sd,
+                }
+            })
+            .collect()
+    }
+
+    /// The acquisition with the gates: `E[(f_top - best)^+ 1{every gate passed}]`, the gate
+    /// values drawn from the joint posterior and the improvement in closed form given them.
+    fn complete(&self, point: &[f64], plain: Score) -> Score {
+        let gates = &self.data.gates;
+        if gates.is_empty() {
+            return plain;
+        }
+        if plain.ei <= 0.0 {
+            return Score {
+                acquisition: 0.0,
+                fallback: 0.0,
+                ..plain
+            };
+        }
+        // The joint posterior of (f at each gate, f at the acquisition rung).
+        let mut inputs: Vec<Vec<f64>> = gates
+            .iter()
+            .map(|g| self.searcher.inputs(point, g.coordinate))
+            .collect();
+        inputs.push(self.searcher.inputs(point, self.data.rung_coordinate));
+        let (means, cov) = self.gp.joint(&inputs);
+        let k = gates.len();
+        // Cholesky of the gates' covariance (jittered if needed), and the top's regression on
+        // the standardised gate draws: f_top | z = mean_top + w.z, variance cov_tt - w.w.
+        let marginal: f64 = gates
+            .iter()
+            .enumerate()
+            .map(|(i, g)| normal_cdf((means[i] - g.cutoff) / cov[i * (k + 1) + i].sqrt()))
+            .product();
+        let Some(l) = small_cholesky(&cov, k + 1, k) else {
+            return Score {
+                acquisition: 0.0,
+                pass: 0.0,
+                fallback: plain.ei * marginal,
+                ..plain
+            };
+        };
+        let mut w = vec![0.0; k];
+        for i in 0..k {
+            let s: f64 = (0..i).map(|j| l[i * k + j] * w[j]).sum();
+            w[i] = (cov[i * (k + 1) + k] - s) / l[i * k + i];
+        }
+        let top_var = cov[k * (k + 1) + k] - w.iter().map(|v| v * v).sum::<f64>();
+        let top_sd = top_var.max(1e-12).sqrt();
+        // The share of the expected improvement that lies where every gate passes, from the
+        // draws, times the exact expected improvement: a ratio of two sums over the same draws,
+        // so their sampling errors largely cancel and the acquisition never exceeds the plain
+        // expected improvement (a plain average of the passing draws can, where a few draws in
+        // the tail carry the improvement).
+        let (mut passing, mut all) = (0.0, 0.0);
+        let mut passed = 0usize;
+        for z in &self.draws {
+            let m = means[k] + w.iter().zip(z).map(|(a, b)| a * b).sum::<f64>();
+            let improvement = expected_improvement(m, top_sd, self.data.best);
+            all += improvement;
+            let pass = gates.iter().enumerate().all(|(i, g)| {
+                let f: f64 = means[i] + (0..=i).map(|j| l[i * k + j] * z[j]).sum::<f64>();
+                f >= g.cutoff
+            });
+            if pass {
+                passed += 1;
+                passing += improvement;
+            }
+        }
+        let n = self.draws.len() as f64;
+        let share = if all > 0.0 { passing / all } else { 0.0 };
+        Score {
+            acquisition: plain.ei * share,
+            pass: passed as f64 / n,
+            fallback: plain.ei * marginal,
+            ..plain
+        }
+    }
+}
+
+/// Lower Cholesky factor (row-major `k x k`) of the leading `k x k` block of a symmetric
+/// `size x size` matrix, with jitter added to the diagonal if needed.
+fn small_cholesky(cov: &[f64], size: usize, k: usize) -> Option<Vec<f64>> {
+    let scale = (0..k)
+        .map(|i| cov[i * size + i])
+        .fold(0.0f64, f64::max)
+        .max(1e-12);
+    for jitter in [0.0, 1e-9, 1e-6, 1e-3] {
+        let mut l = vec![0.0; k * k];
+        let mut ok = true;
+        'rows: for i in 0..k {
+            for j in 0..=i {
+                let mut s = cov[i * size + j];
+                for m in 0..j {
+                    s -= l[i * k + m] * l[j * k + m];
+                }
+                if i == j {
+                    let d = s + jitter * scale;
+                    if !(d > 0.0 && d.is_finite()) {
+                        ok = false;
+                        break 'rows;
+                    }
+                    l[i * k + i] = d.sqrt();
+                } else {
+                    l[i * k + j] = s / l[j * k + j];
+                }
+            }
+        }
+        if ok {
+            return Some(l);
+        }
+    }
+    None
+}
+
 /// The standard normal distribution function (1/2 for NaN: no information).
 fn normal_cdf(z: f64) -> f64 {
     if z.is_nan() {
@@ -618,62 +988,52 @@ impl Searcher for GpSearcher {
             return Suggestion::Finished;
         }
         let mut rng = proposal_rng(self.settings.seed, trial);
-        let s = &self.settings;
-        let proposal = if index < s.points_to_evaluate.len() {
-            warm_start_proposal(&self.space, &s.points_to_evaluate, index, &mut rng)
-        } else if index < s.n_initial {
-            let reason = format!("random initial config {} of {}", index + 1, s.n_initial);
+        let proposal = if index < self.settings.points_to_evaluate.len() {
+            warm_start_proposal(
+                &self.space,
+                &self.settings.points_to_evaluate,
+                index,
+                &mut rng,
+            )
+        } else if index < self.settings.n_initial {
+            let reason = format!(
+                "random initial config {} of {}",
+                index + 1,
+                self.settings.n_initial
+            );
             random_proposal(&self.space, reason, &mut rng, "initial")
+        } else if self.settings.random_fraction > 0.0
+            && rng.random::<f64>() < self.settings.random_fraction
+        {
+            let reason = format!(
+                "random (a share of {} of the proposals is random)",
+                self.settings.random_fraction
+            );
+            random_proposal(&self.space, reason, &mut rng, "random_fraction")
         } else {
-            match self
-                .data(trial, &mut rng)
-                .and_then(|data| Ok((self.model_proposal(&data, &mut rng)?, data)))
-            {
+            let modelled = self.data(trial, &mut rng).and_then(|data| {
+                let proposal = self.model_proposal(&data, &mut rng)?;
+                Ok((proposal, data))
+            });
+            match modelled {
                 Err(why) => {
                     random_proposal(&self.space, format!("random: {why}"), &mut rng, "no_model")
                 }
-                Ok(((values, chosen, details), data)) => {
-                    let fantasized = if data.pending.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} running trials fantasized", data.pending.len())
-                    };
-                    let ei = chosen.ei;
-                    let gates = if data.gates.is_empty() {
-                        String::new()
-                    } else {
-                        let rungs: Vec<String> =
-                            data.gates.iter().map(|g| format!("{}", g.level)).collect();
-                        format!(
-                            " (times a {:.3} chance to pass the cutoffs of rungs {})",
-                            chosen.survival,
-                            rungs.join(", ")
-                        )
-                    };
-                    Proposal {
-                        config: self.space.config_from_values(&values),
-                        reason: format!(
-                            "gp: largest expected improvement {ei:.4} (standardised) at rung {} = {}{gates} of {} random candidates and a local search; Matérn-5/2 ARD GP over (config, {}) fitted on {} of {} results{fantasized}",
-                            s.resource_attr,
-                            data.rung,
-                            s.n_candidates,
-                            s.resource_attr,
-                            data.x.len(),
-                            data.total,
-                        ),
-                        details,
-                    }
-                }
+                Ok(((values, chosen, details), data)) => Proposal {
+                    config: self.space.config_from_values(&values),
+                    reason: self.reason(&data, &chosen),
+                    details,
+                },
             }
         };
         let point = self
             .encoding
             .encode(&values_of(&self.space, &proposal.config));
-        self.records.insert(
+        self.state.trials.insert(
             trial,
-            Record {
+            TrialRecord {
                 point,
-                ..Record::default()
+                ..TrialRecord::default()
             },
         );
         Suggestion::Explained(proposal)
@@ -684,30 +1044,34 @@ impl Searcher for GpSearcher {
             return;
         };
         let score = self.settings.mode.score(value);
+        let score = score.is_finite().then_some(score);
         let Some(resource) = result
             .get(&self.settings.resource_attr)
             .filter(|r| r.is_finite())
         else {
             return;
         };
-        let Some(record) = self.records.get_mut(&trial) else {
+        let Some(record) = self.state.trials.get_mut(&trial) else {
             return;
         };
         match &self.settings.levels {
             Some(levels) => {
-                if let Some(&level) = levels.iter().rev().find(|l| **l <= resource + 1e-9) {
-                    record.rungs.entry(Level(level)).or_insert(score);
+                if let Some(&level) = levels.iter().rev().find(|l| **l <= resource + 1e-9)
+                    && record.at(level).is_none()
+                {
+                    record.rungs.push((level, score));
+                    record.rungs.sort_by(|a, b| a.0.total_cmp(&b.0));
                 }
             }
             None => {
                 record.rungs.clear();
-                record.rungs.insert(Level(resource), score);
+                record.rungs.push((resource, score));
             }
         }
     }
 
     fn on_trial_complete(&mut self, trial: TrialId, _last: Option<&TrialResult>) {
-        if let Some(record) = self.records.get_mut(&trial) {
+        if let Some(record) = self.state.trials.get_mut(&trial) {
             record.finished = true;
         }
     }
@@ -717,367 +1081,55 @@ impl Searcher for GpSearcher {
     }
 }
 
-/// The GP's hyperparameters in log space: `p` log length scales, log signal variance, log noise
-/// variance.
-#[derive(Clone, Debug)]
-struct Theta(Vec<f64>);
+/// Best first, by [`Score::better_than`] (stable).
+fn sort_best_first(scored: &mut [(Vec<f64>, Score)]) {
+    scored.sort_by(|a, b| {
+        if a.1.better_than(&b.1) {
+            std::cmp::Ordering::Less
+        } else if b.1.better_than(&a.1) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+}
 
-/// Bounds of the log hyperparameters: length scales, signal variance, noise variance (the
-/// outputs are standardised and the inputs in the unit cube).
-const LN_LENGTHSCALE: (f64, f64) = (-4.0, 4.0);
-const LN_VARIANCE: (f64, f64) = (-4.0, 4.0);
-const LN_NOISE: (f64, f64) = (-13.8, 0.7);
-
-impl Theta {
-    fn natural(&self, p: usize) -> (Vec<f64>, f64, f64) {
-        (
-            self.0[..p].iter().map(|v| v.exp()).collect(),
-            self.0[p].exp(),
-            self.0[p + 1].exp(),
+impl GpSearcher {
+    /// The decisions log's sentence for a model proposal.
+    fn reason(&self, data: &Data, chosen: &Score) -> String {
+        let s = &self.settings;
+        let fantasized = if data.pending.is_empty() {
+            String::new()
+        } else {
+            format!(", {} running trials fantasized", data.pending.len())
+        };
+        let gates = if data.gates.is_empty() {
+            String::new()
+        } else {
+            let rungs: Vec<String> = data.gates.iter().map(|g| format!("{}", g.level)).collect();
+            format!(
+                ", counted where it passes ASHA's cutoffs at rungs {} (it does with probability {:.3}; {:.4} without them)",
+                rungs.join(", "),
+                chosen.pass,
+                chosen.ei,
+            )
+        };
+        format!(
+            "gp: largest expected improvement {:.4} (standardised) at rung {} = {}{gates}, of {} random candidates and a local search; Matérn-5/2 ARD GP over (config, {}) on {} of {} results{fantasized}",
+            chosen.acquisition,
+            s.resource_attr,
+            data.rung,
+            s.n_candidates,
+            s.resource_attr,
+            data.x.len(),
+            data.total,
         )
     }
-
-    fn clamp(&mut self, p: usize) {
-        for (i, v) in self.0.iter_mut().enumerate() {
-            let (lo, hi) = if i < p {
-                LN_LENGTHSCALE
-            } else if i == p {
-                LN_VARIANCE
-            } else {
-                LN_NOISE
-            };
-            *v = v.clamp(lo, hi);
-        }
-    }
-
-    /// Weak log-normal priors (log density up to a constant, and its gradient): length scales
-    /// around 1, signal variance around 1, noise around 1e-3 of it.
-    fn prior(&self, p: usize) -> (f64, Vec<f64>) {
-        let mut value = 0.0;
-        let mut grad = vec![0.0; self.0.len()];
-        for (i, v) in self.0.iter().enumerate() {
-            // Length scales and the signal variance around 1, the noise around 1e-3.
-            let (mu, sigma) = if i <= p { (0.0, 1.5) } else { (-7.0, 3.0) };
-            value -= 0.5 * ((v - mu) / sigma).powi(2);
-            grad[i] = -(v - mu) / (sigma * sigma);
-        }
-        (value, grad)
-    }
-}
-
-/// Matérn-5/2 with ARD length scales: `variance (1 + sqrt5 r + 5/3 r^2) exp(-sqrt5 r)`.
-fn matern52(a: &[f64], b: &[f64], inverse_lengthscales: &[f64], variance: f64) -> f64 {
-    let r2: f64 = a
-        .iter()
-        .zip(b)
-        .zip(inverse_lengthscales)
-        .map(|((x, y), il)| ((x - y) * il).powi(2))
-        .sum();
-    let r = r2.sqrt();
-    let s5r = 5f64.sqrt() * r;
-    variance * (1.0 + s5r + 5.0 / 3.0 * r2) * (-s5r).exp()
-}
-
-/// A fitted GP posterior.
-struct Gp {
-    x: Vec<Vec<f64>>,
-    inverse_lengthscales: Vec<f64>,
-    variance: f64,
-    /// Lower Cholesky factor of K + noise I, row-major n x n.
-    chol: Vec<f64>,
-    alpha: Vec<f64>,
-}
-
-impl Gp {
-    fn fit(x: Vec<Vec<f64>>, y: &[f64], theta: &Theta) -> Option<Gp> {
-        let p = x.first().map_or(0, Vec::len);
-        let (lengthscales, variance, noise) = theta.natural(p);
-        let inverse_lengthscales: Vec<f64> = lengthscales.iter().map(|l| 1.0 / l).collect();
-        let n = x.len();
-        let mut k = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..=i {
-                let v = matern52(&x[i], &x[j], &inverse_lengthscales, variance);
-                k[i * n + j] = v;
-                k[j * n + i] = v;
-            }
-        }
-        let chol = cholesky_with_jitter(&k, n, noise, variance)?;
-        let alpha = cholesky_solve(&chol, n, y);
-        Some(Gp {
-            x,
-            inverse_lengthscales,
-            variance,
-            chol,
-            alpha,
-        })
-    }
-
-    /// Posterior mean and variance of the latent function at `x`.
-    fn predict(&self, x: &[f64]) -> (f64, f64) {
-        let n = self.x.len();
-        let k: Vec<f64> = self
-            .x
-            .iter()
-            .map(|xi| matern52(xi, x, &self.inverse_lengthscales, self.variance))
-            .collect();
-        let mean = k.iter().zip(&self.alpha).map(|(a, b)| a * b).sum();
-        let v = forward(&self.chol, n, &k);
-        let var = self.variance - v.iter().map(|a| a * a).sum::<f64>();
-        (mean, var.max(1e-12))
-    }
-}
-
-/// Cholesky of `k + noise I`, adding jitter (1e-8, 1e-6, 1e-4 of the variance) if needed.
-fn cholesky_with_jitter(k: &[f64], n: usize, noise: f64, variance: f64) -> Option<Vec<f64>> {
-    for jitter in [0.0, 1e-8, 1e-6, 1e-4] {
-        let mut a = k.to_vec();
-        for i in 0..n {
-            a[i * n + i] += noise + jitter * variance;
-        }
-        if cholesky(&mut a, n) {
-            return Some(a);
-        }
-    }
-    None
-}
-
-/// In-place lower Cholesky factor of a symmetric positive-definite row-major matrix; `false`
-/// if it is not (numerically) positive definite.
-#[allow(clippy::needless_range_loop)]
-fn cholesky(a: &mut [f64], n: usize) -> bool {
-    for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= a[j * n + k] * a[j * n + k];
-        }
-        if !(d > 0.0 && d.is_finite()) {
-            return false;
-        }
-        let d = d.sqrt();
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = s / d;
-        }
-        for k in j + 1..n {
-            a[j * n + k] = 0.0;
-        }
-    }
-    true
-}
-
-/// Solve `L z = b` for lower-triangular `L`.
-fn forward(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
-    let mut z = vec![0.0; n];
-    for i in 0..n {
-        let row = &l[i * n..i * n + i];
-        let s = b[i] - row.iter().zip(&z[..i]).map(|(a, c)| a * c).sum::<f64>();
-        z[i] = s / l[i * n + i];
-    }
-    z
-}
-
-/// Solve `L L^T x = b`.
-fn cholesky_solve(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
-    let z = forward(l, n, b);
-    let mut x = vec![0.0; n];
-    for i in (0..n).rev() {
-        let mut s = z[i];
-        for k in i + 1..n {
-            s -= l[k * n + i] * x[k];
-        }
-        x[i] = s / l[i * n + i];
-    }
-    x
-}
-
-/// Log marginal likelihood plus log prior, and its gradient in the log hyperparameters; `None`
-/// where the kernel matrix cannot be factorised.
-fn objective(x: &[Vec<f64>], y: &[f64], theta: &Theta, p: usize) -> Option<(f64, Vec<f64>)> {
-    let n = x.len();
-    let (lengthscales, variance, noise) = theta.natural(p);
-    let inverse_lengthscales: Vec<f64> = lengthscales.iter().map(|l| 1.0 / l).collect();
-    let mut k = vec![0.0; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            let v = matern52(&x[i], &x[j], &inverse_lengthscales, variance);
-            k[i * n + j] = v;
-            k[j * n + i] = v;
-        }
-    }
-    let l = cholesky_with_jitter(&k, n, noise, variance)?;
-    let alpha = cholesky_solve(&l, n, y);
-    let log_det: f64 = (0..n).map(|i| l[i * n + i].ln()).sum();
-    let fit: f64 = y.iter().zip(&alpha).map(|(a, b)| a * b).sum();
-    let lml = -0.5 * fit - log_det - 0.5 * n as f64 * (2.0 * PI).ln();
-    // K^-1 from the inverse of L: (L^-1)^T L^-1.
-    let mut l_inv = vec![0.0; n * n];
-    for c in 0..n {
-        for i in c..n {
-            let mut s = if i == c { 1.0 } else { 0.0 };
-            for m in c..i {
-                s -= l[i * n + m] * l_inv[m * n + c];
-            }
-            l_inv[i * n + c] = s / l[i * n + i];
-        }
-    }
-    // W = alpha alpha^T - K^-1; d lml / d theta_j = 1/2 sum W .* dK/dtheta_j.
-    let mut grad = vec![0.0; p + 2];
-    let s5 = 5f64.sqrt();
-    for a in 0..n {
-        for b in 0..=a {
-            let k_inv: f64 = (a..n).map(|m| l_inv[m * n + a] * l_inv[m * n + b]).sum();
-            let w = alpha[a] * alpha[b] - k_inv;
-            let factor = if a == b { 0.5 } else { 1.0 };
-            if a == b {
-                grad[p + 1] += factor * w * noise;
-            }
-            let kf = k[a * n + b];
-            grad[p] += factor * w * kf;
-            if a != b {
-                let mut r2 = 0.0;
-                let scaled: Vec<f64> = x[a]
-                    .iter()
-                    .zip(&x[b])
-                    .zip(&inverse_lengthscales)
-                    .map(|((u, v), il)| {
-                        let t = ((u - v) * il).powi(2);
-                        r2 += t;
-                        t
-                    })
-                    .collect();
-                let r = r2.sqrt();
-                let common = variance * 5.0 / 3.0 * (1.0 + s5 * r) * (-s5 * r).exp();
-                for (i, t) in scaled.iter().enumerate() {
-                    grad[i] += factor * w * common * t;
-                }
-            }
-        }
-    }
-    let (prior, prior_grad) = theta.prior(p);
-    for (g, pg) in grad.iter_mut().zip(prior_grad) {
-        *g += pg;
-    }
-    Some((lml + prior, grad))
-}
-
-/// Maximise the marginal likelihood with Adam from a default start and a random one; the best
-/// value seen wins.
-fn fit_hyperparameters(x: &[Vec<f64>], y: &[f64], p: usize, rng: &mut CoreRng) -> Theta {
-    let mut default = vec![0.0; p + 2];
-    default[p + 1] = -7.0;
-    let mut random = vec![0.0; p + 2];
-    for v in random.iter_mut().take(p) {
-        *v = rng.random_range(-2.0..1.0);
-    }
-    random[p] = rng.random_range(-1.0..1.0);
-    random[p + 1] = rng.random_range(-9.0..-3.0);
-    let mut best: Option<(f64, Theta)> = None;
-    for start in [default, random] {
-        let mut theta = Theta(start);
-        theta.clamp(p);
-        let mut m = vec![0.0; p + 2];
-        let mut v = vec![0.0; p + 2];
-        let (rate, beta1, beta2) = (0.1, 0.9, 0.999);
-        for step in 1..=FIT_STEPS {
-            let Some((value, grad)) = objective(x, y, &theta, p) else {
-                break;
-            };
-            if value.is_finite() && best.as_ref().is_none_or(|(b, _)| value > *b) {
-                best = Some((value, theta.clone()));
-            }
-            for i in 0..p + 2 {
-                let g = grad[i];
-                if !g.is_finite() {
-                    continue;
-                }
-                m[i] = beta1 * m[i] + (1.0 - beta1) * g;
-                v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
-                let m_hat = m[i] / (1.0 - beta1.powi(step as i32));
-                let v_hat = v[i] / (1.0 - beta2.powi(step as i32));
-                theta.0[i] += rate * m_hat / (v_hat.sqrt() + 1e-8);
-            }
-            theta.clamp(p);
-        }
-        if let Some((value, _)) = objective(x, y, &theta, p)
-            && value.is_finite()
-            && best.as_ref().is_none_or(|(b, _)| value > *b)
-        {
-            best = Some((value, theta.clone()));
-        }
-    }
-    best.map_or_else(
-        || {
-            let mut t = vec![0.0; p + 2];
-            t[p + 1] = LN_NOISE.1;
-            Theta(t)
-        },
-        |(_, t)| t,
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
-
-    /// The analytic gradient matches finite differences.
-    #[test]
-    #[allow(clippy::needless_range_loop)]
-    fn marginal_likelihood_gradient_matches_finite_differences() {
-        let mut rng = CoreRng::seed_from_u64(3);
-        let p = 3;
-        let x: Vec<Vec<f64>> = (0..12)
-            .map(|_| (0..p).map(|_| rng.random::<f64>()).collect())
-            .collect();
-        let y: Vec<f64> = x
-            .iter()
-            .map(|v| (3.0 * v[0]).sin() + v[1] * v[1] - 0.5 * v[2])
-            .collect();
-        let theta = Theta(vec![-0.3, 0.2, 0.5, 0.1, -3.0]);
-        let (value, grad) = objective(&x, &y, &theta, p).unwrap();
-        for i in 0..p + 2 {
-            let h = 1e-5;
-            let mut plus = theta.clone();
-            plus.0[i] += h;
-            let mut minus = theta.clone();
-            minus.0[i] -= h;
-            let numeric = (objective(&x, &y, &plus, p).unwrap().0
-                - objective(&x, &y, &minus, p).unwrap().0)
-                / (2.0 * h);
-            assert!(
-                (numeric - grad[i]).abs() < 1e-4 * (1.0 + numeric.abs()),
-                "parameter {i}: analytic {} numeric {numeric} (value {value})",
-                grad[i]
-            );
-        }
-    }
-
-    #[test]
-    fn cholesky_solves_and_the_posterior_interpolates() {
-        let a = vec![4.0, 2.0, 0.6, 2.0, 5.0, 1.0, 0.6, 1.0, 3.0];
-        let mut l = a.clone();
-        assert!(cholesky(&mut l, 3));
-        let b = [1.0, 2.0, 3.0];
-        let x = cholesky_solve(&l, 3, &b);
-        for i in 0..3 {
-            let back: f64 = (0..3).map(|j| a[i * 3 + j] * x[j]).sum();
-            assert!((back - b[i]).abs() < 1e-12);
-        }
-        let mut not_pd = vec![1.0, 2.0, 2.0, 1.0];
-        assert!(!cholesky(&mut not_pd, 2));
-        let xs = vec![vec![0.1], vec![0.5], vec![0.9]];
-        let ys = [1.0, -1.0, 0.5];
-        let gp = Gp::fit(xs, &ys, &Theta(vec![-1.0, 0.0, -12.0])).unwrap();
-        let (mean, var) = gp.predict(&[0.5]);
-        assert!((mean + 1.0).abs() < 1e-3 && var < 1e-3, "{mean} {var}");
-        let (_, far) = gp.predict(&[3.0]);
-        assert!(far > 0.9, "{far}");
-    }
 
     #[test]
     fn expected_improvement_is_sane() {
