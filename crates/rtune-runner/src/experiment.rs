@@ -1096,4 +1096,72 @@ reduction_factor = 2
             }
         }
     }
+
+    /// The simulator's benchmark keys: each is checked without starting a benchmark program,
+    /// and a key that belongs to another benchmark is named.
+    #[test]
+    fn the_simulator_s_benchmark_keys_are_checked_and_named() {
+        let sim = |extra: &str| {
+            format!(
+                "{}\n[executor]\ntype = \"simulated\"\n{extra}\n",
+                FILE.replace("command = [\"python\", \"train.py\"]", "")
+            )
+        };
+        let spec = parse_ok(
+            &sim("benchmark = \"command\"\nbenchmark_command = [\"python3\", \"b.py\"]"),
+            &[],
+        )
+        .file
+        .executor
+        .benchmark_spec()
+        .unwrap();
+        assert_eq!(spec.name, "command");
+        assert_eq!(spec.command, ["python3", "b.py"]);
+        let spec = parse_ok(
+            &sim("benchmark = \"yahpo\"\nscenario = \"nb301\"\ndata_path = \"~/yahpo_data\""),
+            &[],
+        )
+        .file
+        .executor
+        .benchmark_spec()
+        .unwrap();
+        assert!(!spec.data_path.unwrap().starts_with('~'));
+        for (extra, expected) in [
+            (
+                "benchmark = \"command\"",
+                "executor.benchmark_command: benchmark = \"command\" needs",
+            ),
+            (
+                "benchmark = \"yahpo\"\ndata_path = \"d\"",
+                "executor.scenario: benchmark = \"yahpo\" needs",
+            ),
+            (
+                "benchmark = \"yahpo\"\nscenario = \"lcbench\"",
+                "executor.data_path: benchmark = \"yahpo\" needs",
+            ),
+            (
+                "benchmark = \"yahpo\"\nscenario = \"lcbench\"\ndata_path = \"d\"\niterations = 0",
+                "executor.iterations: must be at least 1",
+            ),
+            (
+                "benchmark = \"lcbench\"\ninstance = \"3945\"\nscenario = \"lcbench\"",
+                "executor.scenario: is for the simulated executor with benchmark = \"yahpo\"",
+            ),
+            (
+                "benchmark = \"yahpo\"\nscenario = \"x\"\ndata_path = \"d\"\nbenchmark_command = [\"a\"]",
+                "executor.benchmark_command: is for the simulated executor with benchmark = \"command\"",
+            ),
+            (
+                "benchmark = \"lcbench\"\ninstance = \"167083\"",
+                "executor.instance: lcbench: unknown task",
+            ),
+            (
+                "benchmark = \"nope\"",
+                "executor.benchmark: unknown benchmark `nope`",
+            ),
+        ] {
+            let message = parse_err(&sim(extra), &[]);
+            assert!(message.contains(expected), "{extra}: {message}");
+        }
+    }
 }
