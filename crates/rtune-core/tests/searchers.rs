@@ -736,6 +736,10 @@ fn bad_settings_name_the_key_to_fix() {
             "searcher.points_to_evaluate[0].lr: 1.0 is outside the space's loguniform",
         ),
         (json!({"type": "gp", "gamma": 0.1}), "unknown field `gamma`"),
+        (
+            json!({"type": "gp", "random_fraction": 1.5}),
+            "searcher.random_fraction: must be between 0 and 1",
+        ),
     ];
     for (searcher, expected) in cases {
         let message = build_error(searcher.clone(), space.clone(), 2);
@@ -802,7 +806,7 @@ fn gp_proposes_sensibly_on_degenerate_results() {
     let (space, _) = synthetic(SyntheticFunction::Branin);
     let asha: SchedulerSpec =
         spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
-    let gp = json!({"type": "gp", "n_initial": 1, "n_candidates": 32});
+    let gp = json!({"type": "gp", "n_initial": 1, "n_candidates": 32, "random_fraction": 0.0});
     // One observation: not enough for a model, said so.
     let mut s = build(&gp, &asha, &space, 10, 1);
     let out = feed(s.as_mut(), &[json!(1.0), json!(1.0)], &space, 1);
@@ -847,7 +851,8 @@ fn gp_proposes_sensibly_on_degenerate_results() {
         }
     }
     // Warm-start points come first, then the model.
-    let gp = json!({"type": "gp", "n_initial": 2, "points_to_evaluate": [{"x0": 1.0, "x1": 2.0}]});
+    let gp = json!({"type": "gp", "n_initial": 2, "random_fraction": 0.0,
+                    "points_to_evaluate": [{"x0": 1.0, "x1": 2.0}]});
     let mut s = build(&gp, &asha, &space, 10, 3);
     let out = feed(
         s.as_mut(),
@@ -861,6 +866,24 @@ fn gp_proposes_sensibly_on_degenerate_results() {
     // Two trials at rungs 1 and 3: no rung has min_points (2 + 2) results, so the acquisition
     // is at the lowest.
     assert_eq!(out[2].1["rung"], json!(1.0));
+    // By default a third of the proposals after the initial ones are random, and say so.
+    let mut s = build(
+        &json!({"type": "gp", "n_candidates": 16}),
+        &asha,
+        &space,
+        65,
+        4,
+    );
+    let values: Vec<Value> = (0..65).map(|i| json!(f64::from(i % 7))).collect();
+    let out = feed(s.as_mut(), &values, &space, 1);
+    let random = out[5..]
+        .iter()
+        .filter(|(reason, details)| {
+            details["why"] == "random_fraction"
+                && reason == "random (a share of 0.3333333333333333 of the proposals is random)"
+        })
+        .count();
+    assert!((12..=28).contains(&random), "{random} of 60");
 }
 
 /// Feeds trial `i` the results `losses[i]` at iterations 1, 2, ... and returns the proposal
@@ -894,7 +917,8 @@ fn gp_with_asha_counts_expected_improvement_only_where_the_config_passes_the_low
     let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
     losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
     // With ASHA the gates are on by default.
-    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4});
+    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
+                    "random_fraction": 0.0});
     let mut s = build(&gp, &asha, &space, 20, 5);
     let (reason, details) = proposal_after(s.as_mut(), &losses);
     assert_eq!(details["rung"], json!(3.0), "{details}");
@@ -929,7 +953,7 @@ fn gp_with_asha_counts_expected_improvement_only_where_the_config_passes_the_low
     );
     // Off, or without ASHA's rungs: expected improvement alone.
     let plain = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
-                       "pruning_aware": false});
+                       "pruning_aware": false, "random_fraction": 0.0});
     let fifo = SchedulerSpec::default();
     for (searcher, scheduler) in [(&plain, &asha), (&gp, &fifo)] {
         let mut s = build(searcher, scheduler, &space, 20, 5);
@@ -951,7 +975,8 @@ fn gp_local_search_starts_from_the_best_configs_at_the_highest_rung_reached() {
     let (space, _) = synthetic(SyntheticFunction::Branin);
     let asha: SchedulerSpec =
         spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
-    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4});
+    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
+                    "random_fraction": 0.0});
     // Eight trials stopped at rung 1 and four that reached rung 3 (the acquisition rung).
     let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
     losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
@@ -1031,7 +1056,9 @@ fn proposal_cost() {
     let asha: SchedulerSpec =
         spec(json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3}));
     for n in [100usize, 1000] {
-        let mut searcher = build(&json!({"type": "gp"}), &asha, &space, 100_000, 1);
+        // Every proposal from the model (a third of a run's are random, and nearly free).
+        let gp = json!({"type": "gp", "random_fraction": 0.0});
+        let mut searcher = build(&gp, &asha, &space, 100_000, 1);
         let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
         // A trial's results under ASHA: it stops at rung 1, 3, 9 or 27 (with ASHA's shares
         // 2/3, 2/9, 2/27, 1/27); one result per rung it reached.

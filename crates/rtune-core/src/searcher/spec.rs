@@ -118,7 +118,9 @@ pub struct GpConfig {
     pub n_initial: usize,
     /// Random candidates scored by expected improvement per proposal, before a local search.
     pub n_candidates: usize,
-    /// The share of the later proposals drawn at random.
+    /// The share of the later proposals drawn at random (default 1/3, as BOHB: the model can be
+    /// confidently wrong about regions it has not seen, and a search that only follows it can
+    /// stay in one basin).
     pub random_fraction: f64,
     /// Results a rung needs to be where the acquisition is evaluated; default: searched
     /// parameters + 2.
@@ -142,7 +144,7 @@ impl Default for GpConfig {
         GpConfig {
             n_initial: 5,
             n_candidates: 256,
-            random_fraction: 0.0,
+            random_fraction: 1.0 / 3.0,
             min_points: None,
             max_observations: 128,
             fantasize: true,
