@@ -1185,6 +1185,75 @@ impl GpSearcher {
 mod tests {
     use super::*;
 
+    /// The state saved as JSON and restored into a fresh searcher gives the same proposals as
+    /// the searcher that saved it (non-finite results and the fitted hyperparameters included).
+    #[test]
+    fn a_restored_state_proposes_what_the_saved_searcher_would() {
+        use rand::SeedableRng;
+        let table = json!({"x": {"uniform": [0.0, 1.0]}, "k": {"choice": ["a", "b"]}});
+        let space = SearchSpace::from_json(table.as_object().unwrap()).unwrap();
+        let settings = GpSettings {
+            metric: "loss".into(),
+            mode: Mode::Min,
+            seed: 3,
+            num_samples: 100,
+            n_initial: 3,
+            n_candidates: 16,
+            random_fraction: 0.0,
+            min_points: 3,
+            max_observations: 32,
+            fantasize: true,
+            points_to_evaluate: Vec::new(),
+            resource_attr: "training_iteration".into(),
+            levels: Some(vec![1.0, 3.0, 9.0]),
+            rung_cutoff_quantile: Some(2.0 / 3.0),
+        };
+        let mut rng = CoreRng::seed_from_u64(0);
+        let mut saved = GpSearcher::new(space.clone(), settings.clone()).unwrap();
+        for i in 0..12u32 {
+            let id = TrialId(i);
+            let Suggestion::Explained(p) = saved.suggest(id, &mut rng) else {
+                panic!("a proposal");
+            };
+            let x = p.config["x"].as_f64().unwrap();
+            for r in 1..=(1 + i % 3 * 3) {
+                let mut metrics = serde_json::Map::new();
+                let loss = if i == 4 {
+                    f64::NAN
+                } else {
+                    (x - 0.3).powi(2) + 1.0 / f64::from(r)
+                };
+                metrics.insert("loss".into(), json!(loss));
+                metrics.insert("training_iteration".into(), json!(r));
+                saved.on_trial_result(
+                    id,
+                    &TrialResult {
+                        trial: id,
+                        metrics,
+                        has_checkpoint: false,
+                    },
+                );
+            }
+            // Trial 11 keeps running: it is fantasized.
+            if i < 11 {
+                saved.on_trial_complete(id, None);
+            }
+        }
+        let text = serde_json::to_string(saved.state()).unwrap();
+        let mut restored = GpSearcher::new(space, settings).unwrap();
+        restored.restore(serde_json::from_str(&text).unwrap());
+        assert_eq!(restored.state(), saved.state());
+        for i in 12..15u32 {
+            let a = saved.suggest(TrialId(i), &mut rng);
+            let b = restored.suggest(TrialId(i), &mut rng);
+            assert_eq!(a, b);
+            let Suggestion::Explained(p) = a else {
+                panic!("a proposal")
+            };
+            assert!(p.reason.starts_with("gp: "), "{}", p.reason);
+        }
+    }
+
     #[test]
     fn normal_scores_follow_the_ranks() {
         for (p, z) in [
