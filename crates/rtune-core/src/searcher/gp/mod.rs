@@ -27,6 +27,11 @@
 //! best ones and from the best configs at the highest rung any trial has reached (the incumbents
 //! at the highest fidelity seen, see [`INCUMBENT_STARTS`]).
 //!
+//! **The targets** are the results' normal scores by rank ([`NormalScores`], a Gaussian copula):
+//! diverging trials would otherwise set the scale on which good configs differ. **A share of the
+//! proposals is random** (`random_fraction`, 1/3 by default as in BOHB): the model can be
+//! confidently wrong about regions it has not seen.
+//!
 //! **Cost.** The hyperparameters are refitted when the results have grown by [`REFIT_GROWTH`]
 //! since the last fit (Syne Tune's `opt_skip_*` idea: refitting is the expensive part, and it
 //! changes little from one result to the next) and reused in between; at most
