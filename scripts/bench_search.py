@@ -33,8 +33,54 @@ from pathlib import Path
 EPOCHS = 52
 METRIC = "val_cross_entropy"
 FRACTIONS = (0.10, 0.25, 0.50, 1.00)
-DEFAULT_TASKS = ["3945", "7593", "34539", "126026", "146212", "167168", "168868", "189906"]
 ROOT = Path(__file__).resolve().parent.parent
+CONFIG_SPACE = ROOT / "benchmarks" / "yahpo" / "lcbench" / "config_space.json"
+
+
+def lcbench_tasks():
+    """lcbench's 34 OpenML task ids, from the benchmark's config space (encoding.json also knows
+    a 35th, 167083, that the data set left out: it is not a task)."""
+    space = json.loads(CONFIG_SPACE.read_text())
+    (task,) = [h for h in space["hyperparameters"] if h["name"] == "OpenML_task_id"]
+    return sorted(task["choices"], key=int)
+
+
+# The tasks rtune's searchers were developed on before the split (the old default 8, and the 3
+# of issue 24's report, the first 3 others in numeric order). They are all in the tuning half.
+LOOKED_AT = ["3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167168",
+             "168868", "189906"]
+
+
+def task_halves():
+    """The fixed split: (tuning, held_out), 17 tasks each. Tuning: the 11 tasks looked at before
+    (LOOKED_AT) and every fourth of the other 23 in numeric order, from the first. Held out: the
+    other 17, which no setting of rtune's searchers was chosen on."""
+    others = [t for t in lcbench_tasks() if t not in LOOKED_AT]
+    tuning = sorted(LOOKED_AT + others[::4], key=int)
+    held_out = [t for t in others if t not in tuning]
+    return tuning, held_out
+
+
+def parse_tasks(text):
+    """`--tasks`: "all", "tuning", "held-out", or task ids separated by commas. Exits with the
+    option named on a task lcbench does not have."""
+    tuning, held_out = task_halves()
+    named = {"all": lcbench_tasks(), "tuning": tuning, "held-out": held_out}
+    tasks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part in named:
+            tasks += [t for t in named[part] if t not in tasks]
+        elif part in named["all"]:
+            if part not in tasks:
+                tasks.append(part)
+        else:
+            sys.exit(f"--tasks: {part!r} is not an lcbench task; the 34 tasks are "
+                     f"{', '.join(named['all'])} (or write all, tuning or held-out)")
+    if not tasks:
+        sys.exit("--tasks: no task given")
+    return tasks
 
 # name -> (family, options)
 METHODS = {
@@ -57,7 +103,16 @@ METHODS = {
     "Syne Tune BOHB r1": ("synetune", {"scheduler": "bohb", "grace": 1}),
     "Syne Tune BOHB r3": ("synetune", {"scheduler": "bohb", "grace": 3}),
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "Optuna GP"]
+# The issue's comparison: rtune's default model-based method (the GP searcher with its defaults
+# under ASHA), rtune's random search under ASHA, and the TPE/ASHA/BOHB anchors. Optuna's
+# GPSampler needs torch (see scripts/bench-search) and is asked for by name.
+DEFAULT_METHODS = ["rtune GP r1", "rtune random+ASHA r1", "Optuna TPE", "Optuna TPE+Hyperband r3",
+                   "Syne Tune ASHA r1", "Syne Tune BOHB r1"]
+# The anchors the goal is checked against (at least as good as the best of them at every budget
+# point), and the one whose median regret it is compared with where it ran.
+GOAL_ANCHORS = ["Optuna TPE", "Optuna TPE+Hyperband r1", "Optuna TPE+Hyperband r3",
+                "Syne Tune ASHA r1", "Syne Tune ASHA r3", "Syne Tune BOHB r1", "Syne Tune BOHB r3"]
+GP_ANCHOR = "Optuna GP"
 
 SPACE_TOML = """batch_size = { lograndint = [16, 513] }
 learning_rate = { loguniform = [1e-4, 0.1] }
@@ -208,8 +263,14 @@ def simulate(policy, surrogate, workers, budget_epochs):
     return trace
 
 
+def study_name(task, seed):
+    """Optuna's HyperbandPruner puts a trial in a bracket by hashing the study name with the trial
+    number, and an unnamed study gets a random UUID: a fixed name makes a run reproducible."""
+    return f"bench-search-{task}-seed{seed}"
+
+
 class OptunaPolicy:
-    def __init__(self, opts, seed):
+    def __init__(self, opts, task, seed):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -225,7 +286,9 @@ class OptunaPolicy:
             )
         self.optuna = optuna
         self.pruning = opts["pruner"] is not None
-        self.study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+        self.study = optuna.create_study(
+            study_name=study_name(task, seed), direction="minimize", sampler=sampler, pruner=pruner
+        )
 
     def new_trial(self):
         t = self.study.ask()
@@ -297,14 +360,14 @@ class SyneTunePolicy:
         return decision != self.STOP
 
 
-def run_anchor(family, opts, task, seed, workers, budget_epochs):
+def run_anchor(family, opts, task, seed, workers, budget_epochs, surrogate=None):
     import logging
     import warnings
 
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
-    surrogate = Surrogate(task)
-    policy = OptunaPolicy(opts, seed) if family == "optuna" else SyneTunePolicy(opts, seed)
+    surrogate = surrogate or Surrogate(task)
+    policy = OptunaPolicy(opts, task, seed) if family == "optuna" else SyneTunePolicy(opts, seed)
     return simulate(policy, surrogate, workers, budget_epochs)
 
 
@@ -370,13 +433,85 @@ def fmt(x):
     return "n/a" if (x is None or math.isnan(x) or math.isinf(x)) else f"{x:.3f}"
 
 
+def report(results, methods, workers_list, regret):
+    """(regret table, goal check, {(method, workers): [(q1, median, q3) per budget point]}) of
+    `results`."""
+    lines = []
+    header = "| method | workers | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " | runs (errors) |"
+    lines += [header, "|" + "---|" * (len(FRACTIONS) + 3)]
+    summary = {}
+    for w in workers_list:
+        for m in methods:
+            runs = [r for r in results if r["method"] == m and r["workers"] == w]
+            ok = [r for r in runs if not r["error"]]
+            errors = len(runs) - len(ok)
+            if not ok:
+                continue
+            cells = []
+            for k in range(len(FRACTIONS)):
+                q1, med, q3 = quartiles([regret(r, k) for r in ok])
+                summary.setdefault((m, w), []).append((q1, med, q3))
+                cells.append(f"{fmt(med)} [{fmt(q1)}, {fmt(q3)}]")
+            lines.append(f"| {m} | {w} | " + " | ".join(cells) + f" | {len(ok)} ({errors}) |")
+
+    # The issue's goal, instance by instance (an instance: task x seed x workers): is an rtune
+    # method's incumbent at least as good as the best of the TPE/ASHA/BOHB anchors at every
+    # budget point? Ties count as good; a missing full-fidelity result is infinitely bad. Then,
+    # where Optuna's GPSampler ran, the median regret at 50% and 100% of the two, on the same
+    # instances.
+    by_key = {(r["method"], r["task"], r["seed"], r["workers"]): r
+              for r in results if not r["error"] and r["incumbents"]}
+    instances = sorted({k[1:] for k in by_key})
+    anchors = [a for a in GOAL_ANCHORS if a in methods]
+
+    def value(method, inst, k):
+        r = by_key.get((method,) + inst)
+        v = r["incumbents"][k] if r else None
+        return math.inf if v is None else v
+
+    goal = []
+    if anchors:
+        goal += [f"Goal check against the best of {', '.join(anchors)}: instances (task x seed x "
+                 "workers) where the rtune method's incumbent is at least as good at every budget point, "
+                 "and at each one:", "",
+                 "| rtune method | at every budget point | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |",
+                 "|---|---|" + "---|" * len(FRACTIONS)]
+        for m in methods:
+            if not m.startswith("rtune"):
+                continue
+            complete = [i for i in instances
+                        if (m,) + i in by_key and all((a,) + i in by_key for a in anchors)]
+            if not complete:
+                continue
+            per_point = [sum(value(m, i, k) <= min(value(a, i, k) for a in anchors) for i in complete)
+                         for k in range(len(FRACTIONS))]
+            every = sum(all(value(m, i, k) <= min(value(a, i, k) for a in anchors)
+                            for k in range(len(FRACTIONS))) for i in complete)
+            share = 100 * every / len(complete)
+            goal.append(f"| {m} | {every} of {len(complete)} ({share:.0f}%) | "
+                        + " | ".join(f"{n} of {len(complete)}" for n in per_point) + " |")
+    if GP_ANCHOR in methods:
+        goal += ["", f"Median normalised regret at 50% and 100% on the instances where {GP_ANCHOR} ran:", "",
+                 "| method | instances | 50% | 100% |", "|---|---|---|---|"]
+        gp_instances = [i for i in instances if (GP_ANCHOR,) + i in by_key]
+        for m in [m for m in methods if m.startswith("rtune")] + [GP_ANCHOR]:
+            shared = [i for i in gp_instances if (m,) + i in by_key]
+            if not shared:
+                continue
+            cells = [fmt(quartiles([regret(by_key[(m,) + i], k) for i in shared])[1]) for k in (2, 3)]
+            goal.append(f"| {m} | {len(shared)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), "\n".join(goal), summary
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rtune", default=str(ROOT / "target" / "debug" / "rtune"))
-    p.add_argument("--rtune-bench", default=str(ROOT / "target" / "debug" / "rtune-bench"))
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--workers", default="1,4")
+    p.add_argument("--rtune", default=str(ROOT / "target" / "release" / "rtune"))
+    p.add_argument("--rtune-bench", default=str(ROOT / "target" / "release" / "rtune-bench"))
+    p.add_argument("--tasks", default="all",
+                   help="all (lcbench's 34), tuning or held-out (the fixed halves, see task_halves), "
+                        "or task ids separated by commas")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--workers", default="1")
     p.add_argument("--budget", type=float, default=200, help="full-training equivalents (x 52 epochs)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help="comma-separated; 'Optuna GP' needs torch in the venv")
@@ -387,9 +522,12 @@ def main():
     p.add_argument("--runs-only", action="store_true", help="only run, no reference optima or table")
     p.add_argument("--table-only", action="store_true",
                    help="with --reuse: no new runs, the table from the runs there")
+    p.add_argument("--include-runs", default="",
+                   help="runs.json files of other --out directories to count as done (with --reuse), "
+                        "comma-separated")
     args = p.parse_args()
 
-    tasks = [t for t in args.tasks.split(",") if t]
+    tasks = parse_tasks(args.tasks)
     workers_list = [int(w) for w in args.workers.split(",") if w]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
@@ -404,13 +542,14 @@ def main():
     # --reuse: keep the runs of an earlier invocation (same out dir and budget) that succeeded.
     results = []
     runs_file = out / "runs.json"
-    if args.reuse and runs_file.exists():
+    sources = [runs_file] + [Path(f) for f in args.include_runs.split(",") if f]
+    if args.reuse and any(f.exists() for f in sources):
         done = {(r["method"], r["task"], r["seed"], r["workers"]): r
-                for r in json.loads(runs_file.read_text())
+                for f in sources if f.exists() for r in json.loads(f.read_text())
                 if not r["error"] and r.get("budget_epochs") == budget_epochs}
         results = [done[(m, t, s, w)] for (m, t, s, w, *_rest) in jobs if (m, t, s, w) in done]
         jobs = [j for j in jobs if tuple(j[:4]) not in done]
-        print(f"reusing {len(results)} runs from {runs_file}")
+        print(f"reusing {len(results)} runs from {', '.join(str(f) for f in sources)}")
     if args.table_only:
         jobs = []
     print(f"{len(jobs)} runs: {len(methods)} methods x {len(tasks)} tasks x {args.seeds} seeds x "
@@ -452,65 +591,26 @@ def main():
             return math.inf
         return (inc - ref["optimum"]) / (ref["median_random"] - ref["optimum"])
 
-    lines = []
-    header = "| method | workers | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " | runs (errors) |"
-    lines += [header, "|" + "---|" * (len(FRACTIONS) + 3)]
-    summary = {}
-    for w in workers_list:
-        for m in methods:
-            runs = [r for r in results if r["method"] == m and r["workers"] == w]
-            ok = [r for r in runs if not r["error"]]
-            errors = len(runs) - len(ok)
-            if not ok:
-                lines.append(f"| {m} | {w} | " + " | ".join("n/a" for _ in FRACTIONS) + f" | 0 ({errors}) |")
-                continue
-            cells = []
-            for k in range(len(FRACTIONS)):
-                q1, med, q3 = quartiles([regret(r, k) for r in ok])
-                summary.setdefault((m, w), []).append((q1, med, q3))
-                cells.append(f"{fmt(med)} [{fmt(q1)}, {fmt(q3)}]")
-            lines.append(f"| {m} | {w} | " + " | ".join(cells) + f" | {len(ok)} ({errors}) |")
-    table = "\n".join(lines)
+    # The tables, for each half of the tasks on its own (the held-out half first: the figures a
+    # new task gets), then for all of them together when both halves ran.
+    tuning, held_out = task_halves()
+    groups = [(name, [t for t in tasks if t in half]) for name, half in
+              (("held-out half", held_out), ("tuning half", tuning))]
+    groups = [g for g in groups if g[1]]
+    if len(groups) > 1:
+        groups.append(("all tasks", tasks))
+    summary, text = {}, []
+    for name, group in groups:
+        part = [r for r in results if r["task"] in group]
+        table, goal, medians = report(part, methods, workers_list, regret)
+        summary[name] = medians
+        text += [f"## {name}: {len(group)} tasks ({', '.join(group)})", "",
+                 "Normalised regret of val_cross_entropy at epoch 52: median [quartiles] over tasks x "
+                 "seeds, at 10/25/50/100% of the budget (0 = reference optimum, 1 = median random "
+                 "config)", "", table, "", goal, ""]
     print()
-    print("Normalised regret of val_cross_entropy at epoch 52: median [quartiles] over tasks x seeds,")
-    print("at 10/25/50/100% of the budget (0 = reference optimum, 1 = median random config)")
-    print(table)
-    (out / "table.md").write_text(table + "\n")
-
-    # The issue's goal, instance by instance (an instance: task x seed x workers): is an rtune
-    # method's incumbent at least as good as the best anchor's at every budget point? Ties count
-    # as good; a missing full-fidelity result is infinitely bad.
-    anchors = [m for m in methods if not m.startswith("rtune")]
-    goal = ["| rtune method | instances where it is at least as good as the best anchor at "
-            + "every budget point | " + " | ".join(f"{int(f * 100)}%" for f in FRACTIONS) + " |",
-            "|---|---|" + "---|" * len(FRACTIONS)]
-    if anchors:
-        by_key = {(r["method"], r["task"], r["seed"], r["workers"]): r
-                  for r in results if not r["error"] and r["incumbents"]}
-        instances = sorted({k[1:] for k in by_key})
-
-        def value(method, inst, k):
-            r = by_key.get((method,) + inst)
-            v = r["incumbents"][k] if r else None
-            return math.inf if v is None else v
-
-        for m in methods:
-            if m in anchors:
-                continue
-            complete = [i for i in instances
-                        if (m,) + i in by_key and all((a,) + i in by_key for a in anchors)]
-            per_point = [sum(value(m, i, k) <= min(value(a, i, k) for a in anchors) for i in complete)
-                         for k in range(len(FRACTIONS))]
-            every = sum(all(value(m, i, k) <= min(value(a, i, k) for a in anchors)
-                            for k in range(len(FRACTIONS))) for i in complete)
-            goal.append(f"| {m} | {every} of {len(complete)} | "
-                        + " | ".join(f"{n} of {len(complete)}" for n in per_point) + " |")
-        print()
-        print("Goal check: instances (task x seed x workers) where the rtune method's incumbent is")
-        print(f"<= the best of the {len(anchors)} anchors' ({', '.join(anchors)}), at every budget point")
-        print("and at each one:")
-        print("\n".join(goal))
-        (out / "goal.md").write_text("\n".join(goal) + "\n")
+    print("\n".join(text))
+    (out / "table.md").write_text("\n".join(text) + "\n")
 
     # Per-task raw medians (val_cross_entropy at 25/50/100%), for comparison with the issue.
     raw = ["| task | method | workers | 25% | 50% | 100% |", "|---|---|---|---|---|---|"]
@@ -525,6 +625,7 @@ def main():
                     cells.append(fmt(quartiles(vals)[1]))
                 raw.append(f"| {t} | {m} | {w} | " + " | ".join(cells) + " |")
     (out / "per-task.md").write_text("\n".join(raw) + "\n")
+    summary = summary[groups[0][0]]
 
     try:
         import matplotlib
@@ -548,7 +649,7 @@ def main():
             ax.set_yscale("log")
             ax.set_xlabel("% of budget")
             ax.set_ylabel("normalised regret (median, quartiles)")
-            ax.set_title(f"lcbench, {w} worker(s)")
+            ax.set_title(f"lcbench, {groups[0][0]}, {w} worker(s)")
             ax.grid(True, which="both", alpha=0.3)
         axes[0][-1].legend(fontsize=7, loc="upper right")
         fig.tight_layout()
@@ -557,7 +658,7 @@ def main():
         print(f"\nplot: {out / 'regret.svg'} and regret.png")
     except ImportError:
         print("matplotlib is not installed: no plot")
-    print(f"table: {out / 'table.md'}, goal check: {out / 'goal.md'}, per task: {out / 'per-task.md'}, "
+    print(f"tables and goal checks: {out / 'table.md'}, per task: {out / 'per-task.md'}, "
           f"runs: {out / 'runs.json'}")
 
 

@@ -737,6 +737,10 @@ fn bad_settings_name_the_key_to_fix() {
             "searcher.points_to_evaluate[0].lr: 1.0 is outside the space's loguniform",
         ),
         (json!({"type": "gp", "gamma": 0.1}), "unknown field `gamma`"),
+        (
+            json!({"type": "gp", "random_fraction": 1.5}),
+            "searcher.random_fraction: must be between 0 and 1",
+        ),
     ];
     for (searcher, expected) in cases {
         let message = build_error(searcher.clone(), space.clone(), 2);
@@ -803,7 +807,7 @@ fn gp_proposes_sensibly_on_degenerate_results() {
     let (space, _) = synthetic(SyntheticFunction::Branin);
     let asha: SchedulerSpec =
         spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
-    let gp = json!({"type": "gp", "n_initial": 1, "n_candidates": 32});
+    let gp = json!({"type": "gp", "n_initial": 1, "n_candidates": 32, "random_fraction": 0.0});
     // One observation: not enough for a model, said so.
     let mut s = build(&gp, &asha, &space, 10, 1);
     let out = feed(s.as_mut(), &[json!(1.0), json!(1.0)], &space, 1);
@@ -848,7 +852,8 @@ fn gp_proposes_sensibly_on_degenerate_results() {
         }
     }
     // Warm-start points come first, then the model.
-    let gp = json!({"type": "gp", "n_initial": 2, "points_to_evaluate": [{"x0": 1.0, "x1": 2.0}]});
+    let gp = json!({"type": "gp", "n_initial": 2, "random_fraction": 0.0,
+                    "points_to_evaluate": [{"x0": 1.0, "x1": 2.0}]});
     let mut s = build(&gp, &asha, &space, 10, 3);
     let out = feed(
         s.as_mut(),
@@ -862,6 +867,24 @@ fn gp_proposes_sensibly_on_degenerate_results() {
     // Two trials at rungs 1 and 3: no rung has min_points (2 + 2) results, so the acquisition
     // is at the lowest.
     assert_eq!(out[2].1["rung"], json!(1.0));
+    // By default a third of the proposals after the initial ones are random, and say so.
+    let mut s = build(
+        &json!({"type": "gp", "n_candidates": 16}),
+        &asha,
+        &space,
+        65,
+        4,
+    );
+    let values: Vec<Value> = (0..65).map(|i| json!(f64::from(i % 7))).collect();
+    let out = feed(s.as_mut(), &values, &space, 1);
+    let random = out[5..]
+        .iter()
+        .filter(|(reason, details)| {
+            details["why"] == "random_fraction"
+                && reason == "random (a share of 0.3333333333333333 of the proposals is random)"
+        })
+        .count();
+    assert!((12..=28).contains(&random), "{random} of 60");
 }
 
 /// Feeds trial `i` the results `losses[i]` at iterations 1, 2, ... and returns the proposal
@@ -886,7 +909,7 @@ fn proposal_after(searcher: &mut dyn Searcher, losses: &[Vec<f64>]) -> (String, 
 }
 
 #[test]
-fn gp_with_asha_weighs_expected_improvement_by_the_chance_to_pass_the_lower_rungs() {
+fn gp_with_asha_counts_expected_improvement_only_where_the_config_passes_the_lower_rungs() {
     let (space, _) = synthetic(SyntheticFunction::Branin);
     let asha: SchedulerSpec =
         spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
@@ -894,14 +917,15 @@ fn gp_with_asha_weighs_expected_improvement_by_the_chance_to_pass_the_lower_rung
     // acquisition rung is 3, and rung 1 is the gate.
     let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
     losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
+    // With ASHA the gates are on by default.
     let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
-                    "pruning_aware": true});
+                    "random_fraction": 0.0});
     let mut s = build(&gp, &asha, &space, 20, 5);
     let (reason, details) = proposal_after(s.as_mut(), &losses);
     assert_eq!(details["rung"], json!(3.0), "{details}");
     assert_eq!(
         details["acquisition"],
-        json!("expected_improvement_times_pass_probability")
+        json!("expected_improvement_where_the_gates_pass")
     );
     // ASHA's cutoff: the 2/3 quantile of the 12 rung-1 scores, in the metric's units.
     let mut rung1: Vec<f64> = losses.iter().map(|c| -c[0]).collect();
@@ -917,14 +941,20 @@ fn gp_with_asha_weighs_expected_improvement_by_the_chance_to_pass_the_lower_rung
         (gates[0]["cutoff"].as_f64().unwrap() - cutoff).abs() < 1e-5,
         "{details}"
     );
+    // The acquisition is the expected improvement where the gate passes: at most the plain
+    // expected improvement, and the pass probability is a share of the draws.
     let pass = details["pass_probability"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&pass), "{details}");
+    let acquisition = details["acquisition_value"].as_f64().unwrap();
+    let ei = details["ei"].as_f64().unwrap();
+    assert!(acquisition <= ei + 1e-6, "{details}");
     assert!(
-        reason.contains("chance to pass the cutoffs of rungs 1"),
+        reason.contains("counted where it passes ASHA's cutoffs at rungs 1"),
         "{reason}"
     );
-    // Off (the default), or without ASHA's rungs: expected improvement alone.
-    let plain = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4});
+    // Off, or without ASHA's rungs: expected improvement alone.
+    let plain = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
+                       "pruning_aware": false, "random_fraction": 0.0});
     let fifo = SchedulerSpec::default();
     for (searcher, scheduler) in [(&plain, &asha), (&gp, &fifo)] {
         let mut s = build(searcher, scheduler, &space, 20, 5);
@@ -935,7 +965,7 @@ fn gp_with_asha_weighs_expected_improvement_by_the_chance_to_pass_the_lower_rung
             "{details}"
         );
         assert!(details.get("gates").is_none(), "{details}");
-        assert!(!reason.contains("chance to pass"), "{reason}");
+        assert!(!reason.contains("cutoffs"), "{reason}");
     }
 }
 
@@ -946,7 +976,8 @@ fn gp_local_search_starts_from_the_best_configs_at_the_highest_rung_reached() {
     let (space, _) = synthetic(SyntheticFunction::Branin);
     let asha: SchedulerSpec =
         spec(json!({"type": "asha", "grace_period": 1, "max_t": 9, "reduction_factor": 3}));
-    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4});
+    let gp = json!({"type": "gp", "n_initial": 2, "n_candidates": 32, "min_points": 4,
+                    "random_fraction": 0.0});
     // Eight trials stopped at rung 1 and four that reached rung 3 (the acquisition rung).
     let mut losses: Vec<Vec<f64>> = (0..8).map(|i| vec![2.0 + f64::from(i)]).collect();
     losses.extend((0..4).map(|i| vec![1.0 + f64::from(i), 1.5, 0.5 + f64::from(i)]));
@@ -973,55 +1004,43 @@ fn gp_local_search_starts_from_the_best_configs_at_the_highest_rung_reached() {
     );
 }
 
-/// The searcher's own cost per proposal. Not a test of speed (the machine may be busy): run it
-/// with `cargo test --release -p rtune-core --test searchers -- --ignored --nocapture`.
+/// The searchers' own cost per proposal. Not a test of speed (the machine may be busy): run it
+/// with `cargo test --release -p rtune-core --test searchers proposal_cost -- --ignored
+/// --nocapture`.
+///
+/// TPE and BOHB (FIFO): fed `n` finished trials, then 200 proposals. The GP is measured as it
+/// runs under ASHA (rungs 1, 3, 9, 27; so the acquisition counts the gates): fed `n` results
+/// from trials that stopped at rung 1, 3, 9 or 27 in ASHA's proportions, then 100 proposals,
+/// each followed by its trial's results, so that the results keep growing and the
+/// hyperparameters are refitted as often as in a run (every 10% of growth). It prints the mean
+/// and the slowest proposal.
 #[test]
 #[ignore]
 fn proposal_cost() {
     let f = SyntheticFunction::Hartmann6;
     let (space, objective) = synthetic(f);
     let fifo = SchedulerSpec::default();
-    for (kind, n) in [
-        ("tpe", 100),
-        ("tpe", 1000),
-        ("bohb", 100),
-        ("bohb", 1000),
-        ("gp", 100),
-        ("gp", 1000),
-    ] {
-        // The GP's feeding proposals are random (n_initial = n): only the measured ones model.
-        let settings = if kind == "gp" {
-            json!({"type": kind, "n_initial": n})
-        } else {
-            json!({"type": kind, "random_fraction": 0.0})
-        };
+    for (kind, n) in [("tpe", 100), ("tpe", 1000), ("bohb", 100), ("bohb", 1000)] {
+        let settings = json!({"type": kind, "random_fraction": 0.0});
         let mut searcher = build(&settings, &fifo, &space, n + 250, 1);
         let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
         for i in 0..n as u32 {
             let Suggestion::Explained(p) = searcher.suggest(TrialId(i), &mut rng) else {
                 panic!("a proposal");
             };
-            let mut metrics = serde_json::Map::new();
-            metrics.insert("loss".into(), json!(objective(&p.config, 1.0)));
-            metrics.insert("training_iteration".into(), json!(1));
-            searcher.on_trial_result(
+            tell(
+                searcher.as_mut(),
                 TrialId(i),
-                &TrialResult {
-                    trial: TrialId(i),
-                    metrics,
-                    has_checkpoint: false,
-                },
+                1,
+                json!(objective(&p.config, 1.0)),
             );
             searcher.on_trial_complete(TrialId(i), None);
         }
-        // 200 proposals for the cheap searchers, 20 for the GP; wall time and this process's CPU
-        // time (from /proc/self/stat on Linux: the machine may be busy).
-        let reps: u32 = if kind == "gp" { 20 } else { 200 };
+        let reps: u32 = 200;
         let cpu_start = cpu_seconds();
         let start = std::time::Instant::now();
         for i in 0..reps {
-            let id = TrialId(n as u32 + i);
-            let Suggestion::Explained(p) = searcher.suggest(id, &mut rng) else {
+            let Suggestion::Explained(p) = searcher.suggest(TrialId(n as u32 + i), &mut rng) else {
                 panic!("a proposal");
             };
             assert_eq!(p.details["model"], kind);
@@ -1033,6 +1052,66 @@ fn proposal_cost() {
         };
         println!(
             "{kind}: {ms:.3} ms wall, {cpu} per proposal with {n} observations (6 parameters)"
+        );
+    }
+    let asha: SchedulerSpec =
+        spec(json!({"type": "asha", "grace_period": 1, "max_t": 27, "reduction_factor": 3}));
+    for n in [100usize, 1000] {
+        // Every proposal from the model (a third of a run's are random, and nearly free).
+        let gp = json!({"type": "gp", "random_fraction": 0.0});
+        let mut searcher = build(&gp, &asha, &space, 100_000, 1);
+        let mut rng = <CoreRng as rand::SeedableRng>::seed_from_u64(0);
+        // A trial's results under ASHA: it stops at rung 1, 3, 9 or 27 (with ASHA's shares
+        // 2/3, 2/9, 2/27, 1/27); one result per rung it reached.
+        let feed = |searcher: &mut dyn Searcher, id: TrialId, config: &Config| {
+            let stop = match id.0 % 27 {
+                0 => 27,
+                1..=2 => 9,
+                3..=8 => 3,
+                _ => 1,
+            };
+            let mut fed = 0;
+            for r in [1u64, 3, 9, 27].into_iter().filter(|r| *r <= stop) {
+                tell(searcher, id, r, json!(objective(config, r as f64 / 27.0)));
+                fed += 1;
+            }
+            searcher.on_trial_complete(id, None);
+            fed
+        };
+        let propose = |searcher: &mut dyn Searcher, id: TrialId, rng: &mut CoreRng| {
+            let Suggestion::Explained(p) = searcher.suggest(id, rng) else {
+                panic!("a proposal");
+            };
+            p
+        };
+        // The run up to n results, as it would go.
+        let (mut results, mut k) = (0usize, 0u32);
+        while results < n {
+            let p = propose(searcher.as_mut(), TrialId(k), &mut rng);
+            results += feed(searcher.as_mut(), TrialId(k), &p.config);
+            k += 1;
+        }
+        let reps = 100u32;
+        let (mut slowest, mut refits) = (0.0f64, 0);
+        let cpu_start = cpu_seconds();
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            let one = std::time::Instant::now();
+            let p = propose(searcher.as_mut(), TrialId(k), &mut rng);
+            slowest = slowest.max(one.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(p.details["model"], "gp", "{}", p.reason);
+            refits += usize::from(p.details["refitted"] == json!(true));
+            feed(searcher.as_mut(), TrialId(k), &p.config);
+            k += 1;
+        }
+        let ms = start.elapsed().as_secs_f64() * 1000.0 / f64::from(reps);
+        let cpu = match (cpu_start, cpu_seconds()) {
+            (Some(a), Some(b)) => format!("{:.3} ms CPU", (b - a) * 1000.0 / f64::from(reps)),
+            _ => "CPU time unknown".into(),
+        };
+        println!(
+            "gp (asha): {ms:.3} ms wall, {cpu} per proposal from {n} observations on (6 \
+             parameters; {refits} refits in {reps} proposals, the slowest {slowest:.1} ms wall)"
         );
     }
 }

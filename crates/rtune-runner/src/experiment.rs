@@ -177,11 +177,43 @@ pub struct ExecutorSection {
     pub sbatch_args: Vec<String>,
     /// `slurm-jobs`: seconds between looks at each job's state (default 2).
     pub poll_interval_s: Option<f64>,
-    /// `simulated`: the benchmark function trials run on: `lcbench`, `mf-branin` or
-    /// `mf-hartmann6` (crate rtune-bench).
+    /// `simulated`: the benchmark function trials run on: `lcbench`, `mf-branin`,
+    /// `mf-hartmann6`, `yahpo` (a YAHPO Gym scenario through yahpo_gym) or `command` (a program
+    /// answering rtune's benchmark protocol) (crate rtune-bench).
     pub benchmark: Option<String>,
-    /// `simulated`: the benchmark's instance; for lcbench the OpenML task id, e.g. "3945".
+    /// `simulated`: the benchmark's instance; for lcbench the OpenML task id, e.g. "3945"; for
+    /// `yahpo` the scenario's instance.
     pub instance: Option<String>,
+    /// `simulated`, `benchmark = "command"`: the program and its arguments.
+    pub benchmark_command: Vec<String>,
+    /// `simulated`, `benchmark = "yahpo"`: the scenario, e.g. "rbv2_xgboost".
+    pub scenario: Option<String>,
+    /// `simulated`, `benchmark = "yahpo"`: the Python interpreter with yahpo_gym (default
+    /// `python3`).
+    pub python: Option<String>,
+    /// `simulated`, `benchmark = "yahpo"`: the directory with the surrogate data.
+    pub data_path: Option<String>,
+    /// `simulated`, `benchmark = "yahpo"`: iterations of a full run.
+    pub iterations: Option<u32>,
+}
+
+impl ExecutorSection {
+    /// The simulated executor's benchmark, as its keys name it (paths with `~` expanded).
+    pub fn benchmark_spec(&self) -> Option<rtune_bench::BenchmarkSpec> {
+        let path = |p: &Option<String>| {
+            p.as_ref()
+                .map(|p| expand_tilde(Path::new(p)).to_string_lossy().into_owned())
+        };
+        Some(rtune_bench::BenchmarkSpec {
+            name: self.benchmark.clone()?,
+            instance: self.instance.clone(),
+            command: self.benchmark_command.clone(),
+            scenario: self.scenario.clone(),
+            python: path(&self.python),
+            data_path: path(&self.data_path),
+            iterations: self.iterations,
+        })
+    }
 }
 
 /// `[output]`: where results go and how the console reports.
@@ -532,17 +564,21 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             return Err(invalid(
                 "executor.benchmark",
                 "the simulated executor needs a benchmark: \"lcbench\" (with executor.instance, an \
-                 OpenML task id such as \"3945\"), \"mf-branin\" or \"mf-hartmann6\""
+                 OpenML task id such as \"3945\"), \"mf-branin\", \"mf-hartmann6\", \"yahpo\" \
+                 (with executor.scenario and executor.data_path) or \"command\" (with \
+                 executor.benchmark_command)"
                     .into(),
             ));
         }
-        (Some(name), true) => {
-            if let Err(e) = rtune_bench::by_name(name, file.executor.instance.as_deref()) {
-                let field = match e {
-                    rtune_bench::BenchError::Unknown(_) => "executor.benchmark",
-                    _ => "executor.instance",
+        (Some(_), true) => {
+            let spec = file.executor.benchmark_spec().unwrap_or_default();
+            if let Err(e) = spec.check() {
+                let (field, message) = match e {
+                    rtune_bench::BenchError::Unknown(_) => ("executor.benchmark", e.to_string()),
+                    rtune_bench::BenchError::Setting { key, message } => (key, message),
+                    _ => ("executor.instance", e.to_string()),
                 };
-                return Err(invalid(field, e.to_string()));
+                return Err(invalid(field, message));
             }
         }
         (Some(_), false) => {
@@ -553,6 +589,32 @@ fn validate(path: &Path, file: &ExperimentFile) -> Result<(), ExperimentError> {
             ));
         }
         (None, false) => {}
+    }
+    let e = &file.executor;
+    let benchmark_keys = [
+        (
+            "executor.benchmark_command",
+            !e.benchmark_command.is_empty(),
+        ),
+        ("executor.scenario", e.scenario.is_some()),
+        ("executor.python", e.python.is_some()),
+        ("executor.data_path", e.data_path.is_some()),
+        ("executor.iterations", e.iterations.is_some()),
+    ];
+    if let Some((key, _)) = benchmark_keys.iter().find(|(_, set)| *set) {
+        let wanted = match *key {
+            "executor.benchmark_command" => "command",
+            _ => "yahpo",
+        };
+        if e.benchmark.as_deref() != Some(wanted) {
+            return Err(invalid(
+                key,
+                format!(
+                    "is for the simulated executor with benchmark = \"{wanted}\"; set that or \
+                     remove it"
+                ),
+            ));
+        }
     }
     let kind = file.executor.kind.as_deref().unwrap_or("local");
     if kind != "local" && (file.executor.cpus.is_some() || file.executor.gpus.is_some()) {
@@ -1253,6 +1315,74 @@ reduction_factor = 2
                     prop_assert!(!e.to_string().is_empty());
                 }
             }
+        }
+    }
+
+    /// The simulator's benchmark keys: each is checked without starting a benchmark program,
+    /// and a key that belongs to another benchmark is named.
+    #[test]
+    fn the_simulator_s_benchmark_keys_are_checked_and_named() {
+        let sim = |extra: &str| {
+            format!(
+                "{}\n[executor]\ntype = \"simulated\"\n{extra}\n",
+                FILE.replace("command = [\"python\", \"train.py\"]", "")
+            )
+        };
+        let spec = parse_ok(
+            &sim("benchmark = \"command\"\nbenchmark_command = [\"python3\", \"b.py\"]"),
+            &[],
+        )
+        .file
+        .executor
+        .benchmark_spec()
+        .unwrap();
+        assert_eq!(spec.name, "command");
+        assert_eq!(spec.command, ["python3", "b.py"]);
+        let spec = parse_ok(
+            &sim("benchmark = \"yahpo\"\nscenario = \"nb301\"\ndata_path = \"~/yahpo_data\""),
+            &[],
+        )
+        .file
+        .executor
+        .benchmark_spec()
+        .unwrap();
+        assert!(!spec.data_path.unwrap().starts_with('~'));
+        for (extra, expected) in [
+            (
+                "benchmark = \"command\"",
+                "executor.benchmark_command: benchmark = \"command\" needs",
+            ),
+            (
+                "benchmark = \"yahpo\"\ndata_path = \"d\"",
+                "executor.scenario: benchmark = \"yahpo\" needs",
+            ),
+            (
+                "benchmark = \"yahpo\"\nscenario = \"lcbench\"",
+                "executor.data_path: benchmark = \"yahpo\" needs",
+            ),
+            (
+                "benchmark = \"yahpo\"\nscenario = \"lcbench\"\ndata_path = \"d\"\niterations = 0",
+                "executor.iterations: must be at least 1",
+            ),
+            (
+                "benchmark = \"lcbench\"\ninstance = \"3945\"\nscenario = \"lcbench\"",
+                "executor.scenario: is for the simulated executor with benchmark = \"yahpo\"",
+            ),
+            (
+                "benchmark = \"yahpo\"\nscenario = \"x\"\ndata_path = \"d\"\nbenchmark_command = [\"a\"]",
+                "executor.benchmark_command: is for the simulated executor with benchmark = \"command\"",
+            ),
+            (
+                "benchmark = \"lcbench\"\ninstance = \"167083\"",
+                "executor.instance: lcbench: unknown task",
+            ),
+            (
+                "benchmark = \"nope\"",
+                "executor.benchmark: unknown benchmark `nope`",
+            ),
+        ] {
+            let message = parse_err(&sim(extra), &[]);
+            assert!(message.contains(expected), "{extra}: {message}");
         }
     }
 }

@@ -722,10 +722,11 @@ pub fn build_executor(
 ) -> Result<Box<dyn Executor>, ExecutorError> {
     Ok(match kind {
         "simulated" => {
-            let name = section.benchmark.as_deref().ok_or_else(|| {
+            let spec = section.benchmark_spec().ok_or_else(|| {
                 ExecutorError::Invalid("the simulated executor needs executor.benchmark".into())
             })?;
-            let benchmark = rtune_bench::by_name(name, section.instance.as_deref())
+            let benchmark = spec
+                .build()
                 .map_err(|e| ExecutorError::Invalid(e.to_string()))?;
             Box::new(SimulatedExecutor::new(
                 Arc::from(benchmark),

@@ -21,7 +21,7 @@ mod spec;
 mod tpe;
 
 pub use fixed::FixedSearcher;
-pub use gp::{GpSearcher, GpSettings};
+pub use gp::{GpSearcher, GpSettings, GpState};
 pub use random::RandomSearcher;
 pub use spec::{
     BohbConfig, GpConfig, InvalidSearcherSetting, RandomConfig, SearcherContext, SearcherSpec,

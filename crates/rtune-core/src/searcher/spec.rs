@@ -118,6 +118,10 @@ pub struct GpConfig {
     pub n_initial: usize,
     /// Random candidates scored by expected improvement per proposal, before a local search.
     pub n_candidates: usize,
+    /// The share of the later proposals drawn at random (default 1/3, as BOHB: the model can be
+    /// confidently wrong about regions it has not seen, and a search that only follows it can
+    /// stay in one basin).
+    pub random_fraction: f64,
     /// Results a rung needs to be where the acquisition is evaluated; default: searched
     /// parameters + 2.
     pub min_points: Option<usize>,
@@ -126,8 +130,8 @@ pub struct GpConfig {
     /// Running trials without a result at the acquisition rung enter the GP at their posterior
     /// mean, so that parallel proposals spread out.
     pub fantasize: bool,
-    /// With ASHA: weight the expected improvement by the model's probability that the config
-    /// passes the cutoffs of the rungs below the acquisition rung.
+    /// With ASHA: count the expected improvement only where the config passes ASHA's cutoffs
+    /// at the rungs below the acquisition rung (under the GP's joint posterior); on by default.
     pub pruning_aware: bool,
     pub points_to_evaluate: Vec<Config>,
     /// The result key that measures training progress; default: the scheduler's `time_attr`,
@@ -140,10 +144,11 @@ impl Default for GpConfig {
         GpConfig {
             n_initial: 5,
             n_candidates: 256,
+            random_fraction: 1.0 / 3.0,
             min_points: None,
-            max_observations: 200,
+            max_observations: 128,
             fantasize: true,
-            pruning_aware: false,
+            pruning_aware: true,
             points_to_evaluate: Vec::new(),
             resource_attr: None,
         }
@@ -494,6 +499,15 @@ fn build_gp(
     if c.n_candidates == 0 {
         return bad("n_candidates", "must be at least 1, e.g. 256".into());
     }
+    if !(0.0..=1.0).contains(&c.random_fraction) {
+        return bad(
+            "random_fraction",
+            format!(
+                "must be between 0 and 1, e.g. 0.33, got {}",
+                c.random_fraction
+            ),
+        );
+    }
     if c.max_observations < 2 {
         return bad(
             "max_observations",
@@ -535,6 +549,7 @@ fn build_gp(
         num_samples: ctx.num_samples,
         n_initial: c.n_initial,
         n_candidates: c.n_candidates,
+        random_fraction: c.random_fraction,
         min_points: c.min_points.unwrap_or(ctx.space.parameters().len() + 2),
         max_observations: c.max_observations,
         fantasize: c.fantasize,

@@ -13,6 +13,11 @@
 //! broken by start order, and the same seed on the same benchmark gives the same decisions.
 //!
 //! Simulated trials take no checkpoints: a paused trial restarts from its first iteration.
+//!
+//! Benchmarks are evaluated synchronously, also those answered by another program over a pipe
+//! (`yahpo`, `command`). That is deliberate: while a task blocks, the runtime is not idle, so
+//! the paused clock cannot jump ahead; an awaited read would leave the runtime idle and let
+//! virtual time run on past the evaluation.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
