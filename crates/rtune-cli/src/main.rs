@@ -967,12 +967,19 @@ fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
         .iter()
         .filter(|t| t.status == rtune_core::TrialStatus::Error)
         .collect();
-    if !errored.is_empty() {
-        eprintln!(
-            "{} of {} trials ended in ERROR:",
-            errored.len(),
-            outcome.state.trials.len()
-        );
+    let counts = &outcome.state.counts;
+    let errors = counts
+        .get(&rtune_core::TrialStatus::Error)
+        .copied()
+        .unwrap_or(0)
+        .max(errored.len());
+    if errors > 0 {
+        let total = counts
+            .values()
+            .sum::<usize>()
+            .max(outcome.state.trials.len());
+        eprintln!("{errors} of {total} trials ended in ERROR:");
+        let unlisted = errors - errored.len();
         for trial in errored {
             let first_line = trial
                 .error
@@ -988,6 +995,9 @@ fn finish(outcome: rtune_runner::run_loop::RunOutcome) -> Result<ExitCode> {
                     .join("error.txt")
                     .display()
             );
+        }
+        if unlisted > 0 {
+            eprintln!("  ... and {unlisted} more: rtune status {dir}");
         }
         return Ok(ExitCode::from(exit::TRIALS_FAILED));
     }

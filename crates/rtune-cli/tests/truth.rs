@@ -752,6 +752,14 @@ fn a_simulated_run_prints_durations_and_a_bounded_number_of_tables() {
         .find(|l| l.starts_with("Experiment simulated-lcbench finished"))
         .unwrap_or_else(|| panic!("no final line in\n{out}"));
     assert!(finished.contains(" of simulated time ("), "{finished}");
+    // The final table shows the best 50 of the 100 trials and says what it left out; the state
+    // file keeps them all.
+    assert!(
+        out.contains("\n... and 50 more trials (TERMINATED 100); `rtune status` shows all\n"),
+        "{out}"
+    );
+    let all = state(&storage.path().join("simulated-lcbench"));
+    assert_eq!(all["trials"].as_array().map(Vec::len), Some(100));
     // The first line says when the run started (a real time, now); nothing after it shows a clock.
     let clock = |line: &str| {
         line.as_bytes().windows(8).any(|w| {

@@ -217,7 +217,9 @@ pub struct Trial {
     pub error: Option<String>,
     /// Set while the tuner waits for a process it asked to end.
     pub ending: Option<Ending>,
-    /// Its configuration by iteration: PBT's policy (one step unless it was exploited).
+    /// Its configuration by iteration (PBT's policy) once it was exploited; empty before,
+    /// which means `config` from iteration 0 (so that no trial holds a second copy of its
+    /// config). Read it through [`Trial::policy_steps`].
     #[serde(default)]
     pub policy: Vec<PolicyStep>,
     /// Its results that count, in order of strictly increasing iteration: what `result.json`
@@ -244,9 +246,21 @@ pub struct Trial {
 }
 
 impl Trial {
+    /// Its configuration by iteration: the recorded policy, or its config from iteration 0
+    /// when it was never exploited.
+    pub fn policy_steps(&self) -> std::borrow::Cow<'_, [PolicyStep]> {
+        if self.policy.is_empty() {
+            std::borrow::Cow::Owned(vec![PolicyStep {
+                from_iteration: 0,
+                config: self.config.clone(),
+            }])
+        } else {
+            std::borrow::Cow::Borrowed(&self.policy)
+        }
+    }
+
     /// A fresh PENDING trial (also for scheduler tests that build contexts by hand).
     pub(crate) fn new_pending(id: TrialId, config: Config) -> Trial {
-        let config_for_policy = config.clone();
         Trial {
             id,
             config,
@@ -264,10 +278,7 @@ impl Trial {
             resumable: true,
             error: None,
             ending: None,
-            policy: vec![PolicyStep {
-                from_iteration: 0,
-                config: config_for_policy,
-            }],
+            policy: Vec::new(),
             curve: Vec::new(),
             results_total: 0,
             placement: None,
@@ -1211,6 +1222,15 @@ impl Tuner {
             .map_err(|e| TunerError::Snapshot(format!("searcher {}: {e}", self.searcher.name())))?;
         self.rng.set_word_pos(position);
         self.trials = snapshot.trials;
+        // Snapshots of rtune 0.2.0 hold a one-step policy for every trial: the same as none.
+        for trial in &mut self.trials {
+            if let [step] = trial.policy.as_slice()
+                && step.from_iteration == 0
+                && step.config == trial.config
+            {
+                trial.policy.clear();
+            }
+        }
         self.searcher_finished = snapshot.searcher_finished;
         self.interrupted = snapshot.interrupted;
         self.results_received = snapshot.results_received;
@@ -1928,7 +1948,7 @@ impl Tuner {
             .trials
             .get(donor.trial.0 as usize)
             .map(|d| {
-                d.policy
+                d.policy_steps()
                     .iter()
                     .filter(|s| s.from_iteration < donor.iteration)
                     .cloned()

@@ -169,6 +169,25 @@ pub fn live_rows(
     rows.into_iter().map(|t| t.id).collect()
 }
 
+/// The trials a finished run shows: the rows of [`live_rows`] and the first `max_errors`
+/// trials in ERROR.
+pub fn final_rows(
+    tuner: &rtune_core::Tuner,
+    max_rows: usize,
+    max_errors: usize,
+) -> std::collections::BTreeSet<rtune_core::TrialId> {
+    let mut rows = live_rows(tuner, max_rows);
+    rows.extend(
+        tuner
+            .trials()
+            .iter()
+            .filter(|t| t.status == TrialStatus::Error)
+            .take(max_errors)
+            .map(|t| t.id),
+    );
+    rows
+}
+
 /// The rows a live view shows: every running trial, then the best finished or waiting ones, at
 /// most `max_rows` in all; a summary line says what was left out (of all the trials the state's
 /// counts name, when it holds only some).
@@ -624,7 +643,9 @@ impl Reporter {
         if self.quiet {
             return;
         }
-        let mut text = trials_table(state, TableFormat::Table);
+        // Every trial the state holds (all of them in a smaller experiment), and how many
+        // more there are.
+        let mut text = live_table(state, usize::MAX);
         text.push('\n');
         match best_trial_block(state) {
             Some(block) => text.push_str(&block),

@@ -96,7 +96,7 @@ fn reconcile_trial(
 /// The config a trial ran with when it reported `iteration`: its policy's step in force then.
 fn config_at(trial: &Trial, iteration: u64) -> Config {
     trial
-        .policy
+        .policy_steps()
         .iter()
         .rev()
         .find(|step| step.from_iteration < iteration)

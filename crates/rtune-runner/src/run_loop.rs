@@ -122,6 +122,8 @@ pub struct RunParts {
 /// What a finished run leaves for the CLI to print or return.
 pub struct RunOutcome {
     pub dir: PathBuf,
+    /// The final state with the trials worth showing ([`crate::report::final_rows`]); its
+    /// counts cover every trial. `experiment_state.json` has them all.
     pub state: ExperimentState,
     pub interrupted: bool,
     /// The interrupt was SIGUSR1, SLURM's warning that the head job's time limit is near
@@ -130,6 +132,11 @@ pub struct RunOutcome {
     /// Why the experiment ended early for good, if it did (fail-fast, a budget, a wrong metric).
     pub ended: Option<EndReason>,
 }
+
+/// The final table's rows: the best trials (all of them in a smaller experiment).
+pub const FINAL_TABLE_ROWS: usize = 50;
+/// Trials in ERROR listed at the end, with their error files, besides the table's rows.
+pub const FINAL_ERRORS_LISTED: usize = 20;
 
 /// The least real time between two snapshots (`experiment_state.json`) while trials run. The
 /// ticker runs on tokio's clock, which the simulated executor runs in virtual time: there a
@@ -316,7 +323,12 @@ pub async fn run(parts: RunParts) -> Result<RunOutcome, RunError> {
     // A head that ends cleanly leaves a journal that is one snapshot: the next head (a resume,
     // possibly of a later release) reads nothing else.
     lp.compact();
-    let state = lp.write_state(status, Some(unix_now()))?.state(|_| true);
+    // The outcome holds the trials the final table and the error list show, not all of them:
+    // a copy of 10,000 trials (and their table text) was the head's peak memory.
+    let shown = crate::report::final_rows(lp.tuner, FINAL_TABLE_ROWS, FINAL_ERRORS_LISTED);
+    let state = lp
+        .write_state(status, Some(unix_now()))?
+        .state(|t| shown.contains(&t.id));
     let ended = lp.tuner.ended().cloned();
     reporter.finish(&state, dir.path());
     Ok(RunOutcome {
@@ -493,9 +505,9 @@ impl Loop<'_> {
         files
             .write_params(&launch.config)
             .map_err(|e| StartError::Rtune(e.to_string()))?;
-        if let Some(policy) = self.tuner.trial(trial).map(|t| &t.policy) {
+        if let Some(policy) = self.tuner.trial(trial).map(|t| t.policy_steps()) {
             files
-                .write_policy(policy)
+                .write_policy(&policy)
                 .map_err(|e| StartError::Rtune(e.to_string()))?;
         }
         let restore_dir = match launch.restore {
@@ -1169,11 +1181,11 @@ impl Loop<'_> {
 
     /// policy.json: the trial's config by iteration, as the core keeps it.
     fn write_policy(&self, trial: TrialId) {
-        let Some(policy) = self.tuner.trial(trial).map(|t| &t.policy) else {
+        let Some(policy) = self.tuner.trial(trial).map(|t| t.policy_steps()) else {
             return;
         };
         if let Ok(files) = self.dir.trial(trial)
-            && let Err(e) = files.write_policy(policy)
+            && let Err(e) = files.write_policy(&policy)
         {
             tracing::error!("{}: cannot write policy.json: {e}", trial.name());
         }
