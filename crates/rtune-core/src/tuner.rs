@@ -231,7 +231,7 @@ pub struct Trial {
     pub results_total: u64,
     /// Where its latest run was placed.
     #[serde(default)]
-    pub placement: Option<Placement>,
+    pub placement: Option<Box<Placement>>,
     /// When its current run's processes started (`None` while it does not run, or its job
     /// waits in a queue).
     #[serde(default)]
@@ -242,7 +242,7 @@ pub struct Trial {
     pub last_report_at: Option<f64>,
     /// The experiment's end that stopped it, if one did ([`Tuner::stop_all`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped_by: Option<EndReason>,
+    pub stopped_by: Option<Box<EndReason>>,
 }
 
 impl Trial {
@@ -1110,6 +1110,12 @@ impl Tuner {
         )
     }
 
+    /// Hands back the spare capacity of the trial list (before a compaction holds a second
+    /// copy of the state to check its snapshot).
+    pub fn shrink_to_fit(&mut self) {
+        self.trials.shrink_to_fit();
+    }
+
     /// The whole state, for the journal's snapshot lines.
     pub fn snapshot(&self) -> CoreSnapshot {
         CoreSnapshot {
@@ -1222,6 +1228,8 @@ impl Tuner {
             .map_err(|e| TunerError::Snapshot(format!("searcher {}: {e}", self.searcher.name())))?;
         self.rng.set_word_pos(position);
         self.trials = snapshot.trials;
+        // Read back at a doubled capacity; a resumed head and a compaction's check hold it.
+        self.trials.shrink_to_fit();
         // Snapshots of rtune 0.2.0 hold a one-step policy for every trial: the same as none.
         for trial in &mut self.trials {
             if let [step] = trial.policy.as_slice()
@@ -2034,7 +2042,7 @@ impl Tuner {
         now: f64,
     ) -> Result<(), TunerError> {
         let trial = self.running_mut(id, "placement")?;
-        trial.placement = Some(placement);
+        trial.placement = Some(Box::new(placement));
         if running && trial.run_started_at.is_none() {
             trial.run_started_at = Some(now);
             trial.last_report_at = Some(now);
@@ -2461,7 +2469,7 @@ impl Tuner {
             .map(|t| t.id)
             .collect();
         for id in ids {
-            self.trials[id.0 as usize].stopped_by = Some(reason.clone());
+            self.trials[id.0 as usize].stopped_by = Some(Box::new(reason.clone()));
             self.decide(Decision::stop(id, reason.to_string()), false);
         }
     }

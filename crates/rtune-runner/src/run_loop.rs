@@ -860,6 +860,8 @@ impl Loop<'_> {
         if self.fatal.is_some() || self.journal.lines_since_snapshot() == 0 {
             return;
         }
+        // The check below holds a second copy of the state: no spare capacity in either.
+        self.tuner.shrink_to_fit();
         let tuner: &Tuner = self.tuner;
         let fresh_tuner = &self.fresh_tuner;
         let compacted = self.journal.compact(
@@ -994,7 +996,11 @@ impl Loop<'_> {
     /// A run reported before the executor saw its queued job start (between two polls): it
     /// runs, and its time counts from now.
     fn mark_started(&mut self, trial: TrialId, run: u32) {
-        let Some(mut placement) = self.tuner.trial(trial).and_then(|t| t.placement.clone()) else {
+        let Some(mut placement) = self
+            .tuner
+            .trial(trial)
+            .and_then(|t| t.placement.as_deref().cloned())
+        else {
             return;
         };
         placement.queued = false;
