@@ -897,6 +897,95 @@ pub struct CoreSnapshot {
     pub searcher: Value,
 }
 
+/// A [`CoreSnapshot`] read back to check it ([`Tuner::matches_snapshot`]): the trials are
+/// digested one at a time as they are read, never held, so that checking a compaction does not
+/// need memory for a second copy of every trial.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotCheck {
+    format: u32,
+    #[serde(deserialize_with = "digest_trials")]
+    trials: TrialsDigest,
+    rng_word_pos: String,
+    searcher_finished: bool,
+    interrupted: bool,
+    results_received: u64,
+    started_at: Option<f64>,
+    ended: Option<EndReason>,
+    scheduler: Value,
+    searcher: Value,
+}
+
+/// The trials of a snapshot as [`SnapshotCheck`] keeps them.
+#[derive(Debug)]
+struct TrialsDigest {
+    /// [`trials_digest`] of the trials read.
+    digest: u64,
+    count: usize,
+    /// Whether trial `i` was the `i`-th (a restore refuses a snapshot where it is not).
+    in_order: bool,
+}
+
+/// A `std::io::Write` into a hasher.
+#[derive(Default)]
+struct Hashing(std::collections::hash_map::DefaultHasher);
+
+impl Hashing {
+    fn finish(&self) -> u64 {
+        std::hash::Hasher::finish(&self.0)
+    }
+}
+
+impl std::io::Write for Hashing {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        std::hash::Hasher::write(&mut self.0, bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every trial written as JSON, in order, into one digest.
+fn trials_digest<'a>(trials: impl IntoIterator<Item = &'a Trial>) -> u64 {
+    let mut hashing = Hashing::default();
+    for trial in trials {
+        // As in `digest_with`: a trial that cannot be written was never written either.
+        if serde_json::to_writer(&mut hashing, trial).is_err() {
+            return 0;
+        }
+    }
+    hashing.finish()
+}
+
+fn digest_trials<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TrialsDigest, D::Error> {
+    struct Trials;
+    impl<'de> serde::de::Visitor<'de> for Trials {
+        type Value = TrialsDigest;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of trials")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<TrialsDigest, A::Error> {
+            let mut hashing = Hashing::default();
+            let mut count = 0;
+            let mut in_order = true;
+            while let Some(trial) = seq.next_element::<Trial>()? {
+                in_order &= trial.id.0 as usize == count;
+                serde_json::to_writer(&mut hashing, &trial).map_err(serde::de::Error::custom)?;
+                count += 1;
+            }
+            Ok(TrialsDigest {
+                digest: hashing.finish(),
+                count,
+                in_order,
+            })
+        }
+    }
+    deserializer.deserialize_seq(Trials)
+}
+
 /// A journaled outcome being forced during [`Tuner::replay`].
 #[derive(Debug, Default)]
 struct Forced {
@@ -1135,6 +1224,15 @@ impl Tuner {
     /// [`Tuner::snapshot`] written as JSON straight from the core's state (no copy of the trials:
     /// a large experiment's snapshot costs no memory but the writer's buffer).
     pub fn write_snapshot(&self, writer: impl std::io::Write) -> serde_json::Result<()> {
+        self.write_snapshot_with(&self.trials, writer)
+    }
+
+    /// [`Tuner::write_snapshot`] with `trials` in place of the tuner's own.
+    fn write_snapshot_with(
+        &self,
+        trials: &[Trial],
+        writer: impl std::io::Write,
+    ) -> serde_json::Result<()> {
         /// Serializes exactly as [`CoreSnapshot`].
         #[derive(Serialize)]
         struct SnapshotRef<'a> {
@@ -1153,7 +1251,7 @@ impl Tuner {
             writer,
             &SnapshotRef {
                 format: SNAPSHOT_FORMAT,
-                trials: &self.trials,
+                trials,
                 rng_word_pos: self.rng.get_word_pos().to_string(),
                 searcher_finished: self.searcher_finished,
                 interrupted: self.interrupted,
@@ -1170,26 +1268,60 @@ impl Tuner {
     /// two tuners of one process with equal digests hold the same state (the hash is not stable
     /// across Rust releases; it is never stored).
     pub fn state_digest(&self) -> u64 {
-        struct Hashing(std::collections::hash_map::DefaultHasher);
-        impl std::io::Write for Hashing {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                std::hash::Hasher::write(&mut self.0, bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut hashing = Hashing(std::collections::hash_map::DefaultHasher::new());
+        self.digest_with(&self.trials)
+    }
+
+    /// The digest of [`Tuner::write_snapshot_with`]'s text.
+    fn digest_with(&self, trials: &[Trial]) -> u64 {
+        let mut hashing = Hashing::default();
         // A hasher never fails a write; serialization fails only for a state JSON cannot hold,
         // whose snapshot is never written either.
         if self
-            .write_snapshot(std::io::BufWriter::new(&mut hashing))
+            .write_snapshot_with(trials, std::io::BufWriter::new(&mut hashing))
             .is_err()
         {
             return 0;
         }
-        std::hash::Hasher::finish(&hashing.0)
+        hashing.finish()
+    }
+
+    /// Whether a snapshot read back holds this tuner's state, checked without a second copy of
+    /// the trials: each trial read back was written out again into a digest as it was read
+    /// ([`SnapshotCheck`]), which must equal the digest of this tuner's trials written the same
+    /// way; the rest (scheduler, searcher, random generator, counters) is restored into `fresh`,
+    /// a tuner freshly built from the experiment's file, as a resume would.
+    pub fn matches_snapshot(&self, mut fresh: Tuner, read: SnapshotCheck) -> bool {
+        let SnapshotCheck {
+            format,
+            trials,
+            rng_word_pos,
+            searcher_finished,
+            interrupted,
+            results_received,
+            started_at,
+            ended,
+            scheduler,
+            searcher,
+        } = read;
+        if !trials.in_order
+            || trials.count != self.trials.len()
+            || trials.digest != trials_digest(&self.trials)
+        {
+            return false;
+        }
+        let rest = CoreSnapshot {
+            format,
+            trials: Vec::new(),
+            rng_word_pos,
+            searcher_finished,
+            interrupted,
+            results_received,
+            started_at,
+            ended,
+            scheduler,
+            searcher,
+        };
+        fresh.restore_snapshot(rest).is_ok() && fresh.digest_with(&[]) == self.digest_with(&[])
     }
 
     /// Load a snapshot into a tuner freshly built from the experiment's file (its settings,

@@ -133,8 +133,8 @@ struct Header {
 
 /// A snapshot line.
 #[derive(Debug, Serialize, Deserialize)]
-struct SnapshotLine {
-    snapshot: CoreSnapshot,
+struct SnapshotLine<S = CoreSnapshot> {
+    snapshot: S,
     /// The release that wrote it.
     rtune: String,
 }
@@ -292,13 +292,14 @@ impl Journal {
     /// Rewrite the journal as its header and one snapshot of the core, which `write_snapshot`
     /// writes (the core's state after every line so far). The new journal is written to a
     /// temporary file and fsynced; `verify` then gets the snapshot as read back from that file
-    /// and says whether it restores to the same state: only then is the file renamed over the
+    /// (as `S`: the core's [`rtune_core::tuner::SnapshotCheck`] reads it without holding the
+    /// trials) and says whether it restores to the same state: only then is the file renamed over the
     /// journal (and the directory fsynced), so a crash leaves the old journal or the new one,
     /// and a snapshot that would not restore is never relied on. Returns whether it compacted.
-    pub fn compact(
+    pub fn compact<S: serde::de::DeserializeOwned>(
         &mut self,
         write_snapshot: impl FnOnce(&mut dyn Write) -> serde_json::Result<()>,
-        verify: impl FnOnce(CoreSnapshot) -> bool,
+        verify: impl FnOnce(S) -> bool,
     ) -> Result<bool, JournalError> {
         self.check_claim()?;
         let io = |action: &'static str, path: &Path| {
@@ -340,7 +341,7 @@ impl Journal {
                 let mut lines = io::BufReader::new(file);
                 let mut header = String::new();
                 io::BufRead::read_line(&mut lines, &mut header).ok()?;
-                serde_json::from_reader::<_, SnapshotLine>(lines).ok()
+                serde_json::from_reader::<_, SnapshotLine<S>>(lines).ok()
             })
             .map(|line| line.snapshot);
         if !read_back.is_some_and(verify) {

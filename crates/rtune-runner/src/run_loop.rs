@@ -860,17 +860,14 @@ impl Loop<'_> {
         if self.fatal.is_some() || self.journal.lines_since_snapshot() == 0 {
             return;
         }
-        // The check below holds a second copy of the state: no spare capacity in either.
+        // No spare capacity kept while the check below reads the snapshot back.
         self.tuner.shrink_to_fit();
         let tuner: &Tuner = self.tuner;
         let fresh_tuner = &self.fresh_tuner;
         let compacted = self.journal.compact(
             |out| tuner.write_snapshot(out),
-            |snapshot| {
-                fresh_tuner().is_some_and(|mut fresh| {
-                    fresh.restore_snapshot(snapshot).is_ok()
-                        && fresh.state_digest() == tuner.state_digest()
-                })
+            |snapshot: rtune_core::tuner::SnapshotCheck| {
+                fresh_tuner().is_some_and(|fresh| tuner.matches_snapshot(fresh, snapshot))
             },
         );
         release_free_memory();
