@@ -878,11 +878,12 @@ pub enum Output {
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// The core's whole state as a value: what a journal's snapshot line holds, so a resume loads it
-/// and replays only the lines after it.
+/// and replays only the lines after it. (`Trials` is only replaced to read a snapshot back
+/// without holding its trials: [`SnapshotCheck`].)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CoreSnapshot {
+pub struct CoreSnapshot<Trials = Vec<Trial>> {
     pub format: u32,
-    pub trials: Vec<Trial>,
+    pub trials: Trials,
     /// The tuner RNG's position (ChaCha8 word position, as decimal text: JSON numbers cannot
     /// hold 128 bits). The seed comes from the experiment file.
     pub rng_word_pos: String,
@@ -900,24 +901,30 @@ pub struct CoreSnapshot {
 /// A [`CoreSnapshot`] read back to check it ([`Tuner::matches_snapshot`]): the trials are
 /// digested one at a time as they are read, never held, so that checking a compaction does not
 /// need memory for a second copy of every trial.
-#[derive(Debug, Deserialize)]
-pub struct SnapshotCheck {
-    format: u32,
-    #[serde(deserialize_with = "digest_trials")]
-    trials: TrialsDigest,
-    rng_word_pos: String,
-    searcher_finished: bool,
-    interrupted: bool,
-    results_received: u64,
-    started_at: Option<f64>,
-    ended: Option<EndReason>,
-    scheduler: Value,
-    searcher: Value,
+pub type SnapshotCheck = CoreSnapshot<TrialsDigest>;
+
+impl<T> CoreSnapshot<T> {
+    /// Its trials, and the rest of it with `trials` in their place.
+    fn split_trials<U>(self, trials: U) -> (T, CoreSnapshot<U>) {
+        let rest = CoreSnapshot {
+            format: self.format,
+            trials,
+            rng_word_pos: self.rng_word_pos,
+            searcher_finished: self.searcher_finished,
+            interrupted: self.interrupted,
+            results_received: self.results_received,
+            started_at: self.started_at,
+            ended: self.ended,
+            scheduler: self.scheduler,
+            searcher: self.searcher,
+        };
+        (self.trials, rest)
+    }
 }
 
 /// The trials of a snapshot as [`SnapshotCheck`] keeps them.
-#[derive(Debug)]
-struct TrialsDigest {
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrialsDigest {
     /// [`trials_digest`] of the trials read.
     digest: u64,
     count: usize,
@@ -957,33 +964,37 @@ fn trials_digest<'a>(trials: impl IntoIterator<Item = &'a Trial>) -> u64 {
     hashing.finish()
 }
 
-fn digest_trials<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TrialsDigest, D::Error> {
-    struct Trials;
-    impl<'de> serde::de::Visitor<'de> for Trials {
-        type Value = TrialsDigest;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of trials")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<TrialsDigest, A::Error> {
-            let mut hashing = Hashing::default();
-            let mut count = 0;
-            let mut in_order = true;
-            while let Some(trial) = seq.next_element::<Trial>()? {
-                in_order &= trial.id.0 as usize == count;
-                serde_json::to_writer(&mut hashing, &trial).map_err(serde::de::Error::custom)?;
-                count += 1;
-            }
-            Ok(TrialsDigest {
-                digest: hashing.finish(),
-                count,
-                in_order,
-            })
-        }
+impl<'de> Deserialize<'de> for TrialsDigest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TrialsDigest, D::Error> {
+        deserializer.deserialize_seq(DigestTrials)
     }
-    deserializer.deserialize_seq(Trials)
+}
+
+/// Reads a list of trials into a [`TrialsDigest`].
+struct DigestTrials;
+
+impl<'de> serde::de::Visitor<'de> for DigestTrials {
+    type Value = TrialsDigest;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of trials")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TrialsDigest, A::Error> {
+        let mut hashing = Hashing::default();
+        let mut count = 0;
+        let mut in_order = true;
+        while let Some(trial) = seq.next_element::<Trial>()? {
+            in_order &= trial.id.0 as usize == count;
+            serde_json::to_writer(&mut hashing, &trial).map_err(serde::de::Error::custom)?;
+            count += 1;
+        }
+        Ok(TrialsDigest {
+            digest: hashing.finish(),
+            count,
+            in_order,
+        })
+    }
 }
 
 /// A journaled outcome being forced during [`Tuner::replay`].
@@ -1291,36 +1302,13 @@ impl Tuner {
     /// way; the rest (scheduler, searcher, random generator, counters) is restored into `fresh`,
     /// a tuner freshly built from the experiment's file, as a resume would.
     pub fn matches_snapshot(&self, mut fresh: Tuner, read: SnapshotCheck) -> bool {
-        let SnapshotCheck {
-            format,
-            trials,
-            rng_word_pos,
-            searcher_finished,
-            interrupted,
-            results_received,
-            started_at,
-            ended,
-            scheduler,
-            searcher,
-        } = read;
+        let (trials, rest) = read.split_trials(Vec::new());
         if !trials.in_order
             || trials.count != self.trials.len()
             || trials.digest != trials_digest(&self.trials)
         {
             return false;
         }
-        let rest = CoreSnapshot {
-            format,
-            trials: Vec::new(),
-            rng_word_pos,
-            searcher_finished,
-            interrupted,
-            results_received,
-            started_at,
-            ended,
-            scheduler,
-            searcher,
-        };
         fresh.restore_snapshot(rest).is_ok() && fresh.digest_with(&[]) == self.digest_with(&[])
     }
 

@@ -485,20 +485,35 @@ fn replaying_the_inputs_rebuilds_the_same_state() {
     let mut written = Vec::new();
     live.tuner.write_snapshot(&mut written).expect("write");
     let check = |text: &[u8]| serde_json::from_slice(text).expect("a snapshot");
-    assert!(live.tuner.matches_snapshot(exploit_tuner(), check(&written)));
+    assert!(
+        live.tuner
+            .matches_snapshot(exploit_tuner(), check(&written))
+    );
     let mut earlier = Vec::new();
     first_half.write_snapshot(&mut earlier).expect("write");
-    assert!(!live.tuner.matches_snapshot(exploit_tuner(), check(&earlier)));
+    assert!(
+        !live
+            .tuner
+            .matches_snapshot(exploit_tuner(), check(&earlier))
+    );
     let mut changed: Value = serde_json::from_slice(&written).expect("JSON");
     changed["trials"][1]["time_total_s"] = serde_json::json!(12345.5);
     let changed = serde_json::to_vec(&changed).expect("JSON");
-    assert!(!live.tuner.matches_snapshot(exploit_tuner(), check(&changed)));
+    assert!(
+        !live
+            .tuner
+            .matches_snapshot(exploit_tuner(), check(&changed))
+    );
     // Trials out of order are refused as a restore refuses them.
     let mut swapped: Value = serde_json::from_slice(&written).expect("JSON");
     let trials = swapped["trials"].as_array_mut().expect("trials");
     trials.swap(0, 1);
     let swapped = serde_json::to_vec(&swapped).expect("JSON");
-    assert!(!live.tuner.matches_snapshot(exploit_tuner(), check(&swapped)));
+    assert!(
+        !live
+            .tuner
+            .matches_snapshot(exploit_tuner(), check(&swapped))
+    );
 }
 
 /// The journal's recorded outcomes win over a later release's code: a replay under a
