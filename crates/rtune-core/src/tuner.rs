@@ -1210,8 +1210,8 @@ impl Tuner {
         )
     }
 
-    /// Hands back the spare capacity of the trial list (before a compaction holds a second
-    /// copy of the state to check its snapshot).
+    /// Hands back the spare capacity of the trial list (a list grown by doubling holds up to
+    /// twice what it needs; a compaction calls this before it reads its snapshot back).
     pub fn shrink_to_fit(&mut self) {
         self.trials.shrink_to_fit();
     }
@@ -1348,7 +1348,7 @@ impl Tuner {
             .map_err(|e| TunerError::Snapshot(format!("searcher {}: {e}", self.searcher.name())))?;
         self.rng.set_word_pos(position);
         self.trials = snapshot.trials;
-        // Read back at a doubled capacity; a resumed head and a compaction's check hold it.
+        // Read back at a doubled capacity, which a resumed head would keep.
         self.trials.shrink_to_fit();
         // Snapshots of rtune 0.2.0 hold a one-step policy for every trial: the same as none.
         for trial in &mut self.trials {
