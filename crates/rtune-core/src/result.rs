@@ -88,3 +88,16 @@ impl TrialResult {
             .unwrap_or(0)
     }
 }
+
+/// How a JSON value's kind reads in an error message ("a string", "an array", ...).
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

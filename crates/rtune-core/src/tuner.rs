@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::placement::Placement;
+use crate::result::json_kind;
 use crate::scheduler::{Action, Decision, PolicyStep, Scheduler, SchedulerContext};
 use crate::searcher::{Searcher, Suggestion};
 use crate::trial::{CheckpointId, TrialId, TrialStatus};
@@ -2624,17 +2625,6 @@ fn number_or_null(
             json_kind: json_kind(other).to_string(),
             role: role.to_string(),
         }),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

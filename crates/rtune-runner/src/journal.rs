@@ -184,21 +184,24 @@ pub struct Journal {
     claim: Option<crate::claim::Claim>,
 }
 
+/// The error of a failed `action` on `path` (not a full disk: `needed` is 0), for `map_err`.
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> JournalError {
+    let path = path.to_path_buf();
+    move |source| JournalError::Io {
+        action,
+        path,
+        needed: 0,
+        source,
+    }
+}
+
 impl Journal {
     /// Open (or create) `dir/journal.jsonl` and read what it holds. A partial last line (a crash
     /// in the middle of a write) is cut off, so the next line starts cleanly. A new journal gets
     /// its header.
     pub fn open(dir: &Path) -> Result<(Journal, Contents), JournalError> {
         let path = dir.join(JOURNAL_FILE);
-        let io = |action: &'static str| {
-            let path = path.clone();
-            move |source| JournalError::Io {
-                action,
-                path,
-                needed: 0,
-                source,
-            }
-        };
+        let io = |action: &'static str| io_error(action, &path);
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -302,15 +305,7 @@ impl Journal {
         verify: impl FnOnce(S) -> bool,
     ) -> Result<bool, JournalError> {
         self.check_claim()?;
-        let io = |action: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| JournalError::Io {
-                action,
-                path,
-                needed: 0,
-                source,
-            }
-        };
+        let io = io_error;
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let tmp_path = dir.join(format!("{JOURNAL_FILE}.compacting"));
         let written = (|| -> Result<(), JournalError> {

@@ -95,8 +95,9 @@ fn reconcile_trial(
 
 /// The config a trial ran with when it reported `iteration`: its policy's step in force then.
 fn config_at(trial: &Trial, iteration: u64) -> Config {
+    // An empty policy (never exploited) finds nothing: the config, as policy_steps would say.
     trial
-        .policy_steps()
+        .policy
         .iter()
         .rev()
         .find(|step| step.from_iteration < iteration)

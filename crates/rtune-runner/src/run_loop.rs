@@ -1629,6 +1629,11 @@ mod tests {
         );
         let again = replayed(dir.path(), configs, 0);
         assert_eq!(outcome.state.trials, projected(&again));
+        // The state file, written straight from the core, reads back as the same projection.
+        let file = std::fs::read_to_string(dir.path().join("experiment_state.json"))
+            .expect("experiment_state.json");
+        let file: crate::state::ExperimentState = serde_json::from_str(&file).expect("state");
+        assert_eq!(file.trials, projected(&again));
     }
 
     /// The trials of a tuner as experiment_state.json shows them.

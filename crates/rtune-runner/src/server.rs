@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use rtune_core::TrialId;
+use rtune_core::result::json_kind;
 use rtune_protocol::{MAX_LINE_BYTES, Request, RequestBody, Response, VERSION};
 use serde_json::Value;
 use sha2::Sha256;
@@ -629,17 +630,6 @@ fn contains_non_finite_literal(line: &[u8]) -> bool {
     [b"NaN".as_slice(), b"Infinity".as_slice()]
         .iter()
         .any(|word| line.windows(word.len()).any(|w| w == *word))
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

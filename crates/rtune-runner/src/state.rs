@@ -327,7 +327,8 @@ struct TrialRecordRef<'a> {
     runs: u32,
     failures: u32,
     error: Option<&'a str>,
-    policy: std::borrow::Cow<'a, [PolicyStep]>,
+    #[serde(serialize_with = "policy_of")]
+    policy: &'a Trial,
     placement: Option<&'a Placement>,
     started_at: Option<f64>,
     last_report_at: Option<f64>,
@@ -353,12 +354,31 @@ impl<'a> TrialRecordRef<'a> {
             runs: trial.runs,
             failures: trial.failures,
             error: trial.error.as_deref(),
-            policy: trial.policy_steps(),
+            policy: trial,
             placement: trial.placement.as_deref(),
             started_at: trial.run_started_at,
             last_report_at: trial.last_report_at,
             silent,
         }
+    }
+}
+
+/// A trial's policy as [`Trial::policy_steps`] gives it, without copying the config of a trial
+/// that was never exploited (this runs for every trial at every state write).
+fn policy_of<S: serde::Serializer>(trial: &&Trial, serializer: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct FirstStep<'a> {
+        from_iteration: u64,
+        config: &'a rtune_core::Config,
+    }
+    if trial.policy.is_empty() {
+        let first = FirstStep {
+            from_iteration: 0,
+            config: &trial.config,
+        };
+        serializer.collect_seq([first])
+    } else {
+        serializer.collect_seq(&trial.policy)
     }
 }
 

@@ -178,14 +178,7 @@ pub trait Scheduler: Send + std::fmt::Debug {
     /// Load a state [`Scheduler::save`] wrote (possibly an earlier release's) into a scheduler
     /// freshly built from the same settings.
     fn restore(&mut self, state: serde_json::Value) -> Result<(), String> {
-        if state.is_null() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} keeps no state, but the snapshot has some",
-                self.name()
-            ))
-        }
+        restore_nothing(self.name(), &state)
     }
 
     /// Which existing PENDING or PAUSED trial to run next, if any. `None` lets the tuner ask the
@@ -224,6 +217,15 @@ pub(crate) fn save_fields(
 }
 
 /// One field of a saved state (see [`save_fields`]), for `restore`.
+/// The default `restore` of schedulers and searchers that keep no state: only `null` fits.
+pub(crate) fn restore_nothing(name: &str, state: &serde_json::Value) -> Result<(), String> {
+    if state.is_null() {
+        Ok(())
+    } else {
+        Err(format!("{name} keeps no state, but the snapshot has some"))
+    }
+}
+
 pub(crate) fn load_field<T: serde::de::DeserializeOwned>(
     state: &mut serde_json::Value,
     name: &str,
