@@ -968,7 +968,10 @@ mod tests {
                     let dir = dir.path().to_path_buf();
                     std::thread::spawn(move || {
                         barrier.wait();
-                        Claim::acquire(&dir, settings(0.5))
+                        // A lease far longer than the race: with 0.5 s, a loaded machine that
+                        // keeps the winner's renewal thread off a core for 0.5 s made its fresh
+                        // claim stale, and the loser then took it over (CI saw 2 holders).
+                        Claim::acquire(&dir, settings(30.0))
                     })
                 })
                 .collect();
