@@ -82,7 +82,7 @@ def test_wheel_is_manylinux_and_holds_what_the_examples_need(wheel: Path) -> Non
     platforms = set(wheel.name[:-len(".whl")].split("-")[-1].split("."))
     assert platforms == {"manylinux_2_17_x86_64", "manylinux2014_x86_64"}, wheel.name
     names = zipfile.ZipFile(wheel).namelist()
-    for binary in ("rtune", "rtune-example"):
+    for binary in ("rtune", "rtune-supervise", "rtune-example"):
         assert any(n.endswith(f".data/scripts/{binary}") for n in names), names
     for module in ("__init__.py", "_client.py", "py.typed", "hf.py", "lightning.py",
                    "squad.py", "ray/__init__.py", "ray/_trial.py", "ray/train/torch.py",
@@ -112,6 +112,7 @@ def test_installed_wheel_runs_examples_without_cargo(wheel: Path, tmp_path: Path
     install_s = time.monotonic() - started
     assert install_s < INSTALL_LIMIT_S, f"installing took {install_s:.1f} s"
     assert rtune.exists() and (venv / "bin" / "rtune-example").exists()
+    assert (venv / "bin" / "rtune-supervise").exists()
 
     # examples/asha.toml runs rtune-example, found next to the installed rtune.
     storage = tmp_path / "runs"

@@ -798,7 +798,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         storage: args.storage,
         executor: args.executor.map(|e| e.as_str().to_string()),
         rtune_exe: rtune_exe.clone(),
-        supervisor: Some(rtune_exe),
+        supervisor: Some(rtune_runner::executor::shim::supervisor_program(&rtune_exe)),
         terminal: std::io::stdout().is_terminal(),
     };
     let chain = chain_settings(&args.chain)?;
@@ -930,7 +930,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         name: args.name,
         storage: args.storage,
         rtune_exe: rtune_exe.clone(),
-        supervisor: Some(rtune_exe),
+        supervisor: Some(rtune_runner::executor::shim::supervisor_program(&rtune_exe)),
         terminal: std::io::stdout().is_terminal(),
     };
     finish(block_on(rtune_runner::setup::run_replay(options))??)

@@ -1,6 +1,7 @@
 //! PBT's lineage as users read it (`rtune status DIR --lineage [TRIAL]`): every exploit (which
 //! trial took whose checkpoint at which iterations, and how its config changed), and one trial's
-//! policy (its config by iteration), from `lineage.jsonl` and the trial's `policy.json`.
+//! policy (its config by iteration), from `lineage.jsonl` and the trial's `policy.json` (or
+//! `params.json` when PBT never changed its config).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -16,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::report::{TableFormat, short_number};
 use crate::state::ExperimentState;
-use crate::storage::{LINEAGE_FILE, POLICY_FILE, StorageError, csv_line};
+use crate::storage::{LINEAGE_FILE, PARAMS_FILE, POLICY_FILE, StorageError, csv_line};
 
 /// One line of `lineage.jsonl`.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,18 +195,36 @@ pub fn read_lineage(dir: &Path) -> Result<Vec<Exploit>, StorageError> {
         .collect()
 }
 
-/// A trial's `policy.json`: its config by iteration.
+/// A trial's config by iteration: its `policy.json`, which only a trial PBT exploited has (and
+/// experiments of rtune 0.2.0, for every trial), else its `params.json` from iteration 0.
 pub fn read_policy(dir: &Path, trial: TrialId) -> Result<Vec<PolicyStep>, StorageError> {
     let path = policy_path(dir, trial);
-    let text = fs::read_to_string(&path).map_err(|source| StorageError::Io {
-        action: "read",
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| StorageError::Malformed {
-        path,
-        message: format!("not a policy (a list of {{from_iteration, config}}): {e}"),
-    })
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| StorageError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    match read(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| StorageError::Malformed {
+            path,
+            message: format!("not a policy (a list of {{from_iteration, config}}): {e}"),
+        }),
+        Err(StorageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            let params = dir.join(trial.name()).join(PARAMS_FILE);
+            let config: Config =
+                serde_json::from_str(&read(&params)?).map_err(|e| StorageError::Malformed {
+                    path: params,
+                    message: format!("not a config (an object of parameter values): {e}"),
+                })?;
+            Ok(vec![PolicyStep {
+                from_iteration: 0,
+                config,
+            }])
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn policy_path(dir: &Path, trial: TrialId) -> PathBuf {
@@ -469,6 +488,43 @@ fn cell(value: &Value, format: TableFormat) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trial_pbt_never_changed_has_its_params_as_policy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trial_dir = dir.path().join(TrialId(3).name());
+        std::fs::create_dir_all(&trial_dir).expect("trial dir");
+        let missing = read_policy(dir.path(), TrialId(3)).expect_err("no params.json either");
+        assert!(missing.to_string().contains(PARAMS_FILE), "{missing}");
+        std::fs::write(trial_dir.join(PARAMS_FILE), r#"{"lr": 0.1}"#).expect("params");
+        let config: Config = [("lr".to_string(), json!(0.1))].into_iter().collect();
+        assert_eq!(
+            read_policy(dir.path(), TrialId(3)).expect("policy"),
+            vec![PolicyStep {
+                from_iteration: 0,
+                config: config.clone()
+            }]
+        );
+        let exploited = vec![
+            PolicyStep {
+                from_iteration: 0,
+                config: config.clone(),
+            },
+            PolicyStep {
+                from_iteration: 4,
+                config: [("lr".to_string(), json!(0.2))].into_iter().collect(),
+            },
+        ];
+        std::fs::write(
+            trial_dir.join(POLICY_FILE),
+            serde_json::to_vec(&exploited).expect("json"),
+        )
+        .expect("policy");
+        assert_eq!(
+            read_policy(dir.path(), TrialId(3)).expect("policy"),
+            exploited
+        );
+    }
+
     #[test]
     fn a_resume_restores_the_exploits_missing_from_the_lineage_log() {
         let dir = tempfile::tempdir().expect("tempdir");

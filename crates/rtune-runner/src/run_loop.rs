@@ -505,9 +505,13 @@ impl Loop<'_> {
         files
             .write_params(&launch.config)
             .map_err(|e| StartError::Rtune(e.to_string()))?;
-        if let Some(policy) = self.tuner.trial(trial).map(|t| t.policy_steps()) {
+        // policy.json only once PBT changed the trial's config: until then params.json says it
+        // all, and a file less per trial is a tenth of a trial's start (docs/benchmarks.md).
+        if let Some(policy) = self.tuner.trial(trial).map(|t| &t.policy)
+            && !policy.is_empty()
+        {
             files
-                .write_policy(&policy)
+                .write_policy(policy)
                 .map_err(|e| StartError::Rtune(e.to_string()))?;
         }
         let restore_dir = match launch.restore {

@@ -44,9 +44,9 @@ pub struct RunOptions {
     pub executor: Option<String>,
     /// The running rtune binary: trial programs are looked up next to it first.
     pub rtune_exe: PathBuf,
-    /// The `rtune` binary whose hidden `__supervise` subcommand runs each local trial process
-    /// (normally `rtune_exe`); None = trial processes start directly and outlive a SIGKILLed
-    /// rtune.
+    /// The shim binary each local trial process runs under (normally `rtune-supervise` next to
+    /// `rtune_exe`, or `rtune_exe` itself: `shim::supervisor_program`); None = trial processes
+    /// start directly and outlive a SIGKILLed rtune.
     pub supervisor: Option<PathBuf>,
     /// Whether stdout is a terminal (live table) or a log file.
     pub terminal: bool,
@@ -141,7 +141,9 @@ pub async fn resume_experiment(options: ResumeOptions) -> Result<RunOutcome, Set
         executor: options.executor.clone(),
         rtune_exe: options.rtune_exe.clone(),
         // Resumed trials are supervised like those of `rtune run`.
-        supervisor: Some(options.rtune_exe.clone()),
+        supervisor: Some(crate::executor::shim::supervisor_program(
+            &options.rtune_exe,
+        )),
         terminal: options.terminal,
     };
     let prepared = prepare_with(&run_options, None, Some((&options.dir, options.errored)))?;
@@ -342,8 +344,8 @@ fn prepare_with(
     let claim_settings = ClaimSettings::from_env()?;
 
     let (events_tx, executor_events) = mpsc::unbounded_channel();
-    // Trial processes run under the shim in this very binary (`rtune __supervise`), which ends
-    // them when rtune dies by any signal.
+    // Trial processes run under the shim (`rtune-supervise`, or `rtune __supervise`), which
+    // ends them when rtune dies by any signal.
     let supervisor = options.supervisor.as_ref().map(|program| Supervisor {
         program: program.clone(),
         grace: Duration::from_secs_f64(file.trial.stop_grace_s),

@@ -8,7 +8,8 @@
 //!   events.jsonl             status changes, placements of runs and warnings
 //!   lineage.jsonl            PBT exploits (only when there are any)
 //!   trial_00000/
-//!     params.json  result.json  progress.csv  stdout.log  stderr.log  error.txt  policy.json
+//!     params.json  result.json  progress.csv  stdout.log  stderr.log  error.txt
+//!     policy.json  (only once PBT changed the trial's config)
 //!     checkpoints/checkpoint_000003/ ...
 //! ```
 //!
@@ -37,8 +38,10 @@ pub const STATE_FILE: &str = "experiment_state.json";
 pub const DECISIONS_FILE: &str = "decisions.jsonl";
 pub const EVENTS_FILE: &str = "events.jsonl";
 pub const LINEAGE_FILE: &str = "lineage.jsonl";
-/// Inside a trial directory: the trial's config by iteration.
+/// Inside a trial directory: the trial's config by iteration, once PBT changed it.
 pub const POLICY_FILE: &str = "policy.json";
+/// Inside a trial directory: the config its current run started with.
+pub const PARAMS_FILE: &str = "params.json";
 /// Inside a trial directory: results that stopped counting (rolled back, replaced by an
 /// exploit), as they were written, each with why.
 pub const SUPERSEDED_FILE: &str = "superseded.json";
@@ -477,7 +480,7 @@ impl TrialFiles {
     }
 
     pub fn params_path(&self) -> PathBuf {
-        self.dir.join("params.json")
+        self.dir.join(PARAMS_FILE)
     }
 
     pub fn stdout_path(&self) -> PathBuf {
