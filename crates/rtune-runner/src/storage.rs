@@ -116,6 +116,12 @@ struct OpenFiles {
     /// progress.csv's columns by file (fixed by its first row).
     csv_columns: HashMap<PathBuf, Vec<String>>,
     made: HashSet<TrialId>,
+    /// Trials whose directory this head created and that have no result yet: there is no
+    /// progress.csv header to read back.
+    without_results: HashSet<TrialId>,
+    /// Whether the last result line this head appended for a trial says `done`; a trial whose
+    /// lines were cut back is not in it (its last line is then read from result.json).
+    last_line_done: HashMap<TrialId, bool>,
 }
 
 impl OpenFiles {
@@ -237,9 +243,16 @@ impl ExperimentDir {
     /// A trial's files; creates its directory if needed.
     pub fn trial(&self, id: TrialId) -> Result<TrialFiles, StorageError> {
         let dir = self.path.join(id.name());
-        if !self.files().made.contains(&id) {
-            fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-            self.files().made.insert(id);
+        let mut open = self.files();
+        if !open.made.contains(&id) {
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    open.without_results.insert(id);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(_) => fs::create_dir_all(&dir).map_err(io_error("create", &dir))?,
+            }
+            open.made.insert(id);
         }
         Ok(TrialFiles { dir })
     }
@@ -263,9 +276,16 @@ impl ExperimentDir {
         self.append_json_line(&files.result_path(), &Value::Object(line.clone()))?;
         let path = files.progress_path();
         let mut open = self.files();
+        open.last_line_done.insert(result.trial, done);
         let mut text = String::new();
         if !open.csv_columns.contains_key(&path) {
-            let columns = match read_csv_header(&path) {
+            let no_file_yet = open.without_results.remove(&result.trial);
+            let header = if no_file_yet {
+                None
+            } else {
+                read_csv_header(&path)
+            };
+            let columns = match header {
                 Some(columns) => columns,
                 None => {
                     let columns: Vec<String> =
@@ -294,6 +314,7 @@ impl ExperimentDir {
     ) -> Result<(), StorageError> {
         let files = self.trial(trial)?;
         self.close_trial(trial);
+        self.files().last_line_done.remove(&trial);
         let path = files.result_path();
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
@@ -364,6 +385,10 @@ impl ExperimentDir {
     pub fn mark_last_done(&self, trial: TrialId) -> Result<(), StorageError> {
         let files = self.trial(trial)?;
         self.close_trial(trial);
+        // Most trials end on a result whose answer already said so: nothing to read back.
+        if self.files().last_line_done.remove(&trial) == Some(true) {
+            return Ok(());
+        }
         let path = files.result_path();
         let Ok(text) = fs::read_to_string(&path) else {
             return Ok(());
@@ -944,6 +969,44 @@ mod tests {
         assert_eq!(done, [false, true]);
         let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
         assert!(csv.ends_with("true,0\n"), "{csv}");
+    }
+
+    #[test]
+    fn a_later_head_reads_back_what_it_did_not_write_itself() {
+        let storage = tempfile::tempdir().expect("tempdir");
+        let first = ExperimentDir::create(storage.path(), "exp", "").expect("create");
+        let files = first.trial(TrialId(0)).expect("trial dir");
+        first
+            .append_result(&at(1, 1.0), &Config::new(), false, 0)
+            .expect("append");
+        // A resume: the directory exists, so progress.csv's header is read back, not repeated.
+        let second = ExperimentDir::open(first.path());
+        second
+            .append_result(&at(2, 0.5), &Config::new(), false, 1)
+            .expect("append");
+        let csv = fs::read_to_string(files.progress_path()).expect("progress.csv");
+        assert_eq!(csv.lines().count(), 3, "one header, two rows: {csv}");
+        let done = || -> Vec<bool> {
+            json_lines(&files.result_path())
+                .iter()
+                .map(|l| l["done"].as_bool().expect("done"))
+                .collect()
+        };
+        // A final line cut back: the line left last is read back and marked.
+        second
+            .append_result(&at(3, 0.4), &Config::new(), true, 1)
+            .expect("append");
+        second
+            .truncate_results(TrialId(0), 2, Truncation::RolledBack, 5.0)
+            .expect("truncate");
+        second.mark_last_done(TrialId(0)).expect("mark");
+        assert_eq!(done(), [false, true]);
+        // A line appended as final stays as it is.
+        second
+            .append_result(&at(3, 0.4), &Config::new(), true, 2)
+            .expect("append");
+        second.mark_last_done(TrialId(0)).expect("mark");
+        assert_eq!(done(), [false, true, true]);
     }
 
     #[test]
