@@ -16,10 +16,12 @@ use common::{rtune, toml_string};
 /// How long the trials may take to start and show that they are ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// One trial of each kind; each touches `$READY_DIR/<kind>` once everything it starts runs.
+/// One trial of each kind; each touches `$READY_DIR/<kind>` once everything it starts runs. The
+/// reporting one also writes down the name of its parent, the shim.
 const TRIALS_SCRIPT: &str = r#"
 case "$RTUNE_CONFIG" in
   *'"report"'*)
+    cat "/proc/$PPID/comm" > "$READY_DIR/report.parent"
     touch "$READY_DIR/report"; exec "$EXAMPLE" ;;
   *'"silent"'*)
     touch "$READY_DIR/silent"; exec sleep 1000 ;;
@@ -145,6 +147,11 @@ cpus = 5
             running.len() >= MIN_PROCESSES,
             "expected at least {MIN_PROCESSES} trial processes, found {running:#?}"
         );
+        // The trials run under the small shim binary built next to rtune, not under rtune's
+        // own (slower to start) `__supervise` subcommand.
+        let parent = std::fs::read_to_string(self.path("ready").join("report.parent"))
+            .expect("the reporting trial's parent");
+        assert_eq!(parent.trim(), "rtune-supervise");
     }
 
     /// Asserts that no trial process is left within `trial.stop_grace_s` + 5 s.
