@@ -152,7 +152,7 @@ instance = "{task}"
 max_concurrent_trials = {workers}
 
 [output]
-report_interval_s = 1e9
+report_interval_s = 86400  # the longest allowed: no progress tables in these runs
 """
     if scheduler == "asha":
         text += f"""
