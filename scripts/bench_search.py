@@ -540,13 +540,21 @@ def main():
     jobs = [(m, t, s, w, budget_epochs, args.rtune, str(out))
             for w in workers_list for t in tasks for s in range(args.seeds) for m in methods]
     # --reuse: keep the runs of an earlier invocation (same out dir and budget) that succeeded.
+    # The out dir's runs outside this selection (other tasks, methods, seeds, workers, budgets)
+    # stay in its runs.json, so a grid can be run a part at a time into one directory.
     results = []
+    others = []
     runs_file = out / "runs.json"
     sources = [runs_file] + [Path(f) for f in args.include_runs.split(",") if f]
     if args.reuse and any(f.exists() for f in sources):
         done = {(r["method"], r["task"], r["seed"], r["workers"]): r
                 for f in sources if f.exists() for r in json.loads(f.read_text())
                 if not r["error"] and r.get("budget_epochs") == budget_epochs}
+        selection = {tuple(j[:4]) for j in jobs}
+        if runs_file.exists():
+            others = [r for r in json.loads(runs_file.read_text())
+                      if (r["method"], r["task"], r["seed"], r["workers"]) not in selection
+                      or r.get("budget_epochs") != budget_epochs]
         results = [done[(m, t, s, w)] for (m, t, s, w, *_rest) in jobs if (m, t, s, w) in done]
         jobs = [j for j in jobs if tuple(j[:4]) not in done]
         print(f"reusing {len(results)} runs from {', '.join(str(f) for f in sources)}")
@@ -559,12 +567,12 @@ def main():
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for i, r in enumerate(pool.map(job, jobs), 1):
             results.append(r)
-            runs_file.write_text(json.dumps(results, indent=1))  # so an interrupted run can --reuse
+            runs_file.write_text(json.dumps(others + results, indent=1))  # so an interrupted run can --reuse
             if r["error"]:
                 print(f"  ERROR {r['method']} task {r['task']} seed {r['seed']} w{r['workers']}: {r['error']}", flush=True)
             if i % 10 == 0 or i == len(jobs):
                 print(f"  {i}/{len(jobs)} runs done ({time.time() - started:.0f} s)", flush=True)
-    (out / "runs.json").write_text(json.dumps(results, indent=1))
+    (out / "runs.json").write_text(json.dumps(others + results, indent=1))
     if args.runs_only:
         return
 

@@ -8,6 +8,8 @@
 //!   pruner hashes the name into its brackets). This one runs Optuna on lcbench in the
 //!   `.venv-yahpo` environment (`.ci/run` creates it, see benchmarks/yahpo/requirements.txt);
 //!   without one it is skipped with a message, unless `RTUNE_REQUIRE_YAHPO=1` (set by CI).
+//! * `--reuse` keeps the runs outside the current selection in `runs.json` (it used to keep
+//!   only the selection's, so running a grid a part at a time lost every earlier part).
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -146,4 +148,60 @@ fn optuna_tpe_with_hyperband_is_reproducible_from_its_seed() {
     let trials = trace.iter().filter(|t| t.1 == 1).count();
     assert!(trials > 10, "{trials} trials");
     assert_eq!(first, second, "two runs with seed 1 differ");
+}
+
+#[test]
+fn a_grid_run_a_part_at_a_time_keeps_every_part_in_runs_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |method: &str, task: &str, budget: u64| {
+        serde_json::json!({"method": method, "task": task, "seed": 0, "workers": 1,
+                           "budget_epochs": budget, "error": null})
+    };
+    let earlier = serde_json::json!([
+        run("rtune GP r1", "3945", 10400),
+        run("rtune GP r1", "7593", 10400),
+        run("Optuna TPE", "3945", 10400),
+        run("rtune GP r1", "3945", 520),
+    ]);
+    let runs = dir.path().join("runs.json");
+    std::fs::write(&runs, earlier.to_string()).unwrap();
+    // This part is done already: nothing runs, and the other parts stay.
+    let out = Command::new("python3")
+        .arg(repo_root().join("scripts/bench_search.py"))
+        .args([
+            "--tasks",
+            "3945",
+            "--seeds",
+            "1",
+            "--methods",
+            "rtune GP r1",
+        ])
+        .args(["--reuse", "--runs-only", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("reusing 1 runs"), "{stdout}");
+    assert!(stdout.contains("0 runs:"), "{stdout}");
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&runs).unwrap()).unwrap();
+    let mut kept: Vec<String> = kept
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r["method"], r["task"], r["budget_epochs"]))
+        .collect();
+    kept.sort();
+    let mut expected: Vec<String> = earlier
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r["method"], r["task"], r["budget_epochs"]))
+        .collect();
+    expected.sort();
+    assert_eq!(kept, expected);
 }
