@@ -5,12 +5,14 @@
 //! `MR x NR` register-tile micro-kernel) with a micro-kernel per instruction set ([`Isa`]):
 //! AVX2+FMA (6 x 16 f32), AVX-512 (8 x 32 f32), AVX512_BF16 dot products (8 x 32, two k per
 //! instruction) and AMX-BF16 tiles (32 x 32, 32 k per tile product), plus portable code. The
-//! f32 kernels read A in place, whatever its strides, and B in place when its rows are
-//! contiguous; only a transposed B is packed (copied into contiguous `NR`-column strips). The
-//! matrices of a training step are small (the tiny benchmark's are 1024 x 128 x 384, its
-//! attention products 128 x 128 x 32), so copying every operand, as general-purpose GEMMs do,
-//! would cost as much as the multiplication. The bf16 kernels pack both operands, converting
-//! them.
+//! f32 kernels read A in place when its rows are contiguous, and B in place when its rows are
+//! contiguous and few tile rows would reuse a packed copy (fewer than 64 rows, or a small
+//! block split over threads); otherwise they pack them (copy them into contiguous `MR`-row and
+//! `NR`-column strips). A strided operand read in place costs a cache line per k step, at a
+//! stride that for power-of-two widths maps the lines to the same few L1 sets, so that the
+//! kernel waits on L2; packed, the kernel streams contiguous memory (a 2048 x 1536 x 512
+//! product on two AVX-512 cores: 300 GFLOP/s in place, 375 packed; `examples/gemm_shapes.rs`
+//! measures a training step's products). The bf16 kernels pack both operands, converting them.
 //!
 //! Why not the `gemm` crate (which burn's flex backend uses): it has no bf16 kernel, and it
 //! picks its instruction set by itself, while this module takes it from
@@ -433,7 +435,7 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
         .min(m.div_ceil(K::MR));
     let mc = m.div_ceil(blocks).next_multiple_of(K::MR);
     let m_blocks = m.div_ceil(mc);
-    let b_in_place = K::IN_PLACE && b.col_stride == 1;
+    let (a_in_place, b_in_place) = in_place::<K>(m, n, threads, a, b);
     for jc in (0..n).step_by(K::NC) {
         let nb = (n - jc).min(K::NC);
         let n_strips = nb.div_ceil(K::NR);
@@ -456,17 +458,33 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
             let b_len = packed_strips.len() * K::NR * elems;
             with_buffer::<K::Elem, _>(&PACK_B, b_len, |b_pack| {
                 let (b_panel0, b_strip_len) = if b_len > 0 {
-                    // SAFETY: the kb x (nb - packed_cols) block at (pc, jc + packed_cols) lies
-                    // inside B; b_pack holds its strips.
-                    unsafe {
-                        K::pack_b(
-                            b.at(pc, jc + packed_cols),
-                            kb,
-                            nb - packed_cols,
-                            kcp,
-                            b_pack,
-                        )
-                    }
+                    let cols = nb - packed_cols;
+                    let strip_len = K::NR * elems;
+                    // A big B block is packed by all threads: packed by one, the others would
+                    // wait for it (a tenth of the time of a 512-row product).
+                    let chunk_strips = if threads > 1 && kb * cols >= PARALLEL_PACK_MIN {
+                        packed_strips.len().div_ceil(threads)
+                    } else {
+                        packed_strips.len()
+                    };
+                    // SAFETY: the kb x cols block at (pc, jc + packed_cols) lies inside B;
+                    // b_pack holds its strips, each chunk the strips of its columns.
+                    let pack = |(chunk, dst): (usize, &mut [K::Elem])| unsafe {
+                        let first = chunk * chunk_strips * K::NR;
+                        let at = b.at(pc, jc + packed_cols + first);
+                        K::pack_b(at, kb, (cols - first).min(chunk_strips * K::NR), kcp, dst)
+                    };
+                    let (panel, len) = if chunk_strips < packed_strips.len() {
+                        b_pack
+                            .par_chunks_mut(chunk_strips * strip_len)
+                            .enumerate()
+                            .map(pack)
+                            .collect::<Vec<_>>()[0]
+                    } else {
+                        pack((0, b_pack))
+                    };
+                    debug_assert_eq!(len, strip_len);
+                    (panel, strip_len)
                 } else {
                     (
                         Panel {
@@ -499,13 +517,13 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
                     let rows = (m - ic).min(mc);
                     // SAFETY: the rows x kb block at (ic, pc) lies inside A.
                     let a_block = unsafe { a.at(ic, pc) };
-                    let a_len = if K::IN_PLACE {
+                    let a_len = if a_in_place {
                         0
                     } else {
                         rows.div_ceil(K::MR) * K::MR * elems
                     };
                     with_buffer::<K::Elem, _>(&PACK_A, a_len, |a_pack| {
-                        let (a_panel0, a_strip_len) = if K::IN_PLACE {
+                        let (a_panel0, a_strip_len) = if a_in_place {
                             let panel = Panel {
                                 ptr: a_block.ptr.cast::<K::Elem>(),
                                 row_stride: a_block.row_stride,
@@ -523,7 +541,7 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
                             let b_strip = b_panel(js);
                             for is in 0..rows.div_ceil(K::MR) {
                                 let row = ic + is * K::MR;
-                                let a_strip = if K::IN_PLACE {
+                                let a_strip = if a_in_place {
                                     let offset = (is * K::MR) as isize * a_panel0.row_stride;
                                     // SAFETY: row `row` is inside A.
                                     unsafe { a_panel0.advanced(offset) }
@@ -563,6 +581,32 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
         }
     }
 }
+
+/// Whether kernel `K` reads A and B in place (`(a, b)`) for an `m x n` product on `threads`
+/// threads; otherwise it packs them.
+///
+/// In place saves the copy, but a strided operand is read one cache line per k step, at a
+/// stride that for the model's power-of-two widths maps most lines to the same few L1 sets,
+/// so that every load goes to L2: a transposed A (a weight gradient's `X^T`) always, a B once
+/// its strips are deeper than a few k. So A is read in place only when its rows are
+/// contiguous (the micro-kernel then streams `MR` rows), and B is packed when enough tile
+/// rows reuse each packed strip to pay for the copy; over several threads, where the B block
+/// is packed in a parallel pass of its own, also enough work per block to pay for that pass.
+fn in_place<K: Kernel>(m: usize, n: usize, threads: usize, a: Operand, b: Operand) -> (bool, bool) {
+    let a_in_place = K::IN_PLACE && a.col_stride == 1;
+    let reuse = m >= PACK_B_MIN_ROWS && (threads == 1 || m * n.min(K::NC) >= PACK_B_MIN_BLOCK);
+    let b_in_place = K::IN_PLACE && b.col_stride == 1 && !reuse;
+    (a_in_place, b_in_place)
+}
+
+/// Rows below which B is read in place when it can be.
+const PACK_B_MIN_ROWS: usize = 64;
+
+/// Rows x columns of a block of C below which B is read in place over several threads.
+const PACK_B_MIN_BLOCK: usize = 1 << 17;
+
+/// Below this many B values a block of B is packed on one thread.
+const PARALLEL_PACK_MIN: usize = 1 << 15;
 
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
