@@ -81,6 +81,26 @@ fn main() {
             parallel: false,
             b_lead: Some(3 * h),
         },
+        Case {
+            name: "attn P^T dO (1 head)",
+            m: seq,
+            n: hd,
+            k: seq,
+            a_t: true,
+            b_t: false,
+            parallel: false,
+            b_lead: Some(h),
+        },
+        Case {
+            name: "attn dS^T Q (1 head)",
+            m: seq,
+            n: hd,
+            k: seq,
+            a_t: true,
+            b_t: false,
+            parallel: false,
+            b_lead: Some(3 * h),
+        },
     ];
     let isa = rtune_trainer::isa::selected();
     println!(
