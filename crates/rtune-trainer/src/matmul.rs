@@ -363,12 +363,13 @@ fn with_buffer<T: Copy + 'static, R>(
 }
 
 /// Packs `outer x kc` of `src` into `W`-row strips of `[p][W]` f32 (k-major), zero-padded to
-/// `W` rows and `kcp` k.
+/// `W` rows and `kcp` k. With `AVX2` (for the kernels of that level and above) a whole strip
+/// of a source whose rows run along k is transposed in 8 x 8 blocks of vectors.
 ///
 /// # Safety
 /// `src` must address a valid `outer x kc` matrix; `dst` must hold `outer.div_ceil(W) * W *
-/// kcp` values.
-unsafe fn pack_f32<const W: usize, const ROUND: bool>(
+/// kcp` values; with `AVX2`, the CPU must have AVX2.
+unsafe fn pack_f32<const W: usize, const ROUND: bool, const AVX2: bool>(
     src: Operand,
     outer: usize,
     kc: usize,
@@ -386,6 +387,20 @@ unsafe fn pack_f32<const W: usize, const ROUND: bool>(
         // SAFETY: (r0 + r, p) lies inside src for r < rows, p < kc; p * W + r < W * kcp.
         unsafe {
             let base = src.ptr.offset(r0 as isize * src.row_stride);
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 && !ROUND && src.col_stride == 1 && rows == W && W.is_multiple_of(8) {
+                // The scalar loop below stores one value per k step, W values apart (a
+                // transposed B: a linear layer's dX = dY W^T, attention's K^T).
+                x86::pack_transposed_avx2::<W>(base, src.row_stride, kc, out);
+                continue;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 && !ROUND && src.row_stride == 1 && rows == W && W.is_multiple_of(8) {
+                // Whole strip rows, copied in vectors: the compiler leaves the loop below
+                // scalar (the pointers might alias), a load and a store per value.
+                x86::copy_rows_avx2::<W>(base, src.col_stride, kc, out);
+                continue;
+            }
             if src.col_stride == 1 {
                 for r in 0..rows {
                     let row = base.offset(r as isize * src.row_stride);
@@ -397,13 +412,7 @@ unsafe fn pack_f32<const W: usize, const ROUND: bool>(
                 for p in 0..kc {
                     let col = base.offset(p as isize * src.col_stride);
                     let to = out.add(p * W);
-                    if src.row_stride == 1 && rows == W {
-                        // A whole strip row: a copy of fixed length, inlined (a memcpy call
-                        // per k took 3% of a large-2t step).
-                        for r in 0..W {
-                            *to.add(r) = convert(*col.add(r));
-                        }
-                    } else if src.row_stride == 1 {
+                    if src.row_stride == 1 {
                         for r in 0..rows {
                             *to.add(r) = convert(*col.add(r));
                         }
@@ -647,7 +656,7 @@ unsafe fn bias_only(spec: &Gemm<'_>, dst: Dst) {
 
 /// The f32 packing of a kernel with `MR x NR` tiles: strips `[p][MR]` and `[p][NR]`.
 macro_rules! f32_packing {
-    ($mr:literal, $nr:literal, $round:ident) => {
+    ($mr:literal, $nr:literal, $round:ident, $avx2:literal) => {
         unsafe fn pack_a(
             a: Operand,
             rows: usize,
@@ -656,7 +665,7 @@ macro_rules! f32_packing {
             dst: &mut [f32],
         ) -> (Panel<f32>, usize) {
             // SAFETY: forwarded.
-            unsafe { pack_f32::<$mr, $round>(a, rows, kc, kcp, dst) };
+            unsafe { pack_f32::<$mr, $round, $avx2>(a, rows, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: 1,
@@ -673,7 +682,7 @@ macro_rules! f32_packing {
             dst: &mut [f32],
         ) -> (Panel<f32>, usize) {
             // SAFETY: forwarded (B's columns are the strips' rows).
-            unsafe { pack_f32::<$nr, $round>(b.t(), cols, kc, kcp, dst) };
+            unsafe { pack_f32::<$nr, $round, $avx2>(b.t(), cols, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: $nr,
@@ -698,7 +707,7 @@ impl<const ROUND: bool> Kernel for Portable<ROUND> {
     const NC: usize = 1024;
     const IN_PLACE: bool = !ROUND;
 
-    f32_packing!(4, 8, ROUND);
+    f32_packing!(4, 8, ROUND, false);
 
     unsafe fn tile(kcp: usize, a: Panel<f32>, b: Panel<f32>, out: &TileOut) {
         let mut acc = [[0f32; 8]; 4];
@@ -762,6 +771,94 @@ mod x86 {
         })
     }
 
+    /// Packs `W` rows of `kc` contiguous values (rows `row_stride` apart, from `base`) into
+    /// `[p][W]` at `out`, transposing 8 rows x 8 k at a time in registers.
+    ///
+    /// # Safety
+    /// The `W x kc` source and the `kc x W` destination must be valid; the CPU must have AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_transposed_avx2<const W: usize>(
+        base: *const f32,
+        row_stride: isize,
+        kc: usize,
+        out: *mut f32,
+    ) {
+        let full = kc / 8 * 8;
+        for r0 in (0..W).step_by(8) {
+            // SAFETY (all accesses): rows r0..r0 + 8 < W of the source, k below kc; the
+            // destination's k rows of W values.
+            let rows: [*const f32; 8] =
+                std::array::from_fn(|i| unsafe { base.offset((r0 + i) as isize * row_stride) });
+            for p in (0..full).step_by(8) {
+                let v: [__m256; 8] =
+                    std::array::from_fn(|i| unsafe { _mm256_loadu_ps(rows[i].add(p)) });
+                // Pairs of rows interleaved, then 4-row columns, then the 128-bit halves:
+                // t[j] ends up as column p + j of the 8 rows.
+                let lo = |a, b| _mm256_unpacklo_ps(a, b);
+                let hi = |a, b| _mm256_unpackhi_ps(a, b);
+                let u = [
+                    lo(v[0], v[1]),
+                    hi(v[0], v[1]),
+                    lo(v[2], v[3]),
+                    hi(v[2], v[3]),
+                    lo(v[4], v[5]),
+                    hi(v[4], v[5]),
+                    lo(v[6], v[7]),
+                    hi(v[6], v[7]),
+                ];
+                // w[0..4]: columns 0-3 (low half) and 4-7 (high half) of rows 0-3; w[4..8]
+                // the same of rows 4-7.
+                let w = [
+                    _mm256_shuffle_ps::<0x44>(u[0], u[2]),
+                    _mm256_shuffle_ps::<0xee>(u[0], u[2]),
+                    _mm256_shuffle_ps::<0x44>(u[1], u[3]),
+                    _mm256_shuffle_ps::<0xee>(u[1], u[3]),
+                    _mm256_shuffle_ps::<0x44>(u[4], u[6]),
+                    _mm256_shuffle_ps::<0xee>(u[4], u[6]),
+                    _mm256_shuffle_ps::<0x44>(u[5], u[7]),
+                    _mm256_shuffle_ps::<0xee>(u[5], u[7]),
+                ];
+                for j in 0..4 {
+                    let low = _mm256_permute2f128_ps::<0x20>(w[j], w[j + 4]);
+                    let high = _mm256_permute2f128_ps::<0x31>(w[j], w[j + 4]);
+                    unsafe {
+                        _mm256_storeu_ps(out.add((p + j) * W + r0), low);
+                        _mm256_storeu_ps(out.add((p + j + 4) * W + r0), high);
+                    }
+                }
+            }
+            for p in full..kc {
+                for (i, row) in rows.iter().enumerate() {
+                    unsafe { *out.add(p * W + r0 + i) = *row.add(p) };
+                }
+            }
+        }
+    }
+
+    /// Copies `kc` rows of `W` contiguous values (rows `stride` apart, from `base`) into
+    /// `[p][W]` at `out`, 8 values per instruction (a memcpy call per row cost more than the
+    /// copy: 3% of a large-2t step).
+    ///
+    /// # Safety
+    /// The `kc x W` source and destination must be valid; the CPU must have AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn copy_rows_avx2<const W: usize>(
+        base: *const f32,
+        stride: isize,
+        kc: usize,
+        out: *mut f32,
+    ) {
+        for p in 0..kc {
+            // SAFETY: row p of the source and of the destination, W values each.
+            unsafe {
+                let from = base.offset(p as isize * stride);
+                for c in (0..W).step_by(8) {
+                    _mm256_storeu_ps(out.add(p * W + c), _mm256_loadu_ps(from.add(c)));
+                }
+            }
+        }
+    }
+
     /// AVX2+FMA kernel: 6 x 16 f32 tile (12 accumulators of 8).
     pub struct Avx2F32<const ROUND: bool>;
 
@@ -776,7 +873,7 @@ mod x86 {
         const NC: usize = 1024;
         const IN_PLACE: bool = !ROUND;
 
-        f32_packing!(6, 16, ROUND);
+        f32_packing!(6, 16, ROUND, true);
 
         unsafe fn tile(kcp: usize, a: Panel<f32>, b: Panel<f32>, out: &TileOut) {
             // SAFETY: forwarded; the caller checked the CPU has AVX2 and FMA.
@@ -849,7 +946,7 @@ mod x86 {
         const NC: usize = 1024;
         const IN_PLACE: bool = !ROUND;
 
-        f32_packing!(8, 32, ROUND);
+        f32_packing!(8, 32, ROUND, true);
 
         unsafe fn tile(kcp: usize, a: Panel<f32>, b: Panel<f32>, out: &TileOut) {
             // SAFETY: forwarded; the caller checked the CPU has AVX-512.
