@@ -5,12 +5,14 @@
 //! `MR x NR` register-tile micro-kernel) with a micro-kernel per instruction set ([`Isa`]):
 //! AVX2+FMA (6 x 16 f32), AVX-512 (8 x 32 f32), AVX512_BF16 dot products (8 x 32, two k per
 //! instruction) and AMX-BF16 tiles (32 x 32, 32 k per tile product), plus portable code. The
-//! f32 kernels read A in place, whatever its strides, and B in place when its rows are
-//! contiguous; only a transposed B is packed (copied into contiguous `NR`-column strips). The
-//! matrices of a training step are small (the tiny benchmark's are 1024 x 128 x 384, its
-//! attention products 128 x 128 x 32), so copying every operand, as general-purpose GEMMs do,
-//! would cost as much as the multiplication. The bf16 kernels pack both operands, converting
-//! them.
+//! f32 kernels read A in place when its rows are contiguous, and B in place when its rows are
+//! contiguous and few tile rows would reuse a packed copy (fewer than 64 rows, or a small
+//! block split over threads); otherwise they pack them (copy them into contiguous `MR`-row and
+//! `NR`-column strips). A strided operand read in place costs a cache line per k step, at a
+//! stride that for power-of-two widths maps the lines to the same few L1 sets, so that the
+//! kernel waits on L2; packed, the kernel streams contiguous memory (a 2048 x 1536 x 512
+//! product on two AVX-512 cores: 300 GFLOP/s in place, 375 packed; `examples/gemm_shapes.rs`
+//! measures a training step's products). The bf16 kernels pack both operands, converting them.
 //!
 //! Why not the `gemm` crate (which burn's flex backend uses): it has no bf16 kernel, and it
 //! picks its instruction set by itself, while this module takes it from
@@ -361,12 +363,13 @@ fn with_buffer<T: Copy + 'static, R>(
 }
 
 /// Packs `outer x kc` of `src` into `W`-row strips of `[p][W]` f32 (k-major), zero-padded to
-/// `W` rows and `kcp` k.
+/// `W` rows and `kcp` k. With `AVX2` (for the kernels of that level and above) a whole strip
+/// of a source whose rows run along k is transposed in 8 x 8 blocks of vectors.
 ///
 /// # Safety
 /// `src` must address a valid `outer x kc` matrix; `dst` must hold `outer.div_ceil(W) * W *
-/// kcp` values.
-unsafe fn pack_f32<const W: usize, const ROUND: bool>(
+/// kcp` values; with `AVX2`, the CPU must have AVX2.
+unsafe fn pack_f32<const W: usize, const ROUND: bool, const AVX2: bool>(
     src: Operand,
     outer: usize,
     kc: usize,
@@ -384,6 +387,20 @@ unsafe fn pack_f32<const W: usize, const ROUND: bool>(
         // SAFETY: (r0 + r, p) lies inside src for r < rows, p < kc; p * W + r < W * kcp.
         unsafe {
             let base = src.ptr.offset(r0 as isize * src.row_stride);
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 && !ROUND && src.col_stride == 1 && rows == W && W.is_multiple_of(8) {
+                // The scalar loop below stores one value per k step, W values apart (a
+                // transposed B: a linear layer's dX = dY W^T, attention's K^T).
+                x86::pack_transposed_avx2::<W>(base, src.row_stride, kc, out);
+                continue;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if AVX2 && !ROUND && src.row_stride == 1 && rows == W && W.is_multiple_of(8) {
+                // Whole strip rows, copied in vectors: the compiler leaves the loop below
+                // scalar (the pointers might alias), a load and a store per value.
+                x86::copy_rows_avx2::<W>(base, src.col_stride, kc, out);
+                continue;
+            }
             if src.col_stride == 1 {
                 for r in 0..rows {
                     let row = base.offset(r as isize * src.row_stride);
@@ -433,7 +450,7 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
         .min(m.div_ceil(K::MR));
     let mc = m.div_ceil(blocks).next_multiple_of(K::MR);
     let m_blocks = m.div_ceil(mc);
-    let b_in_place = K::IN_PLACE && b.col_stride == 1;
+    let (a_in_place, b_in_place) = in_place::<K>(m, n, threads, a, b);
     for jc in (0..n).step_by(K::NC) {
         let nb = (n - jc).min(K::NC);
         let n_strips = nb.div_ceil(K::NR);
@@ -456,17 +473,33 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
             let b_len = packed_strips.len() * K::NR * elems;
             with_buffer::<K::Elem, _>(&PACK_B, b_len, |b_pack| {
                 let (b_panel0, b_strip_len) = if b_len > 0 {
-                    // SAFETY: the kb x (nb - packed_cols) block at (pc, jc + packed_cols) lies
-                    // inside B; b_pack holds its strips.
-                    unsafe {
-                        K::pack_b(
-                            b.at(pc, jc + packed_cols),
-                            kb,
-                            nb - packed_cols,
-                            kcp,
-                            b_pack,
-                        )
-                    }
+                    let cols = nb - packed_cols;
+                    let strip_len = K::NR * elems;
+                    // A big B block is packed by all threads: packed by one, the others would
+                    // wait for it (a tenth of the time of a 512-row product).
+                    let chunk_strips = if threads > 1 && kb * cols >= PARALLEL_PACK_MIN {
+                        packed_strips.len().div_ceil(threads)
+                    } else {
+                        packed_strips.len()
+                    };
+                    // SAFETY: the kb x cols block at (pc, jc + packed_cols) lies inside B;
+                    // b_pack holds its strips, each chunk the strips of its columns.
+                    let pack = |(chunk, dst): (usize, &mut [K::Elem])| unsafe {
+                        let first = chunk * chunk_strips * K::NR;
+                        let at = b.at(pc, jc + packed_cols + first);
+                        K::pack_b(at, kb, (cols - first).min(chunk_strips * K::NR), kcp, dst)
+                    };
+                    let (panel, len) = if chunk_strips < packed_strips.len() {
+                        b_pack
+                            .par_chunks_mut(chunk_strips * strip_len)
+                            .enumerate()
+                            .map(pack)
+                            .collect::<Vec<_>>()[0]
+                    } else {
+                        pack((0, b_pack))
+                    };
+                    debug_assert_eq!(len, strip_len);
+                    (panel, strip_len)
                 } else {
                     (
                         Panel {
@@ -499,13 +532,13 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
                     let rows = (m - ic).min(mc);
                     // SAFETY: the rows x kb block at (ic, pc) lies inside A.
                     let a_block = unsafe { a.at(ic, pc) };
-                    let a_len = if K::IN_PLACE {
+                    let a_len = if a_in_place {
                         0
                     } else {
                         rows.div_ceil(K::MR) * K::MR * elems
                     };
                     with_buffer::<K::Elem, _>(&PACK_A, a_len, |a_pack| {
-                        let (a_panel0, a_strip_len) = if K::IN_PLACE {
+                        let (a_panel0, a_strip_len) = if a_in_place {
                             let panel = Panel {
                                 ptr: a_block.ptr.cast::<K::Elem>(),
                                 row_stride: a_block.row_stride,
@@ -523,7 +556,7 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
                             let b_strip = b_panel(js);
                             for is in 0..rows.div_ceil(K::MR) {
                                 let row = ic + is * K::MR;
-                                let a_strip = if K::IN_PLACE {
+                                let a_strip = if a_in_place {
                                     let offset = (is * K::MR) as isize * a_panel0.row_stride;
                                     // SAFETY: row `row` is inside A.
                                     unsafe { a_panel0.advanced(offset) }
@@ -564,6 +597,39 @@ unsafe fn run<K: Kernel>(spec: &Gemm<'_>, dst: Dst, a: Operand, b: Operand) {
     }
 }
 
+/// Whether kernel `K` reads A and B in place (`(a, b)`) for an `m x n` product on `threads`
+/// threads; otherwise it packs them.
+///
+/// In place saves the copy, but a strided operand is read one cache line per k step, at a
+/// stride that for the model's power-of-two widths maps most lines to the same few L1 sets,
+/// so that every load goes to L2: a transposed A (a weight gradient's `X^T`) always, a B once
+/// its strips are deeper than a few k. So A is read in place when its rows are contiguous
+/// (the micro-kernel then streams `MR` rows) or when few columns would reuse a packed copy,
+/// and B is packed when enough tile rows reuse each packed strip to pay for the copy; over
+/// several threads, where the B block is packed in a parallel pass of its own, also enough
+/// work per block to pay for that pass.
+fn in_place<K: Kernel>(m: usize, n: usize, threads: usize, a: Operand, b: Operand) -> (bool, bool) {
+    let a_in_place = K::IN_PLACE && (a.col_stride == 1 || n < PACK_A_MIN_COLS);
+    let reuse = m >= PACK_B_MIN_ROWS && (threads == 1 || m * n.min(K::NC) >= PACK_B_MIN_BLOCK);
+    let b_in_place = K::IN_PLACE && b.col_stride == 1 && !reuse;
+    (a_in_place, b_in_place)
+}
+
+/// Columns of C below which A is read in place even when transposed: a packed A value is
+/// used once per column, and over fewer columns the copy costs more than the strided reads
+/// (attention's backward products, 256 x 64 x 256 per head: 160 GFLOP/s with A packed, 200
+/// in place).
+const PACK_A_MIN_COLS: usize = 128;
+
+/// Rows below which B is read in place when it can be.
+const PACK_B_MIN_ROWS: usize = 64;
+
+/// Rows x columns of a block of C below which B is read in place over several threads.
+const PACK_B_MIN_BLOCK: usize = 1 << 17;
+
+/// Below this many B values a block of B is packed on one thread.
+const PARALLEL_PACK_MIN: usize = 1 << 15;
+
 /// Below this many multiply-adds a product runs on one thread.
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
@@ -590,7 +656,7 @@ unsafe fn bias_only(spec: &Gemm<'_>, dst: Dst) {
 
 /// The f32 packing of a kernel with `MR x NR` tiles: strips `[p][MR]` and `[p][NR]`.
 macro_rules! f32_packing {
-    ($mr:literal, $nr:literal, $round:ident) => {
+    ($mr:literal, $nr:literal, $round:ident, $avx2:literal) => {
         unsafe fn pack_a(
             a: Operand,
             rows: usize,
@@ -599,7 +665,7 @@ macro_rules! f32_packing {
             dst: &mut [f32],
         ) -> (Panel<f32>, usize) {
             // SAFETY: forwarded.
-            unsafe { pack_f32::<$mr, $round>(a, rows, kc, kcp, dst) };
+            unsafe { pack_f32::<$mr, $round, $avx2>(a, rows, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: 1,
@@ -616,7 +682,7 @@ macro_rules! f32_packing {
             dst: &mut [f32],
         ) -> (Panel<f32>, usize) {
             // SAFETY: forwarded (B's columns are the strips' rows).
-            unsafe { pack_f32::<$nr, $round>(b.t(), cols, kc, kcp, dst) };
+            unsafe { pack_f32::<$nr, $round, $avx2>(b.t(), cols, kc, kcp, dst) };
             let panel = Panel {
                 ptr: dst.as_ptr(),
                 row_stride: $nr,
@@ -641,7 +707,7 @@ impl<const ROUND: bool> Kernel for Portable<ROUND> {
     const NC: usize = 1024;
     const IN_PLACE: bool = !ROUND;
 
-    f32_packing!(4, 8, ROUND);
+    f32_packing!(4, 8, ROUND, false);
 
     unsafe fn tile(kcp: usize, a: Panel<f32>, b: Panel<f32>, out: &TileOut) {
         let mut acc = [[0f32; 8]; 4];
@@ -705,6 +771,94 @@ mod x86 {
         })
     }
 
+    /// Packs `W` rows of `kc` contiguous values (rows `row_stride` apart, from `base`) into
+    /// `[p][W]` at `out`, transposing 8 rows x 8 k at a time in registers.
+    ///
+    /// # Safety
+    /// The `W x kc` source and the `kc x W` destination must be valid; the CPU must have AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_transposed_avx2<const W: usize>(
+        base: *const f32,
+        row_stride: isize,
+        kc: usize,
+        out: *mut f32,
+    ) {
+        let full = kc / 8 * 8;
+        for r0 in (0..W).step_by(8) {
+            // SAFETY (all accesses): rows r0..r0 + 8 < W of the source, k below kc; the
+            // destination's k rows of W values.
+            let rows: [*const f32; 8] =
+                std::array::from_fn(|i| unsafe { base.offset((r0 + i) as isize * row_stride) });
+            for p in (0..full).step_by(8) {
+                let v: [__m256; 8] =
+                    std::array::from_fn(|i| unsafe { _mm256_loadu_ps(rows[i].add(p)) });
+                // Pairs of rows interleaved, then 4-row columns, then the 128-bit halves:
+                // t[j] ends up as column p + j of the 8 rows.
+                let lo = |a, b| _mm256_unpacklo_ps(a, b);
+                let hi = |a, b| _mm256_unpackhi_ps(a, b);
+                let u = [
+                    lo(v[0], v[1]),
+                    hi(v[0], v[1]),
+                    lo(v[2], v[3]),
+                    hi(v[2], v[3]),
+                    lo(v[4], v[5]),
+                    hi(v[4], v[5]),
+                    lo(v[6], v[7]),
+                    hi(v[6], v[7]),
+                ];
+                // w[0..4]: columns 0-3 (low half) and 4-7 (high half) of rows 0-3; w[4..8]
+                // the same of rows 4-7.
+                let w = [
+                    _mm256_shuffle_ps::<0x44>(u[0], u[2]),
+                    _mm256_shuffle_ps::<0xee>(u[0], u[2]),
+                    _mm256_shuffle_ps::<0x44>(u[1], u[3]),
+                    _mm256_shuffle_ps::<0xee>(u[1], u[3]),
+                    _mm256_shuffle_ps::<0x44>(u[4], u[6]),
+                    _mm256_shuffle_ps::<0xee>(u[4], u[6]),
+                    _mm256_shuffle_ps::<0x44>(u[5], u[7]),
+                    _mm256_shuffle_ps::<0xee>(u[5], u[7]),
+                ];
+                for j in 0..4 {
+                    let low = _mm256_permute2f128_ps::<0x20>(w[j], w[j + 4]);
+                    let high = _mm256_permute2f128_ps::<0x31>(w[j], w[j + 4]);
+                    unsafe {
+                        _mm256_storeu_ps(out.add((p + j) * W + r0), low);
+                        _mm256_storeu_ps(out.add((p + j + 4) * W + r0), high);
+                    }
+                }
+            }
+            for p in full..kc {
+                for (i, row) in rows.iter().enumerate() {
+                    unsafe { *out.add(p * W + r0 + i) = *row.add(p) };
+                }
+            }
+        }
+    }
+
+    /// Copies `kc` rows of `W` contiguous values (rows `stride` apart, from `base`) into
+    /// `[p][W]` at `out`, 8 values per instruction (a memcpy call per row cost more than the
+    /// copy: 3% of a large-2t step).
+    ///
+    /// # Safety
+    /// The `kc x W` source and destination must be valid; the CPU must have AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn copy_rows_avx2<const W: usize>(
+        base: *const f32,
+        stride: isize,
+        kc: usize,
+        out: *mut f32,
+    ) {
+        for p in 0..kc {
+            // SAFETY: row p of the source and of the destination, W values each.
+            unsafe {
+                let from = base.offset(p as isize * stride);
+                for c in (0..W).step_by(8) {
+                    _mm256_storeu_ps(out.add(p * W + c), _mm256_loadu_ps(from.add(c)));
+                }
+            }
+        }
+    }
+
     /// AVX2+FMA kernel: 6 x 16 f32 tile (12 accumulators of 8).
     pub struct Avx2F32<const ROUND: bool>;
 
@@ -719,7 +873,7 @@ mod x86 {
         const NC: usize = 1024;
         const IN_PLACE: bool = !ROUND;
 
-        f32_packing!(6, 16, ROUND);
+        f32_packing!(6, 16, ROUND, true);
 
         unsafe fn tile(kcp: usize, a: Panel<f32>, b: Panel<f32>, out: &TileOut) {
             // SAFETY: forwarded; the caller checked the CPU has AVX2 and FMA.
@@ -792,7 +946,7 @@ mod x86 {
         const NC: usize = 1024;
         const IN_PLACE: bool = !ROUND;
 
-        f32_packing!(8, 32, ROUND);
+        f32_packing!(8, 32, ROUND, true);
 
         unsafe fn tile(kcp: usize, a: Panel<f32>, b: Panel<f32>, out: &TileOut) {
             // SAFETY: forwarded; the caller checked the CPU has AVX-512.

@@ -158,7 +158,8 @@ fn every_instruction_set_matches_a_float64_reference() {
         .collect();
     eprintln!("levels tested: {levels:?}");
     // Shapes: a single value, partial tiles in every direction, exact tiles, several k blocks
-    // (k past 256 and 512) with an odd k, more than one B block (n past 1024), an empty k.
+    // (k past 256 and 512) with an odd k, more than one B block (n past 1024), an empty k, and
+    // one big enough for B to be packed, by all threads (130 rows, C blocks of 130 x 1024).
     let shapes = [
         (1, 1, 1),
         (5, 7, 3),
@@ -167,6 +168,7 @@ fn every_instruction_set_matches_a_float64_reference() {
         (70, 40, 517),
         (9, 1030, 20),
         (4, 6, 0),
+        (130, 1030, 40),
     ];
     let scaled = Output {
         alpha: 0.75,
