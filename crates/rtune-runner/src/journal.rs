@@ -305,11 +305,10 @@ impl Journal {
         verify: impl FnOnce(S) -> bool,
     ) -> Result<bool, JournalError> {
         self.check_claim()?;
-        let io = io_error;
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let tmp_path = dir.join(format!("{JOURNAL_FILE}.compacting"));
         let written = (|| -> Result<(), JournalError> {
-            let file = File::create(&tmp_path).map_err(io("create", &tmp_path))?;
+            let file = File::create(&tmp_path).map_err(io_error("create", &tmp_path))?;
             let mut out = io::BufWriter::new(file);
             let header = Header {
                 journal: JOURNAL_FORMAT,
@@ -317,14 +316,14 @@ impl Journal {
             };
             serde_json::to_writer(&mut out, &header).map_err(|e| self.malformed(e))?;
             out.write_all(b"\n{\"snapshot\":")
-                .map_err(io("write", &tmp_path))?;
+                .map_err(io_error("write", &tmp_path))?;
             write_snapshot(&mut out).map_err(|e| self.malformed(e))?;
             let rtune = serde_json::to_string(RTUNE_VERSION).map_err(|e| self.malformed(e))?;
-            writeln!(out, ",\"rtune\":{rtune}}}").map_err(io("write", &tmp_path))?;
+            writeln!(out, ",\"rtune\":{rtune}}}").map_err(io_error("write", &tmp_path))?;
             let file = out
                 .into_inner()
-                .map_err(|e| io("write", &tmp_path)(e.into_error()))?;
-            file.sync_data().map_err(io("write", &tmp_path))
+                .map_err(|e| io_error("write", &tmp_path)(e.into_error()))?;
+            file.sync_data().map_err(io_error("write", &tmp_path))
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp_path);
@@ -343,7 +342,7 @@ impl Journal {
             let _ = std::fs::remove_file(&tmp_path);
             return Ok(false);
         }
-        std::fs::rename(&tmp_path, &self.path).map_err(io("replace", &self.path))?;
+        std::fs::rename(&tmp_path, &self.path).map_err(io_error("replace", &self.path))?;
         if let Ok(dir) = File::open(&dir) {
             let _ = dir.sync_all();
         }
@@ -351,8 +350,12 @@ impl Journal {
             .read(true)
             .append(true)
             .open(&self.path)
-            .map_err(io("open", &self.path))?;
-        self.len = self.file.metadata().map_err(io("read", &self.path))?.len();
+            .map_err(io_error("open", &self.path))?;
+        self.len = self
+            .file
+            .metadata()
+            .map_err(io_error("read", &self.path))?
+            .len();
         self.since_snapshot = 0;
         self.unsynced = false;
         Ok(true)

@@ -119,9 +119,9 @@ struct OpenFiles {
     /// Trials whose directory this head created and that have no result yet: there is no
     /// progress.csv header to read back.
     without_results: HashSet<TrialId>,
-    /// Whether the last result line this head appended for a trial says `done`; a trial whose
-    /// lines were cut back is not in it (its last line is then read from result.json).
-    last_line_done: HashMap<TrialId, bool>,
+    /// Trials whose last result line, as this head appended it, says `done`; a trial whose
+    /// lines were cut back is not among them (its last line is then read from result.json).
+    last_line_done: HashSet<TrialId>,
 }
 
 impl OpenFiles {
@@ -276,7 +276,11 @@ impl ExperimentDir {
         self.append_json_line(&files.result_path(), &Value::Object(line.clone()))?;
         let path = files.progress_path();
         let mut open = self.files();
-        open.last_line_done.insert(result.trial, done);
+        if done {
+            open.last_line_done.insert(result.trial);
+        } else {
+            open.last_line_done.remove(&result.trial);
+        }
         let mut text = String::new();
         if !open.csv_columns.contains_key(&path) {
             let no_file_yet = open.without_results.remove(&result.trial);
@@ -386,7 +390,7 @@ impl ExperimentDir {
         let files = self.trial(trial)?;
         self.close_trial(trial);
         // Most trials end on a result whose answer already said so: nothing to read back.
-        if self.files().last_line_done.remove(&trial) == Some(true) {
+        if self.files().last_line_done.remove(&trial) {
             return Ok(());
         }
         let path = files.result_path();

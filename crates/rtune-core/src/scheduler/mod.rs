@@ -216,7 +216,6 @@ pub(crate) fn save_fields(
     serde_json::Value::Object(map)
 }
 
-/// One field of a saved state (see [`save_fields`]), for `restore`.
 /// The default `restore` of schedulers and searchers that keep no state: only `null` fits.
 pub(crate) fn restore_nothing(name: &str, state: &serde_json::Value) -> Result<(), String> {
     if state.is_null() {
@@ -226,6 +225,7 @@ pub(crate) fn restore_nothing(name: &str, state: &serde_json::Value) -> Result<(
     }
 }
 
+/// One field of a saved state (see [`save_fields`]), for `restore`.
 pub(crate) fn load_field<T: serde::de::DeserializeOwned>(
     state: &mut serde_json::Value,
     name: &str,
